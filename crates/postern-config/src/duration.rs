@@ -50,7 +50,7 @@ impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The largest unit that divides evenly, so "5d" round-trips as "5d".
         for (unit, multiplier) in UNITS {
-            if self.0 != 0 && self.0 % multiplier == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(multiplier) {
                 return write!(f, "{}{}", self.0 / multiplier, unit);
             }
         }

@@ -1,0 +1,192 @@
+//! Postern's store: the shared settings (SPEC §4), the certificate table and
+//! the message-tracking events, kept in one database.
+//!
+//! Everything the CLI, the admin API and the running gateway share goes
+//! through the [`Store`] trait. [`SqliteStore`] is the embedded default, one
+//! SQLite file in the data directory; a PostgreSQL implementation for
+//! clusters (SPEC §9) is a second implementation of the same trait.
+//!
+//! Rules every implementation keeps:
+//!
+//! * Settings are saved only after [`Settings::validate`] and a check that
+//!   every certificate they name exists (and has a private key where one is
+//!   presented). Nothing changes on error, and the error names the key.
+//! * A certificate cannot be deleted while the settings use it.
+//! * Every change to settings or certificates bumps [`Store::generation`];
+//!   a running gateway polls it and reloads (SPEC §2: within 2 seconds).
+//! * The `Default Cert` is generated once per installation. A flag records
+//!   that it happened, so deleting it never brings it back silently.
+//!
+//! The API is synchronous: the gateway calls it from `spawn_blocking`, the
+//! CLI directly. Several processes may open the same store at once; every
+//! read-check-write sequence runs in one write transaction.
+//!
+//! Layout: `schema` opens the file and migrates it, `meta` keeps the
+//! generation counter and one-time flags, `settings`, `certificates` and
+//! `events` hold one concern each, `sqlite` ties them into [`SqliteStore`].
+
+mod certificates;
+mod events;
+mod meta;
+mod schema;
+mod settings;
+mod sqlite;
+
+use postern_config::{ConfigError, Settings};
+
+pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
+pub use events::{event_kind, TrackingEvent};
+pub use schema::SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
+
+/// The store shared by the CLI, the admin API and the gateway.
+pub trait Store: Send + Sync {
+    /// The current settings; the defaults when they were never saved.
+    fn settings(&self) -> Result<Settings, StoreError>;
+
+    /// Validate and save the settings, then bump the generation.
+    ///
+    /// Validation is [`Settings::validate`] plus the certificate table:
+    /// `tls.inbound.certificate` and `tls.outbound.client_certificate` must
+    /// name entries with a private key; `tls.inbound.trusted_client_ca` and
+    /// `tls.outbound.trusted_ca` entries (except `"system"`) must exist.
+    /// Nothing changes on error; [`StoreError::Invalid`] names the key.
+    fn put_settings(&self, settings: &Settings) -> Result<(), StoreError>;
+
+    /// Read, change and save the settings in one write transaction, so two
+    /// processes editing at once cannot lose each other's change. `change`
+    /// gets the current settings and returns the new ones (e.g.
+    /// `Ok(current.with(key, value)?)`); they are validated as in
+    /// [`Store::put_settings`]. Returns the saved settings.
+    fn update_settings(
+        &self,
+        change: &mut dyn FnMut(&Settings) -> Result<Settings, StoreError>,
+    ) -> Result<Settings, StoreError>;
+
+    /// A number that changes whenever settings or certificates change.
+    fn generation(&self) -> Result<i64, StoreError>;
+
+    /// The certificate table, ordered by name.
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// One certificate by its exact name.
+    fn certificate(&self, name: &str) -> Result<Option<CertificateRecord>, StoreError>;
+
+    /// Insert a certificate and bump the generation.
+    ///
+    /// Refuses a name already taken (compared ignoring ASCII case) and names
+    /// that [`validate_certificate_name`] refuses; refuses a chain without a
+    /// PEM certificate and a key without a PEM private key.
+    fn add_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError>;
+
+    /// Delete a certificate and bump the generation. Refuses unknown names
+    /// and certificates the current settings use ([`StoreError::InUse`]
+    /// names the key).
+    fn delete_certificate(&self, name: &str) -> Result<(), StoreError>;
+
+    /// First-use initialisation of the `Default Cert`, atomic across
+    /// processes.
+    ///
+    /// When this store has never created its default certificate, call
+    /// `make` and insert the result as [`postern_config::DEFAULT_CERT_NAME`]
+    /// (whatever name `make` gave it), then remember that it happened.
+    /// Returns true when it generated. Once done, never again — not even
+    /// after the certificate was deleted. When an entry of that name already
+    /// exists (imported before first use), it is kept and nothing is
+    /// generated.
+    fn ensure_default_certificate(
+        &self,
+        make: &mut dyn FnMut() -> Result<CertificateRecord, String>,
+    ) -> Result<bool, StoreError>;
+
+    /// Append one tracking event.
+    fn record_event(&self, event: &TrackingEvent) -> Result<(), StoreError>;
+
+    /// Append several tracking events at once (one transaction where the
+    /// backend has them).
+    fn record_events(&self, events: &[TrackingEvent]) -> Result<(), StoreError> {
+        events.iter().try_for_each(|event| self.record_event(event))
+    }
+
+    /// Events of one message, oldest first, found by queue id or by
+    /// Message-ID header value (with or without the angle brackets). A
+    /// Message-ID also finds the events of its queue ids that carry no
+    /// Message-ID themselves.
+    fn events_for(&self, id_or_message_id: &str) -> Result<Vec<TrackingEvent>, StoreError>;
+
+    /// Recent events, newest first, at most `limit`.
+    fn recent_events(&self, limit: usize) -> Result<Vec<TrackingEvent>, StoreError>;
+
+    /// Delete events older than `before` (unix seconds); returns how many.
+    fn prune_events(&self, before: i64) -> Result<usize, StoreError>;
+}
+
+/// Why a store operation failed. Misconfiguration ([`Invalid`], [`InUse`],
+/// [`NotFound`], [`Duplicate`], [`BadName`], [`BadCertificate`]) is the
+/// caller's to fix; the rest are local failures.
+///
+/// [`Invalid`]: StoreError::Invalid
+/// [`InUse`]: StoreError::InUse
+/// [`NotFound`]: StoreError::NotFound
+/// [`Duplicate`]: StoreError::Duplicate
+/// [`BadName`]: StoreError::BadName
+/// [`BadCertificate`]: StoreError::BadCertificate
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Settings that do not validate; the error names the key.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The certificate is named by a setting.
+    #[error("certificate \"{name}\" is in use by {key}; change {key} first")]
+    InUse { name: String, key: String },
+    /// No certificate of that name.
+    #[error("no certificate named \"{0}\"")]
+    NotFound(String),
+    /// A certificate of that name (ignoring ASCII case) exists already.
+    #[error("a certificate named \"{0}\" already exists")]
+    Duplicate(String),
+    /// A certificate name that cannot be stored; the text says why.
+    #[error("{0}")]
+    BadName(String),
+    /// A certificate record whose PEM text is missing or of the wrong kind.
+    #[error("{0}")]
+    BadCertificate(String),
+    /// `make` in [`Store::ensure_default_certificate`] failed.
+    #[error("generating the Default Cert failed: {0}")]
+    DefaultCertificate(String),
+    /// Another process held the database lock for longer than the timeout.
+    #[error("the store is busy (locked by another process): {0}")]
+    Busy(String),
+    /// The database was written by a newer Postern.
+    #[error("the store has schema version {found}; this Postern knows up to {supported}")]
+    UnsupportedSchema { found: i64, supported: i64 },
+    /// Stored data that cannot be read back.
+    #[error("the store holds unreadable data: {0}")]
+    Corrupt(String),
+    /// The store's file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other database failure.
+    #[error("store database error: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy(error.to_string())
+            }
+            _ => StoreError::Database(Box::new(error)),
+        }
+    }
+}
+
+/// Current time in unix seconds.
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

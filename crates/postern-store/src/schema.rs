@@ -1,0 +1,201 @@
+//! Opening the SQLite file and migrating its schema.
+//!
+//! The file holds private keys: its directory is created 0700 and the file
+//! 0600 (SQLite gives its `-wal` and `-shm` files the database file's mode).
+//! Every connection uses WAL, so the CLI can write while the gateway reads,
+//! and a busy timeout, so short write transactions of other processes are
+//! waited for instead of failing. Migrations are numbered by
+//! `PRAGMA user_version` and run in one `BEGIN IMMEDIATE` transaction, so
+//! two processes opening a new file at once apply them exactly once.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::StoreError;
+
+/// How long a statement waits for another process's write lock.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `PRAGMA application_id` of a Postern store ("PSTR").
+const APPLICATION_ID: i64 = 0x5053_5452;
+
+/// Migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: settings, certificates, tracking events.
+    "
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('generation', 1);
+
+    CREATE TABLE settings (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        document   TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE certificates (
+        name       TEXT PRIMARY KEY NOT NULL,
+        chain_pem  TEXT NOT NULL,
+        key_pem    TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX certificates_name_nocase ON certificates (name COLLATE NOCASE);
+
+    CREATE TABLE events (
+        id         INTEGER PRIMARY KEY,
+        queue_id   TEXT NOT NULL,
+        message_id TEXT,
+        at         INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        detail     TEXT NOT NULL
+    );
+    CREATE INDEX events_queue_id ON events (queue_id);
+    CREATE INDEX events_message_id ON events (message_id);
+    CREATE INDEX events_at ON events (at);
+    ",
+];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How a connection commits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Durability {
+    /// `synchronous=FULL`: every commit is on disk when it returns
+    /// (settings, certificates).
+    Full,
+    /// `synchronous=NORMAL`: consistent after a crash, but the last commits
+    /// may be lost on power failure (tracking events, many per message).
+    Normal,
+}
+
+/// Create the directory (0700) and the file (0600) when missing, and
+/// tighten a file that others can read.
+pub(crate) fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            let mut builder = DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(parent).map_err(|source| StoreError::Io {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Open one connection and configure it.
+pub(crate) fn connect(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    // No SQLITE_OPEN_URI: the path is a file name, never a URI.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Switching a new file to WAL needs an exclusive lock; SQLite does not
+    // always call the busy handler for it, so retry here.
+    let mode: String =
+        retry_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "{}: cannot switch to WAL journal mode (got \"{mode}\")",
+            path.display()
+        )));
+    }
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "trusted_schema", "OFF")?;
+    Ok(conn)
+}
+
+/// Bring the schema up to [`SCHEMA_VERSION`].
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    check_application_id(conn)?;
+    if user_version(conn)? == SCHEMA_VERSION {
+        return Ok(());
+    }
+    retry_busy(|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read again under the write lock: another process may have
+        // migrated meanwhile.
+        check_application_id(&tx)?;
+        let version = user_version(&tx)?;
+        let start = usize::try_from(version).unwrap_or(0);
+        for migration in MIGRATIONS.iter().skip(start) {
+            tx.execute_batch(migration)?;
+        }
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok::<(), StoreError>(())
+    })
+}
+
+/// The file's schema version; refuses one newer than this build.
+fn user_version(conn: &Connection) -> Result<i64, StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::UnsupportedSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// Refuse a SQLite file that belongs to some other program.
+fn check_application_id(conn: &Connection) -> Result<(), StoreError> {
+    let id: i64 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    if id != 0 && id != APPLICATION_ID {
+        return Err(StoreError::Corrupt(format!(
+            "not a Postern store (application_id {id:#x})"
+        )));
+    }
+    Ok(())
+}
+
+/// Run `op` again while it fails with [`StoreError::Busy`], up to
+/// [`BUSY_TIMEOUT`].
+fn retry_busy<T, E>(mut op: impl FnMut() -> Result<T, E>) -> Result<T, StoreError>
+where
+    StoreError: From<E>,
+{
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match op().map_err(StoreError::from) {
+            Err(StoreError::Busy(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The settings document: one row holding the JSON form of [`Settings`].
+//!
+//! Keeping the whole document (rather than one row per key) makes a save
+//! atomic by construction and leaves the schema of SPEC §4 to
+//! `postern-config`, the one place that knows it.
+
+use postern_config::{ConfigError, Settings};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::StoreError;
+
+/// Keys whose certificate is presented to peers and so needs a private key.
+const KEYS_NEEDING_PRIVATE_KEY: &[&str] =
+    &["tls.inbound.certificate", "tls.outbound.client_certificate"];
+
+/// The saved settings, or the defaults when none were ever saved.
+pub(crate) fn load(conn: &Connection) -> Result<Settings, StoreError> {
+    let document: Option<String> = conn
+        .query_row("SELECT document FROM settings WHERE id = 1", [], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    let Some(document) = document else {
+        return Ok(Settings::default());
+    };
+    // Validated again on the way out: a settings file written by another
+    // version must not reach the gateway unchecked.
+    Settings::from_json(&document).map_err(|error| {
+        StoreError::Invalid(ConfigError::new(
+            error.key,
+            format!("in the stored settings: {}", error.message),
+        ))
+    })
+}
+
+/// Replace the saved settings; call inside a write transaction, after
+/// [`check`].
+pub(crate) fn save(conn: &Connection, settings: &Settings) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO settings (id, document, updated_at) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET document = excluded.document,
+                                        updated_at = excluded.updated_at",
+        params![settings.to_json(), crate::now()],
+    )?;
+    Ok(())
+}
+
+/// Validate settings against themselves and the certificate table.
+///
+/// `lookup` tells, for a certificate name, whether it exists and whether it
+/// has a private key: `None`, `Some(false)` or `Some(true)`. Shared by every
+/// backend.
+pub(crate) fn check(
+    settings: &Settings,
+    mut lookup: impl FnMut(&str) -> Result<Option<bool>, StoreError>,
+) -> Result<(), StoreError> {
+    settings.validate()?;
+    for (key, name) in settings.certificate_references() {
+        let Some(has_key) = lookup(name)? else {
+            let message = if name == "system" {
+                "\"system\" (the public web PKI roots) is only accepted in tls.outbound.trusted_ca; name CA entries of the certificate table".to_string()
+            } else {
+                format!("no certificate named \"{name}\" in the certificate table")
+            };
+            return Err(ConfigError::new(key, message).into());
+        };
+        if !has_key && KEYS_NEEDING_PRIVATE_KEY.contains(&key) {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "\"{name}\" has no private key (it is a CA / trust anchor); name an entry with a key"
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The setting key that uses certificate `name`, if any.
+pub(crate) fn key_using(settings: &Settings, name: &str) -> Option<&'static str> {
+    settings
+        .certificate_references()
+        .into_iter()
+        .find(|(_, used)| *used == name)
+        .map(|(key, _)| key)
+}

@@ -1,0 +1,568 @@
+//! The store through its public trait, on real files in temporary
+//! directories, including two stores (two connections) on one file.
+
+// A failed unwrap here is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use postern_config::{ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME};
+use postern_store::{event_kind, CertificateRecord, SqliteStore, Store, StoreError, TrackingEvent};
+use serde_json::json;
+
+const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
+const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBkey\n-----END PRIVATE KEY-----\n";
+
+fn leaf(name: &str) -> CertificateRecord {
+    CertificateRecord {
+        name: name.to_string(),
+        chain_pem: CHAIN.to_string(),
+        key_pem: Some(KEY.to_string()),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn ca(name: &str) -> CertificateRecord {
+    CertificateRecord {
+        key_pem: None,
+        ..leaf(name)
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("store.db")).expect("open store")
+}
+
+/// A store with the Default Cert in place, as every command sees it.
+fn initialised(dir: &tempfile::TempDir) -> SqliteStore {
+    let store = open(dir);
+    store
+        .ensure_default_certificate(&mut || Ok(leaf("anything")))
+        .expect("default cert");
+    store
+}
+
+fn invalid_key(error: StoreError) -> String {
+    match error {
+        StoreError::Invalid(e) => e.key,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn settings_default_then_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(&dir);
+    assert_eq!(store.settings().unwrap(), Settings::default());
+
+    let mut settings = Settings::default();
+    settings.tls.inbound.mode = InboundMode::Require;
+    settings.tls.outbound.mode = OutboundMode::Verify;
+    settings.mta.max_recipients = 42;
+    store.put_settings(&settings).unwrap();
+    assert_eq!(store.settings().unwrap(), settings);
+
+    // And from a fresh open of the same file.
+    drop(store);
+    assert_eq!(open(&dir).settings().unwrap(), settings);
+}
+
+#[test]
+fn put_refuses_unknown_certificates_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(&dir);
+    let mut before = Settings::default();
+    before.mta.max_recipients = 7;
+    store.put_settings(&before).unwrap();
+    let generation = store.generation().unwrap();
+
+    let mut s = before.clone();
+    s.tls.inbound.certificate = "missing".into();
+    let err = store.put_settings(&s).unwrap_err();
+    assert!(err.to_string().contains("tls.inbound.certificate"), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert_eq!(invalid_key(err), "tls.inbound.certificate");
+
+    let mut s = before.clone();
+    s.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.outbound.trusted_ca"
+    );
+
+    let mut s = before.clone();
+    s.tls.inbound.mode = InboundMode::Require;
+    s.tls.inbound.client_certificate = ClientCertMode::Require;
+    s.tls.inbound.trusted_client_ca = vec!["Agents CA".into()];
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.inbound.trusted_client_ca"
+    );
+
+    let mut s = before.clone();
+    s.tls.outbound.client_certificate = "nope".into();
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.outbound.client_certificate"
+    );
+
+    // Settings::validate errors come through too.
+    let mut s = before.clone();
+    s.mta.max_recipients = 0;
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "mta.max_recipients"
+    );
+
+    assert_eq!(store.settings().unwrap(), before);
+    assert_eq!(store.generation().unwrap(), generation);
+}
+
+#[test]
+fn ca_entries_cannot_be_presented_but_can_be_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(&dir);
+    store.add_certificate(&ca("Partner CA")).unwrap();
+    store.add_certificate(&leaf("Relay Client")).unwrap();
+
+    let mut s = Settings::default();
+    s.tls.inbound.certificate = "Partner CA".into();
+    let err = store.put_settings(&s).unwrap_err();
+    assert!(err.to_string().contains("no private key"), "{err}");
+    assert_eq!(invalid_key(err), "tls.inbound.certificate");
+
+    let mut s = Settings::default();
+    s.tls.outbound.client_certificate = "Partner CA".into();
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.outbound.client_certificate"
+    );
+    assert_eq!(store.settings().unwrap(), Settings::default());
+
+    let mut s = Settings::default();
+    s.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    s.tls.outbound.client_certificate = "Relay Client".into();
+    s.tls.inbound.mode = InboundMode::Require;
+    s.tls.inbound.client_certificate = ClientCertMode::Require;
+    s.tls.inbound.trusted_client_ca = vec!["Partner CA".into()];
+    store.put_settings(&s).unwrap();
+    assert_eq!(store.settings().unwrap(), s);
+}
+
+#[test]
+fn system_is_not_a_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(&dir);
+    let mut s = Settings::default();
+    s.tls.inbound.trusted_client_ca = vec!["system".into()];
+    let err = store.put_settings(&s).unwrap_err();
+    assert!(err.to_string().contains("trusted_ca"), "{err}");
+    assert_eq!(invalid_key(err), "tls.inbound.trusted_client_ca");
+}
+
+#[test]
+fn generation_changes_on_every_write_and_is_seen_by_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let b = open(&dir);
+    let mut seen = vec![b.generation().unwrap()];
+    let step = |seen: &mut Vec<i64>| {
+        let g = b.generation().unwrap();
+        assert!(!seen.contains(&g), "generation {g} repeated: {seen:?}");
+        seen.push(g);
+    };
+
+    assert!(a.ensure_default_certificate(&mut || Ok(leaf("x"))).unwrap());
+    step(&mut seen);
+    a.put_settings(&Settings::default()).unwrap();
+    step(&mut seen);
+    a.add_certificate(&ca("Partner CA")).unwrap();
+    step(&mut seen);
+    a.delete_certificate("Partner CA").unwrap();
+    step(&mut seen);
+    a.update_settings(&mut |s| Ok(s.with("tls.inbound.mode", "require")?))
+        .unwrap();
+    step(&mut seen);
+    assert_eq!(b.settings().unwrap().tls.inbound.mode, InboundMode::Require);
+
+    // Failed writes and events leave it alone.
+    let g = b.generation().unwrap();
+    assert!(a.add_certificate(&ca("Default Cert")).is_err());
+    assert!(a.delete_certificate("nothing").is_err());
+    a.record_event(&event("Q1", None, 1, event_kind::RECEIVED))
+        .unwrap();
+    assert_eq!(b.generation().unwrap(), g);
+}
+
+#[test]
+fn update_settings_applies_and_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(&dir);
+    let saved = store
+        .update_settings(&mut |s| Ok(s.with("mta.max_recipients", "12")?))
+        .unwrap();
+    assert_eq!(saved.mta.max_recipients, 12);
+    assert_eq!(store.settings().unwrap(), saved);
+
+    let err = store
+        .update_settings(&mut |s| Ok(s.with("tls.inbound.certificate", "ghost")?))
+        .unwrap_err();
+    assert_eq!(invalid_key(err), "tls.inbound.certificate");
+    assert_eq!(store.settings().unwrap(), saved);
+}
+
+#[test]
+fn delete_refused_while_in_use_then_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(&dir);
+    store.add_certificate(&leaf("Second")).unwrap();
+    store.add_certificate(&ca("Partner CA")).unwrap();
+
+    // The defaults use the Default Cert.
+    let err = store.delete_certificate(DEFAULT_CERT_NAME).unwrap_err();
+    assert!(err.to_string().contains("tls.inbound.certificate"), "{err}");
+
+    let mut s = Settings::default();
+    s.tls.inbound.certificate = "Second".into();
+    s.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    store.put_settings(&s).unwrap();
+
+    match store.delete_certificate("Partner CA").unwrap_err() {
+        StoreError::InUse { name, key } => {
+            assert_eq!(name, "Partner CA");
+            assert_eq!(key, "tls.outbound.trusted_ca");
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    let err = store.delete_certificate("Second").unwrap_err();
+    assert!(err.to_string().contains("tls.inbound.certificate"), "{err}");
+    assert!(store.certificate("Second").unwrap().is_some());
+
+    store.delete_certificate(DEFAULT_CERT_NAME).unwrap();
+    s.tls.outbound.trusted_ca = vec!["system".into()];
+    store.put_settings(&s).unwrap();
+    store.delete_certificate("Partner CA").unwrap();
+    assert!(store.certificate("Partner CA").unwrap().is_none());
+    let names: Vec<_> = store
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["Second"]);
+
+    assert!(matches!(
+        store.delete_certificate("Partner CA"),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn certificates_are_listed_by_name_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for name in ["b", "C", "a"] {
+        store.add_certificate(&leaf(name)).unwrap();
+    }
+    store.add_certificate(&ca("Partner CA")).unwrap();
+    let names: Vec<_> = store
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["C", "Partner CA", "a", "b"]);
+    assert_eq!(
+        store.certificate("Partner CA").unwrap(),
+        Some(ca("Partner CA"))
+    );
+    assert_eq!(store.certificate("a").unwrap(), Some(leaf("a")));
+    assert_eq!(store.certificate("A").unwrap(), None);
+
+    // Debug output never shows the key.
+    let shown = format!("{:?}", leaf("a"));
+    assert!(!shown.contains("MIIBkey"), "{shown}");
+}
+
+#[test]
+fn duplicate_and_bad_certificates_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_certificate(&leaf("Partner")).unwrap();
+    let g = store.generation().unwrap();
+
+    let err = store.add_certificate(&ca("Partner")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "a certificate named \"Partner\" already exists"
+    );
+    assert!(matches!(
+        store.add_certificate(&leaf("PARTNER")),
+        Err(StoreError::Duplicate(name)) if name == "Partner"
+    ));
+
+    let long = "x".repeat(101);
+    for bad in [
+        "",
+        long.as_str(),
+        "../etc/passwd",
+        "a/b",
+        "a\\b",
+        "tab\there",
+        "new\nline",
+        "nul\0",
+        "del\u{7f}",
+        " padded",
+        "padded ",
+        "..",
+        "system",
+    ] {
+        assert!(
+            matches!(
+                store.add_certificate(&leaf(bad)),
+                Err(StoreError::BadName(_))
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    // 100 characters (not bytes) is fine.
+    store.add_certificate(&leaf(&"é".repeat(100))).unwrap();
+
+    let mut no_cert = leaf("no cert");
+    no_cert.chain_pem = KEY.to_string();
+    assert!(matches!(
+        store.add_certificate(&no_cert),
+        Err(StoreError::BadCertificate(_))
+    ));
+    let mut bad_key = leaf("bad key");
+    bad_key.key_pem = Some(CHAIN.to_string());
+    assert!(matches!(
+        store.add_certificate(&bad_key),
+        Err(StoreError::BadCertificate(_))
+    ));
+
+    assert_eq!(store.certificates().unwrap().len(), 2);
+    assert_eq!(store.generation().unwrap(), g + 1);
+}
+
+#[test]
+fn default_certificate_generated_once_and_not_after_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let calls = AtomicUsize::new(0);
+    let mut make = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok(leaf("whatever make calls it"))
+    };
+    assert!(store.ensure_default_certificate(&mut make).unwrap());
+    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let cert = store.certificate(DEFAULT_CERT_NAME).unwrap().unwrap();
+    assert_eq!(cert.key_pem.as_deref(), Some(KEY));
+
+    // Stop using it, delete it: it must not come back.
+    store.add_certificate(&leaf("Own")).unwrap();
+    let mut s = Settings::default();
+    s.tls.inbound.certificate = "Own".into();
+    store.put_settings(&s).unwrap();
+    store.delete_certificate(DEFAULT_CERT_NAME).unwrap();
+    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    drop(store);
+    let store = open(&dir);
+    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(store.certificate(DEFAULT_CERT_NAME).unwrap().is_none());
+}
+
+#[test]
+fn default_certificate_failure_changes_nothing_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let err = store
+        .ensure_default_certificate(&mut || Err("no entropy".to_string()))
+        .unwrap_err();
+    assert!(err.to_string().contains("no entropy"), "{err}");
+    assert!(store.certificates().unwrap().is_empty());
+    assert!(store
+        .ensure_default_certificate(&mut || Ok(leaf("x")))
+        .unwrap());
+}
+
+#[test]
+fn default_certificate_imported_before_first_use_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_certificate(&leaf(DEFAULT_CERT_NAME)).unwrap();
+    let mut make = || -> Result<CertificateRecord, String> { panic!("must not generate") };
+    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    assert_eq!(store.certificates().unwrap(), [leaf(DEFAULT_CERT_NAME)]);
+}
+
+#[test]
+fn default_certificate_concurrent_first_use_makes_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new").join("store.db");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let (path, calls, barrier) = (path.clone(), calls.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // Both open (and create) the file at the same moment, too.
+                barrier.wait();
+                let store = SqliteStore::open(&path).expect("open");
+                barrier.wait();
+                store
+                    .ensure_default_certificate(&mut || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(500));
+                        Ok(leaf(&format!("made by {i}")))
+                    })
+                    .expect("ensure")
+            })
+        })
+        .collect();
+    let generated: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(generated.iter().filter(|g| **g).count(), 1, "{generated:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.certificates().unwrap().len(), 1);
+}
+
+fn event(queue_id: &str, message_id: Option<&str>, at: i64, kind: &str) -> TrackingEvent {
+    TrackingEvent {
+        queue_id: queue_id.to_string(),
+        message_id: message_id.map(str::to_string),
+        at,
+        kind: kind.to_string(),
+        detail: json!({ "at": at, "tls": { "version": "TLSv1.3" } }),
+    }
+}
+
+#[test]
+fn events_by_queue_id_and_message_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mid = Some("<abc@example.test>");
+    store
+        .record_events(&[
+            event("Q1", mid, 100, event_kind::RECEIVED),
+            event("Q1", mid, 100, event_kind::QUEUED),
+            event(
+                "Q2",
+                Some("<other@example.test>"),
+                101,
+                event_kind::RECEIVED,
+            ),
+        ])
+        .unwrap();
+    // Delivery events may carry the queue id only.
+    store
+        .record_event(&event("Q1", None, 160, event_kind::DEFERRED))
+        .unwrap();
+    store
+        .record_event(&event("Q1", None, 130, event_kind::DELIVERY_ATTEMPT))
+        .unwrap();
+    store
+        .record_event(&event("Q1", None, 400, event_kind::DELIVERED))
+        .unwrap();
+
+    let kinds = |events: Vec<TrackingEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.kind).collect()
+    };
+    let expected = [
+        "received",
+        "queued",
+        "delivery_attempt",
+        "deferred",
+        "delivered",
+    ];
+    assert_eq!(kinds(store.events_for("Q1").unwrap()), expected);
+    assert_eq!(
+        kinds(store.events_for("<abc@example.test>").unwrap()),
+        expected
+    );
+    assert_eq!(
+        kinds(store.events_for("abc@example.test").unwrap()),
+        expected
+    );
+    assert_eq!(store.events_for("Q2").unwrap().len(), 1);
+    assert!(store.events_for("nothing").unwrap().is_empty());
+
+    let first = &store.events_for("Q1").unwrap()[0];
+    assert_eq!(first, &event("Q1", mid, 100, event_kind::RECEIVED));
+
+    // Seen from another connection, newest first.
+    let other = open(&dir);
+    let recent = other.recent_events(3).unwrap();
+    let at: Vec<i64> = recent.iter().map(|e| e.at).collect();
+    assert_eq!(at, [400, 160, 130]);
+    assert_eq!(other.recent_events(100).unwrap().len(), 6);
+
+    assert_eq!(other.prune_events(150).unwrap(), 4);
+    assert_eq!(
+        kinds(store.events_for("Q1").unwrap()),
+        ["deferred", "delivered"]
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn file_and_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").join("sub");
+    let path = data.join("store.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .record_event(&event("Q", None, 1, "received"))
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&data.join("store.db-wal")), 0o600);
+    drop(store);
+
+    // A file left readable by others is tightened on open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    SqliteStore::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+}
+
+#[test]
+fn newer_schema_and_foreign_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+    }
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::UnsupportedSchema { found: 99, .. })
+    ));
+
+    let foreign = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&foreign).unwrap();
+        conn.pragma_update(None, "application_id", 1234).unwrap();
+    }
+    assert!(matches!(
+        SqliteStore::open(&foreign),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn store_is_usable_as_a_trait_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(initialised(&dir));
+    let handle = {
+        let store = store.clone();
+        std::thread::spawn(move || store.generation().unwrap())
+    };
+    assert_eq!(handle.join().unwrap(), store.generation().unwrap());
+}
