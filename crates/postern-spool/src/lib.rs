@@ -1,0 +1,54 @@
+//! Postern's durable mail spool: the only code that writes queue files.
+//!
+//! A spool is a directory with `tmp/`, `queue/` and `corrupt/` (all mode
+//! 0700, files 0600). Each accepted message is one file `queue/<ID>`, written
+//! once and never modified; its per-recipient delivery state lives beside it
+//! in `queue/<ID>.state`, replaced atomically after each attempt. The format
+//! is described for operators in `docs/queue-format.md`.
+//!
+//! # Guarantees
+//!
+//! - **No acknowledgement before durability.** [`Spool::store`] returns `Ok`
+//!   only after the message file is written, fsync'd, renamed from `tmp/`
+//!   into `queue/`, and `queue/` itself is fsync'd. A crash at any moment
+//!   loses no message that was acknowledged; an unacknowledged one is at most
+//!   a leftover in `tmp/`, removed by the next [`Spool::open`].
+//! - **Files check themselves.** Every file starts with a magic and version
+//!   line and ends with a CRC32 and an `END` marker; the length is checked
+//!   against the header. Truncation, bit flips, unknown versions and foreign
+//!   files are detected, never trusted.
+//! - **Damaged files are kept.** [`Spool::recover`] moves them to `corrupt/`
+//!   with a `.reason` file next to them; the spool never deletes a file it
+//!   cannot read.
+//! - **No silent duplicate delivery.** A damaged state file is not replaced
+//!   by "all pending": the message and its state go to `corrupt/` together,
+//!   for an operator to decide. `remove` unlinks the message before its state.
+//! - **One writer.** [`Spool::open`] takes a lock on the directory; all
+//!   methods take `&self` and may run on many threads at once. Queue ids are
+//!   time-ordered, so `list` returns messages oldest first.
+//!
+//! All I/O is blocking `std::fs`; async callers use `spawn_blocking`.
+
+mod error;
+mod format;
+mod id;
+mod spool;
+mod types;
+
+pub use error::SpoolError;
+pub use id::{InvalidQueueId, QueueId, QUEUE_ID_LEN};
+pub use spool::Spool;
+pub use types::{
+    DeliveryState, Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport,
+};
+
+#[cfg(test)]
+mod tests {
+    /// The gateway shares one `Spool` across threads (`Arc<Spool>`).
+    #[test]
+    fn spool_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Spool>();
+        check::<crate::SpoolError>();
+    }
+}

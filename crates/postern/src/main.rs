@@ -1,1 +1,53 @@
-fn main() {}
+//! `postern`: the Postern secure SMTP gateway.
+//!
+//! Layout: `cli.rs` (arguments), `context.rs` (config, store, Default
+//! Cert), `commands.rs` (settings/cert/queue/trace/check), `gateway/`
+//! (listeners, connections, reload, shutdown), `maillog.rs` (the mail log).
+
+mod cli;
+mod commands;
+mod context;
+mod gateway;
+mod maillog;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use context::Context;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    postern_tls::install_crypto_provider();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context::open(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(gateway::run(ctx))
+        }
+        Command::Check => commands::check(&ctx),
+        Command::Settings(command) => commands::settings(&ctx, command),
+        Command::Cert(command) => commands::cert(&ctx, command),
+        Command::Queue(command) => commands::queue(&ctx, command),
+        Command::Trace { id } => commands::trace(&ctx, &id),
+    }
+}

@@ -1,0 +1,232 @@
+//! The administrative commands: settings, certificates, queue, trace, check.
+//! Each works on the same store and spool as the running gateway.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use postern_config::Settings;
+use postern_spool::{QueueId, Spool};
+use postern_store::{CertificateRecord, Store};
+use postern_tls::{describe, generate_self_signed, validate_entry, KeyKind};
+
+use crate::cli::{CertCommand, Format, GenerateArgs, ImportArgs, QueueCommand, SettingsCommand};
+use crate::context::{unix_now, Context};
+
+pub fn settings(ctx: &Context, command: SettingsCommand) -> Result<()> {
+    let store = ctx.store.as_ref();
+    match command {
+        SettingsCommand::Show { format } | SettingsCommand::Export { format } => {
+            print!("{}", render(&store.settings()?, format));
+        }
+        SettingsCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let settings = parse_settings_file(&file, &text)
+                .map_err(|e| anyhow!("{}: {e}; nothing was changed", file.display()))?;
+            store.put_settings(&settings).map_err(|e| anyhow!("{e}; nothing was changed"))?;
+            eprintln!("settings imported from {}", file.display());
+        }
+        SettingsCommand::Set { key, value } => {
+            // Read-modify-write in one locked transaction: no lost updates.
+            store
+                .update_settings(&mut |current| Ok(current.with(&key, &value)?))
+                .map_err(|e| anyhow!("{e}; nothing was changed"))?;
+            eprintln!("{key} = {value}");
+        }
+    }
+    Ok(())
+}
+
+fn render(settings: &Settings, format: Format) -> String {
+    match format {
+        Format::Toml => settings.to_toml(),
+        Format::Json => settings.to_json() + "\n",
+    }
+}
+
+fn parse_settings_file(path: &Path, text: &str) -> Result<Settings, postern_config::ConfigError> {
+    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || text.trim_start().starts_with('{');
+    if is_json {
+        Settings::from_json(text)
+    } else {
+        Settings::from_toml(text)
+    }
+}
+
+pub fn cert(ctx: &Context, command: CertCommand) -> Result<()> {
+    let store = ctx.store.as_ref();
+    match command {
+        CertCommand::List => {
+            let settings = store.settings()?;
+            let mut out = format!("{:<24} {:<5} {:<14} {:<26} {}\n", "NAME", "KIND", "KEY", "NOT AFTER", "USED BY");
+            for record in store.certificates()? {
+                let used = usage(&settings, &record.name).join(", ");
+                let kind = if record.key_pem.is_some() { "cert" } else { "CA" };
+                match describe(&record.chain_pem) {
+                    Ok(info) => {
+                        let key = format!("{} {}", info.key_type, info.key_bits);
+                        let _ = writeln!(out, "{:<24} {:<5} {:<14} {:<26} {}", record.name, kind, key, info.not_after, used);
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "{:<24} {:<5} unreadable: {e}", record.name, kind);
+                    }
+                }
+            }
+            print!("{out}");
+        }
+        CertCommand::Show { name } => {
+            let record = find(store, &name)?;
+            let info = describe(&record.chain_pem)?;
+            let settings = store.settings()?;
+            println!("name:                {}", record.name);
+            println!("kind:                {}", if record.key_pem.is_some() { "certificate with private key" } else { "CA / trust anchor (no key)" });
+            println!("subject:             {}", info.subject);
+            println!("subject alt names:   {}", info.sans.join(", "));
+            println!("issuer:              {}", info.issuer);
+            println!("self-signed:         {}", info.self_signed);
+            println!("key:                 {} {} bits", info.key_type, info.key_bits);
+            println!("signature algorithm: {}", info.signature_algorithm);
+            println!("valid from:          {}", info.not_before);
+            println!("valid until:         {}", info.not_after);
+            println!("sha256 fingerprint:  {}", info.sha256_fingerprint);
+            println!("chain length:        {}", info.chain_len);
+            println!("used by:             {}", usage(&settings, &record.name).join(", "));
+        }
+        CertCommand::Export { name } => print!("{}", find(store, &name)?.chain_pem),
+        CertCommand::Generate(args) => generate(ctx, args)?,
+        CertCommand::Import(args) => import(store, args)?,
+        CertCommand::Delete { name } => {
+            store.delete_certificate(&name)?;
+            eprintln!("deleted \"{name}\"");
+        }
+    }
+    Ok(())
+}
+
+fn find(store: &dyn Store, name: &str) -> Result<CertificateRecord> {
+    store.certificate(name)?.ok_or_else(|| anyhow!("no certificate named \"{name}\" (see `postern cert list`)"))
+}
+
+/// The setting keys that use this certificate.
+fn usage(settings: &Settings, name: &str) -> Vec<&'static str> {
+    settings
+        .certificate_references()
+        .into_iter()
+        .filter(|(_, used)| *used == name)
+        .map(|(key, _)| key)
+        .collect()
+}
+
+fn generate(ctx: &Context, args: GenerateArgs) -> Result<()> {
+    let kind: KeyKind = args.key.parse().map_err(|e| anyhow!("--key: {e}"))?;
+    let cn = args.cn.unwrap_or_else(|| ctx.hostname.clone());
+    let sans = if args.san.is_empty() { vec![cn.clone()] } else { args.san };
+    let generated = generate_self_signed(kind, &cn, &sans)?;
+    let info = describe(&generated.chain_pem)?;
+    ctx.store.add_certificate(&CertificateRecord {
+        name: args.name.clone(),
+        chain_pem: generated.chain_pem,
+        key_pem: Some(generated.key_pem),
+        created_at: unix_now(),
+    })?;
+    eprintln!("generated \"{}\": {} {} bits, {}, {}", args.name, info.key_type, info.key_bits, info.signature_algorithm, info.sha256_fingerprint);
+    Ok(())
+}
+
+fn import(store: &dyn Store, args: ImportArgs) -> Result<()> {
+    let chain = std::fs::read_to_string(&args.cert).with_context(|| format!("reading {}", args.cert.display()))?;
+    let key = match &args.key {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let info = validate_entry(&chain, key.as_deref()).map_err(|e| anyhow!("{e}; nothing was imported"))?;
+    store.add_certificate(&CertificateRecord {
+        name: args.name.clone(),
+        chain_pem: chain,
+        key_pem: key,
+        created_at: unix_now(),
+    })?;
+    let kind = if args.key.is_some() { "certificate" } else { "CA certificate (trust anchor)" };
+    eprintln!("imported {kind} \"{}\": {} ({})", args.name, info.subject, info.sha256_fingerprint);
+    Ok(())
+}
+
+pub fn queue(ctx: &Context, command: QueueCommand) -> Result<()> {
+    // Read-only: works beside a running gateway, which holds the spool lock.
+    let spool = Spool::open_read_only(&ctx.node.spool_dir())?;
+    match command {
+        QueueCommand::List { json } => {
+            let mut items = Vec::new();
+            for id in spool.list()? {
+                match spool.load_envelope(&id) {
+                    Ok(queued) => items.push(queued),
+                    // A message delivered (removed) between list and load.
+                    Err(e) => tracing::debug!("skipping {id}: {e}"),
+                }
+            }
+            if json {
+                let list: Vec<_> = items.iter().map(queue_json).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for q in &items {
+                    let rcpts: Vec<String> = q.recipients.iter().map(|r| format!("{} ({:?})", r.address, r.state).to_lowercase()).collect();
+                    println!("{}  {:>9}  {}  <{}>  {}", q.id, q.size, rfc3339(q.envelope.received_at), q.envelope.sender, rcpts.join(", "));
+                }
+                println!("{} message(s) queued", items.len());
+            }
+        }
+        QueueCommand::Show { id } => {
+            let id: QueueId = id.parse().map_err(|e| anyhow!("{e}"))?;
+            let queued = spool.load_envelope(&id)?;
+            println!("{}", serde_json::to_string_pretty(&queue_json(&queued))?);
+        }
+    }
+    Ok(())
+}
+
+fn queue_json(q: &postern_spool::QueuedEnvelope) -> serde_json::Value {
+    serde_json::json!({
+        "id": q.id.to_string(),
+        "message_id": q.envelope.message_id,
+        "sender": q.envelope.sender,
+        "size": q.size,
+        "received_at": rfc3339(q.envelope.received_at),
+        "client": q.envelope.client_addr,
+        "tls": q.envelope.tls,
+        "recipients": q.recipients.iter().map(|r| serde_json::json!({
+            "address": r.address,
+            "state": r.state,
+            "attempts": r.attempts,
+            "next_attempt": r.next_attempt.map(rfc3339),
+            "last_error": r.last_error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+pub fn trace(ctx: &Context, id: &str) -> Result<()> {
+    let events = ctx.store.events_for(id)?;
+    if events.is_empty() {
+        bail!("no events recorded for \"{id}\" (give a queue ID or a Message-ID)");
+    }
+    for event in events {
+        println!("{}  {:<9} {}  {}", rfc3339(event.at), event.kind, event.queue_id, event.detail);
+    }
+    Ok(())
+}
+
+pub fn check(ctx: &Context) -> Result<()> {
+    let settings = ctx.store.settings()?;
+    settings.validate()?;
+    crate::gateway::build_server_tls(&settings, ctx.store.as_ref())?;
+    println!("ok: config and settings are valid (data in {})", ctx.node.data_dir.display());
+    Ok(())
+}

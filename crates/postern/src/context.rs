@@ -1,0 +1,65 @@
+//! What every command needs: the node config, our hostname, and the store
+//! (created on first use, with the Default Cert).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use postern_config::{NodeConfig, DEFAULT_CERT_NAME};
+use postern_store::{CertificateRecord, SqliteStore, Store};
+use postern_tls::{generate_self_signed, KeyKind};
+
+pub struct Context {
+    pub node: NodeConfig,
+    pub hostname: String,
+    pub store: Arc<SqliteStore>,
+}
+
+impl Context {
+    pub fn open(config: Option<&Path>) -> Result<Self> {
+        let node = match config {
+            Some(path) => NodeConfig::load(path)?,
+            None => NodeConfig::default(),
+        };
+        let hostname = node.hostname.clone().unwrap_or_else(system_hostname);
+        // Private: the data directory holds keys and mail.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&node.data_dir)
+            .with_context(|| format!("creating data directory {}", node.data_dir.display()))?;
+        let store = SqliteStore::open(&node.store_path())
+            .with_context(|| format!("opening the store {}", node.store_path().display()))?;
+        let generated = store.ensure_default_certificate(&mut || {
+            tracing::info!("generating the Default Cert (RSA 4096, sha256WithRSAEncryption) for {hostname}");
+            let cert = generate_self_signed(KeyKind::Rsa4096, &hostname, &[hostname.clone()])
+                .map_err(|e| e.to_string())?;
+            Ok(CertificateRecord {
+                name: DEFAULT_CERT_NAME.to_string(),
+                chain_pem: cert.chain_pem,
+                key_pem: Some(cert.key_pem),
+                created_at: unix_now(),
+            })
+        })?;
+        if generated {
+            tracing::info!("created {DEFAULT_CERT_NAME} in {}", node.store_path().display());
+        }
+        Ok(Self { node, hostname, store: Arc::new(store) })
+    }
+}
+
+pub fn system_hostname() -> String {
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

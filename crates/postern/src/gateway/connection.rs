@@ -1,0 +1,273 @@
+//! One SMTP connection: drives a [`Session`] over a socket, performs its
+//! actions (replies, STARTTLS, durable enqueue) and enforces timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postern_session::{Action, ClientCert, Session, SessionConfig, SessionEvent, TlsInfo};
+use postern_tls::{ClientCertStatus, ServerTls};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::enqueue::enqueue;
+use super::limits::ConnectionSlot;
+use super::Shared;
+
+/// Read buffer per connection; small, because most connections are idle.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// How a connection ended, for the mail log.
+enum End {
+    Closed,
+    ClientGone,
+    Timeout,
+    Shutdown,
+    StartTls,
+    Error(String),
+}
+
+impl End {
+    fn describe(&self) -> String {
+        match self {
+            End::Closed => "closed".into(),
+            End::ClientGone => "client disconnected".into(),
+            End::Timeout => "timeout".into(),
+            End::Shutdown => "shutdown".into(),
+            End::StartTls => "starttls".into(),
+            End::Error(e) => e.clone(),
+        }
+    }
+}
+
+/// Serve one accepted connection until it ends.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool, slot: ConnectionSlot) {
+    let started = Instant::now();
+    let live = shared.live.get();
+    let config = SessionConfig {
+        hostname: shared.hostname.clone(),
+        settings: Arc::clone(&live.settings),
+        trusted_networks: Arc::clone(&shared.trusted_networks),
+        tls_available: live.tls.is_some(),
+    };
+    let idle = live.settings.mta.session_timeout.to_std();
+    let (end, session) = if implicit_tls {
+        let Some(server_tls) = live.tls.clone() else {
+            shared.maillog.write("tls-failed", &[("client", &peer.to_string()), ("reason", "no certificate loaded")]);
+            return;
+        };
+        match handshake(&server_tls, tcp, idle).await {
+            Ok((mut stream, info)) => {
+                let mut session = Session::new(config, peer, Some(info));
+                let greeting = session.greeting().to_bytes();
+                let end = match write_all(&mut stream, &greeting, idle).await {
+                    Ok(()) => drive(&shared, &mut stream, &mut session, idle).await,
+                    Err(e) => e,
+                };
+                (end, session)
+            }
+            Err(reason) => {
+                shared.maillog.write("tls-failed", &[("client", &peer.to_string()), ("reason", &reason)]);
+                return;
+            }
+        }
+    } else {
+        let mut tcp = tcp;
+        let mut session = Session::new(config, peer, None);
+        let greeting = session.greeting().to_bytes();
+        let end = match write_all(&mut tcp, &greeting, idle).await {
+            Ok(()) => drive(&shared, &mut tcp, &mut session, idle).await,
+            Err(e) => e,
+        };
+        match (end, live.tls.clone()) {
+            (End::StartTls, Some(server_tls)) => match handshake(&server_tls, tcp, idle).await {
+                Ok((mut stream, info)) => {
+                    session.tls_established(info);
+                    let end = drive(&shared, &mut stream, &mut session, idle).await;
+                    (end, session)
+                }
+                Err(reason) => (End::Error(format!("TLS handshake failed: {reason}")), session),
+            },
+            (End::StartTls, None) => (End::Error("TLS not available".into()), session),
+            (end, _) => (end, session),
+        }
+    };
+    log_disconnect(&shared, peer, &session, &end, started);
+    drop(slot);
+}
+
+async fn handshake(
+    server_tls: &Arc<ServerTls>,
+    tcp: TcpStream,
+    limit: Duration,
+) -> Result<(TlsStream<TcpStream>, TlsInfo), String> {
+    let acceptor = TlsAcceptor::from(Arc::clone(&server_tls.config));
+    let stream = match timeout(limit, acceptor.accept(tcp)).await {
+        Err(_) => return Err("handshake timeout".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(stream)) => stream,
+    };
+    let (_, connection) = stream.get_ref();
+    let client_cert = match server_tls.client_certificate_status(connection.peer_certificates()) {
+        ClientCertStatus::NotPresented => None,
+        ClientCertStatus::Verified { subject } => Some(ClientCert { subject, verified: true }),
+        ClientCertStatus::Unverified { subject, .. } => Some(ClientCert { subject, verified: false }),
+    };
+    let negotiated = postern_tls::negotiated(connection).ok_or("handshake incomplete")?;
+    let info = TlsInfo { version: negotiated.version, cipher: negotiated.cipher, client_cert };
+    Ok((stream, info))
+}
+
+/// Run the session until it closes, the client goes, or STARTTLS.
+async fn drive<S>(shared: &Arc<Shared>, stream: &mut S, session: &mut Session, idle: Duration) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(512);
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        match session.poll() {
+            Action::Reply(reply) => reply.write_to(&mut out),
+            Action::Log(event) => log_event(shared, session, event),
+            Action::Enqueue(delivery) => {
+                let result = enqueue(shared, *delivery).await;
+                session.enqueued(result);
+            }
+            Action::StartTls => {
+                return match flush(stream, &mut out, idle).await {
+                    Ok(()) => End::StartTls,
+                    Err(end) => end,
+                };
+            }
+            Action::Close => {
+                let result = flush(stream, &mut out, idle).await;
+                let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
+                return result.err().unwrap_or(End::Closed);
+            }
+            Action::NeedInput => {
+                if let Err(end) = flush(stream, &mut out, idle).await {
+                    return end;
+                }
+                let accepting_shutdown = !session.is_receiving_message();
+                let read = tokio::select! {
+                    read = timeout(idle, stream.read(&mut buf)) => read,
+                    () = stopped(&mut shutdown), if accepting_shutdown => {
+                        session.shutdown_reply().write_to(&mut out);
+                        let _ = flush(stream, &mut out, Duration::from_secs(1)).await;
+                        return End::Shutdown;
+                    }
+                };
+                match read {
+                    Err(_) => {
+                        session.timeout_reply().write_to(&mut out);
+                        let _ = flush(stream, &mut out, Duration::from_secs(1)).await;
+                        return End::Timeout;
+                    }
+                    Ok(Ok(0)) => return End::ClientGone,
+                    Ok(Ok(n)) => session.receive(buf.get(..n).unwrap_or_default()),
+                    Ok(Err(e)) => return End::Error(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the gateway starts shutting down.
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // The watch guard is not Send: drop it here, not in the caller.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, limit: Duration) -> Result<(), End> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let result = write_all(stream, out, limit).await;
+    out.clear();
+    result
+}
+
+/// Write with a deadline, so a client that never reads cannot hold us.
+async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], limit: Duration) -> Result<(), End> {
+    match timeout(limit, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
+    {
+        Err(_) => Err(End::Timeout),
+        Ok(Err(e)) => Err(End::Error(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+fn tls_fields(session: &Session) -> (String, String, String) {
+    match session.tls() {
+        None => (String::new(), String::new(), String::new()),
+        Some(tls) => {
+            let cert = tls.client_cert.as_ref().map_or(String::new(), |c| {
+                format!("{} ({})", c.subject, if c.verified { "verified" } else { "not verified" })
+            });
+            (tls.version.clone(), tls.cipher.clone(), cert)
+        }
+    }
+}
+
+fn log_event(shared: &Shared, session: &Session, event: SessionEvent) {
+    let client = format!("[{}]", session_peer(session));
+    let (tls, cipher, cert) = tls_fields(session);
+    match event {
+        SessionEvent::RecipientRejected { sender, recipient, reply } => shared.maillog.write(
+            "rejected",
+            &[
+                ("client", &client),
+                ("from", &format!("<{sender}>")),
+                ("to", &format!("<{recipient}>")),
+                ("tls", &tls),
+                ("cipher", &cipher),
+                ("client_cert", &cert),
+                ("reply", &reply.to_string()),
+            ],
+        ),
+        SessionEvent::MessageRejected { sender, recipients, reply } => shared.maillog.write(
+            "rejected",
+            &[
+                ("client", &client),
+                ("from", &format!("<{sender}>")),
+                ("to", &recipients.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(",")),
+                ("tls", &tls),
+                ("cipher", &cipher),
+                ("client_cert", &cert),
+                ("reply", &reply.to_string()),
+            ],
+        ),
+    }
+}
+
+fn session_peer(session: &Session) -> std::net::IpAddr {
+    session.peer().ip()
+}
+
+fn log_disconnect(shared: &Shared, peer: SocketAddr, session: &Session, end: &End, started: Instant) {
+    let (tls, cipher, cert) = tls_fields(session);
+    let stats = session.stats();
+    shared.maillog.write(
+        "disconnect",
+        &[
+            ("client", &peer.to_string()),
+            ("helo", session.helo_name().unwrap_or("")),
+            ("tls", &tls),
+            ("cipher", &cipher),
+            ("client_cert", &cert),
+            ("accepted", &stats.accepted.to_string()),
+            ("rejected", &stats.rejected.to_string()),
+            ("errors", &stats.errors.to_string()),
+            ("duration", &format!("{:.3}s", started.elapsed().as_secs_f64())),
+            ("end", &end.describe()),
+        ],
+    );
+}

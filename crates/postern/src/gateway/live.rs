@@ -1,0 +1,114 @@
+//! The running gateway's view of the shared settings and its TLS
+//! configuration, reloaded from the store when its generation changes.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use postern_config::Settings;
+use postern_store::Store;
+use postern_tls::{InboundTlsParams, ServerTls};
+
+/// One consistent snapshot; connections keep the one they started with.
+pub struct Live {
+    pub settings: Arc<Settings>,
+    pub tls: Option<Arc<ServerTls>>,
+    pub generation: i64,
+}
+
+impl Live {
+    pub fn load(store: &dyn Store) -> Result<Live> {
+        let generation = store.generation()?;
+        let settings = store.settings()?;
+        let tls = build_server_tls(&settings, store)?;
+        Ok(Live { settings: Arc::new(settings), tls: Some(Arc::new(tls)), generation })
+    }
+}
+
+/// The inbound TLS configuration the settings ask for.
+pub fn build_server_tls(settings: &Settings, store: &dyn Store) -> Result<ServerTls> {
+    let inbound = &settings.tls.inbound;
+    let cert = store
+        .certificate(&inbound.certificate)?
+        .ok_or_else(|| anyhow!("tls.inbound.certificate: no certificate named \"{}\"", inbound.certificate))?;
+    let key = cert.key_pem.as_deref().ok_or_else(|| {
+        anyhow!("tls.inbound.certificate: \"{}\" has no private key", inbound.certificate)
+    })?;
+    let mut cas = Vec::new();
+    for name in &inbound.trusted_client_ca {
+        let ca = store
+            .certificate(name)?
+            .ok_or_else(|| anyhow!("tls.inbound.trusted_client_ca: no certificate named \"{name}\""))?;
+        cas.push(ca.chain_pem);
+    }
+    ServerTls::build(&InboundTlsParams {
+        chain_pem: &cert.chain_pem,
+        key_pem: key,
+        client_certificate: inbound.client_certificate,
+        client_ca_pems: cas.iter().map(String::as_str).collect(),
+        min_version: inbound.min_version,
+    })
+    .with_context(|| format!("building inbound TLS with \"{}\"", inbound.certificate))
+}
+
+/// The current snapshot, swapped whole on reload.
+pub struct LiveConfig {
+    current: RwLock<Arc<Live>>,
+}
+
+impl LiveConfig {
+    pub fn new(live: Live) -> Self {
+        Self { current: RwLock::new(Arc::new(live)) }
+    }
+
+    pub fn get(&self) -> Arc<Live> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn set(&self, live: Live) {
+        match self.current.write() {
+            Ok(mut guard) => *guard = Arc::new(live),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(live),
+        }
+    }
+}
+
+/// Poll the store's generation and reload on change: a settings or
+/// certificate change reaches new connections within about a second.
+pub async fn reload_loop(live: Arc<LiveConfig>, store: Arc<dyn Store>) {
+    let mut failed_generation = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        ticker.tick().await;
+        let current = live.get().generation;
+        let store = Arc::clone(&store);
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Option<Live>> {
+            let generation = store.generation()?;
+            if generation == current {
+                return Ok(None);
+            }
+            Live::load(store.as_ref()).map(Some)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(Some(next))) => {
+                tracing::info!(generation = next.generation, "settings reloaded");
+                failed_generation = None;
+                live.set(next);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                // Log each distinct failure once, not every half second.
+                let text = format!("{e:#}");
+                if failed_generation.as_deref() != Some(text.as_str()) {
+                    tracing::error!("new settings not applied, keeping the previous ones: {text}");
+                    failed_generation = Some(text);
+                }
+            }
+            Err(e) => tracing::error!("settings reload task failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `postern run`: listeners, settings reload, graceful shutdown.
+
+mod connection;
+mod enqueue;
+mod limits;
+mod live;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use ipnet::IpNet;
+use postern_spool::Spool;
+use postern_store::{SqliteStore, Store};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::maillog::MailLog;
+use limits::ConnectionLimits;
+pub use live::build_server_tls;
+use live::{Live, LiveConfig};
+
+/// Everything the connections share.
+pub struct Shared {
+    pub hostname: String,
+    pub trusted_networks: Arc<Vec<IpNet>>,
+    pub live: Arc<LiveConfig>,
+    pub spool: Arc<Spool>,
+    pub store: Arc<SqliteStore>,
+    pub maillog: MailLog,
+    pub limits: Arc<ConnectionLimits>,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub async fn run(ctx: Context) -> Result<()> {
+    let node = &ctx.node;
+    let spool_dir = node.spool_dir();
+    let spool = tokio::task::spawn_blocking(move || -> Result<Spool> {
+        let spool = Spool::open(&spool_dir).with_context(|| format!("opening spool {}", spool_dir.display()))?;
+        let report = spool.recover()?;
+        for (file, reason) in &report.quarantined {
+            tracing::warn!("damaged spool file {file} moved to corrupt/: {reason}");
+        }
+        tracing::info!("spool: {} queued message(s)", report.ok.len());
+        Ok(spool)
+    })
+    .await??;
+    let maillog = MailLog::open(&node.mail_log_path())?;
+    let live = Live::load(ctx.store.as_ref()).context("loading settings and the inbound certificate")?;
+    let (stop, shutdown) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        hostname: ctx.hostname.clone(),
+        trusted_networks: Arc::new(node.smtp.trusted_networks.clone()),
+        live: Arc::new(LiveConfig::new(live)),
+        spool: Arc::new(spool),
+        store: Arc::clone(&ctx.store),
+        maillog,
+        limits: Arc::new(ConnectionLimits::default()),
+        shutdown,
+    });
+
+    let mut accept_loops = Vec::new();
+    for (addrs, implicit_tls) in [(&node.smtp.listen, false), (&node.smtp.listen_implicit_tls, true)] {
+        for addr in addrs {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            let kind = if implicit_tls { "SMTP, implicit TLS" } else { "SMTP, STARTTLS" };
+            tracing::info!("listening on {} ({kind})", listener.local_addr().unwrap_or(*addr));
+            accept_loops.push(tokio::spawn(accept_loop(Arc::clone(&shared), listener, implicit_tls)));
+        }
+    }
+    let store: Arc<dyn Store> = ctx.store.clone();
+    let reloader = tokio::spawn(live::reload_loop(Arc::clone(&shared.live), store));
+    tracing::info!("Postern {} running as {}", env!("CARGO_PKG_VERSION"), ctx.hostname);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; sessions get {} to finish", node.smtp.shutdown_grace);
+    let _ = stop.send(true);
+    for handle in &accept_loops {
+        handle.abort();
+    }
+    reloader.abort();
+    let deadline = Instant::now() + node.smtp.shutdown_grace.to_std();
+    while shared.limits.active() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = shared.limits.active();
+    if left > 0 {
+        // Unacknowledged mail is the client's to retry; acknowledged mail is on disk.
+        tracing::warn!("{left} session(s) still open at the end of the grace period; closing them");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, implicit_tls: bool) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Replies are small and latency matters (SPEC §7: delayed-ACK stalls).
+        let _ = tcp.set_nodelay(true);
+        let mta = shared.live.get().settings.mta.clone();
+        match shared.limits.try_acquire(peer.ip(), mta.max_connections, mta.max_connections_per_client) {
+            Ok(slot) => {
+                tokio::spawn(connection::serve(Arc::clone(&shared), tcp, peer, implicit_tls, slot));
+            }
+            Err(reason) => {
+                shared.maillog.write("refused", &[("client", &peer.to_string()), ("reason", reason)]);
+                tokio::spawn(refuse(tcp, peer, implicit_tls));
+            }
+        }
+    }
+}
+
+/// Over a connection limit: say so (in plaintext only) and close.
+async fn refuse(mut tcp: TcpStream, _peer: SocketAddr, implicit_tls: bool) {
+    if !implicit_tls {
+        let reply = b"421 4.7.0 Too many connections, try again later\r\n";
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(reply)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.shutdown()).await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

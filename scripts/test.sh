@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run every test Postern has, installing what they need on a fresh machine:
+# Debian packages (swaks, openssl), a Python venv with pytest, then
+#   1. cargo test  — unit tests and socket-free session dialogs
+#   2. pytest      — whole-gateway tests on loopback with real clients
+# One build profile (release) serves both, so there is one cold build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_pkgs=()
+for pkg in swaks openssl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${need_pkgs[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+venv=target/pyenv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating Python venv in $venv"
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q -r tests/requirements.txt
+
+echo "== cargo test (release)"
+cargo test --release --workspace --locked
+
+echo "== cargo build (release)"
+cargo build --release --locked -p postern
+
+echo "== whole-gateway tests"
+POSTERN_BIN="$PWD/target/release/postern" "$venv/bin/python" -m pytest -q tests/ "$@"
