@@ -31,7 +31,9 @@ impl DomainEntry {
 
     /// The parsed next hop; `None` when the entry routes by MX.
     pub fn next_hop(&self) -> Option<NextHop> {
-        self.next_hop.as_deref().and_then(|h| NextHop::parse(h).ok())
+        self.next_hop
+            .as_deref()
+            .and_then(|h| NextHop::parse(h).ok())
     }
 
     pub(crate) fn validate(&self, index: usize) -> Result<(), ConfigError> {
@@ -92,12 +94,13 @@ pub enum NextHopHost {
     Ip(IpAddr),
 }
 
-
 impl NextHop {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let bad = || {
-            format!("\"{text}\" is not a next hop; expected \"host\", \"host:port\" or \"[ip]:port\"")
+            format!(
+                "\"{text}\" is not a next hop; expected \"host\", \"host:port\" or \"[ip]:port\""
+            )
         };
         if let Some(rest) = text.strip_prefix('[') {
             let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
@@ -106,14 +109,20 @@ impl NextHop {
                 "" => 25,
                 _ => parse_port(after.strip_prefix(':').ok_or_else(bad)?).ok_or_else(bad)?,
             };
-            return Ok(Self { host: NextHopHost::Ip(ip), port });
+            return Ok(Self {
+                host: NextHopHost::Ip(ip),
+                port,
+            });
         }
         let (host, port) = match text.rsplit_once(':') {
             Some((host, port)) => (host, parse_port(port).ok_or_else(bad)?),
             None => (text, 25),
         };
         if host.parse::<IpAddr>().is_ok() {
-            return Err(format!("{}: write IP addresses in brackets, e.g. \"[{host}]:{port}\"", bad()));
+            return Err(format!(
+                "{}: write IP addresses in brackets, e.g. \"[{host}]:{port}\"",
+                bad()
+            ));
         }
         if !is_domain_name(host) {
             return Err(bad());
@@ -170,7 +179,16 @@ mod tests {
         for (text, shown) in ok {
             assert_eq!(NextHop::parse(text).expect(text).to_string(), shown);
         }
-        for bad in ["", "10.0.0.5:25", "[10.0.0.5:25", "[nope]:25", "host:0", "host:99999", "a b", "[10.0.0.5]x"] {
+        for bad in [
+            "",
+            "10.0.0.5:25",
+            "[10.0.0.5:25",
+            "[nope]:25",
+            "host:0",
+            "host:99999",
+            "a b",
+            "[10.0.0.5]x",
+        ] {
             assert!(NextHop::parse(bad).is_err(), "{bad} accepted");
         }
     }

@@ -100,10 +100,10 @@ impl NodeConfig {
     /// `base` (the directory of the config file), so the gateway finds its
     /// data wherever it is started from.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
-        let mut config: NodeConfig = serde_path_to_error::deserialize(de).map_err(|err| {
-            ConfigError::new(err.path().to_string(), err.inner().to_string())
-        })?;
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
+        let mut config: NodeConfig = serde_path_to_error::deserialize(de)
+            .map_err(|err| ConfigError::new(err.path().to_string(), err.inner().to_string()))?;
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
@@ -124,14 +124,24 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.hostname {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-                return Err(ConfigError::new("hostname", format!("\"{name}\" is not a host name")));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            {
+                return Err(ConfigError::new(
+                    "hostname",
+                    format!("\"{name}\" is not a host name"),
+                ));
             }
         }
         if self.store != "sqlite" {
             return Err(ConfigError::new(
                 "store",
-                format!("\"{}\" is not supported yet; allowed: \"sqlite\"", self.store),
+                format!(
+                    "\"{}\" is not supported yet; allowed: \"sqlite\"",
+                    self.store
+                ),
             ));
         }
         if self.smtp.listen.is_empty() && self.smtp.listen_implicit_tls.is_empty() {
@@ -141,7 +151,10 @@ impl NodeConfig {
             ));
         }
         if self.delivery.mx_port == 0 {
-            return Err(ConfigError::new("delivery.mx_port", "must be between 1 and 65535"));
+            return Err(ConfigError::new(
+                "delivery.mx_port",
+                "must be between 1 and 65535",
+            ));
         }
         Ok(())
     }
@@ -168,7 +181,10 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = NodeConfig::from_toml("", Path::new("/etc/postern")).expect("parses");
         assert_eq!(c.data_dir, PathBuf::from("/etc/postern/./postern-data"));
-        assert_eq!(c.smtp.listen, vec![SocketAddr::from(([127, 0, 0, 1], 2525))]);
+        assert_eq!(
+            c.smtp.listen,
+            vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+        );
         assert_eq!(c.delivery.mx_port, 25);
     }
 
@@ -197,7 +213,8 @@ listen = "127.0.0.1:8025"
 
     #[test]
     fn errors_name_the_key() {
-        let err = NodeConfig::from_toml("[smtp]\nlisten = [\"nonsense\"]\n", Path::new(".")).unwrap_err();
+        let err =
+            NodeConfig::from_toml("[smtp]\nlisten = [\"nonsense\"]\n", Path::new(".")).unwrap_err();
         assert!(err.key.starts_with("smtp.listen"), "{err}");
         let err = NodeConfig::from_toml("colour = 1\n", Path::new(".")).unwrap_err();
         assert!(err.message.contains("colour"), "{err}");

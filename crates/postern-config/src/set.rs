@@ -39,28 +39,34 @@ impl Settings {
                 ),
             )
         };
-        let mut root = serde_json::to_value(self).map_err(|e| ConfigError::new(key, e.to_string()))?;
+        let mut root =
+            serde_json::to_value(self).map_err(|e| ConfigError::new(key, e.to_string()))?;
         let mut slot = &mut root;
         for part in key.split('.') {
-            slot = slot.as_object_mut().and_then(|m| m.get_mut(part)).ok_or_else(unknown)?;
+            slot = slot
+                .as_object_mut()
+                .and_then(|m| m.get_mut(part))
+                .ok_or_else(unknown)?;
         }
-        *slot = match slot {
-            Value::Object(_) => return Err(unknown()),
-            Value::Bool(_) => Value::Bool(match value.trim() {
-                "true" | "yes" | "on" => true,
-                "false" | "no" | "off" => false,
-                other => {
-                    return Err(ConfigError::new(key, format!("\"{other}\" is not true or false")));
-                }
-            }),
-            Value::Number(_) => value
-                .trim()
-                .parse::<u64>()
-                .map(Value::from)
-                .map_err(|_| ConfigError::new(key, format!("\"{value}\" is not a whole number")))?,
-            Value::Array(_) => parse_list(value).map_err(|m| ConfigError::new(key, m))?,
-            Value::String(_) | Value::Null => Value::String(value.to_string()),
-        };
+        *slot =
+            match slot {
+                Value::Object(_) => return Err(unknown()),
+                Value::Bool(_) => Value::Bool(match value.trim() {
+                    "true" | "yes" | "on" => true,
+                    "false" | "no" | "off" => false,
+                    other => {
+                        return Err(ConfigError::new(
+                            key,
+                            format!("\"{other}\" is not true or false"),
+                        ));
+                    }
+                }),
+                Value::Number(_) => value.trim().parse::<u64>().map(Value::from).map_err(|_| {
+                    ConfigError::new(key, format!("\"{value}\" is not a whole number"))
+                })?,
+                Value::Array(_) => parse_list(value).map_err(|m| ConfigError::new(key, m))?,
+                Value::String(_) | Value::Null => Value::String(value.to_string()),
+            };
         let mut updated: Settings = serde_path_to_error::deserialize(root)
             .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
         updated.domains = self.domains.clone();
@@ -100,11 +106,17 @@ mod tests {
         assert_eq!(s.tls.inbound.min_version, TlsVersion::V1_3);
         let s = s.with("mta.max_message_size", "1000").expect("size");
         assert_eq!(s.mta.max_message_size, 1000);
-        let s = s.with("tls.outbound.trusted_ca", "system, Partner CA").expect("list");
+        let s = s
+            .with("tls.outbound.trusted_ca", "system, Partner CA")
+            .expect("list");
         assert_eq!(s.tls.outbound.trusted_ca, vec!["system", "Partner CA"]);
-        let s = s.with("tls.inbound.trusted_client_ca", r#"["A CA","B, Inc CA"]"#).expect("json list");
+        let s = s
+            .with("tls.inbound.trusted_client_ca", r#"["A CA","B, Inc CA"]"#)
+            .expect("json list");
         assert_eq!(s.tls.inbound.trusted_client_ca, vec!["A CA", "B, Inc CA"]);
-        let s = s.with("tls.inbound.trusted_client_ca", "").expect("empty list");
+        let s = s
+            .with("tls.inbound.trusted_client_ca", "")
+            .expect("empty list");
         assert!(s.tls.inbound.trusted_client_ca.is_empty());
         let s = s.with("mta.session_timeout", "30s").expect("duration");
         assert_eq!(s.mta.session_timeout.as_secs(), 30);
@@ -122,7 +134,9 @@ mod tests {
         assert!(err.message.contains("unknown setting"), "{err}");
         let err = s.with("mta.max_recipients", "-3").unwrap_err();
         assert_eq!(err.key, "mta.max_recipients");
-        let err = s.with("tls.inbound.client_certificate", "require").unwrap_err();
+        let err = s
+            .with("tls.inbound.client_certificate", "require")
+            .unwrap_err();
         assert_eq!(err.key, "tls.inbound.client_certificate");
     }
 

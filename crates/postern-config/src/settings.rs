@@ -148,7 +148,8 @@ const MAX_MESSAGE_SIZE_LIMIT: u64 = 1 << 30;
 impl Settings {
     /// Parse a TOML settings document; errors name the offending key.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
         let settings: Settings = serde_path_to_error::deserialize(de).map_err(path_error)?;
         settings.validate()?;
         Ok(settings)
@@ -210,7 +211,10 @@ impl Settings {
         for (key, value) in [
             ("mta.max_recipients", mta.max_recipients),
             ("mta.max_connections", mta.max_connections),
-            ("mta.max_connections_per_client", mta.max_connections_per_client),
+            (
+                "mta.max_connections_per_client",
+                mta.max_connections_per_client,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
@@ -229,7 +233,10 @@ impl Settings {
         if mta.max_backoff < mta.min_backoff {
             return Err(ConfigError::new(
                 "mta.max_backoff",
-                format!("must not be shorter than mta.min_backoff ({})", mta.min_backoff),
+                format!(
+                    "must not be shorter than mta.min_backoff ({})",
+                    mta.min_backoff
+                ),
             ));
         }
 
@@ -250,7 +257,10 @@ impl Settings {
     /// that refers to it. Used to refuse deleting a certificate in use and to
     /// check that every named entry exists.
     pub fn certificate_references(&self) -> Vec<(&'static str, &str)> {
-        let mut refs = vec![("tls.inbound.certificate", self.tls.inbound.certificate.as_str())];
+        let mut refs = vec![(
+            "tls.inbound.certificate",
+            self.tls.inbound.certificate.as_str(),
+        )];
         refs.extend(
             self.tls
                 .inbound
@@ -323,7 +333,11 @@ fn check_names(key: &str, names: &[String]) -> Result<(), ConfigError> {
 
 fn path_error<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> ConfigError {
     let path = err.path().to_string();
-    let key = if path == "." { "settings".to_string() } else { path };
+    let key = if path == "." {
+        "settings".to_string()
+    } else {
+        path
+    };
     ConfigError::new(key, err.inner().to_string())
 }
 
@@ -374,7 +388,10 @@ tls = "verify"
         let s = Settings::from_toml(text).expect("parses");
         assert_eq!(s.domains.len(), 1);
         assert_eq!(s.outbound_mode("corp.example"), OutboundMode::Verify);
-        assert_eq!(s.outbound_mode("other.example"), OutboundMode::Opportunistic);
+        assert_eq!(
+            s.outbound_mode("other.example"),
+            OutboundMode::Opportunistic
+        );
         assert!(s.is_relay_domain("CORP.example."));
     }
 
@@ -382,7 +399,10 @@ tls = "verify"
     fn errors_name_the_key_and_choices() {
         let err = Settings::from_toml("[tls.inbound]\nmode = \"always\"\n").unwrap_err();
         assert_eq!(err.key, "tls.inbound.mode");
-        assert!(err.message.contains("none") && err.message.contains("require"), "{err}");
+        assert!(
+            err.message.contains("none") && err.message.contains("require"),
+            "{err}"
+        );
 
         let err = Settings::from_toml("[mta]\nmax_size = 1\n").unwrap_err();
         assert!(err.message.contains("max_size"), "{err}");
@@ -401,7 +421,10 @@ tls = "verify"
         s.tls.inbound.mode = InboundMode::Require;
         s.validate().expect("valid with require mode");
         s.tls.inbound.trusted_client_ca.clear();
-        assert_eq!(s.validate().unwrap_err().key, "tls.inbound.trusted_client_ca");
+        assert_eq!(
+            s.validate().unwrap_err().key,
+            "tls.inbound.trusted_client_ca"
+        );
     }
 
     #[test]
@@ -437,13 +460,18 @@ tls = "verify"
         assert_eq!(s.outbound_mode("a.corp.example"), OutboundMode::Require);
         assert_eq!(s.outbound_mode("b.a.corp.example"), OutboundMode::Require);
         assert_eq!(s.outbound_mode("x.eu.corp.example"), OutboundMode::None);
-        assert_eq!(s.outbound_mode("mail.eu.corp.example"), OutboundMode::Verify);
+        assert_eq!(
+            s.outbound_mode("mail.eu.corp.example"),
+            OutboundMode::Verify
+        );
     }
 
     #[test]
     fn duplicate_domains_refused() {
-        let err = Settings::from_toml("[[domain]]\nname = \"a.example\"\n[[domain]]\nname = \"A.example\"\n")
-            .unwrap_err();
+        let err = Settings::from_toml(
+            "[[domain]]\nname = \"a.example\"\n[[domain]]\nname = \"A.example\"\n",
+        )
+        .unwrap_err();
         assert_eq!(err.key, "domain[1].name");
     }
 }

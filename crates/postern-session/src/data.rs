@@ -28,7 +28,11 @@ impl Session {
         if let Some(reply) = self.data_refusal() {
             return self.error(reply);
         }
-        if self.transaction.as_ref().is_some_and(|t| t.chunks.is_some()) {
+        if self
+            .transaction
+            .as_ref()
+            .is_some_and(|t| t.chunks.is_some())
+        {
             return self.error(replies::data_after_bdat());
         }
         self.reply(replies::start_data());
@@ -40,32 +44,51 @@ impl Session {
         // refused BDAT still reads (and drops) them to stay in sync.
         if let Some(reply) = self.data_refusal() {
             self.stats.errors += 1;
-            self.phase = Phase::Chunk { size, last, discard: Some((size, reply)) };
+            self.phase = Phase::Chunk {
+                size,
+                last,
+                discard: Some((size, reply)),
+            };
             return;
         }
         let max = self.max_size();
         if let Some(transaction) = &mut self.transaction {
-            let receiver = transaction.chunks.get_or_insert_with(|| BdatReceiver::new(max));
+            let receiver = transaction
+                .chunks
+                .get_or_insert_with(|| BdatReceiver::new(max));
             receiver.begin_chunk(size);
         }
-        self.phase = Phase::Chunk { size, last, discard: None };
+        self.phase = Phase::Chunk {
+            size,
+            last,
+            discard: None,
+        };
     }
 
     /// Feed buffered input into the current chunk; false when more is needed.
     pub(crate) fn continue_chunk(&mut self) -> bool {
-        let Phase::Chunk { size, last, discard } = &mut self.phase else {
+        let Phase::Chunk {
+            size,
+            last,
+            discard,
+        } = &mut self.phase
+        else {
             return false;
         };
         let (size, last) = (*size, *last);
         if let Some((remaining, _)) = discard {
-            let take = usize::try_from(*remaining).unwrap_or(usize::MAX).min(self.input.len());
+            let take = usize::try_from(*remaining)
+                .unwrap_or(usize::MAX)
+                .min(self.input.len());
             self.input.drain(..take);
             *remaining -= take as u64;
             if *remaining > 0 {
                 return false;
             }
-            if let Phase::Chunk { discard: Some((_, reply)), .. } =
-                std::mem::replace(&mut self.phase, Phase::Command)
+            if let Phase::Chunk {
+                discard: Some((_, reply)),
+                ..
+            } = std::mem::replace(&mut self.phase, Phase::Command)
             {
                 self.reply(reply);
             }
@@ -123,7 +146,11 @@ impl Session {
             sender: transaction.sender,
             recipients: transaction.recipients,
             message,
-            helo: self.helo.as_ref().map(|h| h.name.clone()).unwrap_or_default(),
+            helo: self
+                .helo
+                .as_ref()
+                .map(|h| h.name.clone())
+                .unwrap_or_default(),
             peer: self.peer,
             tls: self.tls.clone(),
             body: transaction.body,

@@ -33,7 +33,11 @@ impl Session {
     pub(crate) fn mail(&mut self, from: ReversePath, params: MailParams) {
         if let Some(reply) = self.transaction_refusal() {
             let sender = reverse_path_text(&from);
-            self.log(SessionEvent::MessageRejected { sender, recipients: Vec::new(), reply: reply.clone() });
+            self.log(SessionEvent::MessageRejected {
+                sender,
+                recipients: Vec::new(),
+                reply: reply.clone(),
+            });
             return self.error(reply);
         }
         if self.transaction.is_some() {
@@ -44,21 +48,32 @@ impl Session {
             return self.error(replies::unsupported_parameter(name));
         }
         if !esmtp && (params.size.is_some() || params.body.is_some() || params.smtputf8) {
-            return self.error(replies::unsupported_parameter("(ESMTP parameters need EHLO)"));
+            return self.error(replies::unsupported_parameter(
+                "(ESMTP parameters need EHLO)",
+            ));
         }
         let body = match params.body.unwrap_or_default() {
             Body::SevenBit => "7BIT",
             Body::EightBitMime => "8BITMIME",
             // Not advertised: we relay with DATA, which cannot carry binary.
-            Body::BinaryMime => return self.error(replies::unsupported_parameter("BODY=BINARYMIME")),
+            Body::BinaryMime => {
+                return self.error(replies::unsupported_parameter("BODY=BINARYMIME"))
+            }
         };
         let sender = reverse_path_text(&from);
         if !params.smtputf8 && !sender.is_ascii() {
             return self.error(replies::needs_smtputf8());
         }
-        if params.size.is_some_and(|size| size > self.config.settings.mta.max_message_size) {
+        if params
+            .size
+            .is_some_and(|size| size > self.config.settings.mta.max_message_size)
+        {
             let reply = replies::message_too_big();
-            self.log(SessionEvent::MessageRejected { sender, recipients: Vec::new(), reply: reply.clone() });
+            self.log(SessionEvent::MessageRejected {
+                sender,
+                recipients: Vec::new(),
+                reply: reply.clone(),
+            });
             self.stats.rejected += 1;
             return self.reply(reply);
         }
@@ -112,7 +127,11 @@ impl Session {
     }
 
     fn reject_recipient(&mut self, recipient: &str, reply: Reply) {
-        let sender = self.transaction.as_ref().map(|t| t.sender.clone()).unwrap_or_default();
+        let sender = self
+            .transaction
+            .as_ref()
+            .map(|t| t.sender.clone())
+            .unwrap_or_default();
         self.log(SessionEvent::RecipientRejected {
             sender,
             recipient: recipient.to_string(),

@@ -23,5 +23,5 @@ mod starttls;
 
 pub use received::{message_id, received_header};
 pub use session::{
-    Action, ClientCert, Delivery, SessionConfig, Session, SessionEvent, SessionStats, TlsInfo,
+    Action, ClientCert, Delivery, Session, SessionConfig, SessionEvent, SessionStats, TlsInfo,
 };

@@ -26,7 +26,11 @@ pub fn received_header(delivery: &Delivery, hostname: &str, date: &str) -> Strin
             sanitize(&tls.cipher)
         ));
         if let Some(cert) = &tls.client_cert {
-            let state = if cert.verified { "verified" } else { "not verified" };
+            let state = if cert.verified {
+                "verified"
+            } else {
+                "not verified"
+            };
             header.push_str(&format!(
                 "\r\n\t(client certificate {state}: {})",
                 sanitize(&cert.subject)
@@ -61,7 +65,9 @@ pub fn message_id(message: &[u8]) -> Option<String> {
     let mut lines = headers.split(|&b| b == b'\n').peekable();
     while let Some(line) = lines.next() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some((name, value)) = split_header(line) else { continue };
+        let Some((name, value)) = split_header(line) else {
+            continue;
+        };
         if !name.eq_ignore_ascii_case(b"message-id") {
             continue;
         }
@@ -115,12 +121,21 @@ mod tests {
         let tls = TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_256_GCM_SHA384".into(),
-            client_cert: Some(ClientCert { subject: "CN=agent".into(), verified: true }),
+            client_cert: Some(ClientCert {
+                subject: "CN=agent".into(),
+                verified: true,
+            }),
         };
         let h = received_header(&delivery(Some(tls), &["u@example.org"]), "mx.test", "DATE");
-        assert!(h.starts_with("Received: from client.example _evil_ _ x ([192.0.2.7])\r\n"), "{h}");
+        assert!(
+            h.starts_with("Received: from client.example _evil_ _ x ([192.0.2.7])\r\n"),
+            "{h}"
+        );
         assert!(h.contains("by mx.test (Postern) with ESMTPS\r\n"), "{h}");
-        assert!(h.contains("(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)"), "{h}");
+        assert!(
+            h.contains("(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)"),
+            "{h}"
+        );
         assert!(h.contains("(client certificate verified: CN=agent)"), "{h}");
         assert!(h.ends_with("for <u@example.org>; DATE\r\n"), "{h}");
     }

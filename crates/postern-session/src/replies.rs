@@ -54,16 +54,28 @@ pub(crate) fn bare_lf_in_command() -> Reply {
     Reply::new(500, (5, 5, 2), "Command lines must end with <CR><LF>")
 }
 pub(crate) fn http_refused() -> Reply {
-    Reply::new(421, (4, 7, 0), "This is an SMTP server, not HTTP; closing connection")
+    Reply::new(
+        421,
+        (4, 7, 0),
+        "This is an SMTP server, not HTTP; closing connection",
+    )
 }
 pub(crate) fn too_many_errors() -> Reply {
     Reply::new(421, (4, 7, 0), "Too many errors; closing connection")
 }
 pub(crate) fn timeout(hostname: &str) -> Reply {
-    Reply::new(421, (4, 4, 2), format!("{hostname} Error: timeout exceeded; closing connection"))
+    Reply::new(
+        421,
+        (4, 4, 2),
+        format!("{hostname} Error: timeout exceeded; closing connection"),
+    )
 }
 pub(crate) fn shutting_down(hostname: &str) -> Reply {
-    Reply::new(421, (4, 3, 2), format!("{hostname} Service shutting down; closing connection"))
+    Reply::new(
+        421,
+        (4, 3, 2),
+        format!("{hostname} Service shutting down; closing connection"),
+    )
 }
 pub(crate) fn vrfy_disabled() -> Reply {
     Reply::new(502, (5, 5, 1), "VRFY and EXPN are disabled")
@@ -97,16 +109,28 @@ pub(crate) fn relay_denied() -> Reply {
     Reply::new(554, (5, 7, 1), "Relaying denied")
 }
 pub(crate) fn no_local_postmaster() -> Reply {
-    Reply::new(550, (5, 1, 1), "No local mailboxes here; write to postmaster@<domain>")
+    Reply::new(
+        550,
+        (5, 1, 1),
+        "No local mailboxes here; write to postmaster@<domain>",
+    )
 }
 pub(crate) fn too_many_recipients() -> Reply {
     Reply::new(452, (4, 5, 3), "Too many recipients")
 }
 pub(crate) fn message_too_big() -> Reply {
-    Reply::new(552, (5, 3, 4), "Message size exceeds fixed maximum message size")
+    Reply::new(
+        552,
+        (5, 3, 4),
+        "Message size exceeds fixed maximum message size",
+    )
 }
 pub(crate) fn bare_line_ending() -> Reply {
-    Reply::new(550, (5, 5, 2), "Message refused: bare CR or LF not allowed (use CRLF line endings)")
+    Reply::new(
+        550,
+        (5, 5, 2),
+        "Message refused: bare CR or LF not allowed (use CRLF line endings)",
+    )
 }
 pub(crate) fn unsupported_parameter(name: &str) -> Reply {
     Reply::new(555, (5, 5, 4), format!("Unsupported parameter {name}"))
@@ -115,7 +139,11 @@ pub(crate) fn needs_smtputf8() -> Reply {
     Reply::new(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8")
 }
 pub(crate) fn storage_failed() -> Reply {
-    Reply::new(451, (4, 3, 0), "Error: queue file write error; try again later")
+    Reply::new(
+        451,
+        (4, 3, 0),
+        "Error: queue file write error; try again later",
+    )
 }
 pub(crate) fn tls_not_available() -> Reply {
     Reply::new(454, (4, 7, 0), "TLS not available")
@@ -127,5 +155,9 @@ pub(crate) fn tls_already_active() -> Reply {
     Reply::new(503, (5, 5, 1), "TLS already active")
 }
 pub(crate) fn starttls_in_transaction() -> Reply {
-    Reply::new(503, (5, 5, 1), "STARTTLS not allowed during a mail transaction")
+    Reply::new(
+        503,
+        (5, 5, 1),
+        "STARTTLS not allowed during a mail transaction",
+    )
 }

@@ -70,9 +70,17 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
     /// A recipient was refused (relay, limits, syntax of the address).
-    RecipientRejected { sender: String, recipient: String, reply: Reply },
+    RecipientRejected {
+        sender: String,
+        recipient: String,
+        reply: Reply,
+    },
     /// A whole message was refused at end of data or at MAIL.
-    MessageRejected { sender: String, recipients: Vec<String>, reply: Reply },
+    MessageRejected {
+        sender: String,
+        recipients: Vec<String>,
+        reply: Reply,
+    },
 }
 
 /// What the listener must do next.
@@ -128,7 +136,11 @@ pub(crate) enum Phase {
     Data(DataReceiver),
     /// Reading a BDAT chunk; `last` marks the final one. Without a
     /// transaction the bytes are read and thrown away (RFC 3030 §2).
-    Chunk { size: u64, last: bool, discard: Option<(u64, Reply)> },
+    Chunk {
+        size: u64,
+        last: bool,
+        discard: Option<(u64, Reply)>,
+    },
     AwaitingTls,
     AwaitingStore,
     Closed,
@@ -174,7 +186,10 @@ impl Session {
 
     /// The `220` greeting.
     pub fn greeting(&self) -> Reply {
-        Reply::plain(220, vec![self.config.settings.banner(&self.config.hostname)])
+        Reply::plain(
+            220,
+            vec![self.config.settings.banner(&self.config.hostname)],
+        )
     }
 
     /// Bytes received from the client.
@@ -204,7 +219,10 @@ impl Session {
 
     /// Whether a message is being received (shutdown lets it finish).
     pub fn is_receiving_message(&self) -> bool {
-        matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. } | Phase::AwaitingStore)
+        matches!(
+            self.phase,
+            Phase::Data(_) | Phase::Chunk { .. } | Phase::AwaitingStore
+        )
     }
 
     pub fn helo_name(&self) -> Option<&str> {
@@ -370,8 +388,17 @@ impl Session {
 
 /// `GET / HTTP/1.1` and friends: a browser or proxy probe, not SMTP.
 fn looks_like_http(line: &[u8]) -> bool {
-    const VERBS: [&[u8]; 7] = [b"GET ", b"POST ", b"HEAD ", b"PUT ", b"CONNECT ", b"OPTIONS ", b"DELETE "];
-    VERBS.iter().any(|verb| {
-        line.len() >= verb.len() && line[..verb.len()].eq_ignore_ascii_case(verb)
-    }) || line.windows(7).any(|w| w.eq_ignore_ascii_case(b" HTTP/1"))
+    const VERBS: [&[u8]; 7] = [
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"CONNECT ",
+        b"OPTIONS ",
+        b"DELETE ",
+    ];
+    VERBS
+        .iter()
+        .any(|verb| line.len() >= verb.len() && line[..verb.len()].eq_ignore_ascii_case(verb))
+        || line.windows(7).any(|w| w.eq_ignore_ascii_case(b" HTTP/1"))
 }

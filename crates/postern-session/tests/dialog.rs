@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use postern_config::{ClientCertMode, DomainEntry, InboundMode, Settings};
-use postern_session::{Action, ClientCert, Delivery, Session, SessionConfig, SessionEvent, TlsInfo};
+use postern_session::{
+    Action, ClientCert, Delivery, Session, SessionConfig, SessionEvent, TlsInfo,
+};
 
 const TRUSTED: &str = "127.0.0.1:40000";
 const STRANGER: &str = "198.51.100.9:40000";
@@ -33,8 +35,18 @@ impl Dialog {
         };
         let peer: SocketAddr = peer.parse().expect("peer");
         let session = Session::new(config, peer, tls);
-        assert_eq!(session.greeting().to_string(), "220 mx.postern.test ESMTP Postern");
-        Self { session, stored: Vec::new(), events: Vec::new(), closed: false, tls_requested: false, store_fails: false }
+        assert_eq!(
+            session.greeting().to_string(),
+            "220 mx.postern.test ESMTP Postern"
+        );
+        Self {
+            session,
+            stored: Vec::new(),
+            events: Vec::new(),
+            closed: false,
+            tls_requested: false,
+            store_fails: false,
+        }
     }
 
     /// Send bytes; return every reply line-group as display strings.
@@ -83,12 +95,20 @@ impl Dialog {
     fn expect(&mut self, command: &str, expected: &str) {
         let replies = self.send(&format!("{command}\r\n"));
         assert_eq!(replies.len(), 1, "{command}: {replies:?}");
-        assert!(replies[0].starts_with(expected), "{command}: got {:?}, want {expected}", replies[0]);
+        assert!(
+            replies[0].starts_with(expected),
+            "{command}: got {:?}, want {expected}",
+            replies[0]
+        );
     }
 }
 
 fn tls13(client_cert: Option<ClientCert>) -> TlsInfo {
-    TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_256_GCM_SHA384".into(), client_cert }
+    TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        client_cert,
+    }
 }
 
 fn settings_with(mode: InboundMode) -> Settings {
@@ -111,7 +131,15 @@ fn plain_message_in_offer_mode() {
     let mut d = Dialog::new(Settings::default(), TRUSTED);
     let ehlo = d.send("EHLO client.example\r\n");
     let caps = &ehlo[0];
-    for cap in ["PIPELINING", "SIZE 52428800", "8BITMIME", "ENHANCEDSTATUSCODES", "STARTTLS", "SMTPUTF8", "CHUNKING"] {
+    for cap in [
+        "PIPELINING",
+        "SIZE 52428800",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+        "SMTPUTF8",
+        "CHUNKING",
+    ] {
         assert!(caps.contains(cap), "{cap} missing from {caps}");
     }
     send_message(&mut d);
@@ -139,22 +167,38 @@ fn mode_none_does_not_offer_starttls() {
 fn require_mode_refuses_mail_before_starttls() {
     let mut d = Dialog::new(settings_with(InboundMode::Require), TRUSTED);
     d.send("EHLO c\r\n");
-    d.expect("MAIL FROM:<a@example.com>", "530 5.7.0 Must issue a STARTTLS command first");
+    d.expect(
+        "MAIL FROM:<a@example.com>",
+        "530 5.7.0 Must issue a STARTTLS command first",
+    );
     d.expect("RCPT TO:<b@example.org>", "530 5.7.0");
     d.expect("DATA", "530 5.7.0");
-    assert!(d.events.iter().any(|e| matches!(e, SessionEvent::MessageRejected { .. })));
+    assert!(d
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::MessageRejected { .. })));
     d.expect("STARTTLS", "220 2.0.0");
     d.finish_tls(None);
     let ehlo = d.send("EHLO c\r\n");
-    assert!(!ehlo[0].contains("STARTTLS"), "STARTTLS offered twice: {ehlo:?}");
+    assert!(
+        !ehlo[0].contains("STARTTLS"),
+        "STARTTLS offered twice: {ehlo:?}"
+    );
     send_message(&mut d);
     assert_eq!(d.stored[0].protocol, "ESMTPS");
-    assert_eq!(d.stored[0].tls.as_ref().map(|t| t.version.as_str()), Some("TLSv1.3"));
+    assert_eq!(
+        d.stored[0].tls.as_ref().map(|t| t.version.as_str()),
+        Some("TLSv1.3")
+    );
 }
 
 #[test]
 fn implicit_tls_session_accepts_mail() {
-    let mut d = Dialog::with_tls(settings_with(InboundMode::Require), TRUSTED, Some(tls13(None)));
+    let mut d = Dialog::with_tls(
+        settings_with(InboundMode::Require),
+        TRUSTED,
+        Some(tls13(None)),
+    );
     d.send("EHLO c\r\n");
     send_message(&mut d);
     d.expect("STARTTLS", "503 5.5.1 TLS already active");
@@ -171,7 +215,10 @@ fn starttls_discards_pipelined_plaintext() {
     d.session.receive(b"NOOP\r\n");
     d.finish_tls(None);
     // The injected commands were never answered, and the state was reset.
-    d.expect("MAIL FROM:<a@example.com>", "503 5.5.1 Send EHLO or HELO first");
+    d.expect(
+        "MAIL FROM:<a@example.com>",
+        "503 5.5.1 Send EHLO or HELO first",
+    );
     d.send("EHLO c\r\n");
     send_message(&mut d);
 }
@@ -189,7 +236,10 @@ fn client_certificate_required() {
     let mut s = settings_with(InboundMode::Require);
     s.tls.inbound.client_certificate = ClientCertMode::Require;
     s.tls.inbound.trusted_client_ca = vec!["Test CA".into()];
-    let unverified = ClientCert { subject: "CN=stranger".into(), verified: false };
+    let unverified = ClientCert {
+        subject: "CN=stranger".into(),
+        verified: false,
+    };
     let mut d = Dialog::with_tls(s.clone(), TRUSTED, Some(tls13(Some(unverified))));
     d.send("EHLO c\r\n");
     d.expect("MAIL FROM:<a@example.com>", "530 5.7.1");
@@ -198,7 +248,10 @@ fn client_certificate_required() {
     d.send("EHLO c\r\n");
     d.expect("MAIL FROM:<a@example.com>", "530 5.7.1");
 
-    let verified = ClientCert { subject: "CN=agent".into(), verified: true };
+    let verified = ClientCert {
+        subject: "CN=agent".into(),
+        verified: true,
+    };
     let mut d = Dialog::with_tls(s, TRUSTED, Some(tls13(Some(verified))));
     d.send("EHLO c\r\n");
     send_message(&mut d);
@@ -207,8 +260,18 @@ fn client_certificate_required() {
 #[test]
 fn relay_control() {
     let mut s = Settings::default();
-    s.domains.push(DomainEntry { name: "corp.example".into(), relay: true, next_hop: None, tls: None });
-    s.domains.push(DomainEntry { name: "*.corp.example".into(), relay: true, next_hop: None, tls: None });
+    s.domains.push(DomainEntry {
+        name: "corp.example".into(),
+        relay: true,
+        next_hop: None,
+        tls: None,
+    });
+    s.domains.push(DomainEntry {
+        name: "*.corp.example".into(),
+        relay: true,
+        next_hop: None,
+        tls: None,
+    });
     let mut d = Dialog::new(s, STRANGER);
     d.send("EHLO c\r\n");
     d.expect("MAIL FROM:<a@example.com>", "250");
@@ -219,8 +282,15 @@ fn relay_control() {
     d.expect("RCPT TO:<d@notcorp.example>", "554 5.7.1");
     d.expect("DATA", "354");
     d.send("x\r\n.\r\n");
-    assert_eq!(d.stored[0].recipients, vec!["b@corp.example", "c@eu.corp.example"]);
-    let rejected = d.events.iter().filter(|e| matches!(e, SessionEvent::RecipientRejected { .. })).count();
+    assert_eq!(
+        d.stored[0].recipients,
+        vec!["b@corp.example", "c@eu.corp.example"]
+    );
+    let rejected = d
+        .events
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::RecipientRejected { .. }))
+        .count();
     assert_eq!(rejected, 3);
 }
 
@@ -259,10 +329,22 @@ fn too_many_recipients() {
 #[test]
 fn smuggling_never_makes_two_messages() {
     // Bare CR/LF around the dot: refused outright.
-    let refused: [&[u8]; 7] = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\n.\r\r\n"];
+    let refused: [&[u8]; 7] = [
+        b"\n.\n",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r",
+        b"\r\n.\r",
+        b"\r.\r\n",
+        b"\n.\r\r\n",
+    ];
     // NUL before the dot: ordinary data, so one message that contains the rest.
     let one_message: [&[u8]; 2] = [b"\r\n\x00.\r\n", b"\r\n.\x00\r\n"];
-    for (variant, expect_refusal) in refused.iter().map(|v| (v, true)).chain(one_message.iter().map(|v| (v, false))) {
+    for (variant, expect_refusal) in refused
+        .iter()
+        .map(|v| (v, true))
+        .chain(one_message.iter().map(|v| (v, false)))
+    {
         let mut d = Dialog::new(Settings::default(), TRUSTED);
         d.send("EHLO c\r\n");
         d.expect("MAIL FROM:<a@example.com>", "250");
@@ -275,11 +357,17 @@ fn smuggling_never_makes_two_messages() {
         assert_eq!(replies.len(), 1, "{variant:?}: {replies:?}");
         if expect_refusal {
             assert!(d.stored.is_empty(), "{variant:?} let a message through");
-            assert!(replies[0].starts_with("550 5.5.2"), "{variant:?}: {replies:?}");
+            assert!(
+                replies[0].starts_with("550 5.5.2"),
+                "{variant:?}: {replies:?}"
+            );
         } else {
             assert_eq!(d.stored.len(), 1, "{variant:?}");
             let body = String::from_utf8_lossy(&d.stored[0].message).into_owned();
-            assert!(body.contains("smuggled@example.com"), "{variant:?}: the rest must stay inside the one message");
+            assert!(
+                body.contains("smuggled@example.com"),
+                "{variant:?}: the rest must stay inside the one message"
+            );
             assert_eq!(d.stored[0].sender, "a@example.com");
         }
     }
@@ -390,7 +478,10 @@ fn too_many_errors_close_the_session() {
         all.extend(d.send("FROB\r\n"));
     }
     assert!(d.closed);
-    assert!(all.last().is_some_and(|r| r.starts_with("421 4.7.0")), "{all:?}");
+    assert!(
+        all.last().is_some_and(|r| r.starts_with("421 4.7.0")),
+        "{all:?}"
+    );
 }
 
 #[test]

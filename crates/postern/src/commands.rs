@@ -24,7 +24,9 @@ pub fn settings(ctx: &Context, command: SettingsCommand) -> Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let settings = parse_settings_file(&file, &text)
                 .map_err(|e| anyhow!("{}: {e}; nothing was changed", file.display()))?;
-            store.put_settings(&settings).map_err(|e| anyhow!("{e}; nothing was changed"))?;
+            store
+                .put_settings(&settings)
+                .map_err(|e| anyhow!("{e}; nothing was changed"))?;
             eprintln!("settings imported from {}", file.display());
         }
         SettingsCommand::Set { key, value } => {
@@ -46,7 +48,9 @@ fn render(settings: &Settings, format: Format) -> String {
 }
 
 fn parse_settings_file(path: &Path, text: &str) -> Result<Settings, postern_config::ConfigError> {
-    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
         || text.trim_start().starts_with('{');
     if is_json {
         Settings::from_json(text)
@@ -60,14 +64,25 @@ pub fn cert(ctx: &Context, command: CertCommand) -> Result<()> {
     match command {
         CertCommand::List => {
             let settings = store.settings()?;
-            let mut out = format!("{:<24} {:<5} {:<14} {:<26} {}\n", "NAME", "KIND", "KEY", "NOT AFTER", "USED BY");
+            let mut out = format!(
+                "{:<24} {:<5} {:<14} {:<26} {}\n",
+                "NAME", "KIND", "KEY", "NOT AFTER", "USED BY"
+            );
             for record in store.certificates()? {
                 let used = usage(&settings, &record.name).join(", ");
-                let kind = if record.key_pem.is_some() { "cert" } else { "CA" };
+                let kind = if record.key_pem.is_some() {
+                    "cert"
+                } else {
+                    "CA"
+                };
                 match describe(&record.chain_pem) {
                     Ok(info) => {
                         let key = format!("{} {}", info.key_type, info.key_bits);
-                        let _ = writeln!(out, "{:<24} {:<5} {:<14} {:<26} {}", record.name, kind, key, info.not_after, used);
+                        let _ = writeln!(
+                            out,
+                            "{:<24} {:<5} {:<14} {:<26} {}",
+                            record.name, kind, key, info.not_after, used
+                        );
                     }
                     Err(e) => {
                         let _ = writeln!(out, "{:<24} {:<5} unreadable: {e}", record.name, kind);
@@ -81,18 +96,31 @@ pub fn cert(ctx: &Context, command: CertCommand) -> Result<()> {
             let info = describe(&record.chain_pem)?;
             let settings = store.settings()?;
             println!("name:                {}", record.name);
-            println!("kind:                {}", if record.key_pem.is_some() { "certificate with private key" } else { "CA / trust anchor (no key)" });
+            println!(
+                "kind:                {}",
+                if record.key_pem.is_some() {
+                    "certificate with private key"
+                } else {
+                    "CA / trust anchor (no key)"
+                }
+            );
             println!("subject:             {}", info.subject);
             println!("subject alt names:   {}", info.sans.join(", "));
             println!("issuer:              {}", info.issuer);
             println!("self-signed:         {}", info.self_signed);
-            println!("key:                 {} {} bits", info.key_type, info.key_bits);
+            println!(
+                "key:                 {} {} bits",
+                info.key_type, info.key_bits
+            );
             println!("signature algorithm: {}", info.signature_algorithm);
             println!("valid from:          {}", info.not_before);
             println!("valid until:         {}", info.not_after);
             println!("sha256 fingerprint:  {}", info.sha256_fingerprint);
             println!("chain length:        {}", info.chain_len);
-            println!("used by:             {}", usage(&settings, &record.name).join(", "));
+            println!(
+                "used by:             {}",
+                usage(&settings, &record.name).join(", ")
+            );
         }
         CertCommand::Export { name } => print!("{}", find(store, &name)?.chain_pem),
         CertCommand::Generate(args) => generate(ctx, args)?,
@@ -106,7 +134,9 @@ pub fn cert(ctx: &Context, command: CertCommand) -> Result<()> {
 }
 
 fn find(store: &dyn Store, name: &str) -> Result<CertificateRecord> {
-    store.certificate(name)?.ok_or_else(|| anyhow!("no certificate named \"{name}\" (see `postern cert list`)"))
+    store
+        .certificate(name)?
+        .ok_or_else(|| anyhow!("no certificate named \"{name}\" (see `postern cert list`)"))
 }
 
 /// The setting keys that use this certificate.
@@ -122,7 +152,11 @@ fn usage(settings: &Settings, name: &str) -> Vec<&'static str> {
 fn generate(ctx: &Context, args: GenerateArgs) -> Result<()> {
     let kind: KeyKind = args.key.parse().map_err(|e| anyhow!("--key: {e}"))?;
     let cn = args.cn.unwrap_or_else(|| ctx.hostname.clone());
-    let sans = if args.san.is_empty() { vec![cn.clone()] } else { args.san };
+    let sans = if args.san.is_empty() {
+        vec![cn.clone()]
+    } else {
+        args.san
+    };
     let generated = generate_self_signed(kind, &cn, &sans)?;
     let info = describe(&generated.chain_pem)?;
     ctx.store.add_certificate(&CertificateRecord {
@@ -131,25 +165,39 @@ fn generate(ctx: &Context, args: GenerateArgs) -> Result<()> {
         key_pem: Some(generated.key_pem),
         created_at: unix_now(),
     })?;
-    eprintln!("generated \"{}\": {} {} bits, {}, {}", args.name, info.key_type, info.key_bits, info.signature_algorithm, info.sha256_fingerprint);
+    eprintln!(
+        "generated \"{}\": {} {} bits, {}, {}",
+        args.name, info.key_type, info.key_bits, info.signature_algorithm, info.sha256_fingerprint
+    );
     Ok(())
 }
 
 fn import(store: &dyn Store, args: ImportArgs) -> Result<()> {
-    let chain = std::fs::read_to_string(&args.cert).with_context(|| format!("reading {}", args.cert.display()))?;
+    let chain = std::fs::read_to_string(&args.cert)
+        .with_context(|| format!("reading {}", args.cert.display()))?;
     let key = match &args.key {
-        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
         None => None,
     };
-    let info = validate_entry(&chain, key.as_deref()).map_err(|e| anyhow!("{e}; nothing was imported"))?;
+    let info =
+        validate_entry(&chain, key.as_deref()).map_err(|e| anyhow!("{e}; nothing was imported"))?;
     store.add_certificate(&CertificateRecord {
         name: args.name.clone(),
         chain_pem: chain,
         key_pem: key,
         created_at: unix_now(),
     })?;
-    let kind = if args.key.is_some() { "certificate" } else { "CA certificate (trust anchor)" };
-    eprintln!("imported {kind} \"{}\": {} ({})", args.name, info.subject, info.sha256_fingerprint);
+    let kind = if args.key.is_some() {
+        "certificate"
+    } else {
+        "CA certificate (trust anchor)"
+    };
+    eprintln!(
+        "imported {kind} \"{}\": {} ({})",
+        args.name, info.subject, info.sha256_fingerprint
+    );
     Ok(())
 }
 
@@ -171,8 +219,19 @@ pub fn queue(ctx: &Context, command: QueueCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for q in &items {
-                    let rcpts: Vec<String> = q.recipients.iter().map(|r| format!("{} ({:?})", r.address, r.state).to_lowercase()).collect();
-                    println!("{}  {:>9}  {}  <{}>  {}", q.id, q.size, rfc3339(q.envelope.received_at), q.envelope.sender, rcpts.join(", "));
+                    let rcpts: Vec<String> = q
+                        .recipients
+                        .iter()
+                        .map(|r| format!("{} ({:?})", r.address, r.state).to_lowercase())
+                        .collect();
+                    println!(
+                        "{}  {:>9}  {}  <{}>  {}",
+                        q.id,
+                        q.size,
+                        rfc3339(q.envelope.received_at),
+                        q.envelope.sender,
+                        rcpts.join(", ")
+                    );
                 }
                 println!("{} message(s) queued", items.len());
             }
@@ -208,7 +267,10 @@ fn queue_json(q: &postern_spool::QueuedEnvelope) -> serde_json::Value {
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -218,7 +280,13 @@ pub fn trace(ctx: &Context, id: &str) -> Result<()> {
         bail!("no events recorded for \"{id}\" (give a queue ID or a Message-ID)");
     }
     for event in events {
-        println!("{}  {:<9} {}  {}", rfc3339(event.at), event.kind, event.queue_id, event.detail);
+        println!(
+            "{}  {:<9} {}  {}",
+            rfc3339(event.at),
+            event.kind,
+            event.queue_id,
+            event.detail
+        );
     }
     Ok(())
 }
@@ -227,6 +295,9 @@ pub fn check(ctx: &Context) -> Result<()> {
     let settings = ctx.store.settings()?;
     settings.validate()?;
     crate::gateway::build_server_tls(&settings, ctx.store.as_ref())?;
-    println!("ok: config and settings are valid (data in {})", ctx.node.data_dir.display());
+    println!(
+        "ok: config and settings are valid (data in {})",
+        ctx.node.data_dir.display()
+    );
     Ok(())
 }

@@ -32,9 +32,12 @@ impl Context {
         let store = SqliteStore::open(&node.store_path())
             .with_context(|| format!("opening the store {}", node.store_path().display()))?;
         let generated = store.ensure_default_certificate(&mut || {
-            tracing::info!("generating the Default Cert (RSA 4096, sha256WithRSAEncryption) for {hostname}");
-            let cert = generate_self_signed(KeyKind::Rsa4096, &hostname, &[hostname.clone()])
-                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                "generating the Default Cert (RSA 4096, sha256WithRSAEncryption) for {hostname}"
+            );
+            let cert =
+                generate_self_signed(KeyKind::Rsa4096, &hostname, std::slice::from_ref(&hostname))
+                    .map_err(|e| e.to_string())?;
             Ok(CertificateRecord {
                 name: DEFAULT_CERT_NAME.to_string(),
                 chain_pem: cert.chain_pem,
@@ -43,9 +46,16 @@ impl Context {
             })
         })?;
         if generated {
-            tracing::info!("created {DEFAULT_CERT_NAME} in {}", node.store_path().display());
+            tracing::info!(
+                "created {DEFAULT_CERT_NAME} in {}",
+                node.store_path().display()
+            );
         }
-        Ok(Self { node, hostname, store: Arc::new(store) })
+        Ok(Self {
+            node,
+            hostname,
+            store: Arc::new(store),
+        })
     }
 }
 

@@ -21,13 +21,17 @@ impl MailLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening mail log {}", path.display()))?;
-        Ok(Self { file: Mutex::new(file) })
+        Ok(Self {
+            file: Mutex::new(file),
+        })
     }
 
     /// Append one line: timestamp, event, then `key=value` fields.
     pub fn write(&self, event: &str, fields: &[(&str, &str)]) {
         let now = OffsetDateTime::now_utc()
-            .format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"))
+            .format(format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
             .unwrap_or_default();
         let mut line = format!("{now} {event}");
         for (key, value) in fields {

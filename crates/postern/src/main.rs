@@ -41,7 +41,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Context::open(cli.config.as_deref())?;
     match cli.command {
         Command::Run => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(gateway::run(ctx))
         }
         Command::Check => commands::check(&ctx),

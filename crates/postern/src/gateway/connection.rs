@@ -44,7 +44,13 @@ impl End {
 }
 
 /// Serve one accepted connection until it ends.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool, slot: ConnectionSlot) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    slot: ConnectionSlot,
+) {
     let started = Instant::now();
     let live = shared.live.get();
     let config = SessionConfig {
@@ -56,7 +62,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implic
     let idle = live.settings.mta.session_timeout.to_std();
     let (end, session) = if implicit_tls {
         let Some(server_tls) = live.tls.clone() else {
-            shared.maillog.write("tls-failed", &[("client", &peer.to_string()), ("reason", "no certificate loaded")]);
+            shared.maillog.write(
+                "tls-failed",
+                &[
+                    ("client", &peer.to_string()),
+                    ("reason", "no certificate loaded"),
+                ],
+            );
             return;
         };
         match handshake(&server_tls, tcp, idle).await {
@@ -70,7 +82,10 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implic
                 (end, session)
             }
             Err(reason) => {
-                shared.maillog.write("tls-failed", &[("client", &peer.to_string()), ("reason", &reason)]);
+                shared.maillog.write(
+                    "tls-failed",
+                    &[("client", &peer.to_string()), ("reason", &reason)],
+                );
                 return;
             }
         }
@@ -89,7 +104,10 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implic
                     let end = drive(&shared, &mut stream, &mut session, idle).await;
                     (end, session)
                 }
-                Err(reason) => (End::Error(format!("TLS handshake failed: {reason}")), session),
+                Err(reason) => (
+                    End::Error(format!("TLS handshake failed: {reason}")),
+                    session,
+                ),
             },
             (End::StartTls, None) => (End::Error("TLS not available".into()), session),
             (end, _) => (end, session),
@@ -113,16 +131,31 @@ async fn handshake(
     let (_, connection) = stream.get_ref();
     let client_cert = match server_tls.client_certificate_status(connection.peer_certificates()) {
         ClientCertStatus::NotPresented => None,
-        ClientCertStatus::Verified { subject } => Some(ClientCert { subject, verified: true }),
-        ClientCertStatus::Unverified { subject, .. } => Some(ClientCert { subject, verified: false }),
+        ClientCertStatus::Verified { subject } => Some(ClientCert {
+            subject,
+            verified: true,
+        }),
+        ClientCertStatus::Unverified { subject, .. } => Some(ClientCert {
+            subject,
+            verified: false,
+        }),
     };
     let negotiated = postern_tls::negotiated(connection).ok_or("handshake incomplete")?;
-    let info = TlsInfo { version: negotiated.version, cipher: negotiated.cipher, client_cert };
+    let info = TlsInfo {
+        version: negotiated.version,
+        cipher: negotiated.cipher,
+        client_cert,
+    };
     Ok((stream, info))
 }
 
 /// Run the session until it closes, the client goes, or STARTTLS.
-async fn drive<S>(shared: &Arc<Shared>, stream: &mut S, session: &mut Session, idle: Duration) -> End
+async fn drive<S>(
+    shared: &Arc<Shared>,
+    stream: &mut S,
+    session: &mut Session,
+    idle: Duration,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -182,7 +215,11 @@ async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
-async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, limit: Duration) -> Result<(), End> {
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), End> {
     if out.is_empty() {
         return Ok(());
     }
@@ -192,7 +229,11 @@ async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, limit: 
 }
 
 /// Write with a deadline, so a client that never reads cannot hold us.
-async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], limit: Duration) -> Result<(), End> {
+async fn write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), End> {
     match timeout(limit, async {
         stream.write_all(bytes).await?;
         stream.flush().await
@@ -210,7 +251,15 @@ fn tls_fields(session: &Session) -> (String, String, String) {
         None => (String::new(), String::new(), String::new()),
         Some(tls) => {
             let cert = tls.client_cert.as_ref().map_or(String::new(), |c| {
-                format!("{} ({})", c.subject, if c.verified { "verified" } else { "not verified" })
+                format!(
+                    "{} ({})",
+                    c.subject,
+                    if c.verified {
+                        "verified"
+                    } else {
+                        "not verified"
+                    }
+                )
             });
             (tls.version.clone(), tls.cipher.clone(), cert)
         }
@@ -221,7 +270,11 @@ fn log_event(shared: &Shared, session: &Session, event: SessionEvent) {
     let client = format!("[{}]", session_peer(session));
     let (tls, cipher, cert) = tls_fields(session);
     match event {
-        SessionEvent::RecipientRejected { sender, recipient, reply } => shared.maillog.write(
+        SessionEvent::RecipientRejected {
+            sender,
+            recipient,
+            reply,
+        } => shared.maillog.write(
             "rejected",
             &[
                 ("client", &client),
@@ -233,12 +286,23 @@ fn log_event(shared: &Shared, session: &Session, event: SessionEvent) {
                 ("reply", &reply.to_string()),
             ],
         ),
-        SessionEvent::MessageRejected { sender, recipients, reply } => shared.maillog.write(
+        SessionEvent::MessageRejected {
+            sender,
+            recipients,
+            reply,
+        } => shared.maillog.write(
             "rejected",
             &[
                 ("client", &client),
                 ("from", &format!("<{sender}>")),
-                ("to", &recipients.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(",")),
+                (
+                    "to",
+                    &recipients
+                        .iter()
+                        .map(|r| format!("<{r}>"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
                 ("tls", &tls),
                 ("cipher", &cipher),
                 ("client_cert", &cert),
@@ -252,7 +316,13 @@ fn session_peer(session: &Session) -> std::net::IpAddr {
     session.peer().ip()
 }
 
-fn log_disconnect(shared: &Shared, peer: SocketAddr, session: &Session, end: &End, started: Instant) {
+fn log_disconnect(
+    shared: &Shared,
+    peer: SocketAddr,
+    session: &Session,
+    end: &End,
+    started: Instant,
+) {
     let (tls, cipher, cert) = tls_fields(session);
     let stats = session.stats();
     shared.maillog.write(
@@ -266,7 +336,10 @@ fn log_disconnect(shared: &Shared, peer: SocketAddr, session: &Session, end: &En
             ("accepted", &stats.accepted.to_string()),
             ("rejected", &stats.rejected.to_string()),
             ("errors", &stats.errors.to_string()),
-            ("duration", &format!("{:.3}s", started.elapsed().as_secs_f64())),
+            (
+                "duration",
+                &format!("{:.3}s", started.elapsed().as_secs_f64()),
+            ),
             ("end", &end.describe()),
         ],
     );

@@ -14,13 +14,18 @@ use super::Shared;
 use crate::context::unix_now;
 
 pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String, String> {
-    let date = OffsetDateTime::now_utc().format(&Rfc2822).unwrap_or_default();
+    let date = OffsetDateTime::now_utc()
+        .format(&Rfc2822)
+        .unwrap_or_default();
     let header = received_header(&delivery, &shared.hostname, &date);
     let mut message = Vec::with_capacity(header.len() + delivery.message.len());
     message.extend_from_slice(header.as_bytes());
     message.extend_from_slice(&delivery.message);
     let size = message.len();
-    let tls = delivery.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));
+    let tls = delivery
+        .tls
+        .as_ref()
+        .map(|t| format!("{} {}", t.version, t.cipher));
     let envelope = Envelope {
         sender: delivery.sender.clone(),
         recipients: delivery.recipients.clone(),
@@ -42,7 +47,10 @@ pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String,
         Ok(Ok(id)) => id.to_string(),
         Ok(Err(e)) => {
             tracing::error!("spool write failed, answering 451: {e}");
-            shared.maillog.write("store-failed", &[("client", &client), ("error", &e.to_string())]);
+            shared.maillog.write(
+                "store-failed",
+                &[("client", &client), ("error", &e.to_string())],
+            );
             return Err(e.to_string());
         }
         Err(e) => {
@@ -54,12 +62,25 @@ pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String,
         Some(t) => (
             t.cipher.clone(),
             t.client_cert.as_ref().map_or(String::new(), |c| {
-                format!("{} ({})", c.subject, if c.verified { "verified" } else { "not verified" })
+                format!(
+                    "{} ({})",
+                    c.subject,
+                    if c.verified {
+                        "verified"
+                    } else {
+                        "not verified"
+                    }
+                )
             }),
         ),
         None => (String::new(), String::new()),
     };
-    let to = delivery.recipients.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(",");
+    let to = delivery
+        .recipients
+        .iter()
+        .map(|r| format!("<{r}>"))
+        .collect::<Vec<_>>()
+        .join(",");
     shared.maillog.write(
         "accepted",
         &[
@@ -71,7 +92,10 @@ pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String,
             ("size", &size.to_string()),
             ("message_id", envelope.message_id.as_deref().unwrap_or("")),
             ("proto", delivery.protocol),
-            ("tls", delivery.tls.as_ref().map_or("", |t| t.version.as_str())),
+            (
+                "tls",
+                delivery.tls.as_ref().map_or("", |t| t.version.as_str()),
+            ),
             ("cipher", &cipher),
             ("client_cert", &cert),
         ],

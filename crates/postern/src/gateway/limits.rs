@@ -29,7 +29,10 @@ impl ConnectionLimits {
         max_total: u32,
         max_per_client: u32,
     ) -> Result<ConnectionSlot, &'static str> {
-        let mut counts = self.counts.lock().map_err(|_| "connection limits unavailable")?;
+        let mut counts = self
+            .counts
+            .lock()
+            .map_err(|_| "connection limits unavailable")?;
         if counts.total >= max_total {
             return Err("too many connections (mta.max_connections)");
         }
@@ -39,7 +42,10 @@ impl ConnectionLimits {
         }
         *per_client += 1;
         counts.total += 1;
-        Ok(ConnectionSlot { limits: Arc::clone(self), ip })
+        Ok(ConnectionSlot {
+            limits: Arc::clone(self),
+            ip,
+        })
     }
 
     pub fn active(&self) -> u32 {

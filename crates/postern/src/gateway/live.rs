@@ -21,24 +21,34 @@ impl Live {
         let generation = store.generation()?;
         let settings = store.settings()?;
         let tls = build_server_tls(&settings, store)?;
-        Ok(Live { settings: Arc::new(settings), tls: Some(Arc::new(tls)), generation })
+        Ok(Live {
+            settings: Arc::new(settings),
+            tls: Some(Arc::new(tls)),
+            generation,
+        })
     }
 }
 
 /// The inbound TLS configuration the settings ask for.
 pub fn build_server_tls(settings: &Settings, store: &dyn Store) -> Result<ServerTls> {
     let inbound = &settings.tls.inbound;
-    let cert = store
-        .certificate(&inbound.certificate)?
-        .ok_or_else(|| anyhow!("tls.inbound.certificate: no certificate named \"{}\"", inbound.certificate))?;
+    let cert = store.certificate(&inbound.certificate)?.ok_or_else(|| {
+        anyhow!(
+            "tls.inbound.certificate: no certificate named \"{}\"",
+            inbound.certificate
+        )
+    })?;
     let key = cert.key_pem.as_deref().ok_or_else(|| {
-        anyhow!("tls.inbound.certificate: \"{}\" has no private key", inbound.certificate)
+        anyhow!(
+            "tls.inbound.certificate: \"{}\" has no private key",
+            inbound.certificate
+        )
     })?;
     let mut cas = Vec::new();
     for name in &inbound.trusted_client_ca {
-        let ca = store
-            .certificate(name)?
-            .ok_or_else(|| anyhow!("tls.inbound.trusted_client_ca: no certificate named \"{name}\""))?;
+        let ca = store.certificate(name)?.ok_or_else(|| {
+            anyhow!("tls.inbound.trusted_client_ca: no certificate named \"{name}\"")
+        })?;
         cas.push(ca.chain_pem);
     }
     ServerTls::build(&InboundTlsParams {
@@ -58,7 +68,9 @@ pub struct LiveConfig {
 
 impl LiveConfig {
     pub fn new(live: Live) -> Self {
-        Self { current: RwLock::new(Arc::new(live)) }
+        Self {
+            current: RwLock::new(Arc::new(live)),
+        }
     }
 
     pub fn get(&self) -> Arc<Live> {

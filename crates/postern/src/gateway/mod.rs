@@ -40,7 +40,8 @@ pub async fn run(ctx: Context) -> Result<()> {
     let node = &ctx.node;
     let spool_dir = node.spool_dir();
     let spool = tokio::task::spawn_blocking(move || -> Result<Spool> {
-        let spool = Spool::open(&spool_dir).with_context(|| format!("opening spool {}", spool_dir.display()))?;
+        let spool = Spool::open(&spool_dir)
+            .with_context(|| format!("opening spool {}", spool_dir.display()))?;
         let report = spool.recover()?;
         for (file, reason) in &report.quarantined {
             tracing::warn!("damaged spool file {file} moved to corrupt/: {reason}");
@@ -50,7 +51,8 @@ pub async fn run(ctx: Context) -> Result<()> {
     })
     .await??;
     let maillog = MailLog::open(&node.mail_log_path())?;
-    let live = Live::load(ctx.store.as_ref()).context("loading settings and the inbound certificate")?;
+    let live =
+        Live::load(ctx.store.as_ref()).context("loading settings and the inbound certificate")?;
     let (stop, shutdown) = watch::channel(false);
     let shared = Arc::new(Shared {
         hostname: ctx.hostname.clone(),
@@ -64,20 +66,43 @@ pub async fn run(ctx: Context) -> Result<()> {
     });
 
     let mut accept_loops = Vec::new();
-    for (addrs, implicit_tls) in [(&node.smtp.listen, false), (&node.smtp.listen_implicit_tls, true)] {
+    for (addrs, implicit_tls) in [
+        (&node.smtp.listen, false),
+        (&node.smtp.listen_implicit_tls, true),
+    ] {
         for addr in addrs {
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-            let kind = if implicit_tls { "SMTP, implicit TLS" } else { "SMTP, STARTTLS" };
-            tracing::info!("listening on {} ({kind})", listener.local_addr().unwrap_or(*addr));
-            accept_loops.push(tokio::spawn(accept_loop(Arc::clone(&shared), listener, implicit_tls)));
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let kind = if implicit_tls {
+                "SMTP, implicit TLS"
+            } else {
+                "SMTP, STARTTLS"
+            };
+            tracing::info!(
+                "listening on {} ({kind})",
+                listener.local_addr().unwrap_or(*addr)
+            );
+            accept_loops.push(tokio::spawn(accept_loop(
+                Arc::clone(&shared),
+                listener,
+                implicit_tls,
+            )));
         }
     }
     let store: Arc<dyn Store> = ctx.store.clone();
     let reloader = tokio::spawn(live::reload_loop(Arc::clone(&shared.live), store));
-    tracing::info!("Postern {} running as {}", env!("CARGO_PKG_VERSION"), ctx.hostname);
+    tracing::info!(
+        "Postern {} running as {}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.hostname
+    );
 
     wait_for_signal().await;
-    tracing::info!("shutting down: no new connections; sessions get {} to finish", node.smtp.shutdown_grace);
+    tracing::info!(
+        "shutting down: no new connections; sessions get {} to finish",
+        node.smtp.shutdown_grace
+    );
     let _ = stop.send(true);
     for handle in &accept_loops {
         handle.abort();
@@ -110,12 +135,25 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, implicit_tls: b
         // Replies are small and latency matters (SPEC §7: delayed-ACK stalls).
         let _ = tcp.set_nodelay(true);
         let mta = shared.live.get().settings.mta.clone();
-        match shared.limits.try_acquire(peer.ip(), mta.max_connections, mta.max_connections_per_client) {
+        match shared.limits.try_acquire(
+            peer.ip(),
+            mta.max_connections,
+            mta.max_connections_per_client,
+        ) {
             Ok(slot) => {
-                tokio::spawn(connection::serve(Arc::clone(&shared), tcp, peer, implicit_tls, slot));
+                tokio::spawn(connection::serve(
+                    Arc::clone(&shared),
+                    tcp,
+                    peer,
+                    implicit_tls,
+                    slot,
+                ));
             }
             Err(reason) => {
-                shared.maillog.write("refused", &[("client", &peer.to_string()), ("reason", reason)]);
+                shared.maillog.write(
+                    "refused",
+                    &[("client", &peer.to_string()), ("reason", reason)],
+                );
                 tokio::spawn(refuse(tcp, peer, implicit_tls));
             }
         }
