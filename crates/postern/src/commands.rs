@@ -77,7 +77,11 @@ pub fn cert(ctx: &Context, command: CertCommand) -> Result<()> {
                 };
                 match describe(&record.chain_pem) {
                     Ok(info) => {
-                        let key = format!("{} {}", info.key_type, info.key_bits);
+                        let key = if info.key_type.starts_with("RSA") {
+                            format!("{} {}", info.key_type, info.key_bits)
+                        } else {
+                            info.key_type.clone()
+                        };
                         let _ = writeln!(
                             out,
                             "{:<24} {:<5} {:<14} {:<26} {}",
@@ -202,8 +206,17 @@ fn import(store: &dyn Store, args: ImportArgs) -> Result<()> {
 }
 
 pub fn queue(ctx: &Context, command: QueueCommand) -> Result<()> {
+    let dir = ctx.node.spool_dir();
+    if !dir.join("queue").is_dir() {
+        // Never run yet: the queue is empty, not an error.
+        return match command {
+            QueueCommand::List { json: true } => Ok(println!("[]")),
+            QueueCommand::List { json: false } => Ok(println!("0 message(s) queued")),
+            QueueCommand::Show { id } => Err(anyhow!("no queued message {id}")),
+        };
+    }
     // Read-only: works beside a running gateway, which holds the spool lock.
-    let spool = Spool::open_read_only(&ctx.node.spool_dir())?;
+    let spool = Spool::open_read_only(&dir)?;
     match command {
         QueueCommand::List { json } => {
             let mut items = Vec::new();

@@ -20,6 +20,9 @@ use super::Shared;
 /// Read buffer per connection; small, because most connections are idle.
 const READ_BUFFER: usize = 8 * 1024;
 
+/// Message data that counts as progress for the session timeout.
+const DATA_PROGRESS: usize = 4096;
+
 /// How a connection ended, for the mail log.
 enum End {
     Closed,
@@ -162,9 +165,18 @@ where
     let mut out = Vec::with_capacity(512);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut shutdown = shared.shutdown.clone();
+    // A command, or a stretch of message data, must arrive in full within
+    // the session timeout: trickling a byte at a time does not keep a
+    // connection alive (slowloris).
+    let mut deadline = Instant::now() + idle;
+    let mut data_since_progress = 0usize;
     loop {
         match session.poll() {
-            Action::Reply(reply) => reply.write_to(&mut out),
+            Action::Reply(reply) => {
+                reply.write_to(&mut out);
+                deadline = Instant::now() + idle;
+                data_since_progress = 0;
+            }
             Action::Log(event) => log_event(shared, session, event),
             Action::Enqueue(delivery) => {
                 let result = enqueue(shared, *delivery).await;
@@ -187,7 +199,7 @@ where
                 }
                 let accepting_shutdown = !session.is_receiving_message();
                 let read = tokio::select! {
-                    read = timeout(idle, stream.read(&mut buf)) => read,
+                    read = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)) => read,
                     () = stopped(&mut shutdown), if accepting_shutdown => {
                         session.shutdown_reply().write_to(&mut out);
                         let _ = flush(stream, &mut out, Duration::from_secs(1)).await;
@@ -201,7 +213,14 @@ where
                         return End::Timeout;
                     }
                     Ok(Ok(0)) => return End::ClientGone,
-                    Ok(Ok(n)) => session.receive(buf.get(..n).unwrap_or_default()),
+                    Ok(Ok(n)) => {
+                        session.receive(buf.get(..n).unwrap_or_default());
+                        data_since_progress += n;
+                        if data_since_progress >= DATA_PROGRESS {
+                            deadline = Instant::now() + idle;
+                            data_since_progress = 0;
+                        }
+                    }
                     Ok(Err(e)) => return End::Error(e.to_string()),
                 }
             }

@@ -1,0 +1,149 @@
+"""The Default Cert: RSA 4096, sha256WithRSAEncryption, self-signed, CN and
+SAN = hostname; generated once on first use of the store, the same after
+restarts, and the one served on STARTTLS and implicit TLS. Only TLS 1.2 and
+1.3 are spoken.
+"""
+
+import re
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from postern_testlib import (HOSTNAME, SmtpConn, cert_text, fingerprint, free_port, insecure_context,
+                             openssl, pem_certs, s_client, s_client_protocol)
+
+
+def export_default(gw) -> str:
+    r = gw.cli_ok("cert", "export", "Default Cert")
+    certs = pem_certs(r.stdout)
+    assert certs, f"no PEM certificate in `cert export`:\n{r}"
+    assert "PRIVATE KEY" not in r.stdout, "cert export must not print the private key"
+    return certs[0]
+
+
+def served_cert(port: int, starttls: bool) -> tuple[str, str]:
+    """(leaf PEM, protocol) as seen by openssl s_client."""
+    rc, out = s_client(port, starttls=starttls)
+    certs = pem_certs(out)
+    assert certs, f"s_client saw no certificate (rc={rc}):\n{out}"
+    return certs[0], s_client_protocol(out)
+
+
+def test_default_cert_properties(make_gateway):
+    # Fresh store: the CLI must create it (with the Default Cert) on first use.
+    gw = make_gateway(fresh_store=True, start=False)
+    listing = gw.cli_ok("cert", "list")
+    assert "Default Cert" in listing.stdout, listing
+
+    pem = export_default(gw)
+    text = cert_text(pem)
+    assert "Public-Key: (4096 bit)" in text, text
+    assert "rsaEncryption" in text, text
+    assert re.search(r"Signature Algorithm: sha256WithRSAEncryption", text), text
+    issuer = re.search(r"^\s*Issuer: (.*)$", text, re.M).group(1).strip()
+    subject = re.search(r"^\s*Subject: (.*)$", text, re.M).group(1).strip()
+    assert issuer == subject, f"not self-signed: issuer {issuer!r} subject {subject!r}"
+    assert re.search(r"CN\s*=\s*mx\.postern\.test\b", subject), subject
+    assert "DNS:mx.postern.test" in text, text
+    # The signature really is its own (self-signed, verifies against itself).
+    (gw.root / "dc.pem").write_text(pem)
+    v = openssl("verify", "-CAfile", str(gw.root / "dc.pem"), str(gw.root / "dc.pem"))
+    assert v.returncode == 0, (v.stdout + v.stderr).decode()
+
+    show = gw.cli_ok("cert", "show", "Default Cert").stdout
+    assert "mx.postern.test" in show, show
+    assert "4096" in show, show
+    assert re.search(r"rsa", show, re.I), show
+    assert re.search(r"sha256|sha-256", show, re.I), show
+    flat = re.sub(r"[^0-9a-f]", "", show.lower())
+    assert fingerprint(pem) in flat or fingerprint(pem, "sha1") in flat, \
+        f"cert show does not print the fingerprint {fingerprint(pem)}:\n{show}"
+
+
+def test_default_cert_stable_and_served(make_gateway):
+    gw = make_gateway(fresh_store=True, start=False)
+    before_run = fingerprint(export_default(gw))
+
+    gw.start()
+    assert fingerprint(export_default(gw)) == before_run, "Default Cert changed on first run"
+    leaf, proto = served_cert(gw.smtp_port, starttls=True)
+    assert fingerprint(leaf) == before_run, "STARTTLS serves a different certificate"
+    assert proto in ("TLSv1.3", "TLSv1.2"), proto
+
+    assert gw.stop() == 0
+    gw.start()
+    assert fingerprint(export_default(gw)) == before_run, "Default Cert regenerated after restart"
+    leaf, _ = served_cert(gw.smtp_port, starttls=True)
+    assert fingerprint(leaf) == before_run
+
+    gw.kill9()
+    gw.start()
+    assert fingerprint(export_default(gw)) == before_run, "Default Cert regenerated after kill -9"
+
+
+def test_implicit_tls_listener(gw):
+    expected = fingerprint(export_default(gw))
+    leaf, proto = served_cert(gw.tls_port, starttls=False)
+    assert fingerprint(leaf) == expected
+    assert proto == "TLSv1.3", f"implicit TLS did not negotiate TLSv1.3 but {proto}"
+
+    # And SMTP is spoken inside it: banner, EHLO without STARTTLS.
+    with SmtpConn(gw.tls_port, tls_context=insecure_context()) as c:
+        assert c.sock.version() == "TLSv1.3"
+        r = c.read_reply()
+        assert r.code == 220 and HOSTNAME in r.first, r
+        e = c.ehlo()
+        assert e.code == 250, e
+        assert "STARTTLS" not in e.text.upper(), f"STARTTLS advertised inside TLS: {e}"
+        assert c.cmd("MAIL FROM:<c@d.test>").code == 250
+        assert c.cmd("RCPT TO:<a@b.test>").code == 250
+
+
+def _old_tls_control(tmp_path, flag: str) -> bool:
+    """Can this openssl client speak `flag` at all? Checked against a local
+    openssl s_server, so a refusal by the gateway means something."""
+    key, crt = tmp_path / "ctl.key", tmp_path / "ctl.crt"
+    r = openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", str(key), "-out", str(crt), "-subj", "/CN=control", "-days", "2")
+    if r.returncode != 0:
+        return False
+    port = free_port()
+    srv = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(crt),
+                            "-key", str(key), flag, "-cipher", "DEFAULT@SECLEVEL=0"],
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        out = ""
+        while time.monotonic() < deadline:
+            rc, out = s_client(port, flag, "-cipher", "DEFAULT@SECLEVEL=0", starttls=False, timeout=5)
+            if s_client_protocol(out):
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        srv.kill()
+        srv.wait(5)
+
+
+@pytest.mark.parametrize("flag", ["-tls1_1", "-tls1"])
+def test_old_tls_versions_refused(gw, tmp_path, flag):
+    if not _old_tls_control(tmp_path, flag):
+        pytest.skip(f"this openssl client cannot speak {flag} even to openssl s_server")
+    for port, starttls in ((gw.smtp_port, True), (gw.tls_port, False)):
+        rc, out = s_client(port, flag, "-cipher", "DEFAULT@SECLEVEL=0", starttls=starttls, timeout=10)
+        proto = s_client_protocol(out)
+        assert proto is None, f"gateway port {port} negotiated {proto} with {flag}:\n{out}"
+        assert rc != 0, f"s_client {flag} succeeded against port {port}:\n{out}"
+    # The gateway is still fine afterwards.
+    rc, out = s_client(gw.smtp_port, starttls=True)
+    assert s_client_protocol(out) in ("TLSv1.3", "TLSv1.2"), out
+
+
+def test_tls12_still_spoken(gw):
+    """TLS 1.2 and 1.3 only: 1.2 must work by default (min_version = 1.2)."""
+    with SmtpConn(gw.tls_port, tls_context=insecure_context(
+            ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)) as c:
+        assert c.sock.version() == "TLSv1.2"
+        assert c.read_reply().code == 220
