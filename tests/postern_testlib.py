@@ -389,7 +389,9 @@ class Gateway:
 
     def __init__(self, root: Path, *, trusted_networks: list[str] | None = None,
                  implicit_tls: bool = True, shutdown_grace: str = "5s",
-                 store_template: Path | None = None, hostname: str = HOSTNAME):
+                 store_template: Path | None = None, hostname: str = HOSTNAME,
+                 paused: bool = True, mx_port: int | None = None,
+                 nameservers: list[str] | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "postern.toml"
@@ -419,6 +421,17 @@ class Gateway:
             lines.append("trusted_networks = [" + ", ".join(f'"{n}"' for n in trusted_networks) + "]")
         lines += [
             f'shutdown_grace = "{shutdown_grace}"',
+            "",
+            # Tests of the receiving side keep mail queued; delivery tests
+            # pass paused=False with their own DNS server and MX port.
+            "[delivery]",
+            f"paused = {'true' if paused else 'false'}",
+        ]
+        if mx_port is not None:
+            lines.append(f"mx_port = {mx_port}")
+        if nameservers is not None:
+            lines += ["", "[dns]", "nameservers = [" + ", ".join(f'"{n}"' for n in nameservers) + "]"]
+        lines += [
             "",
             "[admin]",
             f'listen = "127.0.0.1:{self.admin_port}"',

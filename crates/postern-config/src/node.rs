@@ -39,6 +39,9 @@ pub struct SmtpNode {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryNode {
     pub mx_port: u16,
+    /// Hold all mail in the queue and deliver nothing (maintenance, or
+    /// testing the receiving side). Mail is still accepted.
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -83,7 +86,10 @@ impl Default for SmtpNode {
 
 impl Default for DeliveryNode {
     fn default() -> Self {
-        Self { mx_port: 25 }
+        Self {
+            mx_port: 25,
+            paused: false,
+        }
     }
 }
 

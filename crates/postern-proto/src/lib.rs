@@ -7,7 +7,7 @@
 //! * [`command`] — a command line into a typed [`Command`], or a
 //!   [`SyntaxError`] that says what was expected.
 //! * [`reply`] — [`Reply`] values with enhanced status codes, rendered to
-//!   wire form (and, for the outbound client, parsed back).
+//!   wire form; [`reply_parse`] parses them back for the outbound client.
 //! * [`data`] — the DATA receiver: dot-unstuffing, strict CRLF framing (a
 //!   bare CR or LF is never end of data: no SMTP smuggling), size limit.
 //! * [`bdat`] — the CHUNKING (BDAT) receiver with the same rules.
@@ -17,9 +17,11 @@ pub mod command;
 pub mod data;
 pub mod line;
 pub mod reply;
+pub mod reply_parse;
 
 pub use bdat::BdatReceiver;
 pub use command::{Address, Body, Command, MailParams, RcptParams, ReversePath, SyntaxError};
 pub use data::{DataOutcome, DataReceiver};
 pub use line::{take_line, LineError};
 pub use reply::{EnhancedCode, Reply};
+pub use reply_parse::ReplyError;

@@ -31,6 +31,8 @@ pub enum Command {
     Queue(QueueCommand),
     /// Every recorded event of a message (queue ID or Message-ID).
     Trace { id: String },
+    /// Check a domain as delivery would see it: MX hosts, STARTTLS, TLS, certificate.
+    Probe { domain: String },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,4 +111,8 @@ pub enum QueueCommand {
     },
     /// Show one queued message: envelope and per-recipient state.
     Show { id: String },
+    /// Try deferred recipients now (all messages, or one).
+    Retry { id: Option<String> },
+    /// Remove a message from the queue (no bounce).
+    Delete { id: String },
 }

@@ -207,12 +207,40 @@ fn import(store: &dyn Store, args: ImportArgs) -> Result<()> {
 
 pub fn queue(ctx: &Context, command: QueueCommand) -> Result<()> {
     let dir = ctx.node.spool_dir();
+    if let QueueCommand::Retry { id } = &command {
+        let line = format!("retry {}", id.as_deref().unwrap_or(""));
+        return queue_change(ctx, line.trim(), |spool| {
+            let ids = match id {
+                Some(id) => vec![id.parse::<QueueId>().map_err(|e| anyhow!("{e}"))?],
+                None => spool.list()?,
+            };
+            for id in &ids {
+                let mut states = spool.load_envelope(id)?.recipients;
+                for r in states
+                    .iter_mut()
+                    .filter(|r| r.state == postern_spool::DeliveryState::Deferred)
+                {
+                    r.next_attempt = None;
+                }
+                spool.update_state(id, &states)?;
+            }
+            Ok(format!("{} message(s) due at the next start", ids.len()))
+        });
+    }
+    if let QueueCommand::Delete { id } = &command {
+        let parsed: QueueId = id.parse().map_err(|e| anyhow!("{e}"))?;
+        return queue_change(ctx, &format!("delete {id}"), |spool| {
+            spool.remove(&parsed)?;
+            Ok(format!("{parsed} deleted"))
+        });
+    }
     if !dir.join("queue").is_dir() {
         // Never run yet: the queue is empty, not an error.
         return match command {
             QueueCommand::List { json: true } => Ok(println!("[]")),
             QueueCommand::List { json: false } => Ok(println!("0 message(s) queued")),
             QueueCommand::Show { id } => Err(anyhow!("no queued message {id}")),
+            QueueCommand::Retry { .. } | QueueCommand::Delete { .. } => Ok(()),
         };
     }
     // Read-only: works beside a running gateway, which holds the spool lock.
@@ -254,7 +282,27 @@ pub fn queue(ctx: &Context, command: QueueCommand) -> Result<()> {
             let queued = spool.load_envelope(&id)?;
             println!("{}", serde_json::to_string_pretty(&queue_json(&queued))?);
         }
+        QueueCommand::Retry { .. } | QueueCommand::Delete { .. } => {}
     }
+    Ok(())
+}
+
+/// A queue change goes through the running gateway (it holds the spool
+/// lock); with no gateway running, it is made on the spool directly.
+fn queue_change(
+    ctx: &Context,
+    request: &str,
+    offline: impl FnOnce(&Spool) -> Result<String>,
+) -> Result<()> {
+    let text = match crate::queue::control::request(&ctx.node.data_dir, request) {
+        Some(answer) => answer.map_err(|e| anyhow!("{e}"))?,
+        None => {
+            let spool = Spool::open(&ctx.node.spool_dir())
+                .context("the gateway's control socket does not answer and the spool is busy")?;
+            offline(&spool)?
+        }
+    };
+    println!("{text}");
     Ok(())
 }
 
@@ -312,5 +360,90 @@ pub fn check(ctx: &Context) -> Result<()> {
         "ok: config and settings are valid (data in {})",
         ctx.node.data_dir.display()
     );
+    Ok(())
+}
+
+/// `postern probe DOMAIN`: what delivery to this domain would see.
+pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
+    use postern_config::OutboundMode;
+    use postern_delivery::{resolve, Connection, Resolver, Timeouts};
+    use std::time::Duration;
+
+    let settings = ctx.store.settings()?;
+    let client_tls = crate::gateway::build_client_tls(&settings, ctx.store.as_ref())?;
+    let resolver = Resolver::new(&ctx.node.dns.nameservers)?;
+    let mode = settings.outbound_mode(domain);
+    println!("domain:        {domain}");
+    println!(
+        "outbound mode: {}",
+        serde_json::to_value(mode)?.as_str().unwrap_or_default()
+    );
+    let targets = resolve(domain, &settings, &resolver, ctx.node.delivery.mx_port)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(10),
+        greeting: Duration::from_secs(20),
+        command: Duration::from_secs(20),
+        ..Timeouts::default()
+    };
+    for target in &targets {
+        println!(
+            "\nhost {} (preference {}, port {})",
+            target.host, target.preference, target.port
+        );
+        for addr in target.socket_addrs() {
+            // Opportunistic: learn everything the peer offers without failing early.
+            match Connection::open(
+                &target.host,
+                addr,
+                &client_tls,
+                OutboundMode::Opportunistic,
+                &ctx.hostname,
+                &timeouts,
+            )
+            .await
+            {
+                Err(e) => println!("  {addr}: {}", e.failure),
+                Ok(connection) => {
+                    let r = connection.record().clone();
+                    connection.quit().await;
+                    println!("  {addr}: {}", r.reply);
+                    println!("    STARTTLS offered:  {}", r.starttls_offered);
+                    println!(
+                        "    TLS:               {} {}",
+                        r.tls_version.as_deref().unwrap_or("none"),
+                        r.cipher.as_deref().unwrap_or("")
+                    );
+                    if let Some(error) = &r.tls_error {
+                        println!("    TLS failure:       {error}");
+                    }
+                    let verified = match (r.cert_verified, &r.verify_error) {
+                        (Some(true), _) => {
+                            "yes (chain to trusted_ca and host name match)".to_string()
+                        }
+                        (Some(false), Some(why)) => format!("no: {why}"),
+                        (Some(false), None) => "no".to_string(),
+                        (None, _) => "no certificate seen".to_string(),
+                    };
+                    println!("    certificate:       {verified}");
+                    let outcome = match mode {
+                        OutboundMode::None => "deliver in plaintext",
+                        OutboundMode::Opportunistic if r.tls_version.is_some() => {
+                            "deliver over TLS"
+                        }
+                        OutboundMode::Opportunistic => "deliver in plaintext (no TLS possible)",
+                        OutboundMode::Require if r.tls_version.is_some() => "deliver over TLS",
+                        OutboundMode::Require => "defer: TLS required but not possible",
+                        OutboundMode::Verify if r.cert_verified == Some(true) => {
+                            "deliver over verified TLS"
+                        }
+                        OutboundMode::Verify => "defer: certificate does not verify",
+                    };
+                    println!("    with this mode:    {outcome}");
+                }
+            }
+        }
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod commands;
 mod context;
 mod gateway;
 mod maillog;
+mod queue;
 
 use std::process::ExitCode;
 
@@ -66,5 +67,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(command) => commands::cert(&ctx, command),
         Command::Queue(command) => commands::queue(&ctx, command),
         Command::Trace { id } => commands::trace(&ctx, &id),
+        Command::Probe { domain } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(commands::probe(&ctx, &domain))
+        }
     }
 }

@@ -44,7 +44,10 @@ pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String,
     };
     let client = format!("[{}]", delivery.peer.ip());
     let id = match stored {
-        Ok(Ok(id)) => id.to_string(),
+        Ok(Ok(id)) => {
+            shared.runner.schedule(id.clone(), 0);
+            id.to_string()
+        }
         Ok(Err(e)) => {
             tracing::error!("spool write failed, answering 451: {e}");
             shared.maillog.write(

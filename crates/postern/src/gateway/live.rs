@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use postern_config::Settings;
+use postern_delivery::{ClientTls, TrustSources};
 use postern_store::Store;
 use postern_tls::{InboundTlsParams, ServerTls};
 
@@ -13,6 +14,8 @@ use postern_tls::{InboundTlsParams, ServerTls};
 pub struct Live {
     pub settings: Arc<Settings>,
     pub tls: Option<Arc<ServerTls>>,
+    /// Outbound TLS: trust anchors and our client certificate.
+    pub client_tls: Arc<ClientTls>,
     pub generation: i64,
 }
 
@@ -21,12 +24,36 @@ impl Live {
         let generation = store.generation()?;
         let settings = store.settings()?;
         let tls = build_server_tls(&settings, store)?;
+        let client_tls = build_client_tls(&settings, store)?;
         Ok(Live {
             settings: Arc::new(settings),
             tls: Some(Arc::new(tls)),
+            client_tls: Arc::new(client_tls),
             generation,
         })
     }
+}
+
+/// The outbound TLS configuration the settings ask for.
+pub fn build_client_tls(settings: &Settings, store: &dyn Store) -> Result<ClientTls> {
+    let outbound = &settings.tls.outbound;
+    let trusted = TrustSources::from_names(&outbound.trusted_ca, |name| {
+        store.certificate(name).ok().flatten().map(|c| c.chain_pem)
+    })
+    .context("tls.outbound.trusted_ca")?;
+    let client_cert = if outbound.client_certificate.is_empty() {
+        None
+    } else {
+        let name = &outbound.client_certificate;
+        let record = store.certificate(name)?.ok_or_else(|| {
+            anyhow!("tls.outbound.client_certificate: no certificate named \"{name}\"")
+        })?;
+        let key = record.key_pem.ok_or_else(|| {
+            anyhow!("tls.outbound.client_certificate: \"{name}\" has no private key")
+        })?;
+        Some((record.chain_pem, key))
+    };
+    ClientTls::new(trusted, client_cert).context("building outbound TLS")
 }
 
 /// The inbound TLS configuration the settings ask for.

@@ -5,6 +5,8 @@ mod enqueue;
 mod limits;
 mod live;
 
+pub use live::LiveConfig;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +21,11 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::maillog::MailLog;
+use crate::queue::{control, Courier, QueueRunner};
 use limits::ConnectionLimits;
-pub use live::build_server_tls;
-use live::{Live, LiveConfig};
+use live::Live;
+pub use live::{build_client_tls, build_server_tls};
+use postern_delivery::Resolver;
 
 /// Everything the connections share.
 pub struct Shared {
@@ -30,7 +34,9 @@ pub struct Shared {
     pub live: Arc<LiveConfig>,
     pub spool: Arc<Spool>,
     pub store: Arc<SqliteStore>,
-    pub maillog: MailLog,
+    pub maillog: Arc<MailLog>,
+    /// Told about every newly queued message.
+    pub runner: Arc<QueueRunner>,
     pub limits: Arc<ConnectionLimits>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
@@ -50,17 +56,29 @@ pub async fn run(ctx: Context) -> Result<()> {
         Ok(spool)
     })
     .await??;
-    let maillog = MailLog::open(&node.mail_log_path())?;
-    let live =
-        Live::load(ctx.store.as_ref()).context("loading settings and the inbound certificate")?;
+    let maillog = Arc::new(MailLog::open(&node.mail_log_path())?);
+    let live = Live::load(ctx.store.as_ref()).context("loading settings and certificates")?;
+    let live = Arc::new(LiveConfig::new(live));
+    let spool = Arc::new(spool);
+    let resolver = Resolver::new(&node.dns.nameservers).context("[dns] nameservers")?;
+    let courier = Courier::new(resolver, ctx.hostname.clone(), node.delivery.mx_port);
+    let runner = Arc::new(QueueRunner::new(
+        Arc::clone(&spool),
+        Arc::clone(&ctx.store),
+        Arc::clone(&live),
+        Arc::clone(&maillog),
+        courier,
+        ctx.hostname.clone(),
+    ));
     let (stop, shutdown) = watch::channel(false);
     let shared = Arc::new(Shared {
         hostname: ctx.hostname.clone(),
         trusted_networks: Arc::new(node.smtp.trusted_networks.clone()),
-        live: Arc::new(LiveConfig::new(live)),
-        spool: Arc::new(spool),
+        live,
+        spool,
         store: Arc::clone(&ctx.store),
         maillog,
+        runner: Arc::clone(&runner),
         limits: Arc::new(ConnectionLimits::default()),
         shutdown,
     });
@@ -92,6 +110,16 @@ pub async fn run(ctx: Context) -> Result<()> {
     }
     let store: Arc<dyn Store> = ctx.store.clone();
     let reloader = tokio::spawn(live::reload_loop(Arc::clone(&shared.live), store));
+    let delivery = if node.delivery.paused {
+        tracing::warn!("delivery is paused ([delivery] paused = true): mail stays queued");
+        tokio::spawn(async {})
+    } else {
+        tokio::spawn(Arc::clone(&runner).run())
+    };
+    let control = tokio::spawn(control::serve(
+        control::socket_path(&node.data_dir),
+        Arc::clone(&runner),
+    ));
     tracing::info!(
         "Postern {} running as {}",
         env!("CARGO_PKG_VERSION"),
@@ -108,6 +136,11 @@ pub async fn run(ctx: Context) -> Result<()> {
         handle.abort();
     }
     reloader.abort();
+    // Delivery attempts in flight are abandoned: their recipients stay
+    // queued and are tried again at the next start.
+    delivery.abort();
+    control.abort();
+    let _ = std::fs::remove_file(control::socket_path(&node.data_dir));
     let deadline = Instant::now() + node.smtp.shutdown_grace.to_std();
     while shared.limits.active() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

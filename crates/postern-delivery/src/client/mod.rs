@@ -1,0 +1,623 @@
+//! The outbound SMTP client (RFC 5321; STARTTLS RFC 3207; PIPELINING RFC
+//! 2920; SIZE RFC 1870; 8BITMIME RFC 6152; SMTPUTF8 RFC 6531).
+//!
+//! A [`Connection`] is one SMTP session with one host: [`Connection::open`]
+//! connects, reads the greeting, says EHLO (HELO when EHLO is refused with
+//! 5xx) and applies the outbound TLS policy ([`crate::policy`]);
+//! [`Connection::send`] then carries one message at a time — several
+//! messages to the same destination reuse the connection — and
+//! [`Connection::quit`] ends it. [`deliver`] does all three for a batch.
+//!
+//! What the client guarantees:
+//!
+//! * **TLS policy, never silently weakened.** `require`/`verify` end in a
+//!   [`TlsPolicyFailure`] (temporary) when TLS cannot be had. In
+//!   `opportunistic` mode a failed handshake reconnects to the same address
+//!   in plaintext, and [`AttemptRecord::tls_fallback_plaintext`] says so.
+//! * **STARTTLS injection safety** (CVE-2011-0411 and kin): after STARTTLS
+//!   the client reads exactly the `220` and refuses to go on if the server
+//!   sent anything after it in plaintext (it could only have been injected
+//!   or be garbage); after the handshake it starts over with EHLO and
+//!   forgets what the plaintext EHLO said.
+//! * **Per-recipient outcomes.** Each RCPT gets its own result; MAIL, DATA
+//!   and end-of-data failures apply to the recipients they concern.
+//!   Connection-level failures (I/O, timeouts, `421`, protocol errors) are
+//!   an [`AttemptError`] and leave the connection unusable.
+//! * **DATA framing**: dot-stuffing after every line end, a final CRLF if
+//!   the message lacks one, then `.` CRLF. Messages come from the spool,
+//!   where the inbound side already refused bare CR and LF; a dot after a
+//!   bare LF is stuffed too, so even such a message cannot end the data
+//!   early at a lenient receiver.
+//! * **Timeouts on every step** ([`Timeouts`]) and `TCP_NODELAY` on the
+//!   socket (SPEC §7).
+//! * Every attempt leaves an [`AttemptRecord`]: host, IP, TLS version,
+//!   cipher, verification result and the last reply (SPEC §6, §9 TLS-RPT).
+//!
+//! Layout: this file has the types, opening a connection (greeting, EHLO,
+//! the TLS decision) and the batch helpers; `starttls.rs` the upgrade,
+//! `transaction.rs` MAIL/RCPT/DATA, `stream.rs` the socket and reply reading.
+
+mod starttls;
+mod stream;
+mod transaction;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use postern_config::OutboundMode;
+use postern_proto::Reply;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use self::starttls::{describe_outcome, io_reason, starttls, Upgrade};
+use self::stream::{Io, Stream};
+use crate::classify::{Failure, FailureKind, HostRef, Stage};
+use crate::policy::{after_handshake, decide, Plan, TlsPolicyFailure, Verdict};
+use crate::route::Target;
+use crate::tls_client::ClientTls;
+
+pub use transaction::dot_stuff;
+
+/// How long each step may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// The `220` greeting after connecting.
+    pub greeting: Duration,
+    /// Each command's reply, each write, and the TLS handshake.
+    pub command: Duration,
+    /// The reply after the final dot (the server may scan the message).
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    /// Connect 30 s, greeting 60 s, each command 60 s, end of data 600 s.
+    /// RFC 5321 §4.5.3.2 suggests 5 minutes for the greeting and MAIL/RCPT;
+    /// a minute is plenty for a working server and keeps a stuck one from
+    /// holding a delivery slot. The final-dot limit is the RFC's 10 minutes.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(60),
+            command: Duration::from_secs(60),
+            data_end: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What the server advertised in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// The server answered EHLO (not only HELO).
+    pub esmtp: bool,
+    pub starttls: bool,
+    pub pipelining: bool,
+    /// `SIZE` with its limit; `Some(0)` means no fixed limit.
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub enhanced_status_codes: bool,
+    pub chunking: bool,
+}
+
+impl Capabilities {
+    /// Parse the lines of a `250` EHLO reply (the first line is the greeting).
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities {
+            esmtp: true,
+            ..Capabilities::default()
+        };
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "STARTTLS" => caps.starttls = true,
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => {
+                    caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0));
+                }
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "CHUNKING" => caps.chunking = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// Everything worth keeping about one connection attempt (SPEC §6): the
+/// basis of `postern trace`, tracking events and, later, TLS-RPT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// The target host name (MX or next hop; the IP text for IP literals).
+    pub host: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// The outbound TLS mode that applied.
+    pub mode: OutboundMode,
+    /// Whether the server advertised STARTTLS (plaintext EHLO).
+    pub starttls_offered: bool,
+    /// `TLSv1.3`, `TLSv1.2` when TLS was used.
+    pub tls_version: Option<String>,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: Option<String>,
+    /// Whether the certificate chains to a trusted root and names the host;
+    /// `None` when no certificate was seen.
+    pub cert_verified: Option<bool>,
+    /// Why it did not verify.
+    pub verify_error: Option<String>,
+    /// Why STARTTLS or the handshake failed, when it did.
+    pub tls_error: Option<String>,
+    /// STARTTLS was tried and failed, and the session went on in plaintext
+    /// (opportunistic mode only): on the same connection after a refused
+    /// STARTTLS, on a new connection after a failed handshake.
+    pub tls_fallback_plaintext: bool,
+    /// The last reply from the server, as one line.
+    pub reply: String,
+}
+
+impl AttemptRecord {
+    fn new(host: &str, addr: SocketAddr, mode: OutboundMode) -> Self {
+        Self {
+            host: host.to_string(),
+            ip: addr.ip(),
+            port: addr.port(),
+            mode,
+            starttls_offered: false,
+            tls_version: None,
+            cipher: None,
+            cert_verified: None,
+            verify_error: None,
+            tls_error: None,
+            tls_fallback_plaintext: false,
+            reply: String::new(),
+        }
+    }
+
+    /// Whether the session that carries mail is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls_version.is_some()
+    }
+}
+
+/// A connection-level failure: the host could not be used (or stopped
+/// being usable). Try the next address or MX host; if it is temporary and
+/// none is left, defer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptError {
+    pub failure: Failure,
+    /// What was learnt about the attempt before it failed.
+    pub record: AttemptRecord,
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.failure.fmt(f)
+    }
+}
+
+impl std::error::Error for AttemptError {}
+
+/// One message to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Reverse path without brackets; `""` is the null sender.
+    pub sender: &'a str,
+    /// Forward paths, without brackets.
+    pub recipients: &'a [String],
+    /// The message: CRLF line ends, not dot-stuffed (as the spool keeps it).
+    pub message: &'a [u8],
+    /// The message arrived with SMTPUTF8 (its headers may be UTF-8).
+    pub smtputf8: bool,
+}
+
+/// The result for one recipient of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientOutcome {
+    pub recipient: String,
+    pub result: RecipientResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientResult {
+    /// Accepted by the server; the reply to the final dot.
+    Delivered { reply: String },
+    /// Refused; [`Failure::is_permanent`] says bounce or retry.
+    Failed(Failure),
+}
+
+impl RecipientOutcome {
+    pub fn is_delivered(&self) -> bool {
+        matches!(self.result, RecipientResult::Delivered { .. })
+    }
+
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.result {
+            RecipientResult::Failed(failure) => Some(failure),
+            RecipientResult::Delivered { .. } => None,
+        }
+    }
+}
+
+/// An open SMTP session with one host, ready for [`Connection::send`].
+pub struct Connection {
+    io: Io,
+    caps: Capabilities,
+    record: AttemptRecord,
+    host: HostRef,
+    timeouts: Timeouts,
+    usable: bool,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("record", &self.record)
+            .field("caps", &self.caps)
+            .field("usable", &self.usable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connect to `addr`, greet, and apply the TLS policy for `mode`.
+    ///
+    /// `host` is the target's name: it is verified against the certificate
+    /// and sent as SNI (not for IP literals). `helo` is our host name.
+    pub async fn open(
+        host: &str,
+        addr: SocketAddr,
+        tls: &ClientTls,
+        mode: OutboundMode,
+        helo: &str,
+        timeouts: &Timeouts,
+    ) -> Result<Connection, AttemptError> {
+        let mut record = AttemptRecord::new(host, addr, mode);
+        let host_ref = HostRef::new(host, Some(addr.ip()));
+        let fail = |record: &AttemptRecord, kind: FailureKind| AttemptError {
+            failure: Failure::new(Some(host_ref.clone()), kind),
+            record: record.clone(),
+        };
+        if !is_clean_token(helo) {
+            let kind = FailureKind::Local(format!("invalid EHLO name \"{}\"", helo.escape_debug()));
+            return Err(fail(&record, kind));
+        }
+
+        let (mut io, caps) = match greet(addr, helo, timeouts, &mut record).await {
+            Ok(greeted) => greeted,
+            Err(kind) => return Err(fail(&record, kind)),
+        };
+        record.starttls_offered = caps.starttls;
+        let connection = |io, caps, record| Connection {
+            io,
+            caps,
+            record,
+            host: host_ref.clone(),
+            timeouts: *timeouts,
+            usable: true,
+        };
+
+        let verify = match decide(mode, caps.starttls) {
+            Plan::Plaintext => return Ok(connection(io, caps, record)),
+            Plan::Defer(reason) => {
+                io.quit_quietly(timeouts).await;
+                return Err(fail(&record, FailureKind::TlsPolicy(reason)));
+            }
+            Plan::StartTls { verify, .. } => verify,
+        };
+
+        let upgrade = match starttls(io, host, tls, verify, timeouts, &mut record).await {
+            Ok(upgrade) => upgrade,
+            Err(kind) => return Err(fail(&record, kind)),
+        };
+        let verdict = after_handshake(mode, upgrade.outcome());
+        match (upgrade, verdict) {
+            (Upgrade::Established { mut io, .. }, Verdict::Proceed) => {
+                // RFC 3207 §4.2: forget the plaintext EHLO, ask again.
+                match ehlo(&mut io, helo, timeouts, &mut record).await {
+                    Ok(caps) => Ok(connection(io, caps, record)),
+                    Err(kind) => Err(fail(&record, kind)),
+                }
+            }
+            (Upgrade::Refused { io, .. }, Verdict::FallBackToPlaintext) => {
+                record.tls_fallback_plaintext = true;
+                Ok(connection(io, caps, record))
+            }
+            (
+                Upgrade::Established { mut io, .. } | Upgrade::Refused { mut io, .. },
+                Verdict::Defer(reason),
+            ) => {
+                io.quit_quietly(timeouts).await;
+                Err(fail(&record, FailureKind::TlsPolicy(reason)))
+            }
+            (Upgrade::Failed { .. }, Verdict::Defer(reason)) => {
+                Err(fail(&record, FailureKind::TlsPolicy(reason)))
+            }
+            (Upgrade::Established { mut io, .. }, Verdict::FallBackToPlaintext) => {
+                // Not a verdict the policy gives for an established session;
+                // be safe and treat it as a failed handshake.
+                io.quit_quietly(timeouts).await;
+                reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
+            }
+            (Upgrade::Failed { .. }, Verdict::FallBackToPlaintext) => {
+                reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
+            }
+            (Upgrade::Failed { outcome }, Verdict::Proceed) => {
+                // Cannot happen (a failed handshake never proceeds).
+                let reason = describe_outcome(&outcome);
+                Err(fail(
+                    &record,
+                    FailureKind::TlsPolicy(TlsPolicyFailure::HandshakeFailed(reason)),
+                ))
+            }
+            (Upgrade::Refused { mut io, reply, .. }, Verdict::Proceed) => {
+                io.quit_quietly(timeouts).await;
+                Err(fail(
+                    &record,
+                    FailureKind::TlsPolicy(TlsPolicyFailure::StartTlsRefused(reply.to_string())),
+                ))
+            }
+        }
+    }
+
+    /// What the attempt looks like so far (TLS details, last reply).
+    pub fn record(&self) -> &AttemptRecord {
+        &self.record
+    }
+
+    /// What the server advertised (after STARTTLS: over TLS).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// False once a connection-level failure happened: open a new one.
+    pub fn is_usable(&self) -> bool {
+        self.usable
+    }
+
+    /// Say goodbye (best effort) and close.
+    pub async fn quit(mut self) {
+        if self.usable {
+            self.io.quit_quietly(&self.timeouts).await;
+        }
+    }
+
+    fn error(&self, kind: FailureKind) -> AttemptError {
+        AttemptError {
+            failure: Failure::new(Some(self.host.clone()), kind),
+            record: self.record.clone(),
+        }
+    }
+}
+
+/// Open, send every message, quit: one connection for a batch of messages
+/// to the same destination.
+///
+/// `Err` when the connection could not be opened (try the next address).
+/// Otherwise one entry per message, in order: its recipient outcomes, or
+/// the connection-level error that stopped it (later messages get the same
+/// error: they were not attempted).
+pub async fn deliver(
+    target_host: &str,
+    addr: SocketAddr,
+    tls: &ClientTls,
+    mode: OutboundMode,
+    helo: &str,
+    timeouts: &Timeouts,
+    messages: &[Outgoing<'_>],
+) -> Result<BatchReport, AttemptError> {
+    let mut connection = Connection::open(target_host, addr, tls, mode, helo, timeouts).await?;
+    let mut results = Vec::with_capacity(messages.len());
+    let mut stopped: Option<AttemptError> = None;
+    for message in messages {
+        if let Some(error) = &stopped {
+            results.push(Err(error.clone()));
+            continue;
+        }
+        match connection.send(message).await {
+            Ok(outcomes) => results.push(Ok(outcomes)),
+            Err(error) => {
+                stopped = Some(error.clone());
+                results.push(Err(error));
+            }
+        }
+    }
+    let record = connection.record().clone();
+    connection.quit().await;
+    Ok(BatchReport {
+        record,
+        messages: results,
+    })
+}
+
+/// Try each target and each of its addresses in order (SPEC §6: every MX
+/// before deferring) until a connection opens, then send the whole batch
+/// there with [`deliver`].
+///
+/// Hosts that could not be used are reported in
+/// [`RouteDelivery::failed_attempts`] (record each one); when none could,
+/// `report` is `None` and the messages stay queued — the last failure says
+/// why (all of them are temporary: connection-level failures never bounce).
+/// A connection that fails in the middle of the batch is not retried on the
+/// next host: the affected messages carry the error in the report.
+pub async fn deliver_via(
+    targets: &[Target],
+    tls: &ClientTls,
+    mode: OutboundMode,
+    helo: &str,
+    timeouts: &Timeouts,
+    messages: &[Outgoing<'_>],
+) -> RouteDelivery {
+    let mut failed_attempts = Vec::new();
+    for target in targets {
+        for addr in target.socket_addrs() {
+            match deliver(&target.host, addr, tls, mode, helo, timeouts, messages).await {
+                Ok(report) => {
+                    return RouteDelivery {
+                        failed_attempts,
+                        report: Some(report),
+                    }
+                }
+                Err(error) => failed_attempts.push(error),
+            }
+        }
+    }
+    RouteDelivery {
+        failed_attempts,
+        report: None,
+    }
+}
+
+/// What [`deliver_via`] did.
+#[derive(Debug, Clone)]
+pub struct RouteDelivery {
+    /// Connections that failed before any message was sent, in order.
+    pub failed_attempts: Vec<AttemptError>,
+    /// The batch as sent through the first usable host.
+    pub report: Option<BatchReport>,
+}
+
+/// What [`deliver`] did.
+#[derive(Debug, Clone)]
+pub struct BatchReport {
+    /// The connection's record (TLS details, last reply).
+    pub record: AttemptRecord,
+    /// Per message: recipient outcomes, or the connection failure.
+    pub messages: Vec<Result<Vec<RecipientOutcome>, AttemptError>>,
+}
+
+fn is_clean_token(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// Connect, read the greeting, EHLO.
+async fn greet(
+    addr: SocketAddr,
+    helo: &str,
+    timeouts: &Timeouts,
+    record: &mut AttemptRecord,
+) -> Result<(Io, Capabilities), FailureKind> {
+    let tcp = match timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        Err(_) => return Err(FailureKind::Timeout(Stage::Connect)),
+        Ok(Err(e)) => return Err(FailureKind::Connect(io_reason(&e))),
+        Ok(Ok(tcp)) => tcp,
+    };
+    // Replies and commands are small; never wait for delayed ACKs (SPEC §7).
+    let _ = tcp.set_nodelay(true);
+    let mut io = Io::new(Stream::Plain(tcp));
+    let banner = io.read_reply(timeouts.greeting, Stage::Greeting).await?;
+    record.reply = banner.to_string();
+    if banner.code != 220 {
+        io.quit_quietly(timeouts).await;
+        return Err(FailureKind::Reply {
+            stage: Stage::Greeting,
+            reply: banner,
+        });
+    }
+    let caps = ehlo(&mut io, helo, timeouts, record).await?;
+    Ok((io, caps))
+}
+
+/// EHLO, or HELO when EHLO is refused with 5xx (RFC 5321 §3.2).
+async fn ehlo(
+    io: &mut Io,
+    helo: &str,
+    timeouts: &Timeouts,
+    record: &mut AttemptRecord,
+) -> Result<Capabilities, FailureKind> {
+    let reply = io
+        .command(&format!("EHLO {helo}\r\n"), timeouts.command, Stage::Ehlo)
+        .await?;
+    record.reply = reply.to_string();
+    if reply.code == 250 {
+        return Ok(Capabilities::from_ehlo(&reply));
+    }
+    if reply.code / 100 != 5 {
+        io.quit_quietly(timeouts).await;
+        return Err(FailureKind::Reply {
+            stage: Stage::Ehlo,
+            reply,
+        });
+    }
+    let reply = io
+        .command(&format!("HELO {helo}\r\n"), timeouts.command, Stage::Helo)
+        .await?;
+    record.reply = reply.to_string();
+    if reply.code == 250 {
+        return Ok(Capabilities::default());
+    }
+    io.quit_quietly(timeouts).await;
+    Err(FailureKind::Reply {
+        stage: Stage::Helo,
+        reply,
+    })
+}
+
+/// Opportunistic fallback: a new plaintext connection to the same address.
+async fn reconnect_plaintext<C, F>(
+    addr: SocketAddr,
+    helo: &str,
+    timeouts: &Timeouts,
+    mut record: AttemptRecord,
+    connection: C,
+    fail: &F,
+) -> Result<Connection, AttemptError>
+where
+    C: FnOnce(Io, Capabilities, AttemptRecord) -> Connection,
+    F: Fn(&AttemptRecord, FailureKind) -> AttemptError,
+{
+    record.tls_fallback_plaintext = true;
+    record.tls_version = None;
+    record.cipher = None;
+    match greet(addr, helo, timeouts, &mut record).await {
+        Ok((io, caps)) => Ok(connection(io, caps, record)),
+        Err(kind) => Err(fail(&record, kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_from_ehlo() {
+        let reply = Reply::plain(
+            250,
+            [
+                "mx.example Hello",
+                "PIPELINING",
+                "SIZE 1000",
+                "8BITMIME",
+                "starttls",
+                "SMTPUTF8",
+                "X-OTHER 1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        );
+        let caps = Capabilities::from_ehlo(&reply);
+        assert!(
+            caps.esmtp && caps.pipelining && caps.starttls && caps.smtputf8 && caps.eight_bit_mime
+        );
+        assert_eq!(caps.size, Some(1000));
+        assert!(!caps.chunking);
+        // The greeting line is not a capability.
+        let reply = Reply::plain(250, vec!["STARTTLS".into()]);
+        assert!(!Capabilities::from_ehlo(&reply).starttls);
+    }
+
+    #[test]
+    fn helo_names_are_single_tokens() {
+        assert!(!is_clean_token("mx example"));
+        assert!(!is_clean_token("mx\r\nQUIT"));
+        assert!(is_clean_token("mx.example.test"));
+    }
+}

@@ -1,0 +1,49 @@
+//! Outbound delivery for Postern (SPEC §4 outbound TLS and domains, §6).
+//!
+//! Everything between "a queued message for a recipient domain" and "the
+//! next hop said 250" — as clean functions and types that the queue runner
+//! in the binary drives; this crate keeps no queue and no schedule.
+//!
+//! Layout, one step per module:
+//!
+//! * [`route`] — where mail for a domain goes: `[[domain]] next_hop`, MX
+//!   records in preference order, the A/AAAA fallback, null MX (RFC 5321
+//!   §5.1, RFC 7505), over a [`Resolver`] built from `[dns] nameservers`.
+//! * [`policy`] — the outbound TLS policy as two pure functions over the
+//!   mode and what the peer offered: [`decide`] and [`after_handshake`].
+//! * [`tls_client`] — the shared rustls client configurations
+//!   ([`ClientTls`]): verifying and accepting, with session resumption.
+//! * [`client`] — the SMTP client (RFC 5321, 3207, 2920, 1870, 6152, 6531):
+//!   a [`Connection`] carries one or more messages to one host, and records
+//!   each attempt ([`AttemptRecord`]).
+//! * [`classify`] — the single temporary/permanent decision for every
+//!   failure, with who is at fault and the `last_error` text.
+//! * [`dsn`] — RFC 3464 bounces.
+//! * [`backoff`] — retry times and queue lifetime.
+//!
+//! Call [`postern_tls::install_crypto_provider`] at startup; this crate
+//! only uses aws-lc-rs, and passes it explicitly.
+
+pub mod backoff;
+pub mod classify;
+pub mod client;
+pub mod dsn;
+pub mod policy;
+pub mod route;
+pub mod tls_client;
+
+pub use backoff::{backoff_delay, expired, next_attempt};
+pub use classify::{
+    classify, Classification, Failure, FailureKind, Fault, HostRef, MessageProblem, Permanence,
+    Stage,
+};
+pub use client::{
+    deliver, deliver_via, AttemptError, AttemptRecord, BatchReport, Capabilities, Connection,
+    Outgoing, RecipientOutcome, RecipientResult, RouteDelivery, Timeouts,
+};
+pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
+pub use policy::{
+    after_handshake, decide, Fallback, HandshakeOutcome, Plan, TlsPolicyFailure, Verdict,
+};
+pub use route::{resolve, Resolver, ResolverError, RouteError, Target};
+pub use tls_client::{ClientTls, TlsSetupError, TrustSources};

@@ -1,0 +1,474 @@
+//! The outbound rustls configuration (SPEC §4 `[tls.outbound]`).
+//!
+//! [`ClientTls`] holds two client configurations, built once and shared by
+//! every connection (rebuild it when the settings or certificates change):
+//!
+//! * **verifying** — for `verify`: the chain must end at a trusted root
+//!   (the Mozilla roots from `webpki-roots` when `"system"` is listed in
+//!   `trusted_ca`, plus every named CA entry) and the certificate must name
+//!   the host: a DNS name for MX and next-hop names, an IP SAN for IP
+//!   literals. A failure aborts the handshake.
+//! * **accepting** — for `require` and `opportunistic`: any certificate is
+//!   accepted, but the handshake signatures are still verified (the peer
+//!   must hold the key of the certificate it shows), and
+//!   [`ClientTls::check_certificate`] tells afterwards whether the chain
+//!   would have verified, so every attempt records the verification result.
+//!
+//! Both speak TLS 1.3 and 1.2 only, with the aws-lc-rs provider's default
+//! (AEAD, forward-secret) suites, send SNI for host names (never for IP
+//! literals, RFC 6066 §3), present the outbound client certificate when one
+//! is configured, and resume sessions from rustls's in-memory cache. Each
+//! configuration has its own cache, so a session made without verification
+//! is never resumed where verification is required.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// Where trust for `verify` comes from (`tls.outbound.trusted_ca`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustSources {
+    /// `"system"` is listed: the public web PKI roots (Mozilla's, from
+    /// `webpki-roots`).
+    pub system: bool,
+    /// The PEM of every CA entry named in `trusted_ca`; every certificate
+    /// in each becomes a trust anchor.
+    pub ca_pems: Vec<String>,
+}
+
+impl TrustSources {
+    /// From the `trusted_ca` list: `"system"` turns on the public roots,
+    /// every other name is looked up with `pem_of` (the certificate table).
+    /// An unknown name is an error naming it.
+    pub fn from_names(
+        names: &[String],
+        mut pem_of: impl FnMut(&str) -> Option<String>,
+    ) -> Result<TrustSources, TlsSetupError> {
+        let mut sources = TrustSources::default();
+        for name in names {
+            if name == "system" {
+                sources.system = true;
+                continue;
+            }
+            let pem = pem_of(name).ok_or_else(|| TlsSetupError::UnknownCa(name.clone()))?;
+            sources.ca_pems.push(pem);
+        }
+        Ok(sources)
+    }
+}
+
+/// The outbound TLS configuration could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("tls.outbound.trusted_ca: no certificate entry named \"{0}\"")]
+    UnknownCa(String),
+    #[error("tls.outbound.trusted_ca entry {index}: {detail}")]
+    BadCa { index: usize, detail: String },
+    #[error("tls.outbound.client_certificate: {0}")]
+    ClientCertificate(String),
+    #[error("cannot build the outbound TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The two shared client configurations and the verifier behind both.
+#[derive(Clone)]
+pub struct ClientTls {
+    verifying: Arc<ClientConfig>,
+    accepting: Arc<ClientConfig>,
+    trust: Arc<Trust>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("trust_anchors", &self.trust.anchors)
+            .field(
+                "client_certificate",
+                &self.accepting.client_auth_cert_resolver.has_certs(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Build both configurations. `client_cert` is `(chain_pem, key_pem)`
+    /// of the entry named by `tls.outbound.client_certificate`.
+    pub fn new(
+        trusted: TrustSources,
+        client_cert: Option<(String, String)>,
+    ) -> Result<ClientTls, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let trust = Arc::new(Trust::new(&trusted, &provider)?);
+
+        let client_auth = match &client_cert {
+            None => None,
+            Some((chain_pem, key_pem)) => {
+                let problem =
+                    |e: postern_tls::TlsError| TlsSetupError::ClientCertificate(e.to_string());
+                postern_tls::validate_entry(chain_pem, Some(key_pem)).map_err(problem)?;
+                let chain = postern_tls::parse_chain(chain_pem).map_err(problem)?;
+                let key = postern_tls::parse_key(key_pem).map_err(problem)?;
+                Some((chain, key))
+            }
+        };
+
+        let build =
+            |verifier: Arc<dyn ServerCertVerifier>| -> Result<Arc<ClientConfig>, TlsSetupError> {
+                let builder = ClientConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                    .map_err(|e| TlsSetupError::Config(e.to_string()))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier);
+                let config = match &client_auth {
+                    None => builder.with_no_client_auth(),
+                    Some((chain, key)) => builder
+                        .with_client_auth_cert(chain.clone(), key.clone_key())
+                        .map_err(|e| TlsSetupError::ClientCertificate(e.to_string()))?,
+                };
+                Ok(Arc::new(config))
+            };
+
+        let verifying = build(Arc::new(Strict {
+            trust: trust.clone(),
+            algorithms: provider.signature_verification_algorithms,
+        }))?;
+        let accepting = build(Arc::new(AcceptAny {
+            algorithms: provider.signature_verification_algorithms,
+        }))?;
+        Ok(ClientTls {
+            verifying,
+            accepting,
+            trust,
+        })
+    }
+
+    /// The configuration for a handshake: verifying or accepting.
+    pub fn config(&self, verify: bool) -> Arc<ClientConfig> {
+        if verify {
+            self.verifying.clone()
+        } else {
+            self.accepting.clone()
+        }
+    }
+
+    /// Whether `chain` (as the server sent it) verifies for `host` against
+    /// the trusted roots; the reason in words when it does not.
+    pub fn check_certificate(
+        &self,
+        chain: Option<&[CertificateDer<'_>]>,
+        host: &str,
+    ) -> Result<(), String> {
+        let Some((end_entity, intermediates)) = chain.and_then(|c| c.split_first()) else {
+            return Err("the server sent no certificate".into());
+        };
+        let name = server_name(host).map_err(|e| e.to_string())?;
+        self.trust
+            .verify(end_entity, intermediates, &name, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| certificate_reason(&e))
+    }
+}
+
+/// The TLS name for a target host: an IP address for IP literals (no SNI,
+/// IP SAN check), a DNS name otherwise.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsSetupError> {
+    let host = host.trim_end_matches('.');
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(host.to_ascii_lowercase())
+        .map_err(|_| TlsSetupError::Config(format!("\"{host}\" is not a valid TLS server name")))
+}
+
+/// Trust anchors and the WebPKI verifier over them (none when no anchor is
+/// configured: then nothing verifies).
+struct Trust {
+    anchors: usize,
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+}
+
+impl Trust {
+    fn new(sources: &TrustSources, provider: &Arc<CryptoProvider>) -> Result<Trust, TlsSetupError> {
+        let mut roots = RootCertStore::empty();
+        if sources.system {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        for (i, pem) in sources.ca_pems.iter().enumerate() {
+            let index = i + 1;
+            let bad = |detail: String| TlsSetupError::BadCa { index, detail };
+            let chain = postern_tls::parse_chain(pem).map_err(|e| bad(e.to_string()))?;
+            for der in chain {
+                roots.add(der).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let anchors = roots.len();
+        let webpki = if roots.is_empty() {
+            None
+        } else {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsSetupError::Config(e.to_string()))?,
+            )
+        };
+        Ok(Trust { anchors, webpki })
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.webpki {
+            Some(webpki) => webpki.verify_server_cert(end_entity, intermediates, name, &[], now),
+            None => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(NoTrustAnchors)),
+            ))),
+        }
+    }
+}
+
+/// The error when `trusted_ca` names no usable CA.
+#[derive(Debug)]
+struct NoTrustAnchors;
+
+impl fmt::Display for NoTrustAnchors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no trusted CA is configured (tls.outbound.trusted_ca)")
+    }
+}
+
+impl std::error::Error for NoTrustAnchors {}
+
+/// `verify`: chain and name, or the handshake fails.
+struct Strict {
+    trust: Arc<Trust>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for Strict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Strict").finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for Strict {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.trust
+            .verify(end_entity, intermediates, server_name, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// `require` / `opportunistic`: any certificate, but real signatures.
+#[derive(Debug)]
+struct AcceptAny {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Why a server certificate did not verify, in words for `last_error`.
+pub fn certificate_reason(error: &rustls::Error) -> String {
+    let rustls::Error::InvalidCertificate(error) = error else {
+        return match error {
+            rustls::Error::General(text) => text.clone(),
+            other => other.to_string(),
+        };
+    };
+    match error {
+        CertificateError::UnknownIssuer => "certificate not issued by a trusted CA".into(),
+        CertificateError::BadSignature => "bad signature in the certificate chain".into(),
+        CertificateError::BadEncoding => "malformed certificate".into(),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "certificate expired".into()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "certificate not valid yet".into()
+        }
+        CertificateError::Revoked => "certificate revoked".into(),
+        CertificateError::NotValidForName => "certificate does not match the host name".into(),
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
+            let expected = match expected {
+                ServerName::DnsName(name) => name.as_ref().to_string(),
+                ServerName::IpAddress(ip) => IpAddr::from(*ip).to_string(),
+                other => format!("{other:?}"),
+            };
+            if presented.is_empty() {
+                format!("certificate does not match {expected} (it names no host)")
+            } else {
+                format!(
+                    "certificate does not match {expected} (it names {})",
+                    presented.join(", ")
+                )
+            }
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "certificate not valid for TLS server authentication (extended key usage)".into()
+        }
+        CertificateError::Other(other) => other.to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_sources_from_names() {
+        let names = vec!["system".to_string(), "Partner CA".to_string()];
+        let sources = TrustSources::from_names(&names, |name| {
+            (name == "Partner CA").then(|| "PEM".to_string())
+        })
+        .expect("known names");
+        assert!(sources.system);
+        assert_eq!(sources.ca_pems, ["PEM"]);
+        let error = TrustSources::from_names(&["Nope".to_string()], |_| None).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "tls.outbound.trusted_ca: no certificate entry named \"Nope\""
+        );
+    }
+
+    #[test]
+    fn bad_ca_is_refused() {
+        let error = ClientTls::new(
+            TrustSources {
+                system: true,
+                ca_pems: vec!["garbage".into()],
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, TlsSetupError::BadCa { index: 1, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(matches!(
+            server_name("127.0.0.1"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("[2001:db8::1]"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        match server_name("MX.Partner.test.") {
+            Ok(ServerName::DnsName(name)) => assert_eq!(name.as_ref(), "mx.partner.test"),
+            other => panic!("{other:?}"),
+        }
+        assert!(server_name("not a name").is_err());
+    }
+
+    #[test]
+    fn verification_without_anchors_explains_itself() {
+        let tls = ClientTls::new(TrustSources::default(), None).expect("builds");
+        assert_eq!(
+            tls.check_certificate(None, "mx.partner.test"),
+            Err("the server sent no certificate".to_string())
+        );
+        let generated = postern_tls::generate_self_signed(
+            postern_tls::KeyKind::EcdsaP256,
+            "mx.partner.test",
+            &[],
+        )
+        .expect("cert");
+        let chain = postern_tls::parse_chain(&generated.chain_pem).expect("chain");
+        assert_eq!(
+            tls.check_certificate(Some(&chain), "mx.partner.test"),
+            Err("no trusted CA is configured (tls.outbound.trusted_ca)".to_string())
+        );
+        // With public roots only, a self-signed certificate has an unknown issuer.
+        let public = ClientTls::new(
+            TrustSources {
+                system: true,
+                ca_pems: Vec::new(),
+            },
+            None,
+        )
+        .expect("builds");
+        assert_eq!(
+            public.check_certificate(Some(&chain), "mx.partner.test"),
+            Err("certificate not issued by a trusted CA".to_string())
+        );
+    }
+}

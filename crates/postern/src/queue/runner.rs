@@ -1,0 +1,566 @@
+//! The queue runner: decides when each queued message is tried, runs the
+//! attempts with bounded concurrency, and rewrites per-recipient state in
+//! the spool after every attempt. Only IDs and due times live in memory;
+//! message bodies are read from the spool when their turn comes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postern_delivery::{
+    expired, next_attempt, should_bounce, AttemptRecord, Bounce, FailedRecipient, Outgoing,
+    RecipientResult,
+};
+use postern_spool::{
+    DeliveryState, Envelope, QueueId, QueuedMessage, RecipientState, Spool, SpoolError,
+};
+use postern_store::{SqliteStore, Store, TrackingEvent};
+use tokio::sync::{Notify, Semaphore};
+
+use super::courier::Courier;
+use crate::context::unix_now;
+use crate::gateway::LiveConfig;
+use crate::maillog::MailLog;
+
+/// Messages being attempted at once.
+const MAX_ACTIVE: usize = 64;
+/// Attempts to one recipient domain at once.
+const MAX_PER_DOMAIN: usize = 8;
+
+#[derive(Default)]
+struct Schedule {
+    due: BTreeSet<(i64, QueueId)>,
+    when: HashMap<QueueId, i64>,
+    in_flight: HashSet<QueueId>,
+    /// Deleted by the administrator while an attempt was running.
+    deleted: HashSet<QueueId>,
+}
+
+pub struct QueueRunner {
+    spool: Arc<Spool>,
+    store: Arc<SqliteStore>,
+    live: Arc<LiveConfig>,
+    maillog: Arc<MailLog>,
+    courier: Courier,
+    hostname: String,
+    schedule: Mutex<Schedule>,
+    wake: Notify,
+    active: Arc<Semaphore>,
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl QueueRunner {
+    pub fn new(
+        spool: Arc<Spool>,
+        store: Arc<SqliteStore>,
+        live: Arc<LiveConfig>,
+        maillog: Arc<MailLog>,
+        courier: Courier,
+        hostname: String,
+    ) -> Self {
+        Self {
+            spool,
+            store,
+            live,
+            maillog,
+            courier,
+            hostname,
+            schedule: Mutex::new(Schedule::default()),
+            wake: Notify::new(),
+            active: Arc::new(Semaphore::new(MAX_ACTIVE)),
+            per_domain: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Try `id` at `due` (unix seconds), or earlier if already scheduled earlier.
+    pub fn schedule(&self, id: QueueId, due: i64) {
+        let Ok(mut s) = self.schedule.lock() else {
+            return;
+        };
+        if s.in_flight.contains(&id) {
+            return;
+        }
+        if let Some(&old) = s.when.get(&id) {
+            if old <= due {
+                return;
+            }
+            s.due.remove(&(old, id.clone()));
+        }
+        s.when.insert(id.clone(), due);
+        s.due.insert((due, id));
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Schedule everything in the spool (at start).
+    pub async fn recover(&self) {
+        let spool = Arc::clone(&self.spool);
+        let found =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(QueueId, i64)>, SpoolError> {
+                let mut found = Vec::new();
+                for id in spool.list()? {
+                    match spool.load_envelope(&id) {
+                        Ok(queued) => {
+                            found.push((id, earliest_due(&queued.recipients).unwrap_or(0)))
+                        }
+                        Err(e) => tracing::warn!("queue file {id} not scheduled: {e}"),
+                    }
+                }
+                Ok(found)
+            })
+            .await;
+        match found {
+            Ok(Ok(found)) => {
+                tracing::info!("queue runner: {} message(s) to deliver", found.len());
+                for (id, due) in found {
+                    self.schedule(id, due);
+                }
+            }
+            Ok(Err(e)) => tracing::error!("queue scan failed: {e}"),
+            Err(e) => tracing::error!("queue scan task failed: {e}"),
+        }
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        self.recover().await;
+        let mut reap = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            let now = unix_now();
+            let next_due = self.take_due(now);
+            for id in next_due.ready {
+                let Ok(permit) = Arc::clone(&self.active).acquire_owned().await else {
+                    return;
+                };
+                let runner = Arc::clone(&self);
+                tokio::spawn(async move {
+                    runner.attempt(id.clone()).await;
+                    runner.finish(&id);
+                    drop(permit);
+                });
+            }
+            let sleep = next_due.next.map_or(Duration::from_secs(60), |t| {
+                Duration::from_secs(u64::try_from(t - now).unwrap_or(0).clamp(0, 60))
+            });
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.wake.notified() => {}
+                _ = reap.tick() => self.courier.reap_idle(),
+            }
+        }
+    }
+
+    fn take_due(&self, now: i64) -> Due {
+        let Ok(mut s) = self.schedule.lock() else {
+            return Due {
+                ready: Vec::new(),
+                next: None,
+            };
+        };
+        let mut ready = Vec::new();
+        while let Some((due, id)) = s.due.first().cloned() {
+            if due > now || ready.len() >= MAX_ACTIVE {
+                return Due {
+                    ready,
+                    next: Some(due),
+                };
+            }
+            s.due.remove(&(due, id.clone()));
+            s.when.remove(&id);
+            s.in_flight.insert(id.clone());
+            ready.push(id);
+        }
+        Due { ready, next: None }
+    }
+
+    fn finish(&self, id: &QueueId) {
+        let deleted = match self.schedule.lock() {
+            Ok(mut s) => {
+                s.in_flight.remove(id);
+                s.deleted.remove(id)
+            }
+            Err(_) => false,
+        };
+        if deleted {
+            let _ = self.spool.remove(id);
+        }
+    }
+
+    /// `postern queue retry [ID]`: deferred recipients are due now.
+    pub async fn retry(&self, id: Option<QueueId>) -> Result<usize, String> {
+        let spool = Arc::clone(&self.spool);
+        let ids = match id {
+            Some(id) => vec![id],
+            None => tokio::task::spawn_blocking(move || spool.list())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        };
+        let mut count = 0;
+        for id in ids {
+            let spool = Arc::clone(&self.spool);
+            let id2 = id.clone();
+            let reset = tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
+                let queued = spool.load_envelope(&id2)?;
+                let mut states = queued.recipients;
+                for r in states
+                    .iter_mut()
+                    .filter(|r| r.state == DeliveryState::Deferred)
+                {
+                    r.next_attempt = None;
+                }
+                spool.update_state(&id2, &states)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match reset {
+                Ok(()) => {
+                    self.schedule(id, 0);
+                    count += 1;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(count)
+    }
+
+    /// `postern queue delete ID`: gone now, or as soon as a running attempt ends.
+    pub async fn delete(&self, id: QueueId) -> Result<(), String> {
+        {
+            let Ok(mut s) = self.schedule.lock() else {
+                return Err("queue unavailable".into());
+            };
+            if let Some(due) = s.when.remove(&id) {
+                s.due.remove(&(due, id.clone()));
+            }
+            if s.in_flight.contains(&id) {
+                s.deleted.insert(id.clone());
+                return Ok(());
+            }
+        }
+        let spool = Arc::clone(&self.spool);
+        let id2 = id.clone();
+        tokio::task::spawn_blocking(move || spool.remove(&id2))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.maillog.write("deleted", &[("id", id.as_str())]);
+        Ok(())
+    }
+
+    async fn domain_permit(&self, domain: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut map = self.per_domain.lock().ok()?;
+            Arc::clone(
+                map.entry(domain.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_DOMAIN))),
+            )
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+
+    /// One delivery attempt for every due recipient of one message.
+    async fn attempt(&self, id: QueueId) {
+        let spool = Arc::clone(&self.spool);
+        let id2 = id.clone();
+        let queued = match tokio::task::spawn_blocking(move || spool.load(&id2)).await {
+            Ok(Ok(queued)) => queued,
+            Ok(Err(SpoolError::NotFound { .. })) => return,
+            Ok(Err(SpoolError::Corrupt { reason, .. })) => {
+                tracing::error!("queue file {id} is damaged, moving it to corrupt/: {reason}");
+                let _ = self.spool.quarantine(&id, &reason);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::error!("cannot read queue file {id}, retrying later: {e}");
+                self.schedule(id, unix_now() + 60);
+                return;
+            }
+            Err(e) => {
+                tracing::error!("queue read task failed: {e}");
+                return;
+            }
+        };
+        let live = self.live.get();
+        let settings = &live.settings;
+        let now = unix_now();
+        let envelope = &queued.envelope.envelope;
+        let mut states = queued.envelope.recipients.clone();
+        let lifetime_over = expired(
+            envelope.received_at,
+            settings.mta.queue_lifetime.to_std(),
+            now,
+        );
+
+        let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in states
+            .iter()
+            .filter(|r| !r.state.is_final() && r.next_attempt.is_none_or(|t| t <= now))
+        {
+            by_domain
+                .entry(domain_of(&r.address))
+                .or_default()
+                .push(r.address.clone());
+        }
+        let mut bounced = Vec::new();
+        for (domain, recipients) in by_domain {
+            let _permit = self.domain_permit(&domain).await;
+            let outgoing = Outgoing {
+                sender: &envelope.sender,
+                recipients: &recipients,
+                message: &queued.message,
+                smtputf8: envelope.smtputf8,
+            };
+            let report = self
+                .courier
+                .deliver(settings, &live.client_tls, &domain, &outgoing)
+                .await;
+            self.record_attempts(&id, envelope, &domain, &report.attempts);
+            let relay = report.attempts.last();
+            for outcome in report.outcomes {
+                let Some(state) = states.iter_mut().find(|s| s.address == outcome.recipient) else {
+                    continue;
+                };
+                state.attempts += 1;
+                match outcome.result {
+                    RecipientResult::Delivered { reply } => {
+                        state.state = DeliveryState::Delivered;
+                        state.next_attempt = None;
+                        state.last_error = None;
+                        self.log_outcome("delivered", &id, envelope, &state.address, relay, &reply);
+                    }
+                    RecipientResult::Failed(failure) => {
+                        let reason = failure.last_error();
+                        state.last_error = Some(reason.clone());
+                        if failure.is_permanent() || lifetime_over {
+                            state.state = DeliveryState::Bounced;
+                            state.next_attempt = None;
+                            let diagnostic = if failure.is_permanent() {
+                                failure.diagnostic_code()
+                            } else {
+                                format!("X-Postern; queue lifetime expired; last error: {reason}")
+                            };
+                            bounced.push(FailedRecipient {
+                                recipient: state.address.clone(),
+                                status: if failure.is_permanent() {
+                                    failure.status()
+                                } else {
+                                    "4.4.7".into()
+                                },
+                                diagnostic,
+                                remote_mta: failure.host.as_ref().map(|h| h.name.clone()),
+                            });
+                            self.log_outcome(
+                                "bounced",
+                                &id,
+                                envelope,
+                                &state.address,
+                                relay,
+                                &reason,
+                            );
+                        } else {
+                            state.state = DeliveryState::Deferred;
+                            state.next_attempt = Some(next_attempt(
+                                state.attempts,
+                                settings.mta.min_backoff.to_std(),
+                                settings.mta.max_backoff.to_std(),
+                                now,
+                            ));
+                            self.log_outcome(
+                                "deferred",
+                                &id,
+                                envelope,
+                                &state.address,
+                                relay,
+                                &reason,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.conclude(id, queued, states, bounced).await;
+    }
+
+    /// Write the new state; when every recipient is final, bounce what
+    /// failed and remove the message.
+    async fn conclude(
+        &self,
+        id: QueueId,
+        queued: QueuedMessage,
+        states: Vec<RecipientState>,
+        bounced: Vec<FailedRecipient>,
+    ) {
+        let envelope = queued.envelope.envelope.clone();
+        let done = states.iter().all(|s| s.state.is_final());
+        let next = earliest_due(&states);
+        let dsn = (!bounced.is_empty() && should_bounce(&envelope.sender)).then(|| {
+            Bounce {
+                original_sender: &envelope.sender,
+                reporting_mta: &self.hostname,
+                arrival_date: envelope.received_at,
+                date: unix_now(),
+                failed: &bounced,
+                original_headers: &queued.message,
+            }
+            .render()
+        });
+        let spool = Arc::clone(&self.spool);
+        let hostname = self.hostname.clone();
+        let id2 = id.clone();
+        let sender = envelope.sender.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<Option<QueueId>, SpoolError> {
+            spool.update_state(&id2, &states)?;
+            // The bounce is durable before the original goes: a crash in
+            // between can repeat a bounce, never lose one.
+            let bounce_id = match dsn {
+                Some(message) => Some(spool.store(
+                    &Envelope {
+                        sender: String::new(),
+                        recipients: vec![sender],
+                        received_at: unix_now(),
+                        client_addr: "local".into(),
+                        helo: hostname,
+                        tls: None,
+                        body: "7BIT".into(),
+                        smtputf8: false,
+                        message_id: None,
+                    },
+                    &message,
+                )?),
+                None => None,
+            };
+            if done {
+                spool.remove(&id2)?;
+            }
+            Ok(bounce_id)
+        })
+        .await;
+        match result {
+            Ok(Ok(bounce_id)) => {
+                if let Some(bounce_id) = bounce_id {
+                    self.maillog.write(
+                        "bounce-queued",
+                        &[
+                            ("id", bounce_id.as_str()),
+                            ("for", id.as_str()),
+                            ("to", &format!("<{}>", envelope.sender)),
+                        ],
+                    );
+                    self.schedule(bounce_id, 0);
+                }
+                if !done {
+                    self.schedule(id, next.unwrap_or_else(|| unix_now() + 60));
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!("cannot update queue file {id}: {e}");
+                self.schedule(id, unix_now() + 60);
+            }
+            Err(e) => tracing::error!("queue update task failed: {e}"),
+        }
+    }
+
+    fn record_attempts(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        domain: &str,
+        attempts: &[AttemptRecord],
+    ) {
+        let events: Vec<TrackingEvent> = attempts
+            .iter()
+            .map(|record| TrackingEvent {
+                queue_id: id.to_string(),
+                message_id: envelope.message_id.clone(),
+                at: unix_now(),
+                kind: "delivery_attempt".into(),
+                detail: serde_json::json!({ "domain": domain, "attempt": record }),
+            })
+            .collect();
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.record_events(&events) {
+                tracing::warn!("tracking events not recorded: {e}");
+            }
+        });
+    }
+
+    fn log_outcome(
+        &self,
+        kind: &str,
+        id: &QueueId,
+        envelope: &Envelope,
+        recipient: &str,
+        relay: Option<&AttemptRecord>,
+        detail: &str,
+    ) {
+        let relay_text = relay.map_or(String::new(), |r| {
+            format!("{}[{}]:{}", r.host, r.ip, r.port)
+        });
+        let verified = relay
+            .and_then(|r| r.cert_verified)
+            .map_or(String::new(), |v| v.to_string());
+        let fallback = relay.is_some_and(|r| r.tls_fallback_plaintext);
+        self.maillog.write(
+            kind,
+            &[
+                ("id", id.as_str()),
+                ("from", &format!("<{}>", envelope.sender)),
+                ("to", &format!("<{recipient}>")),
+                ("relay", &relay_text),
+                (
+                    "tls",
+                    relay.and_then(|r| r.tls_version.as_deref()).unwrap_or(""),
+                ),
+                (
+                    "cipher",
+                    relay.and_then(|r| r.cipher.as_deref()).unwrap_or(""),
+                ),
+                ("verified", &verified),
+                ("tls_fallback", if fallback { "plaintext" } else { "" }),
+                (
+                    if kind == "delivered" {
+                        "reply"
+                    } else {
+                        "reason"
+                    },
+                    detail,
+                ),
+            ],
+        );
+        let event = TrackingEvent {
+            queue_id: id.to_string(),
+            message_id: envelope.message_id.clone(),
+            at: unix_now(),
+            kind: kind.to_string(),
+            detail: serde_json::json!({ "recipient": recipient, "relay": relay_text, "detail": detail }),
+        };
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.record_event(&event) {
+                tracing::warn!("tracking event not recorded: {e}");
+            }
+        });
+    }
+}
+
+struct Due {
+    ready: Vec<QueueId>,
+    next: Option<i64>,
+}
+
+/// When the next non-final recipient is due; `None` when all are final.
+fn earliest_due(states: &[RecipientState]) -> Option<i64> {
+    states
+        .iter()
+        .filter(|s| !s.state.is_final())
+        .map(|s| s.next_attempt.unwrap_or(0))
+        .min()
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase()
+}
