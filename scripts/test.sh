@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test Postern has, installing what they need on a fresh machine:
-# Debian packages (swaks, openssl), a Python venv with pytest, then
+# Debian packages (swaks, openssl, postfix, dnsutils), a Python venv with pytest, then
 #   1. cargo test  — unit tests and socket-free session dialogs
 #   2. pytest      — whole-gateway tests on loopback with real clients
 # One build profile (release) serves both, so there is one cold build.
@@ -9,12 +9,16 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# Real peers: swaks and openssl as clients, Postfix as upstream sender and
+# downstream receiver (private instances only: "No configuration" keeps the
+# system instance unconfigured and stopped), dig for the test DNS server.
 need_pkgs=()
-for pkg in swaks openssl; do
+for pkg in swaks openssl postfix dnsutils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_pkgs[*]}"
+  echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
