@@ -133,8 +133,13 @@ impl QueueRunner {
                 };
                 let runner = Arc::clone(&self);
                 tokio::spawn(async move {
-                    runner.attempt(id.clone()).await;
-                    runner.finish(&id);
+                    let again = runner.attempt(id.clone()).await;
+                    // Out of the in-flight set first, so it can be scheduled again.
+                    if runner.finish(&id) {
+                        if let Some(due) = again {
+                            runner.schedule(id, due);
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -172,7 +177,8 @@ impl QueueRunner {
         Due { ready, next: None }
     }
 
-    fn finish(&self, id: &QueueId) {
+    /// The attempt is over; false when the message was deleted meanwhile.
+    fn finish(&self, id: &QueueId) -> bool {
         let deleted = match self.schedule.lock() {
             Ok(mut s) => {
                 s.in_flight.remove(id);
@@ -181,8 +187,12 @@ impl QueueRunner {
             Err(_) => false,
         };
         if deleted {
-            let _ = self.spool.remove(id);
+            if let Err(e) = self.spool.remove(id) {
+                tracing::error!("deleting {id} failed: {e}");
+            }
+            self.maillog.write("deleted", &[("id", id.as_str())]);
         }
+        !deleted
     }
 
     /// `postern queue retry [ID]`: deferred recipients are due now.
@@ -259,25 +269,25 @@ impl QueueRunner {
     }
 
     /// One delivery attempt for every due recipient of one message.
-    async fn attempt(&self, id: QueueId) {
+    /// Returns when to try it again (`None`: done, or nothing to do).
+    async fn attempt(&self, id: QueueId) -> Option<i64> {
         let spool = Arc::clone(&self.spool);
         let id2 = id.clone();
         let queued = match tokio::task::spawn_blocking(move || spool.load(&id2)).await {
             Ok(Ok(queued)) => queued,
-            Ok(Err(SpoolError::NotFound { .. })) => return,
+            Ok(Err(SpoolError::NotFound { .. })) => return None,
             Ok(Err(SpoolError::Corrupt { reason, .. })) => {
                 tracing::error!("queue file {id} is damaged, moving it to corrupt/: {reason}");
                 let _ = self.spool.quarantine(&id, &reason);
-                return;
+                return None;
             }
             Ok(Err(e)) => {
                 tracing::error!("cannot read queue file {id}, retrying later: {e}");
-                self.schedule(id, unix_now() + 60);
-                return;
+                return Some(unix_now() + 60);
             }
             Err(e) => {
                 tracing::error!("queue read task failed: {e}");
-                return;
+                return Some(unix_now() + 60);
             }
         };
         let live = self.live.get();
@@ -378,7 +388,7 @@ impl QueueRunner {
                 }
             }
         }
-        self.conclude(id, queued, states, bounced).await;
+        self.conclude(id, queued, states, bounced).await
     }
 
     /// Write the new state; when every recipient is final, bounce what
@@ -389,7 +399,7 @@ impl QueueRunner {
         queued: QueuedMessage,
         states: Vec<RecipientState>,
         bounced: Vec<FailedRecipient>,
-    ) {
+    ) -> Option<i64> {
         let envelope = queued.envelope.envelope.clone();
         let done = states.iter().all(|s| s.state.is_final());
         let next = earliest_due(&states);
@@ -409,9 +419,9 @@ impl QueueRunner {
         let id2 = id.clone();
         let sender = envelope.sender.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<Option<QueueId>, SpoolError> {
-            spool.update_state(&id2, &states)?;
-            // The bounce is durable before the original goes: a crash in
-            // between can repeat a bounce, never lose one.
+            // The bounce is durable before the state that says "bounced":
+            // a crash or a failed write in between can repeat a delivery or
+            // a bounce, never lose one.
             let bounce_id = match dsn {
                 Some(message) => Some(spool.store(
                     &Envelope {
@@ -429,6 +439,7 @@ impl QueueRunner {
                 )?),
                 None => None,
             };
+            spool.update_state(&id2, &states)?;
             if done {
                 spool.remove(&id2)?;
             }
@@ -448,15 +459,20 @@ impl QueueRunner {
                     );
                     self.schedule(bounce_id, 0);
                 }
-                if !done {
-                    self.schedule(id, next.unwrap_or_else(|| unix_now() + 60));
+                if done {
+                    None
+                } else {
+                    Some(next.unwrap_or_else(|| unix_now() + 60))
                 }
             }
             Ok(Err(e)) => {
                 tracing::error!("cannot update queue file {id}: {e}");
-                self.schedule(id, unix_now() + 60);
+                Some(unix_now() + 60)
             }
-            Err(e) => tracing::error!("queue update task failed: {e}"),
+            Err(e) => {
+                tracing::error!("queue update task failed: {e}");
+                Some(unix_now() + 60)
+            }
         }
     }
 
