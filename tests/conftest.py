@@ -15,6 +15,11 @@ import pytest
 
 from postern_testlib import Gateway, postern_bin
 
+# The delivery-test fixtures (DNS server, private Postfix instances, scriptable
+# SMTP peers) and their failure-report hooks, for every test module.
+pytest.register_assert_rewrite("fixtures_dns", "fixtures_postfix", "fixtures_peers", "delivery_support")
+pytest_plugins = ["fixtures_dns", "fixtures_postfix", "fixtures_peers"]
+
 
 _SUMMARY: list[str] = []
 
