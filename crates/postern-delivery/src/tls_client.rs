@@ -341,6 +341,24 @@ impl ServerCertVerifier for AcceptAny {
 }
 
 /// Why a server certificate did not verify, in words for `last_error`.
+/// rustls reports presented names in debug form (`DnsName("mx.example")`,
+/// `IpAddress(192.0.2.1)`): the bare name reads better in a log.
+fn presented_name(debug: &str) -> &str {
+    for (prefix, suffix) in [
+        ("DnsName(\"", "\")"),
+        ("IpAddress(", ")"),
+        ("DnsName(", ")"),
+    ] {
+        if let Some(inner) = debug
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+        {
+            return inner;
+        }
+    }
+    debug
+}
+
 pub fn certificate_reason(error: &rustls::Error) -> String {
     let rustls::Error::InvalidCertificate(error) = error else {
         return match error {
@@ -372,9 +390,10 @@ pub fn certificate_reason(error: &rustls::Error) -> String {
             if presented.is_empty() {
                 format!("certificate does not match {expected} (it names no host)")
             } else {
+                let names: Vec<&str> = presented.iter().map(|p| presented_name(p)).collect();
                 format!(
                     "certificate does not match {expected} (it names {})",
-                    presented.join(", ")
+                    names.join(", ")
                 )
             }
         }
@@ -383,6 +402,19 @@ pub fn certificate_reason(error: &rustls::Error) -> String {
         }
         CertificateError::Other(other) => other.to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod presented_name_tests {
+    #[test]
+    fn strips_debug_wrappers() {
+        assert_eq!(
+            super::presented_name("DnsName(\"mx.other.test\")"),
+            "mx.other.test"
+        );
+        assert_eq!(super::presented_name("IpAddress(192.0.2.1)"), "192.0.2.1");
+        assert_eq!(super::presented_name("mx.plain.test"), "mx.plain.test");
     }
 }
 

@@ -16,6 +16,9 @@ use postern_delivery::{
 const IDLE_REUSE: Duration = Duration::from_secs(5);
 /// Idle connections kept per destination.
 const MAX_IDLE_PER_KEY: usize = 4;
+/// A connection is not reused after this long, however busy (the peer's
+/// configuration may have changed; Postfix's smtp_connection_reuse_time_limit).
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// What one domain delivery did.
 pub struct DomainReport {
@@ -24,14 +27,22 @@ pub struct DomainReport {
     pub attempts: Vec<AttemptRecord>,
 }
 
-type PoolKey = (String, SocketAddr, OutboundMode);
+/// Connections are reused only under the same settings generation: a
+/// changed trust anchor or mode must apply to the next message at once.
+type PoolKey = (String, SocketAddr, OutboundMode, i64);
+
+struct Idle {
+    connection: Connection,
+    opened: Instant,
+    since: Instant,
+}
 
 pub struct Courier {
     resolver: Resolver,
     helo: String,
     mx_port: u16,
     timeouts: Timeouts,
-    idle: Mutex<HashMap<PoolKey, Vec<(Connection, Instant)>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 impl Courier {
@@ -48,6 +59,7 @@ impl Courier {
     pub async fn deliver(
         &self,
         settings: &Settings,
+        generation: i64,
         tls: &ClientTls,
         domain: &str,
         message: &Outgoing<'_>,
@@ -69,11 +81,11 @@ impl Courier {
         // Every MX in preference order, every address of each (SPEC §6).
         for target in &targets {
             for addr in target.socket_addrs() {
-                let key = (target.host.clone(), addr, mode);
+                let key = (target.host.clone(), addr, mode, generation);
                 let pooled = self.take_idle(&key);
                 let reused = pooled.is_some();
-                let mut connection = match pooled {
-                    Some(connection) => connection,
+                let (mut connection, opened) = match pooled {
+                    Some(pooled) => pooled,
                     None => match Connection::open(
                         &target.host,
                         addr,
@@ -84,7 +96,7 @@ impl Courier {
                     )
                     .await
                     {
-                        Ok(connection) => connection,
+                        Ok(connection) => (connection, Instant::now()),
                         Err(error) => {
                             attempts.push(error.record);
                             last_failure = Some(error.failure);
@@ -95,7 +107,7 @@ impl Courier {
                 match connection.send(message).await {
                     Ok(outcomes) => {
                         attempts.push(connection.record().clone());
-                        self.keep_idle(key, connection);
+                        self.keep_idle(key, connection, opened);
                         return DomainReport { outcomes, attempts };
                     }
                     Err(error) if reused => {
@@ -119,7 +131,7 @@ impl Courier {
                             Ok(mut fresh) => match fresh.send(message).await {
                                 Ok(outcomes) => {
                                     attempts.push(fresh.record().clone());
-                                    self.keep_idle(key, fresh);
+                                    self.keep_idle(key, fresh, Instant::now());
                                     return DomainReport { outcomes, attempts };
                                 }
                                 Err(error) => {
@@ -152,20 +164,23 @@ impl Courier {
         }
     }
 
-    fn take_idle(&self, key: &PoolKey) -> Option<Connection> {
+    fn take_idle(&self, key: &PoolKey) -> Option<(Connection, Instant)> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
-        while let Some((connection, since)) = list.pop() {
-            if since.elapsed() < IDLE_REUSE && connection.is_usable() {
-                return Some(connection);
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < IDLE_REUSE
+                && entry.opened.elapsed() < MAX_CONNECTION_AGE
+                && entry.connection.is_usable()
+            {
+                return Some((entry.connection, entry.opened));
             }
-            tokio::spawn(connection.quit());
+            tokio::spawn(entry.connection.quit());
         }
         None
     }
 
-    fn keep_idle(&self, key: PoolKey, connection: Connection) {
-        if !connection.is_usable() {
+    fn keep_idle(&self, key: PoolKey, connection: Connection, opened: Instant) {
+        if !connection.is_usable() || opened.elapsed() >= MAX_CONNECTION_AGE {
             tokio::spawn(connection.quit());
             return;
         }
@@ -177,7 +192,11 @@ impl Courier {
             tokio::spawn(connection.quit());
             return;
         }
-        list.push((connection, Instant::now()));
+        list.push(Idle {
+            connection,
+            opened,
+            since: Instant::now(),
+        });
     }
 
     /// Close connections idle for too long (called periodically).
@@ -188,10 +207,10 @@ impl Courier {
         for list in idle.values_mut() {
             let (stale, fresh): (Vec<_>, Vec<_>) = list
                 .drain(..)
-                .partition(|(_, since)| since.elapsed() >= IDLE_REUSE);
+                .partition(|entry| entry.since.elapsed() >= IDLE_REUSE);
             *list = fresh;
-            for (connection, _) in stale {
-                tokio::spawn(connection.quit());
+            for entry in stale {
+                tokio::spawn(entry.connection.quit());
             }
         }
         idle.retain(|_, list| !list.is_empty());
