@@ -100,6 +100,87 @@ pub(crate) fn recent(conn: &Connection, limit: usize) -> Result<Vec<TrackingEven
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A search over tracking events (the admin UI's message tracking and
+/// dashboard). Every condition given must hold; results are newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// A queue id, a Message-ID (with or without `<>`), or any text found
+    /// in the Message-ID or the event's detail (ASCII case-insensitive):
+    /// a sender or recipient address, a client address, a host name.
+    pub text: Option<String>,
+    /// Only events at or after this time (unix seconds).
+    pub since: Option<i64>,
+    /// Only events at or before this time (unix seconds).
+    pub until: Option<i64>,
+    /// Only these kinds ([`event_kind`]); empty means every kind.
+    pub kinds: Vec<String>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+/// `text` as a LIKE pattern matching it anywhere, with `\` as escape.
+fn like_anywhere(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+pub(crate) fn search(
+    conn: &Connection,
+    query: &EventQuery,
+) -> Result<Vec<TrackingEvent>, StoreError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1 = 1");
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    let mut bind = |sql: &mut String, fragment: &str, value: rusqlite::types::Value| {
+        values.push(value);
+        sql.push_str(&fragment.replace('?', &format!("?{}", values.len())));
+    };
+    if let Some(text) = query
+        .text
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let (given, other) = message_id_forms(text);
+        bind(&mut sql, " AND (queue_id = ?", given.clone().into());
+        bind(&mut sql, " OR message_id = ?", given.into());
+        bind(&mut sql, " OR message_id = ?", other.into());
+        let pattern = like_anywhere(text);
+        bind(
+            &mut sql,
+            " OR message_id LIKE ? ESCAPE '\\'",
+            pattern.clone().into(),
+        );
+        bind(&mut sql, " OR detail LIKE ? ESCAPE '\\')", pattern.into());
+    }
+    if let Some(since) = query.since {
+        bind(&mut sql, " AND at >= ?", since.into());
+    }
+    if let Some(until) = query.until {
+        bind(&mut sql, " AND at <= ?", until.into());
+    }
+    if !query.kinds.is_empty() {
+        sql.push_str(" AND kind IN (");
+        for (i, kind) in query.kinds.iter().enumerate() {
+            let sep = if i == 0 { "?" } else { ", ?" };
+            bind(&mut sql, sep, kind.clone().into());
+        }
+        sql.push(')');
+    }
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    bind(&mut sql, " ORDER BY at DESC, id DESC LIMIT ?", limit.into());
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub(crate) fn prune(conn: &Connection, before: i64) -> Result<usize, StoreError> {
     Ok(conn.execute("DELETE FROM events WHERE at < ?1", [before])?)
 }

@@ -22,9 +22,11 @@
 //! read-check-write sequence runs in one write transaction.
 //!
 //! Layout: `schema` opens the file and migrates it, `meta` keeps the
-//! generation counter and one-time flags, `settings`, `certificates` and
-//! `events` hold one concern each, `sqlite` ties them into [`SqliteStore`].
+//! generation counter and one-time flags, `settings`, `certificates`,
+//! `events` and `admin` (admin UI credentials) hold one concern each,
+//! `sqlite` ties them into [`SqliteStore`].
 
+mod admin;
 mod certificates;
 mod events;
 mod meta;
@@ -34,8 +36,9 @@ mod sqlite;
 
 use postern_config::{ConfigError, Settings};
 
+pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
-pub use events::{event_kind, TrackingEvent};
+pub use events::{event_kind, EventQuery, TrackingEvent};
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 
@@ -119,6 +122,35 @@ pub trait Store: Send + Sync {
 
     /// Delete events older than `before` (unix seconds); returns how many.
     fn prune_events(&self, before: i64) -> Result<usize, StoreError>;
+
+    /// Events matching `query`, newest first (message tracking search,
+    /// dashboard counts).
+    fn search_events(&self, query: &EventQuery) -> Result<Vec<TrackingEvent>, StoreError>;
+
+    /// The admin password's hash (an argon2id PHC string), `None` before
+    /// one was set.
+    fn admin_password_hash(&self) -> Result<Option<String>, StoreError>;
+
+    /// Set or replace the admin password's hash.
+    fn set_admin_password_hash(&self, hash: &str) -> Result<(), StoreError>;
+
+    /// Set the admin password's hash only when none is set yet, atomically
+    /// across processes (first start). Returns true when it was set.
+    fn init_admin_password_hash(&self, hash: &str) -> Result<bool, StoreError>;
+
+    /// Store a new API token by its hash. Refuses a name already taken
+    /// ([`StoreError::DuplicateToken`]) and names [`validate_token_name`]
+    /// refuses.
+    fn add_api_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError>;
+
+    /// The token with this hash, if any.
+    fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Every API token, ordered by name.
+    fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Revoke a token by name ([`StoreError::UnknownToken`] when none).
+    fn delete_api_token(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// Why a store operation failed. Misconfiguration ([`Invalid`], [`InUse`],
@@ -145,6 +177,12 @@ pub enum StoreError {
     /// A certificate of that name (ignoring ASCII case) exists already.
     #[error("a certificate named \"{0}\" already exists")]
     Duplicate(String),
+    /// An API token of that name exists already.
+    #[error("an API token named \"{0}\" already exists")]
+    DuplicateToken(String),
+    /// No API token of that name.
+    #[error("no API token named \"{0}\"")]
+    UnknownToken(String),
     /// A certificate name that cannot be stored; the text says why.
     #[error("{0}")]
     BadName(String),

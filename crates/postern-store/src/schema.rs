@@ -58,6 +58,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_message_id ON events (message_id);
     CREATE INDEX events_at ON events (at);
     ",
+    // 2: admin UI / API credentials (hashes only).
+    "
+    CREATE TABLE admin_credentials (
+        kind       TEXT NOT NULL CHECK (kind IN ('password', 'token')),
+        name       TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+    CREATE UNIQUE INDEX admin_credentials_hash ON admin_credentials (hash);
+    ",
 ];
 
 /// The schema version this build creates and understands.

@@ -16,7 +16,8 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::schema::{self, Durability, BUSY_TIMEOUT};
 use crate::{
-    certificates, events, meta, settings, CertificateRecord, Store, StoreError, TrackingEvent,
+    admin, certificates, events, meta, settings, ApiToken, CertificateRecord, EventQuery, Store,
+    StoreError, TrackingEvent,
 };
 
 /// How long [`Store::ensure_default_certificate`] waits for another process
@@ -221,5 +222,43 @@ impl Store for SqliteStore {
 
     fn prune_events(&self, before: i64) -> Result<usize, StoreError> {
         events::prune(&self.events(), before)
+    }
+
+    fn search_events(&self, query: &EventQuery) -> Result<Vec<TrackingEvent>, StoreError> {
+        events::search(&self.events(), query)
+    }
+
+    fn admin_password_hash(&self) -> Result<Option<String>, StoreError> {
+        admin::password_hash(&self.main())
+    }
+
+    fn set_admin_password_hash(&self, hash: &str) -> Result<(), StoreError> {
+        self.write(|conn| admin::set_password_hash(conn, hash))
+    }
+
+    fn init_admin_password_hash(&self, hash: &str) -> Result<bool, StoreError> {
+        self.write(|conn| {
+            if admin::password_hash(conn)?.is_some() {
+                return Ok(false);
+            }
+            admin::set_password_hash(conn, hash)?;
+            Ok(true)
+        })
+    }
+
+    fn add_api_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {
+        self.write(|conn| admin::add_token(conn, name, token_hash))
+    }
+
+    fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        admin::token_by_hash(&self.main(), token_hash)
+    }
+
+    fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        admin::tokens(&self.main())
+    }
+
+    fn delete_api_token(&self, name: &str) -> Result<(), StoreError> {
+        self.write(|conn| admin::delete_token(conn, name))
     }
 }

@@ -566,3 +566,134 @@ fn store_is_usable_as_a_trait_object() {
     };
     assert_eq!(handle.join().unwrap(), store.generation().unwrap());
 }
+
+#[test]
+fn admin_password_is_initialised_once_then_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert_eq!(store.admin_password_hash().unwrap(), None);
+    assert!(store.init_admin_password_hash("$argon2id$first").unwrap());
+    // First start of a second process: the first one's password stays.
+    let other = open(&dir);
+    assert!(!other.init_admin_password_hash("$argon2id$second").unwrap());
+    assert_eq!(
+        store.admin_password_hash().unwrap().as_deref(),
+        Some("$argon2id$first")
+    );
+    other.set_admin_password_hash("$argon2id$changed").unwrap();
+    assert_eq!(
+        store.admin_password_hash().unwrap().as_deref(),
+        Some("$argon2id$changed")
+    );
+    assert!(matches!(
+        store.set_admin_password_hash(""),
+        Err(StoreError::BadName(_))
+    ));
+    // Credentials are not settings: the gateway does not reload for them.
+    let generation = store.generation().unwrap();
+    store.set_admin_password_hash("$argon2id$again").unwrap();
+    assert_eq!(store.generation().unwrap(), generation);
+}
+
+#[test]
+fn api_tokens_by_hash_names_unique_and_revocable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_api_token("ci", "hash-ci").unwrap();
+    store.add_api_token("monitoring", "hash-mon").unwrap();
+    assert!(matches!(
+        store.add_api_token("ci", "hash-other"),
+        Err(StoreError::DuplicateToken(name)) if name == "ci"
+    ));
+    for bad in ["", " padded", "a\nb", &"x".repeat(65)] {
+        assert!(
+            matches!(store.add_api_token(bad, "h"), Err(StoreError::BadName(_))),
+            "{bad:?} accepted"
+        );
+    }
+    let found = store.api_token_by_hash("hash-mon").unwrap().unwrap();
+    assert_eq!(found.name, "monitoring");
+    assert_eq!(store.api_token_by_hash("hash-none").unwrap(), None);
+    // The password hash is never taken for a token.
+    store.set_admin_password_hash("pw-hash").unwrap();
+    assert_eq!(store.api_token_by_hash("pw-hash").unwrap(), None);
+    let names: Vec<String> = store
+        .api_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["ci", "monitoring"]);
+    store.delete_api_token("ci").unwrap();
+    assert_eq!(store.api_token_by_hash("hash-ci").unwrap(), None);
+    assert!(matches!(
+        store.delete_api_token("ci"),
+        Err(StoreError::UnknownToken(_))
+    ));
+}
+
+#[test]
+fn event_search_by_text_time_and_kind() {
+    use postern_store::EventQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let received = |queue_id: &str, message_id: &str, at: i64, sender: &str| TrackingEvent {
+        queue_id: queue_id.to_string(),
+        message_id: Some(message_id.to_string()),
+        at,
+        kind: event_kind::RECEIVED.to_string(),
+        detail: json!({ "sender": sender, "recipients": ["rcpt@corp.example"] }),
+    };
+    store
+        .record_events(&[
+            received("Q1", "<one@example.test>", 100, "alice@example.test"),
+            received("Q2", "<two@example.test>", 200, "bob@example.test"),
+            received("Q3", "<50%_off@example.test>", 300, "spam@example.test"),
+            event("Q1", None, 150, event_kind::DELIVERED),
+        ])
+        .unwrap();
+    let ids = |query: EventQuery| -> Vec<String> {
+        store
+            .search_events(&query)
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{}:{}", e.queue_id, e.kind))
+            .collect()
+    };
+    let all = EventQuery {
+        limit: 100,
+        ..EventQuery::default()
+    };
+    assert_eq!(
+        ids(all.clone()),
+        ["Q3:received", "Q2:received", "Q1:delivered", "Q1:received"]
+    );
+    let text = |t: &str| EventQuery {
+        text: Some(t.to_string()),
+        ..all.clone()
+    };
+    assert_eq!(ids(text("Q2")), ["Q2:received"]);
+    assert_eq!(ids(text("one@example.test")), ["Q1:received"]);
+    assert_eq!(ids(text("<two@example.test>")), ["Q2:received"]);
+    assert_eq!(ids(text("ALICE@example")), ["Q1:received"]);
+    assert_eq!(ids(text("corp.example")).len(), 3);
+    // LIKE wildcards in the text are literal.
+    assert_eq!(ids(text("50%_")), ["Q3:received"]);
+    assert!(ids(text("5_%")).is_empty());
+    assert_eq!(
+        ids(EventQuery {
+            since: Some(150),
+            until: Some(200),
+            ..all.clone()
+        }),
+        ["Q2:received", "Q1:delivered"]
+    );
+    assert_eq!(
+        ids(EventQuery {
+            kinds: vec![event_kind::DELIVERED.to_string()],
+            ..all.clone()
+        }),
+        ["Q1:delivered"]
+    );
+    assert_eq!(ids(EventQuery { limit: 1, ..all }), ["Q3:received"]);
+}

@@ -1,0 +1,150 @@
+//! Login, logout and the session's CSRF token, for the API and the login
+//! page alike.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{self, SessionInfo, SESSION_IDLE};
+use crate::error::{ApiError, ApiResult};
+use crate::http::{self, Principal, SESSION_COOKIE};
+use crate::Shared;
+
+/// Why a login did not succeed.
+pub enum LoginError {
+    /// Too many failures: wait this long.
+    Limited(Duration),
+    /// Wrong password (or none set yet).
+    Wrong,
+    Internal(String),
+}
+
+/// Check the password (rate-limited) and start a new session, ending the
+/// one the browser had (no session fixation).
+pub async fn attempt(
+    state: &Shared,
+    ip: IpAddr,
+    previous: Option<String>,
+    password: String,
+) -> Result<SessionInfo, LoginError> {
+    state
+        .limiter
+        .check(ip, Instant::now())
+        .map_err(LoginError::Limited)?;
+    let _permit = state
+        .password_checks
+        .acquire()
+        .await
+        .map_err(|e| LoginError::Internal(e.to_string()))?;
+    let store = state.store.clone();
+    let ok = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        let hash = store.admin_password_hash().map_err(|e| e.to_string())?;
+        Ok(hash.is_some_and(|h| auth::verify_password(&h, &password)))
+    })
+    .await
+    .map_err(|e| LoginError::Internal(e.to_string()))?
+    .map_err(LoginError::Internal)?;
+    if !ok {
+        state.limiter.failure(ip, Instant::now());
+        tracing::warn!("admin login failed from {ip}");
+        return Err(LoginError::Wrong);
+    }
+    state.limiter.success(ip);
+    tracing::info!("admin login from {ip}");
+    Ok(state.sessions.create(previous.as_deref(), Instant::now()))
+}
+
+/// The `Set-Cookie` value for a new session.
+pub fn session_cookie(session: &SessionInfo) -> axum::http::HeaderValue {
+    http::set_cookie(
+        SESSION_COOKIE,
+        &session.id,
+        auth::SESSION_LIFETIME.as_secs(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    password: String,
+}
+
+/// `POST /api/v1/login` `{"password": "..."}`: sets the session cookie and
+/// returns the CSRF token for later state-changing calls.
+pub async fn login(State(state): State<Shared>, request: Request) -> Response {
+    let ip = http::client_ip(request.extensions());
+    let previous = http::cookie(request.headers(), SESSION_COOKIE);
+    let body =
+        match <http::Body as axum::extract::FromRequest<()>>::from_request(request, &()).await {
+            Ok(body) => body.0,
+            Err(e) => return e.into_response(),
+        };
+    let input: LoginRequest = match http::parse_json(&body) {
+        Ok(input) => input,
+        Err(e) => return e.into_response(),
+    };
+    match attempt(&state, ip, previous, input.password).await {
+        Ok(session) => (
+            StatusCode::OK,
+            [(header::SET_COOKIE, session_cookie(&session))],
+            Json(json!({
+                "csrf_token": session.csrf,
+                "idle_timeout_seconds": SESSION_IDLE.as_secs(),
+            })),
+        )
+            .into_response(),
+        Err(LoginError::Limited(wait)) => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed logins; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            );
+            e.retry_after = Some(wait.as_secs().max(1));
+            e.into_response()
+        }
+        Err(LoginError::Wrong) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong password")
+            .field("password")
+            .into_response(),
+        Err(LoginError::Internal(e)) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// `POST /api/v1/logout`: ends the cookie session.
+pub async fn logout(
+    State(state): State<Shared>,
+    Extension(principal): Extension<Principal>,
+) -> Response {
+    if let Principal::Session(session) = &principal {
+        state.sessions.remove(&session.id);
+    }
+    (
+        StatusCode::OK,
+        [(header::SET_COOKIE, http::clear_cookie(SESSION_COOKIE))],
+        Json(json!({ "logged_out": true })),
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/session`: who is calling, and the session's CSRF token.
+pub async fn show(
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(match principal {
+        Principal::Session(session) => json!({
+            "auth": "session",
+            "csrf_token": session.csrf,
+        }),
+        Principal::Token(name) => json!({
+            "auth": "token",
+            "token_name": name,
+        }),
+    }))
+}

@@ -1,0 +1,684 @@
+//! The router without TLS, on a real store in a temporary directory and a
+//! queue in memory: authentication, CSRF, validation errors naming the
+//! field, and every documented operation routed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use postern_spool::{DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState};
+use postern_store::{CertificateRecord, SqliteStore, Store};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::queue::{BoxFuture, QueueControl, QueueError};
+use crate::{auth, AdminOptions, AdminServer, Metrics};
+
+const QUEUE_ID: &str = "00000000000ABCDE";
+
+struct MemoryQueue(Mutex<Vec<QueuedEnvelope>>);
+
+impl QueueControl for MemoryQueue {
+    fn list(&self) -> Result<Vec<QueuedEnvelope>, QueueError> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    fn get(&self, id: &QueueId) -> Result<QueuedEnvelope, QueueError> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|q| &q.id == id)
+            .cloned()
+            .ok_or(QueueError::NotFound)
+    }
+    fn retry(&self, _id: QueueId) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            self.0.lock().unwrap().retain(|q| q.id != id);
+            Ok(())
+        })
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    app: Router,
+    token: String,
+}
+
+fn queued() -> QueuedEnvelope {
+    QueuedEnvelope {
+        id: QUEUE_ID.parse().unwrap(),
+        envelope: Envelope {
+            sender: "alice@example.test".into(),
+            recipients: vec!["bob@corp.example".into()],
+            received_at: 1_700_000_000,
+            client_addr: "127.0.0.1:5000".into(),
+            helo: "client.test".into(),
+            tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
+            body: "7BIT".into(),
+            smtputf8: false,
+            message_id: Some("<m1@example.test>".into()),
+        },
+        recipients: vec![RecipientState {
+            address: "bob@corp.example".into(),
+            state: DeliveryState::Deferred,
+            attempts: 1,
+            next_attempt: Some(1_700_000_300),
+            last_error: Some("mx.corp.example: connection refused".into()),
+        }],
+        size: 1234,
+    }
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("postern.db")).unwrap());
+    store
+        .ensure_default_certificate(&mut || {
+            let g =
+                postern_tls::generate_self_signed(postern_tls::KeyKind::EcdsaP256, "mx.test", &[])
+                    .map_err(|e| e.to_string())?;
+            Ok(CertificateRecord {
+                name: "x".into(),
+                chain_pem: g.chain_pem,
+                key_pem: Some(g.key_pem),
+                created_at: 0,
+            })
+        })
+        .unwrap();
+    store
+        .set_admin_password_hash(&auth::hash_password("correct horse battery").unwrap())
+        .unwrap();
+    let token = auth::new_token();
+    store
+        .add_api_token("tests", &auth::token_hash(&token))
+        .unwrap();
+    let server = AdminServer::new(
+        AdminOptions {
+            hostname: "mx.test".into(),
+            certificate: None,
+        },
+        store.clone(),
+        Arc::new(MemoryQueue(Mutex::new(vec![queued()]))),
+        Arc::new(Metrics::new()),
+    );
+    server.load_certificate().unwrap();
+    Fixture {
+        _dir: dir,
+        store,
+        app: server.router(),
+        token,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn request(method: Method, uri: &str, auth: Option<&str>, body: Option<Value>) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(token) = auth {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    match body {
+        Some(body) => builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+        None => builder.body(Body::empty()).unwrap(),
+    }
+}
+
+/// Log in through the API; (cookie header value, csrf token).
+async fn login(app: &Router) -> (String, String) {
+    let reply = send(
+        app,
+        request(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"password": "correct horse battery"})),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let cookie = reply
+        .headers
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_string();
+    (
+        pair,
+        reply.json()["csrf_token"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let f = fixture();
+    let doc: Value = serde_json::from_str(crate::api::OPENAPI).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (path, item) in paths {
+        for (method, _) in item.as_object().unwrap() {
+            let method = match method.as_str() {
+                "get" => Method::GET,
+                "post" => Method::POST,
+                "put" => Method::PUT,
+                "delete" => Method::DELETE,
+                _ => continue,
+            };
+            let uri = path
+                .replace("{name}", "nothing-here")
+                .replace("{id}", QUEUE_ID);
+            let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
+            let reply = send(&f.app, request(method.clone(), &uri, Some(&f.token), body)).await;
+            assert!(
+                reply.status != StatusCode::METHOD_NOT_ALLOWED
+                    && !(reply.status == StatusCode::NOT_FOUND && reply.body.contains("no route")),
+                "{method} {uri}: {} {}",
+                reply.status,
+                reply.body
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 22, "{checked} operations");
+}
+
+#[tokio::test]
+async fn without_authentication_only_public_routes_answer() {
+    let f = fixture();
+    for (method, uri) in [
+        (Method::GET, "/api/v1/settings"),
+        (Method::PUT, "/api/v1/settings"),
+        (Method::GET, "/api/v1/certificates"),
+        (Method::DELETE, "/api/v1/certificates/Default%20Cert"),
+        (Method::GET, "/api/v1/queue"),
+        (Method::POST, "/api/v1/queue/0000000000000ABC/retry"),
+        (Method::GET, "/api/v1/messages?q=x"),
+        (Method::GET, "/metrics"),
+    ] {
+        let reply = send(&f.app, request(method.clone(), uri, None, None)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        assert!(reply.json()["error"].is_string(), "{uri}: {}", reply.body);
+    }
+    // A wrong token is a 401 too, and so is a cookie for /metrics.
+    let reply = send(
+        &f.app,
+        request(
+            Method::GET,
+            "/api/v1/settings",
+            Some(&auth::new_token()),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let (cookie, _) = login(&f.app).await;
+    let reply = send(
+        &f.app,
+        Request::get("/metrics")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    // Pages redirect to the login page.
+    for uri in ["/", "/settings/tls", "/certificates", "/queue", "/tracking"] {
+        let reply = send(&f.app, request(Method::GET, uri, None, None)).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{uri}");
+        assert_eq!(reply.headers[header::LOCATION], "/login");
+    }
+    // Public: login page, assets, OpenAPI.
+    for uri in [
+        "/login",
+        "/static/style.css",
+        "/static/app.js",
+        "/api/v1/openapi.json",
+    ] {
+        let reply = send(&f.app, request(Method::GET, uri, None, None)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}");
+    }
+    let metrics = send(
+        &f.app,
+        request(Method::GET, "/metrics", Some(&f.token), None),
+    )
+    .await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics.body.contains("postern_queue_messages 1"),
+        "{}",
+        metrics.body
+    );
+}
+
+#[tokio::test]
+async fn cookie_sessions_need_the_csrf_token() {
+    let f = fixture();
+    let (cookie, csrf) = login(&f.app).await;
+    let put = |csrf: Option<&str>| {
+        let mut builder = Request::put("/api/v1/settings")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(csrf) = csrf {
+            builder = builder.header("X-CSRF-Token", csrf);
+        }
+        builder
+            .body(Body::from(
+                json!({"tls": {"inbound": {"mode": "require"}}}).to_string(),
+            ))
+            .unwrap()
+    };
+    let reply = send(&f.app, put(None)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert_eq!(reply.json()["field"], "X-CSRF-Token");
+    let reply = send(&f.app, put(Some("0000"))).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let reply = send(&f.app, put(Some(&csrf))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        f.store.settings().unwrap().tls.inbound.mode,
+        postern_config::InboundMode::Require
+    );
+    // GET needs no token; the session endpoint tells it.
+    let reply = send(
+        &f.app,
+        Request::get("/api/v1/session")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.json()["csrf_token"], csrf.as_str());
+    // HTML forms carry it as a field.
+    let form = |token: &str| {
+        Request::post("/settings/domains")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!(
+                "csrf={token}&name=corp.example&relay=true&next_hop=&tls=verify"
+            )))
+            .unwrap()
+    };
+    assert_eq!(
+        send(&f.app, form("bad")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let reply = send(&f.app, form(&csrf)).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    assert_eq!(f.store.settings().unwrap().domains.len(), 1);
+}
+
+#[tokio::test]
+async fn login_rotates_the_session_and_logout_ends_it() {
+    let f = fixture();
+    let (first, _) = login(&f.app).await;
+    let reply = send(
+        &f.app,
+        Request::post("/api/v1/login")
+            .header(header::COOKIE, &first)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"password": "correct horse battery"}).to_string(),
+            ))
+            .unwrap(),
+    )
+    .await;
+    let second = reply.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let second = second.split(';').next().unwrap().to_string();
+    assert_ne!(first, second);
+    let get = |cookie: &str| {
+        Request::get("/api/v1/settings")
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        send(&f.app, get(&first)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(send(&f.app, get(&second)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_login() {
+    let f = fixture();
+    let attempt = |password: &str| {
+        request(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({ "password": password })),
+        )
+    };
+    for _ in 0..5 {
+        let reply = send(&f.app, attempt("wrong password!")).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.json()["field"], "password");
+    }
+    let reply = send(&f.app, attempt("correct horse battery")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.body
+    );
+    let wait: u64 = reply.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let f = fixture();
+    let t = Some(f.token.as_str());
+    let cases = [
+        (
+            Method::PUT,
+            "/api/v1/settings",
+            json!({"tls": {"inbound": {"mode": "always"}}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tls.inbound.mode",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/settings",
+            json!({"tls": {"inbound": {"certificate": "No Such Cert"}}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tls.inbound.certificate",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/settings",
+            json!({"mta": {"max_size": 1}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "mta",
+        ),
+        (
+            Method::POST,
+            "/api/v1/domains",
+            json!({"name": "corp.example", "next_hop": "10.0.0.1:25"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "next_hop",
+        ),
+        (
+            Method::POST,
+            "/api/v1/domains",
+            json!({"name": "not a domain"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/domains",
+            json!({"name": "corp.example", "tls": "strict"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tls",
+        ),
+        (
+            Method::POST,
+            "/api/v1/certificates",
+            json!({"name": "../../etc/passwd", "generate": {"key": "ecdsa-p256"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/certificates",
+            json!({"name": "x", "generate": {"key": "dsa1024"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "key",
+        ),
+        (
+            Method::POST,
+            "/api/v1/certificates",
+            json!({"name": "x", "chain_pem": "garbage"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "chain_pem",
+        ),
+    ];
+    for (method, uri, body, status, field) in cases {
+        let reply = send(&f.app, request(method.clone(), uri, t, Some(body.clone()))).await;
+        assert_eq!(
+            reply.status, status,
+            "{method} {uri} {body}: {}",
+            reply.body
+        );
+        let got = reply.json()["field"].as_str().unwrap_or("").to_string();
+        assert!(
+            got.starts_with(field),
+            "{body}: field {got:?}, wanted {field}"
+        );
+    }
+    // Not JSON at all: 400.
+    let reply = send(
+        &f.app,
+        Request::put("/api/v1/settings")
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.token))
+            .body(Body::from("{not json"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["field"], "body");
+    // Nothing changed.
+    assert_eq!(
+        f.store.settings().unwrap(),
+        postern_config::Settings::default()
+    );
+    // Oversized bodies: 413.
+    let big = "x".repeat(crate::http::MAX_BODY + 1);
+    let reply = send(
+        &f.app,
+        request(
+            Method::POST,
+            "/api/v1/certificates",
+            t,
+            Some(json!({"name": "big", "chain_pem": big})),
+        ),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn certificates_generate_show_and_delete_in_use() {
+    let f = fixture();
+    let t = Some(f.token.as_str());
+    let reply = send(
+        &f.app,
+        request(
+            Method::POST,
+            "/api/v1/certificates",
+            t,
+            Some(json!({"name": "EC Cert", "generate": {"key": "ecdsa-p256", "cn": "mx.example.test"}})),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let created = reply.json();
+    assert_eq!(created["key_type"], "ECDSA P-256");
+    assert_eq!(created["sans"], json!(["mx.example.test"]));
+    assert!(reply.body.find("PRIVATE KEY").is_none());
+    let reply = send(
+        &f.app,
+        request(Method::GET, "/api/v1/certificates/EC%20Cert", t, None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.json()["chain_pem"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    assert!(!reply.body.contains("PRIVATE KEY"));
+    let reply = send(
+        &f.app,
+        request(
+            Method::GET,
+            "/api/v1/certificates/EC%20Cert?format=pem",
+            t,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        reply.headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"EC_Cert.pem\""
+    );
+    let reply = send(
+        &f.app,
+        request(
+            Method::DELETE,
+            "/api/v1/certificates/Default%20Cert",
+            t,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+    assert_eq!(reply.json()["field"], "tls.inbound.certificate");
+    let reply = send(
+        &f.app,
+        request(
+            Method::GET,
+            "/api/v1/certificates/..%2F..%2Fetc%2Fpasswd",
+            t,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let reply = send(
+        &f.app,
+        request(Method::DELETE, "/api/v1/certificates/EC%20Cert", t, None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn queue_and_pages_render() {
+    let f = fixture();
+    let t = Some(f.token.as_str());
+    let reply = send(
+        &f.app,
+        request(Method::GET, "/api/v1/queue?state=deferred", t, None),
+    )
+    .await;
+    assert_eq!(reply.json().as_array().unwrap().len(), 1);
+    let reply = send(
+        &f.app,
+        request(Method::GET, "/api/v1/queue?sender=nobody", t, None),
+    )
+    .await;
+    assert_eq!(reply.json().as_array().unwrap().len(), 0);
+    let reply = send(
+        &f.app,
+        request(Method::GET, "/api/v1/queue?state=lost", t, None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let reply = send(
+        &f.app,
+        request(Method::GET, "/api/v1/queue/not-an-id", t, None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    for uri in [
+        "/",
+        "/settings/tls",
+        "/settings/domains",
+        "/certificates",
+        "/queue",
+        &format!("/queue/{}", QUEUE_ID),
+        "/tracking",
+    ] {
+        let reply = send(&f.app, request(Method::GET, uri, t, None)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {}", reply.body);
+        assert!(reply.body.starts_with("<!DOCTYPE html>"), "{uri}");
+        assert!(reply.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'"));
+    }
+    let reply = send(&f.app, request(Method::GET, "/settings/tls", t, None)).await;
+    for label in [
+        "No TLS encryption",
+        "Attempt TLS encryption",
+        "Require TLS encryption",
+        "Do not request",
+        "Check TLS possibility",
+        "Require TLS, don&#39;t verify certificate",
+        "Require TLS and verify certificate",
+    ] {
+        assert!(
+            reply.body.contains(label) || reply.body.contains(&label.replace("&#39;", "'")),
+            "{label}"
+        );
+    }
+    let reply = send(
+        &f.app,
+        request(
+            Method::DELETE,
+            &format!("/api/v1/queue/{}", QUEUE_ID),
+            t,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = send(
+        &f.app,
+        request(Method::GET, &format!("/api/v1/queue/{}", QUEUE_ID), t, None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}

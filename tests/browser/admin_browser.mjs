@@ -1,0 +1,242 @@
+// Drives the Postern admin UI in Debian's headless Chromium through
+// playwright-core (no browser download: executablePath is /usr/bin/chromium).
+//
+//   node admin_browser.mjs SCENARIO
+//
+// Environment: POSTERN_ADMIN_URL (https://127.0.0.1:PORT), POSTERN_ADMIN_PASSWORD,
+// and per scenario MESSAGE_ID / CERT_NAME / DOMAIN / NEXT_HOP; optional
+// POSTERN_SCREENSHOTS (a directory: a PNG per step) and CHROMIUM (binary).
+//
+// It prints one JSON object per line ({"event": ...}); tests/test_admin_browser.py
+// reads them as they come (the SMTP check starts the moment "saved" arrives)
+// and checks the rest over SMTP and with openssl. Exit code 0 = every step
+// found what it expected; on failure the message goes to stderr.
+
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const base = process.env.POSTERN_ADMIN_URL;
+const password = process.env.POSTERN_ADMIN_PASSWORD;
+const shots = process.env.POSTERN_SCREENSHOTS || "";
+const scenario = process.argv[2];
+const STEP_TIMEOUT = 15000;
+
+function emit(event, data = {}) {
+  process.stdout.write(JSON.stringify({ event, at: Date.now() / 1000, ...data }) + "\n");
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+let shotCount = 0;
+async function shot(page, name) {
+  if (!shots) return;
+  shotCount += 1;
+  await page.screenshot({ path: join(shots, `${String(shotCount).padStart(2, "0")}-${scenario}-${name}.png`), fullPage: true });
+}
+
+async function login(page) {
+  await page.goto(base + "/");
+  // Not logged in: the dashboard sends us to the login page.
+  check(new URL(page.url()).pathname === "/login", `expected the login page, got ${page.url()}`);
+  await page.getByLabel("Admin password").fill("wrong password");
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByText("Wrong password.").waitFor();
+  await page.getByLabel("Admin password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "postern_session");
+  check(session && session.secure && session.httpOnly && session.sameSite === "Strict",
+    `session cookie attributes: ${JSON.stringify(session)}`);
+  emit("logged-in", { title: await page.title() });
+  await shot(page, "dashboard");
+}
+
+/// Go to a section through the navigation, as a person would.
+async function open(page, link, heading) {
+  await page.getByRole("navigation").getByRole("link", { name: link }).click();
+  await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+}
+
+const scenarios = {
+  async login(page) {
+    await login(page);
+    for (const [link, heading] of [["TLS encryption", "TLS encryption"], ["Domains", "Domains"],
+      ["Certificates", "Certificates"], ["Queue", "Queue"], ["Message tracking", "Message tracking"],
+      ["Dashboard", "Dashboard"]]) {
+      await open(page, link, heading);
+      await shot(page, link.replace(/ /g, "-").toLowerCase());
+    }
+    const cards = await page.locator(".card").count();
+    check(cards >= 4, `dashboard cards: ${cards}`);
+    check(await page.locator("svg.chart").count() === 1, "no chart on the dashboard");
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.getByLabel("Admin password").waitFor();
+    await page.goto(base + "/settings/tls");
+    check(new URL(page.url()).pathname === "/login", "still logged in after logout");
+    emit("logged-out");
+  },
+
+  async "tls-require"(page) {
+    await login(page);
+    await open(page, "TLS encryption", "TLS encryption");
+    const mode = page.getByLabel("Server TLS security mode");
+    const options = await mode.locator("option").allTextContents();
+    check(JSON.stringify(options) === JSON.stringify(
+      ["No TLS encryption", "Attempt TLS encryption", "Require TLS encryption"]),
+      `server mode choices: ${options}`);
+    const client = await page.getByLabel("Client TLS security mode").locator("option").allTextContents();
+    check(JSON.stringify(client) === JSON.stringify(["No TLS", "Check TLS possibility",
+      "Require TLS, don't verify certificate", "Require TLS and verify certificate"]),
+      `client mode choices: ${client}`);
+    const certRequest = await page.getByLabel("Client certificate", { exact: true }).locator("option").allTextContents();
+    check(JSON.stringify(certRequest) === JSON.stringify(["Do not request", "Request", "Require"]),
+      `client certificate choices: ${certRequest}`);
+    check(await page.getByText(/servers that cannot do TLS can no longer send you mail/).count() === 1,
+      "no warning for the strict server mode");
+    check(await mode.inputValue() === "offer", "server mode is not the default");
+    await mode.selectOption({ label: "Require TLS encryption" });
+    await shot(page, "require-selected");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.getByText(/^Saved\./).waitFor();
+    emit("saved", { mode: await page.getByLabel("Server TLS security mode").inputValue() });
+    await shot(page, "saved");
+  },
+
+  async "cert-select"(page) {
+    const name = process.env.CERT_NAME;
+    await login(page);
+    await open(page, "Certificates", "Certificates");
+    const form = page.locator("form#generate");
+    await form.getByLabel("Name", { exact: true }).fill(name);
+    await form.getByLabel("Key", { exact: true }).selectOption({ label: "ECDSA P-256" });
+    await form.getByLabel("Common name (CN)").fill("mx.postern.test");
+    await form.getByRole("button", { name: "Generate" }).click();
+    await page.getByText("Certificate generated.").waitFor();
+    const row = page.locator(`tr[data-cert="${name}"]`);
+    await row.waitFor();
+    const fingerprint = (await row.locator("td.fingerprint").textContent()).trim();
+    const key = (await row.locator("td").nth(4).textContent()).trim();
+    check(/^([0-9A-F]{2}:){31}[0-9A-F]{2}$/.test(fingerprint), `fingerprint cell: ${fingerprint}`);
+    check(key === "ECDSA P-256", `key cell: ${key}`);
+    await shot(page, "generated");
+
+    await open(page, "TLS encryption", "TLS encryption");
+    await page.getByLabel("Certificate presented").selectOption({ label: name });
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.getByText(/^Saved\./).waitFor();
+    emit("saved", { fingerprint });
+
+    // The table now says what uses it, and deleting it is refused.
+    await open(page, "Certificates", "Certificates");
+    const used = (await row.locator("td.used").textContent()).trim();
+    check(used.includes("tls.inbound.certificate"), `used by: ${used}`);
+    page.once("dialog", (dialog) => dialog.accept());
+    await row.getByRole("button", { name: "Delete" }).click();
+    await page.getByText(/is in use by tls\.inbound\.certificate/).waitFor();
+    check(await page.locator(`tr[data-cert="${name}"]`).count() === 1, "deleted although in use");
+    emit("delete-refused", { used });
+    await shot(page, "delete-refused");
+  },
+
+  async "domain-verify"(page) {
+    const domain = process.env.DOMAIN;
+    await login(page);
+    await open(page, "Domains", "Domains");
+    const form = page.locator("form.domain");
+    // A mistake first: the message appears next to the field.
+    await form.getByLabel("Domain", { exact: true }).fill(domain);
+    await form.getByLabel("Next hop").fill("10.0.0.5:25");
+    await form.getByLabel("TLS mode for this domain").selectOption({ label: "Require TLS and verify certificate" });
+    await form.getByRole("button", { name: "Add" }).click();
+    const error = page.locator('.field-error[data-field="next_hop"]');
+    await error.waitFor();
+    const errorText = (await error.textContent()).trim();
+    check(/brackets/.test(errorText), `next hop error: ${errorText}`);
+    await shot(page, "next-hop-error");
+    // Corrected; the other fields kept what was typed.
+    check(await page.locator("form.domain").getByLabel("Domain", { exact: true }).inputValue() === domain, "name lost");
+    await page.locator("form.domain").getByLabel("Next hop").fill(process.env.NEXT_HOP);
+    await page.locator("form.domain").getByRole("button", { name: "Add" }).click();
+    await page.getByText(/^Added\./).waitFor();
+    const row = page.locator(`#domains tr[data-domain="${domain}"]`);
+    await row.waitFor();
+    const mode = (await row.locator("td.mode").textContent()).trim();
+    check(mode === "Require TLS and verify certificate", `listed mode: ${mode}`);
+    emit("listed", { domain, mode, row: (await row.textContent()).replace(/\s+/g, " ").trim() });
+    await shot(page, "listed");
+  },
+
+  async tracking(page) {
+    const messageId = process.env.MESSAGE_ID;
+    await login(page);
+    await open(page, "Message tracking", "Message tracking");
+    await page.getByLabel("Message-ID / queue id / text").fill(messageId);
+    await page.getByRole("button", { name: "Search" }).click();
+    const rows = page.locator("#messages tbody tr");
+    await rows.first().waitFor();
+    check(await rows.count() === 1, `search rows: ${await rows.count()}`);
+    const status = (await rows.first().locator("td").nth(6).textContent()).trim();
+    await shot(page, "search");
+    await rows.first().getByRole("link").click();
+    await page.locator("ol.hops li.hop").first().waitFor();
+    const hops = [];
+    for (const hop of await page.locator("ol.hops li.hop").all()) {
+      hops.push({
+        title: (await hop.locator("h3").textContent()).replace(/\s+/g, " ").trim(),
+        tls_version: (await hop.locator("dd.tls-version").textContent()).trim(),
+        cipher: (await hop.locator("dd.cipher").textContent()).trim(),
+        verification: (await hop.locator("dd.verification").textContent()).trim(),
+      });
+    }
+    emit("detail", { status, hops });
+    await shot(page, "detail");
+  },
+};
+
+async function main() {
+  check(base && password, "POSTERN_ADMIN_URL and POSTERN_ADMIN_PASSWORD must be set");
+  const run = scenarios[scenario];
+  check(run, `unknown scenario ${scenario}; known: ${Object.keys(scenarios).join(", ")}`);
+  const profile = mkdtempSync(join(tmpdir(), "postern-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    ignoreHTTPSErrors: true, // the admin listener's certificate is self-signed
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    timeout: 60000,
+  });
+  const page = context.pages()[0] || await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  // Script errors and blocked resources (CSP) fail the run; an expected
+  // error status (401 for a wrong password) does not.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/^Failed to load resource: the server responded with a status of (401|404|409|422)/.test(m.text())) {
+      errors.push(m.text());
+    }
+  });
+  try {
+    await run(page);
+    check(errors.length === 0, `browser errors: ${errors.join(" | ")}`);
+    emit("done");
+  } catch (e) {
+    await shot(page, "failure").catch(() => {});
+    process.stderr.write(`scenario ${scenario} failed at ${page.url()}: ${e.stack || e}\n`);
+    process.exitCode = 1;
+  } finally {
+    await context.close().catch(() => {});
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`${e.stack || e}\n`);
+  process.exit(1);
+});

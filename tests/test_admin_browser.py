@@ -1,0 +1,232 @@
+"""The admin UI in a real browser: Debian's headless Chromium driven by
+playwright-core (tests/browser/admin_browser.mjs), one scenario per test.
+What the browser did is then checked from outside: over SMTP (smtplib),
+with `openssl s_client`, and through the API.
+
+Needs `chromium` (Debian) and `npm ci` in tests/browser (scripts/test.sh);
+without them these tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import smtplib
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from admin_client import PASSWORD, Admin, new_token, start_with_password
+from postern_testlib import (HOSTNAME, fingerprint, insecure_context, make_message, pem_certs,
+                             s_client)
+
+BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def _missing() -> str | None:
+    if not shutil.which("node"):
+        return "node is not installed"
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is missing (npm ci in tests/browser)"
+    return None
+
+
+# Under CI (scripts/test.sh installs everything) a missing browser fails.
+if _missing() is not None and os.environ.get("CI"):
+    raise RuntimeError(f"browser tests cannot run: {_missing()}")
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+class Scenario:
+    """One run of the Node script; its JSON events arrive as they happen."""
+
+    def __init__(self, gw, name: str, tmp_path: Path, **env: str):
+        shots = tmp_path / "screenshots"
+        shots.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["node", str(BROWSER_DIR / "admin_browser.mjs"), name],
+            cwd=BROWSER_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "POSTERN_ADMIN_URL": f"https://127.0.0.1:{gw.admin_port}",
+                 "POSTERN_ADMIN_PASSWORD": PASSWORD, "POSTERN_SCREENSHOTS": str(shots),
+                 "CHROMIUM": CHROMIUM, **env})
+        self.name = name
+        self.events: list[dict] = []
+        self._cond = threading.Condition()
+        self._stderr = ""
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_err(self):
+        self._stderr = self.proc.stderr.read()
+
+    def wait_event(self, name: str, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for event in self.events:
+                    if event["event"] == name:
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._cond.wait(0.2)):
+                    break
+                self._cond.wait(min(left, 0.5))
+        self.finish(check=False)
+        raise AssertionError(f"scenario {self.name}: no {name!r} event; events {self.events}\n"
+                             f"stderr:\n{self._stderr}")
+
+    def finish(self, check: bool = True, timeout: float = 60) -> list[dict]:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        time.sleep(0.05)
+        if check:
+            assert self.proc.returncode == 0, (
+                f"scenario {self.name} failed ({self.proc.returncode}):\n{self._stderr}\n"
+                f"events: {self.events}")
+            assert any(e["event"] == "done" for e in self.events), self.events
+        return self.events
+
+
+def run(gw, name: str, tmp_path: Path, **env: str) -> list[dict]:
+    return Scenario(gw, name, tmp_path, **env).finish()
+
+
+@pytest.fixture
+def admin_gw(make_gateway):
+    return start_with_password(make_gateway(start=False))
+
+
+def test_login_and_navigation(admin_gw, tmp_path):
+    events = run(admin_gw, "login", tmp_path)
+    assert [e["event"] for e in events] == ["logged-in", "logged-out", "done"], events
+    assert events[0]["title"] == "Dashboard — Postern"
+
+
+def test_require_tls_in_the_browser_reaches_smtp_within_two_seconds(admin_gw, tmp_path):
+    with smtplib.SMTP("127.0.0.1", admin_gw.smtp_port, timeout=10) as s:
+        s.ehlo()
+        assert s.mail("c@d.test")[0] == 250  # offer: plaintext accepted
+    scenario = Scenario(admin_gw, "tls-require", tmp_path)
+    saved = scenario.wait_event("saved")
+    start = time.monotonic()
+    assert saved["mode"] == "require"
+    while True:
+        with smtplib.SMTP("127.0.0.1", admin_gw.smtp_port, timeout=5) as s:
+            s.ehlo()
+            code, text = s.mail("c@d.test")
+        if code == 530:
+            break
+        assert time.monotonic() - start < 2.0, f"MAIL still {code} {text!r} after 2 s"
+        time.sleep(0.05)
+    took = time.monotonic() - start
+    assert text.decode() == "5.7.0 Must issue a STARTTLS command first"
+    # After STARTTLS mail is accepted.
+    with smtplib.SMTP("127.0.0.1", admin_gw.smtp_port, timeout=10) as s:
+        s.starttls(context=insecure_context())
+        s.ehlo()
+        assert s.mail("c@d.test")[0] == 250
+    scenario.finish()
+    print(f"530 after {took:.2f}s")
+
+
+def test_generated_certificate_selected_in_the_browser_is_served(admin_gw, tmp_path):
+    before = pem_certs(s_client(admin_gw.smtp_port)[1])
+    assert before, "no certificate seen before"
+    scenario = Scenario(admin_gw, "cert-select", tmp_path, CERT_NAME="Browser ECDSA")
+    saved = scenario.wait_event("saved")
+    want = saved["fingerprint"].replace(":", "").lower()
+    assert fingerprint(before[0]) != want
+    deadline = time.monotonic() + 5
+    while True:
+        rc, out = s_client(admin_gw.smtp_port)
+        certs = pem_certs(out)
+        if certs and fingerprint(certs[0]) == want:
+            break
+        assert time.monotonic() < deadline, f"s_client still sees {certs[:1]}\n{out[-2000:]}"
+        time.sleep(0.2)
+    assert "ECDSA" in out or "id-ecPublicKey" in out or "EC" in out, out[-2000:]
+    events = scenario.finish()
+    assert any(e["event"] == "delete-refused" for e in events), events
+    # The admin listener follows the inbound certificate too.
+    rc, out = s_client(admin_gw.admin_port, starttls=False)
+    certs = pem_certs(out)
+    assert certs and fingerprint(certs[0]) == want, out[-2000:]
+
+
+def test_domain_with_verify_mode_added_in_the_browser(admin_gw, tmp_path):
+    events = run(admin_gw, "domain-verify", tmp_path, DOMAIN="secure.example",
+                 NEXT_HOP="[127.0.0.1]:2525")
+    listed = [e for e in events if e["event"] == "listed"][0]
+    assert listed["mode"] == "Require TLS and verify certificate"
+    settings = json.loads(admin_gw.cli_ok("settings", "show", "--format", "json").stdout)
+    assert settings["domain"] == [{"name": "secure.example", "relay": True,
+                                   "next_hop": "[127.0.0.1]:2525", "tls": "verify"}]
+
+
+def test_delivered_message_found_in_tracking_with_tls_details(make_gateway, make_peer, tmp_path):
+    peer = make_peer(starttls="ok", hostname="mx.downstream.test")
+    gw = start_with_password(make_gateway(start=False, paused=False))
+    api = Admin(gw, token=new_token(gw))
+    r = api.send_json("POST", "/api/v1/domains",
+                      {"name": "downstream.example", "next_hop": f"[{peer.host}]:{peer.port}",
+                       "tls": "require"})
+    assert r.status == 201, r
+    time.sleep(1.2)  # the gateway reloads within a second
+    token = uuid.uuid4().hex
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=10) as s:
+        s.starttls(context=insecure_context())
+        s.ehlo("sender.client.test")
+        s.sendmail("alice@example.test", ["bob@downstream.example"],
+                   make_message(token, "alice@example.test", "bob@downstream.example"))
+    peer.wait_for_messages(1, timeout=20)
+    message_id = f"<{token}@client.postern.test>"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = api.get(f"/api/v1/messages/{token}%40client.postern.test")
+        if found.status == 200 and found.json()[0]["status"] == "delivered":
+            break
+        time.sleep(0.2)
+    detail = found.json()[0]
+    assert detail["status"] == "delivered", detail
+
+    events = run(gw, "tracking", tmp_path, MESSAGE_ID=message_id)
+    shown = [e for e in events if e["event"] == "detail"][0]
+    assert shown["status"] == "delivered", shown
+    hops = shown["hops"]
+    assert len(hops) == 2, hops
+    inbound, outbound = hops
+    assert inbound["title"].startswith("Received from 127.0.0.1:"), inbound
+    assert inbound["tls_version"] == detail["hops"][0]["tls_version"]
+    assert inbound["tls_version"].startswith("TLSv1."), inbound
+    assert inbound["cipher"] == detail["hops"][0]["cipher"] and inbound["cipher"].startswith("TLS"), inbound
+    assert inbound["verification"] == "no client certificate"
+    assert outbound["title"].startswith(f"Delivery attempt to 127.0.0.1:{peer.port}"), outbound
+    assert outbound["tls_version"].startswith("TLSv1."), outbound
+    assert outbound["cipher"] not in ("", "—"), outbound
+    # require mode does not need a verified certificate; the result is shown.
+    assert outbound["verification"].startswith("certificate "), outbound
+    log = gw.log()
+    assert f"tls={outbound['tls_version']}" in log and f"cipher={outbound['cipher']}" in log, log
