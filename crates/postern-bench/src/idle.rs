@@ -1,0 +1,146 @@
+//! `postern-bench idle`: open N connections, say EHLO (and STARTTLS when
+//! asked) on each, and hold them. Reports how many were established, the
+//! MTA's memory before and after (RSS and PSS summed over its process
+//! group) and so the memory per idle connection, and — after holding them
+//! for `--hold` seconds — how many still answer a NOOP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::client::{Client, Mode, Options};
+use crate::procwatch::Watch;
+
+#[derive(clap::Args, Debug)]
+pub struct IdleArgs {
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, value_enum, default_value = "plain")]
+    mode: Mode,
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    connections: u32,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 200)]
+    parallel: usize,
+    /// Seconds to hold them before checking each with NOOP.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// How long to wait for each greeting (a server at its process limit
+    /// never sends one).
+    #[arg(long, default_value_t = 10.0)]
+    greeting_timeout: f64,
+    /// The MTA's process (its process group is summed too).
+    #[arg(long)]
+    watch_pid: Option<i32>,
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn memory(watch: Option<Watch>) -> serde_json::Value {
+    match watch {
+        None => serde_json::Value::Null,
+        Some(w) => serde_json::to_value(w.memory(true)).unwrap_or_default(),
+    }
+}
+
+pub async fn run(args: IdleArgs) -> Result<bool> {
+    let tls = match args.mode {
+        Mode::Plain => None,
+        _ => Some(crate::tls::client_config(true)?),
+    };
+    let opts = Arc::new(Options {
+        target: args.target,
+        mode: args.mode,
+        helo: "idle.bench".into(),
+        tls,
+        limit: Duration::from_secs(60),
+        greeting_limit: Duration::from_secs_f64(args.greeting_timeout),
+    });
+    let watch = args.watch_pid.map(Watch::new);
+    let before = memory(watch);
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.parallel.max(1)));
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let gate = Arc::clone(&gate);
+        let opts = Arc::clone(&opts);
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            Client::open(&opts).await.map_err(|e| e.to_string()).ok()
+        }));
+    }
+    let mut clients = Vec::new();
+    let mut failed = 0u32;
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(c) => clients.push(c),
+            None => failed += 1,
+        }
+    }
+    let open_secs = start.elapsed().as_secs_f64();
+    let established = clients.len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = memory(watch);
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    // Still held? One NOOP round trip each, a few hundred at a time.
+    let gate = Arc::new(Semaphore::new(args.parallel.max(1)));
+    let mut checks = Vec::new();
+    for mut c in clients {
+        let gate = Arc::clone(&gate);
+        checks.push(tokio::spawn(async move {
+            let ok = {
+                let _permit = gate.acquire_owned().await;
+                c.noop().await.is_ok()
+            };
+            (ok, c)
+        }));
+    }
+    let mut held = 0u32;
+    let mut clients = Vec::new();
+    for t in checks {
+        if let Ok((ok, c)) = t.await {
+            if ok {
+                held += 1;
+            }
+            clients.push(c);
+        }
+    }
+    let per_conn = |field: &str| {
+        let b = before[field].as_u64()?;
+        let a = after[field].as_u64()?;
+        (established > 0).then(|| (a as f64 - b as f64) / established as f64)
+    };
+    let out = json!({
+        "label": args.label,
+        "mode": args.mode,
+        "requested": args.connections,
+        "established": established,
+        "failed": failed,
+        "held_after_secs": args.hold,
+        "held": held,
+        "open_secs": open_secs,
+        "mta_before": before,
+        "mta_after": after,
+        "rss_kib_per_connection": per_conn("rss_kib"),
+        "pss_kib_per_connection": per_conn("pss_kib"),
+    });
+    println!("{out}");
+    // Close them all, a few hundred at a time.
+    let gate = Arc::new(Semaphore::new(args.parallel.max(1)));
+    let mut closing = Vec::new();
+    for c in clients {
+        let gate = Arc::clone(&gate);
+        closing.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            c.quit().await;
+        }));
+    }
+    for t in closing {
+        let _ = t.await;
+    }
+    Ok(u64::from(held) == u64::from(args.connections))
+}

@@ -1,0 +1,77 @@
+//! `postern-bench`: the benchmark harness of Postern (docs/performance.md).
+//!
+//! * `sink` — an SMTP receiver on loopback that accepts everything (no
+//!   disk), offers STARTTLS where asked, and counts messages by their token.
+//! * `load` — the load generator: C connections × M messages of size S,
+//!   plaintext / STARTTLS / implicit TLS, optionally a new connection per
+//!   message; measures accepted msg/s and DATA→250 latency, then (with the
+//!   sink) delivered msg/s and exactly-once delivery, and (with
+//!   `--watch-pid`) the MTA's CPU time and peak memory.
+//! * `idle` — N idle connections after EHLO: memory per connection, and
+//!   whether they are all held.
+//!
+//! `scripts/bench.sh` runs the whole matrix against Postern and a private
+//! Postfix instance side by side. Every command prints one JSON object.
+
+mod client;
+mod idle;
+mod load;
+mod procwatch;
+mod sink;
+mod tls;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "postern-bench",
+    about = "Postern benchmark harness: SMTP sink and load generator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive and count messages (downstream of the MTA under test).
+    Sink(sink::SinkArgs),
+    /// Generate load against an MTA and measure it.
+    Load(load::LoadArgs),
+    /// Hold many idle connections; memory per connection.
+    Idle(idle::IdleArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postern-bench: runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Sink(args) => sink::run(args).await.map(|()| true),
+            Command::Load(args) => load::run(args).await,
+            Command::Idle(args) => idle::run(args).await,
+        }
+    });
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("postern-bench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

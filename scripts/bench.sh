@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Postern vs Postfix, side by side on loopback (docs/performance.md).
+#
+#   ./scripts/bench.sh --quick      # smoke run, < 2 minutes after the build
+#   ./scripts/bench.sh              # the full matrix, 5 rounds (~10 minutes)
+#   ./scripts/bench.sh --only tls-4k-c10,newconn-tls-4k-c10 --rounds 3
+#   ./scripts/bench.sh --help       # every option (scripts/bench.py)
+#
+# Builds postern and postern-bench (release), installs Postfix from Debian
+# when missing (package only: "No configuration", the system instance stays
+# unconfigured and stopped), raises the open-files limit for the
+# idle-connection test, then runs scripts/bench.py, which sets up the sink,
+# Postern and a private Postfix instance under /tmp/postern-bench-*/ and
+# prints the table. Raw results: target/bench/results-*.json.
+# Needs root (or sudo for apt-get; Postfix's master must start as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_pkgs=()
+for pkg in postfix openssl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${need_pkgs[*]}"
+  echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if [ "${BENCH_NO_BUILD:-}" = "" ]; then
+  echo "== cargo build --release -p postern -p postern-bench"
+  cargo build --release -p postern -p postern-bench
+fi
+
+# 10,000 idle connections: one descriptor each in Postern and in the load
+# generator, plus the rest.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
+  echo "note: open-files limit is $(ulimit -n); the 10,000-connection test needs ~10,100" >&2
+fi
+
+exec python3 scripts/bench.py \
+  --postern-bin target/release/postern \
+  --bench-bin target/release/postern-bench "$@"
