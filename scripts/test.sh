@@ -11,9 +11,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Real peers: swaks and openssl as clients, Postfix as upstream sender and
 # downstream receiver (private instances only: "No configuration" keeps the
-# system instance unconfigured and stopped), dig for the test DNS server.
+# system instance unconfigured and stopped), dig for the test DNS server,
+# testssl.sh as TLS scanner, Chromium for the admin UI browser tests.
 need_pkgs=()
-for pkg in swaks openssl postfix dnsutils; do
+for pkg in swaks openssl postfix dnsutils testssl.sh chromium fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -22,6 +23,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+
+# The unprivileged user a gateway started as root switches to.
+if ! id postern >/dev/null 2>&1; then
+  echo "== creating system user postern"
+  as_root useradd --system --no-create-home --shell /usr/sbin/nologin postern
+fi
+
+echo "== installing the browser test driver (playwright-core, no browser download)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 venv=target/pyenv
 if [ ! -x "$venv/bin/python" ]; then
@@ -37,4 +47,6 @@ echo "== cargo build (release)"
 cargo build --release --locked -p postern
 
 echo "== whole-gateway tests"
-POSTERN_BIN="$PWD/target/release/postern" "$venv/bin/python" -m pytest -q tests/ "$@"
+# CI=1: a missing peer (testssl, Chromium, the postern user) fails its test
+# instead of skipping it — this script installed all of them.
+CI=1 POSTERN_BIN="$PWD/target/release/postern" "$venv/bin/python" -m pytest -q tests/ "$@"

@@ -362,6 +362,37 @@ def s_client_protocol(out: str) -> str | None:
 # The gateway
 # ---------------------------------------------------------------------------
 
+# A gateway started as root switches to this user after binding (`user` in
+# postern.toml); scripts/test.sh creates it.
+GATEWAY_USER = "postern"
+
+
+def user_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def make_reachable(path: Path) -> None:
+    """Let other users search (not list) the directories above `path` inside
+    the temporary directory, so a gateway that dropped root privileges can
+    still reach its data dir (pytest makes its base directories 0700).
+
+    Caveat: every pytest session resets /tmp/pytest-of-root to 0700 when it
+    starts, so two sessions run as root at the same time on one machine cut
+    each other's unprivileged gateways off their data (CI runs one)."""
+    import tempfile
+    tmp = Path(tempfile.gettempdir()).resolve()
+    p = Path(path).resolve()
+    while p != tmp and tmp in p.parents:
+        mode = p.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(p, (mode & 0o7777) | 0o001)
+        p = p.parent
+
 
 class CliResult:
     def __init__(self, args, proc: subprocess.CompletedProcess):
@@ -391,7 +422,7 @@ class Gateway:
                  implicit_tls: bool = True, shutdown_grace: str = "5s",
                  store_template: Path | None = None, hostname: str = HOSTNAME,
                  paused: bool = True, mx_port: int | None = None,
-                 nameservers: list[str] | None = None):
+                 nameservers: list[str] | None = None, user: str | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "postern.toml"
@@ -411,6 +442,18 @@ class Gateway:
         lines = [
             f'hostname = "{hostname}"',
             'data_dir = "data"',
+        ]
+        # Run as root, the gateway drops to GATEWAY_USER after binding. When
+        # that user does not exist here (scripts/test.sh creates it), keep
+        # the old behaviour with an explicit user = "root"; tests that need
+        # the switch pass user= themselves.
+        if user is None and os.geteuid() == 0 and not user_exists(GATEWAY_USER):
+            user = "root"
+        if user is not None:
+            lines.append(f'user = "{user}"')
+        if os.geteuid() == 0 and (user or GATEWAY_USER) != "root":
+            make_reachable(self.root)
+        lines += [
             "",
             "[smtp]",
             f'listen = ["127.0.0.1:{self.smtp_port}"]',

@@ -18,7 +18,7 @@ mod settings;
 
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
 pub use duration::Duration;
-pub use node::{AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode};
+pub use node::{AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode, DEFAULT_USER};
 pub use set::known_keys;
 pub use settings::{
     ClientCertMode, InboundMode, InboundTls, MtaSettings, OutboundMode, OutboundTls, Settings,

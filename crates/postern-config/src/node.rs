@@ -16,6 +16,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// `"sqlite"` (embedded) or, later, a `postgres://` URL for a cluster.
     pub store: String,
+    /// The unprivileged user `postern run` switches to after binding its
+    /// listeners when started as root; `None` means [`DEFAULT_USER`]. Only
+    /// an explicit `user = "root"` keeps a gateway started as root running
+    /// as root. See [`NodeConfig::run_as`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub smtp: SmtpNode,
     pub delivery: DeliveryNode,
     pub dns: DnsNode,
@@ -54,6 +60,10 @@ pub struct DnsNode {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminNode {
     pub listen: SocketAddr,
+    /// Certificate table entry served by the admin UI; `None`: the one
+    /// `tls.inbound.certificate` names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -62,6 +72,7 @@ impl Default for NodeConfig {
             hostname: None,
             data_dir: PathBuf::from("./postern-data"),
             store: "sqlite".to_string(),
+            user: None,
             smtp: SmtpNode::default(),
             delivery: DeliveryNode::default(),
             dns: DnsNode::default(),
@@ -97,6 +108,7 @@ impl Default for AdminNode {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            certificate: None,
         }
     }
 }
@@ -141,6 +153,17 @@ impl NodeConfig {
                 ));
             }
         }
+        if let Some(user) = &self.user {
+            if !is_user_name(user) {
+                return Err(ConfigError::new(
+                    "user",
+                    format!(
+                        "\"{user}\" is not a user name (letters, digits, '.', '_', '-'; \
+                         not starting with '-'; at most 32 characters)"
+                    ),
+                ));
+            }
+        }
         if self.store != "sqlite" {
             return Err(ConfigError::new(
                 "store",
@@ -165,6 +188,11 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The user to run as when started as root: `user`, or [`DEFAULT_USER`].
+    pub fn run_as(&self) -> &str {
+        self.user.as_deref().unwrap_or(DEFAULT_USER)
+    }
+
     /// Path of the embedded SQLite store.
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("postern.db")
@@ -177,6 +205,19 @@ impl NodeConfig {
     pub fn mail_log_path(&self) -> PathBuf {
         self.data_dir.join("mail.log")
     }
+}
+
+/// The user a gateway started as root runs as unless `user` says otherwise.
+pub const DEFAULT_USER: &str = "postern";
+
+/// A portable user name (POSIX 3.437, as `useradd` accepts by default).
+fn is_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 #[cfg(test)]
@@ -192,6 +233,21 @@ mod tests {
             vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
         );
         assert_eq!(c.delivery.mx_port, 25);
+        assert_eq!(c.user, None);
+        assert_eq!(c.run_as(), "postern");
+    }
+
+    #[test]
+    fn user_key() {
+        let c = NodeConfig::from_toml("user = \"mail-gw\"\n", Path::new(".")).expect("parses");
+        assert_eq!(c.run_as(), "mail-gw");
+        let c = NodeConfig::from_toml("user = \"root\"\n", Path::new(".")).expect("parses");
+        assert_eq!(c.run_as(), "root");
+        for bad in ["", "-x", "a b", "../etc", "x:y", &"a".repeat(33)] {
+            let err = NodeConfig::from_toml(&format!("user = \"{bad}\"\n"), Path::new("."))
+                .expect_err(bad);
+            assert_eq!(err.key, "user", "{bad}: {err}");
+        }
     }
 
     #[test]

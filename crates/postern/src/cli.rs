@@ -33,6 +33,36 @@ pub enum Command {
     Trace { id: String },
     /// Check a domain as delivery would see it: MX hosts, STARTTLS, TLS, certificate.
     Probe { domain: String },
+    /// The admin UI's password and the API tokens.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Set the admin password (prompted twice, or read from stdin).
+    Passwd {
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// API tokens for automation (`Authorization: Bearer TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new API token on stdout (shown once; only its hash is stored).
+    Create {
+        /// A name to recognise and revoke it by; default: token-<random>.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the tokens' names.
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -1,6 +1,8 @@
 //! The administrative commands: settings, certificates, queue, trace, check.
 //! Each works on the same store and spool as the running gateway.
 
+pub mod admin;
+
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -237,8 +239,14 @@ pub fn queue(ctx: &Context, command: QueueCommand) -> Result<()> {
     if !dir.join("queue").is_dir() {
         // Never run yet: the queue is empty, not an error.
         return match command {
-            QueueCommand::List { json: true } => Ok(println!("[]")),
-            QueueCommand::List { json: false } => Ok(println!("0 message(s) queued")),
+            QueueCommand::List { json: true } => {
+                println!("[]");
+                Ok(())
+            }
+            QueueCommand::List { json: false } => {
+                println!("0 message(s) queued");
+                Ok(())
+            }
             QueueCommand::Show { id } => Err(anyhow!("no queued message {id}")),
             QueueCommand::Retry { .. } | QueueCommand::Delete { .. } => Ok(()),
         };
@@ -356,6 +364,7 @@ pub fn check(ctx: &Context) -> Result<()> {
     let settings = ctx.store.settings()?;
     settings.validate()?;
     crate::gateway::build_server_tls(&settings, ctx.store.as_ref())?;
+    crate::privilege::check_user(&ctx.node)?;
     println!(
         "ok: config and settings are valid (data in {})",
         ctx.node.data_dir.display()
@@ -433,8 +442,13 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
                             "deliver over TLS"
                         }
                         OutboundMode::Opportunistic => "deliver in plaintext (no TLS possible)",
-                        OutboundMode::Require if r.tls_version.is_some() => "deliver over TLS",
-                        OutboundMode::Require => "defer: TLS required but not possible",
+                        OutboundMode::Require | OutboundMode::Verify if !r.starttls_offered => {
+                            "defer: TLS required but STARTTLS not offered"
+                        }
+                        OutboundMode::Require | OutboundMode::Verify if r.tls_version.is_none() => {
+                            "defer: TLS required but the handshake failed"
+                        }
+                        OutboundMode::Require => "deliver over TLS",
                         OutboundMode::Verify if r.cert_verified == Some(true) => {
                             "deliver over verified TLS"
                         }

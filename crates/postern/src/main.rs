@@ -9,6 +9,7 @@ mod commands;
 mod context;
 mod gateway;
 mod maillog;
+mod privilege;
 mod queue;
 
 use std::process::ExitCode;
@@ -67,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(command) => commands::cert(&ctx, command),
         Command::Queue(command) => commands::queue(&ctx, command),
         Command::Trace { id } => commands::trace(&ctx, &id),
+        Command::Admin(command) => commands::admin::run(&ctx, command),
         Command::Probe { domain } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -55,6 +55,8 @@ pub async fn serve(
     slot: ConnectionSlot,
 ) {
     let started = Instant::now();
+    let metrics = Arc::clone(&shared.metrics);
+    let _open = metrics.connection_opened(implicit_tls);
     let live = shared.live.get();
     let config = SessionConfig {
         hostname: shared.hostname.clone(),
@@ -85,6 +87,7 @@ pub async fn serve(
                 (end, session)
             }
             Err(reason) => {
+                shared.metrics.inbound_handshake_failed();
                 shared.maillog.write(
                     "tls-failed",
                     &[("client", &peer.to_string()), ("reason", &reason)],
@@ -107,10 +110,13 @@ pub async fn serve(
                     let end = drive(&shared, &mut stream, &mut session, idle).await;
                     (end, session)
                 }
-                Err(reason) => (
-                    End::Error(format!("TLS handshake failed: {reason}")),
-                    session,
-                ),
+                Err(reason) => {
+                    shared.metrics.inbound_handshake_failed();
+                    (
+                        End::Error(format!("TLS handshake failed: {reason}")),
+                        session,
+                    )
+                }
             },
             (End::StartTls, None) => (End::Error("TLS not available".into()), session),
             (end, _) => (end, session),

@@ -45,6 +45,7 @@ pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String,
     let client = format!("[{}]", delivery.peer.ip());
     let id = match stored {
         Ok(Ok(id)) => {
+            shared.metrics.message_received(delivery.tls.is_some());
             shared.runner.schedule(id.clone(), 0);
             id.to_string()
         }

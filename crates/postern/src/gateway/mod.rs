@@ -1,5 +1,6 @@
 //! `postern run`: listeners, settings reload, graceful shutdown.
 
+mod admin;
 mod connection;
 mod enqueue;
 mod limits;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
+use postern_admin::Metrics;
 use postern_spool::Spool;
 use postern_store::{SqliteStore, Store};
 use tokio::io::AsyncWriteExt;
@@ -38,6 +40,8 @@ pub struct Shared {
     /// Told about every newly queued message.
     pub runner: Arc<QueueRunner>,
     pub limits: Arc<ConnectionLimits>,
+    /// Counters for `/metrics` (admin listener).
+    pub metrics: Arc<Metrics>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -62,6 +66,7 @@ pub async fn run(ctx: Context) -> Result<()> {
     let spool = Arc::new(spool);
     let resolver = Resolver::new(&node.dns.nameservers).context("[dns] nameservers")?;
     let courier = Courier::new(resolver, ctx.hostname.clone(), node.delivery.mx_port);
+    let metrics = Arc::new(Metrics::new());
     let runner = Arc::new(QueueRunner::new(
         Arc::clone(&spool),
         Arc::clone(&ctx.store),
@@ -69,6 +74,7 @@ pub async fn run(ctx: Context) -> Result<()> {
         Arc::clone(&maillog),
         courier,
         ctx.hostname.clone(),
+        Arc::clone(&metrics),
     ));
     let (stop, shutdown) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -80,10 +86,11 @@ pub async fn run(ctx: Context) -> Result<()> {
         maillog,
         runner: Arc::clone(&runner),
         limits: Arc::new(ConnectionLimits::default()),
+        metrics,
         shutdown,
     });
 
-    let mut accept_loops = Vec::new();
+    let mut bound = Vec::new();
     for (addrs, implicit_tls) in [
         (&node.smtp.listen, false),
         (&node.smtp.listen_implicit_tls, true),
@@ -101,13 +108,22 @@ pub async fn run(ctx: Context) -> Result<()> {
                 "listening on {} ({kind})",
                 listener.local_addr().unwrap_or(*addr)
             );
-            accept_loops.push(tokio::spawn(accept_loop(
-                Arc::clone(&shared),
-                listener,
-                implicit_tls,
-            )));
+            bound.push((listener, implicit_tls));
         }
     }
+    let admin_server = admin::prepare(&ctx, &shared, &node.admin.listen.to_string()).await?;
+    let admin_listener = TcpListener::bind(node.admin.listen)
+        .await
+        .with_context(|| format!("binding {} (admin.listen)", node.admin.listen))?;
+    // Every listener is bound: stop being root before reading a byte.
+    crate::privilege::drop_privileges(node)?;
+    let accept_loops: Vec<_> = bound
+        .into_iter()
+        .map(|(listener, implicit_tls)| {
+            tokio::spawn(accept_loop(Arc::clone(&shared), listener, implicit_tls))
+        })
+        .collect();
+    let admin = admin::serve(admin_server, admin_listener);
     let store: Arc<dyn Store> = ctx.store.clone();
     let reloader = tokio::spawn(live::reload_loop(Arc::clone(&shared.live), store));
     let delivery = if node.delivery.paused {
@@ -140,6 +156,7 @@ pub async fn run(ctx: Context) -> Result<()> {
     // queued and are tried again at the next start.
     delivery.abort();
     control.abort();
+    admin.abort();
     let _ = std::fs::remove_file(control::socket_path(&node.data_dir));
     let deadline = Instant::now() + node.smtp.shutdown_grace.to_std();
     while shared.limits.active() > 0 && Instant::now() < deadline {
@@ -183,6 +200,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, implicit_tls: b
                 ));
             }
             Err(reason) => {
+                shared.metrics.connection_refused();
                 shared.maillog.write(
                     "refused",
                     &[("client", &peer.to_string()), ("reason", reason)],

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use postern_admin::{Metrics, Outcome};
 use postern_delivery::{
     expired, next_attempt, should_bounce, AttemptRecord, Bounce, FailedRecipient, Outgoing,
     RecipientResult,
@@ -43,6 +44,7 @@ pub struct QueueRunner {
     maillog: Arc<MailLog>,
     courier: Courier,
     hostname: String,
+    metrics: Arc<Metrics>,
     schedule: Mutex<Schedule>,
     wake: Notify,
     active: Arc<Semaphore>,
@@ -57,6 +59,7 @@ impl QueueRunner {
         maillog: Arc<MailLog>,
         courier: Courier,
         hostname: String,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             spool,
@@ -65,6 +68,7 @@ impl QueueRunner {
             maillog,
             courier,
             hostname,
+            metrics,
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             active: Arc::new(Semaphore::new(MAX_ACTIVE)),
@@ -322,7 +326,13 @@ impl QueueRunner {
             };
             let report = self
                 .courier
-                .deliver(settings, &live.client_tls, &domain, &outgoing)
+                .deliver(
+                    settings,
+                    live.generation,
+                    &live.client_tls,
+                    &domain,
+                    &outgoing,
+                )
                 .await;
             self.record_attempts(&id, envelope, &domain, &report.attempts);
             let relay = report.attempts.last();
@@ -439,9 +449,19 @@ impl QueueRunner {
                 )?),
                 None => None,
             };
-            spool.update_state(&id2, &states)?;
             if done {
-                spool.remove(&id2)?;
+                // Every recipient is final: the removal is the durable
+                // record of that. Writing the final state first would cost
+                // a re-read of the message, a new file, two fsyncs and a
+                // rename per message, only to be deleted right after.
+                if let Err(e) = spool.remove(&id2) {
+                    // Not removed: record the final state at least, so a
+                    // later attempt does not deliver again.
+                    let _ = spool.update_state(&id2, &states);
+                    return Err(e);
+                }
+            } else {
+                spool.update_state(&id2, &states)?;
             }
             Ok(bounce_id)
         })
@@ -483,6 +503,9 @@ impl QueueRunner {
         domain: &str,
         attempts: &[AttemptRecord],
     ) {
+        for _ in attempts.iter().filter(|r| r.tls_error.is_some()) {
+            self.metrics.outbound_handshake_failed();
+        }
         let events: Vec<TrackingEvent> = attempts
             .iter()
             .map(|record| TrackingEvent {
@@ -510,6 +533,16 @@ impl QueueRunner {
         relay: Option<&AttemptRecord>,
         detail: &str,
     ) {
+        let outcome = match kind {
+            "delivered" => Some(Outcome::Delivered),
+            "deferred" => Some(Outcome::Deferred),
+            "bounced" => Some(Outcome::Bounced),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            let tls = relay.is_some_and(|r| r.tls_version.is_some());
+            self.metrics.recipient_outcome(outcome, tls);
+        }
         let relay_text = relay.map_or(String::new(), |r| {
             format!("{}[{}]:{}", r.host, r.ip, r.port)
         });
