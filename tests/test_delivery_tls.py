@@ -220,6 +220,10 @@ def test_probe_reports_each_peer(peers, dns_server, make_gateway, tls_ca):
         assert re.match(r"TLSv1\.[23] \S+", field(name, "TLS")), out[name]
     assert field("ca", "certificate").startswith("yes"), out["ca"]
     assert field("ca", "with this mode") == "deliver over verified TLS"
+    # The presented chain, leaf first: issued for the MX host by the test CA.
+    chain0 = field("ca", r"chain\[0\]")
+    assert "mx.ca.test" in chain0 and "issuer" in chain0, out["ca"]
+    assert not re.search(r"^\s*chain\[", out["plain"], re.M), out["plain"]
     assert field("selfsigned", "certificate").startswith("no"), out["selfsigned"]
     assert field("selfsigned", "with this mode").startswith("defer")
     mm = field("mismatch", "certificate")

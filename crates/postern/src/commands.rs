@@ -435,6 +435,9 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
                         (Some(false), None) => "no".to_string(),
                         (None, _) => "no certificate seen".to_string(),
                     };
+                    for (depth, cert) in r.cert_chain.iter().enumerate() {
+                        println!("    chain[{depth}]:          {cert}");
+                    }
                     println!("    certificate:       {verified}");
                     let outcome = match mode {
                         OutboundMode::None => "deliver in plaintext",

@@ -153,6 +153,9 @@ pub struct AttemptRecord {
     pub cert_verified: Option<bool>,
     /// Why it did not verify.
     pub verify_error: Option<String>,
+    /// The certificates the server presented, leaf first:
+    /// `subject (issuer ..., until ...)`.
+    pub cert_chain: Vec<String>,
     /// Why STARTTLS or the handshake failed, when it did.
     pub tls_error: Option<String>,
     /// STARTTLS was tried and failed, and the session went on in plaintext
@@ -175,6 +178,7 @@ impl AttemptRecord {
             cipher: None,
             cert_verified: None,
             verify_error: None,
+            cert_chain: Vec::new(),
             tls_error: None,
             tls_fallback_plaintext: false,
             reply: String::new(),

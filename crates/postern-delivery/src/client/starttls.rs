@@ -116,6 +116,20 @@ pub(super) async fn starttls(
         record.tls_version = Some(negotiated.version);
         record.cipher = Some(negotiated.cipher);
     }
+    record.cert_chain = connection
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(
+            |cert| match postern_tls::describe_der(std::slice::from_ref(cert)) {
+                Ok(info) => format!(
+                    "{} (issuer {}, until {})",
+                    info.subject, info.issuer, info.not_after
+                ),
+                Err(e) => format!("unreadable certificate: {e}"),
+            },
+        )
+        .collect();
     let verified = if verify {
         // The verifying configuration checked chain and name in the handshake.
         Ok(())
