@@ -44,7 +44,7 @@ echo "== cargo test (release)"
 cargo test --release --workspace --locked
 
 echo "== cargo build (release)"
-cargo build --release --locked -p postern
+cargo build --release --locked -p postern -p postern-bench
 
 echo "== whole-gateway tests"
 # CI=1: a missing peer (testssl, Chromium, the postern user) fails its test
