@@ -14,8 +14,9 @@ use postern_delivery::{
 
 /// How long an idle connection is kept for the next message to the same host.
 const IDLE_REUSE: Duration = Duration::from_secs(5);
-/// Idle connections kept per destination.
-const MAX_IDLE_PER_KEY: usize = 4;
+/// Idle connections kept per destination: as many as the runner sends in
+/// parallel to one domain (`MAX_PER_DOMAIN`), so none churn.
+const MAX_IDLE_PER_KEY: usize = 8;
 /// A connection is not reused after this long, however busy (the peer's
 /// configuration may have changed; Postfix's smtp_connection_reuse_time_limit).
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
