@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -16,9 +17,11 @@ pub struct MailLog {
 
 impl MailLog {
     pub fn open(path: &Path) -> Result<Self> {
+        // Addresses and client names are personal data: owner-only.
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("opening mail log {}", path.display()))?;
         Ok(Self {
