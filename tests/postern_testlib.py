@@ -334,6 +334,12 @@ def fingerprint(pem: str, digest: str = "sha256") -> str:
     return p.stdout.decode().split("=", 1)[1].strip().replace(":", "").lower()
 
 
+# Offered by a client that can verify only RSA signatures: it must get the RSA
+# certificate (the Default Cert), never the ECDSA one served beside it.
+RSA_SIGALGS = ("-sigalgs",
+               "rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pss_rsae_sha512:rsa_pkcs1_sha256:rsa_pkcs1_sha384")
+
+
 def s_client(port: int, *extra: str, starttls: bool = True, input: bytes = b"",
              timeout: float = 20) -> tuple[int, str]:
     """Run `openssl s_client`; returns (exit code, stdout+stderr)."""

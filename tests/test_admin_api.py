@@ -578,7 +578,7 @@ def test_certificate_names_cannot_traverse(admin_gw, name):
     assert r.status == 422, r
     assert 'data-field="name"' in r.text
     names = [c["name"] for c in a.get("/api/v1/certificates").json()]
-    assert names == ["Default Cert"], names
+    assert names == ["Default Cert", "Default Cert ECDSA"], names
 
 
 def test_export_file_names_are_safe(admin_gw):
@@ -600,7 +600,7 @@ def test_oversized_uploads_are_refused(admin_gw):
                          {"chain": ("chain.pem", big.encode())})
     assert r.status == 413, r
     assert "KiB" in r.text
-    assert [c["name"] for c in a.get("/api/v1/certificates").json()] == ["Default Cert"]
+    assert [c["name"] for c in a.get("/api/v1/certificates").json()] == ["Default Cert", "Default Cert ECDSA"]
 
 
 def test_upload_form_imports_a_chain_and_key(admin_gw):

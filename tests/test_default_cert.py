@@ -1,7 +1,9 @@
 """The Default Cert: RSA 4096, sha256WithRSAEncryption, self-signed, CN and
 SAN = hostname; generated once on first use of the store, the same after
-restarts, and the one served on STARTTLS and implicit TLS. Only TLS 1.2 and
-1.3 are spoken.
+restarts, and the one served on STARTTLS and implicit TLS to clients that
+offer only RSA signature algorithms. Its companion, the Default Cert ECDSA
+(P-256), goes to clients that can verify ECDSA. Only TLS 1.2 and 1.3 are
+spoken.
 """
 
 import re
@@ -11,21 +13,22 @@ import time
 
 import pytest
 
-from postern_testlib import (HOSTNAME, SmtpConn, cert_text, fingerprint, free_port, insecure_context,
-                             openssl, pem_certs, s_client, s_client_protocol)
+from postern_testlib import (HOSTNAME, RSA_SIGALGS, SmtpConn, cert_text, fingerprint, free_port,
+                             insecure_context, openssl, pem_certs, s_client, s_client_protocol)
 
 
-def export_default(gw) -> str:
-    r = gw.cli_ok("cert", "export", "Default Cert")
+def export_default(gw, name: str = "Default Cert") -> str:
+    r = gw.cli_ok("cert", "export", name)
     certs = pem_certs(r.stdout)
     assert certs, f"no PEM certificate in `cert export`:\n{r}"
     assert "PRIVATE KEY" not in r.stdout, "cert export must not print the private key"
     return certs[0]
 
 
-def served_cert(port: int, starttls: bool) -> tuple[str, str]:
-    """(leaf PEM, protocol) as seen by openssl s_client."""
-    rc, out = s_client(port, starttls=starttls)
+def served_cert(port: int, starttls: bool, rsa_only: bool = True) -> tuple[str, str]:
+    """(leaf PEM, protocol) as seen by openssl s_client, by default one that
+    offers only RSA signature algorithms."""
+    rc, out = s_client(port, *(RSA_SIGALGS if rsa_only else ()), starttls=starttls)
     certs = pem_certs(out)
     assert certs, f"s_client saw no certificate (rc={rc}):\n{out}"
     return certs[0], s_client_protocol(out)
@@ -147,3 +150,107 @@ def test_tls12_still_spoken(gw):
             ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)) as c:
         assert c.sock.version() == "TLSv1.2"
         assert c.read_reply().code == 220
+
+
+def _served_when(port: int, want: str, rsa_only: bool, timeout: float = 5) -> str:
+    """Poll until s_client is served `want` (settings reload within ~0.5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leaf, _ = served_cert(port, starttls=True, rsa_only=rsa_only)
+        if fingerprint(leaf) == want or time.monotonic() > deadline:
+            return fingerprint(leaf)
+        time.sleep(0.2)
+
+
+def test_ecdsa_companion_served_to_ecdsa_clients_rsa_to_the_rest(make_gateway):
+    gw = make_gateway(fresh_store=True, start=False)
+    rsa = fingerprint(export_default(gw))
+    ecdsa_pem = export_default(gw, "Default Cert ECDSA")
+    text = cert_text(ecdsa_pem)
+    assert "id-ecPublicKey" in text and ("prime256v1" in text or "P-256" in text), text
+    assert re.search(r"CN\s*=\s*mx\.postern\.test\b", text) and "DNS:mx.postern.test" in text, text
+    ecdsa = fingerprint(ecdsa_pem)
+    gw.start()
+
+    # openssl offers ECDSA first: it gets the companion, on both listeners.
+    leaf, _ = served_cert(gw.smtp_port, starttls=True, rsa_only=False)
+    assert fingerprint(leaf) == ecdsa, "an ECDSA-capable client did not get the Default Cert ECDSA"
+    leaf, _ = served_cert(gw.tls_port, starttls=False, rsa_only=False)
+    assert fingerprint(leaf) == ecdsa
+    # Python's ssl (OpenSSL defaults) as well; TLS 1.2 too.
+    with SmtpConn(gw.tls_port, tls_context=insecure_context(max_version=ssl.TLSVersion.TLSv1_2)) as c:
+        der = c.sock.getpeercert(binary_form=True)
+        assert ssl.DER_cert_to_PEM_cert(der) and fingerprint(ssl.DER_cert_to_PEM_cert(der)) == ecdsa
+    # A client offering only RSA signature algorithms gets the RSA Default Cert.
+    leaf, _ = served_cert(gw.smtp_port, starttls=True, rsa_only=True)
+    assert fingerprint(leaf) == rsa
+
+    # Deleting the companion turns it off; it is not generated again.
+    gw.cli_ok("cert", "delete", "Default Cert ECDSA")
+    assert _served_when(gw.smtp_port, rsa, rsa_only=False) == rsa
+    gw.restart()
+    assert "Default Cert ECDSA" not in gw.cli_ok("cert", "list").stdout
+    leaf, _ = served_cert(gw.smtp_port, starttls=True, rsa_only=False)
+    assert fingerprint(leaf) == rsa
+
+
+def test_own_certificate_gets_no_self_signed_companion(gw, tmp_path):
+    """An admin's own RSA certificate is served alone (a verifying client must
+    not see the self-signed ECDSA one), until they name their own ECDSA
+    certificate in tls.inbound.ecdsa_certificate."""
+    own = {}
+    for name, newkey in (("Own RSA", ["-newkey", "rsa:2048"]),
+                         ("Own ECDSA", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])):
+        key, crt = tmp_path / f"{len(own)}.key", tmp_path / f"{len(own)}.crt"
+        r = openssl("req", "-x509", *newkey, "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-subj", f"/CN={HOSTNAME}", "-addext", f"subjectAltName=DNS:{HOSTNAME}", "-days", "2")
+        assert r.returncode == 0, r.stderr.decode()
+        gw.cli_ok("cert", "import", "--name", name, "--cert", str(crt), "--key", str(key))
+        own[name] = fingerprint(crt.read_text())
+
+    gw.set("tls.inbound.certificate", "Own RSA")
+    assert _served_when(gw.smtp_port, own["Own RSA"], rsa_only=False) == own["Own RSA"]
+
+    r = gw.cli("settings", "set", "tls.inbound.ecdsa_certificate", "No Such Cert")
+    assert r.rc != 0 and "tls.inbound.ecdsa_certificate" in r.output, r
+    r = gw.cli("settings", "set", "tls.inbound.ecdsa_certificate", "Own RSA")
+    assert r.rc != 0 and "tls.inbound.ecdsa_certificate" in r.output, r
+
+    gw.set("tls.inbound.ecdsa_certificate", "Own ECDSA")
+    assert _served_when(gw.smtp_port, own["Own ECDSA"], rsa_only=False) == own["Own ECDSA"]
+    leaf, _ = served_cert(gw.smtp_port, starttls=True, rsa_only=True)
+    assert fingerprint(leaf) == own["Own RSA"]
+    # In use: cannot be deleted while named.
+    r = gw.cli("cert", "delete", "Own ECDSA")
+    assert r.rc != 0 and "tls.inbound.ecdsa_certificate" in r.output, r
+
+
+def _tls13_session(gw, ctx: ssl.SSLContext, session=None) -> tuple[ssl.SSLSession, bool]:
+    """One STARTTLS session; returns (session, whether it was resumed)."""
+    with SmtpConn(gw.smtp_port) as c:
+        assert c.banner().code == 220
+        assert c.ehlo().code == 250
+        assert c.cmd("STARTTLS").code == 220
+        c.sock = ctx.wrap_socket(c.sock, server_hostname=HOSTNAME, session=session)
+        c.buf = b""
+        assert c.ehlo().code == 250  # tickets arrive with (before) this reply
+        return c.sock.session, c.sock.session_reused
+
+
+def test_session_tickets_on_by_default_and_can_be_turned_off(gw):
+    ctx = insecure_context(min_version=ssl.TLSVersion.TLSv1_3)
+    session, resumed = _tls13_session(gw, ctx)
+    assert not resumed and session.has_ticket, "no TLS 1.3 session ticket issued"
+    _, resumed = _tls13_session(gw, ctx, session)
+    assert resumed, "the ticket did not resume the session"
+
+    gw.set("tls.inbound.session_tickets", "false")
+    deadline = time.monotonic() + 5
+    while True:
+        session, _ = _tls13_session(gw, ctx)
+        if not session.has_ticket:
+            break
+        assert time.monotonic() < deadline, "tickets still issued after session_tickets = false"
+        time.sleep(0.2)
+    r = gw.cli("settings", "set", "tls.inbound.session_tickets", "maybe")
+    assert r.rc != 0 and "tls.inbound.session_tickets" in r.output, r

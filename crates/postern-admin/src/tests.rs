@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use postern_config::DEFAULT_CERT_NAME;
 use postern_spool::{DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState};
 use postern_store::{CertificateRecord, SqliteStore, Store};
 use serde_json::{json, Value};
@@ -81,7 +82,7 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("postern.db")).unwrap());
     store
-        .ensure_default_certificate(&mut || {
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || {
             let g =
                 postern_tls::generate_self_signed(postern_tls::KeyKind::EcdsaP256, "mx.test", &[])
                     .map_err(|e| e.to_string())?;

@@ -22,7 +22,7 @@ pub use node::{AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode, DEFAULT_U
 pub use set::known_keys;
 pub use settings::{
     ClientCertMode, InboundMode, InboundTls, MtaSettings, OutboundMode, OutboundTls, Settings,
-    TlsSettings, TlsVersion, DEFAULT_CERT_NAME,
+    TlsSettings, TlsVersion, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
 };
 
 /// A configuration error that names what is wrong and where.

@@ -9,6 +9,11 @@ use crate::ConfigError;
 /// Name of the self-signed certificate generated at first start.
 pub const DEFAULT_CERT_NAME: &str = "Default Cert";
 
+/// Name of the ECDSA P-256 companion generated beside the `Default Cert`:
+/// presented to clients that can verify ECDSA (one signature costs ~0.03 ms
+/// against ~4.8 ms for RSA-4096), while the rest get the RSA `Default Cert`.
+pub const DEFAULT_ECDSA_CERT_NAME: &str = "Default Cert ECDSA";
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -61,9 +66,17 @@ pub enum TlsVersion {
 pub struct InboundTls {
     pub mode: InboundMode,
     pub certificate: String,
+    /// An ECDSA certificate presented beside `certificate` to clients that
+    /// support ECDSA. Empty: when `certificate` is the `Default Cert`, its
+    /// generated companion `Default Cert ECDSA` (if not deleted); otherwise
+    /// nothing beside `certificate`.
+    pub ecdsa_certificate: String,
     pub client_certificate: ClientCertMode,
     pub trusted_client_ca: Vec<String>,
     pub min_version: TlsVersion,
+    /// Issue TLS session tickets (stateless resumption). Off for peers
+    /// known to break on them; TLS 1.2 session-ID resumption stays.
+    pub session_tickets: bool,
 }
 
 impl Default for InboundTls {
@@ -71,9 +84,11 @@ impl Default for InboundTls {
         Self {
             mode: InboundMode::Offer,
             certificate: DEFAULT_CERT_NAME.to_string(),
+            ecdsa_certificate: String::new(),
             client_certificate: ClientCertMode::None,
             trusted_client_ca: Vec::new(),
             min_version: TlsVersion::V1_2,
+            session_tickets: true,
         }
     }
 }
@@ -181,6 +196,12 @@ impl Settings {
                 "must name a certificate table entry (e.g. \"Default Cert\")",
             ));
         }
+        if inbound.ecdsa_certificate == inbound.certificate {
+            return Err(ConfigError::new(
+                "tls.inbound.ecdsa_certificate",
+                "names the same entry as tls.inbound.certificate; name an ECDSA certificate, or leave it empty",
+            ));
+        }
         if inbound.client_certificate == ClientCertMode::Require {
             if inbound.mode != InboundMode::Require {
                 return Err(ConfigError::new(
@@ -261,6 +282,12 @@ impl Settings {
             "tls.inbound.certificate",
             self.tls.inbound.certificate.as_str(),
         )];
+        if !self.tls.inbound.ecdsa_certificate.is_empty() {
+            refs.push((
+                "tls.inbound.ecdsa_certificate",
+                self.tls.inbound.ecdsa_certificate.as_str(),
+            ));
+        }
         refs.extend(
             self.tls
                 .inbound
@@ -359,6 +386,7 @@ mod tests {
 [tls.inbound]
 mode = "offer"
 certificate = "Default Cert"
+ecdsa_certificate = ""
 client_certificate = "none"
 trusted_client_ca = []
 min_version = "1.2"

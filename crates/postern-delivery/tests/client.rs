@@ -621,6 +621,7 @@ async fn client_certificate_is_presented() {
                 client_certificate: postern_config::ClientCertMode::Request,
                 client_ca_pems: vec![&ca.pem],
                 min_version: Default::default(),
+                session_tickets: true,
             })
             .expect("server tls"),
         );

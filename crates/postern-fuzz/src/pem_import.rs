@@ -40,6 +40,7 @@ pub fn run(data: &[u8]) {
             client_certificate: ClientCertMode::None,
             client_ca_pems: Vec::new(),
             min_version: TlsVersion::V1_2,
+            session_tickets: true,
         };
         if let Err(e) = ServerTls::build(&params) {
             panic!("an imported certificate cannot be served: {e}");

@@ -87,18 +87,19 @@ pub trait Store: Send + Sync {
     /// names the key).
     fn delete_certificate(&self, name: &str) -> Result<(), StoreError>;
 
-    /// First-use initialisation of the `Default Cert`, atomic across
-    /// processes.
+    /// First-use initialisation of a generated certificate (the `Default
+    /// Cert`, [`postern_config::DEFAULT_CERT_NAME`], and its ECDSA companion,
+    /// [`postern_config::DEFAULT_ECDSA_CERT_NAME`]), atomic across processes.
     ///
-    /// When this store has never created its default certificate, call
-    /// `make` and insert the result as [`postern_config::DEFAULT_CERT_NAME`]
-    /// (whatever name `make` gave it), then remember that it happened.
-    /// Returns true when it generated. Once done, never again — not even
-    /// after the certificate was deleted. When an entry of that name already
-    /// exists (imported before first use), it is kept and nothing is
-    /// generated.
+    /// When this store has never created the entry `name`, call `make` and
+    /// insert the result as `name` (whatever name `make` gave it), then
+    /// remember that it happened. Returns true when it generated. Once done,
+    /// never again — not even after the certificate was deleted. When an
+    /// entry of that name already exists (imported before first use), it is
+    /// kept and nothing is generated.
     fn ensure_default_certificate(
         &self,
+        name: &str,
         make: &mut dyn FnMut() -> Result<CertificateRecord, String>,
     ) -> Result<bool, StoreError>;
 
@@ -190,7 +191,7 @@ pub enum StoreError {
     #[error("{0}")]
     BadCertificate(String),
     /// `make` in [`Store::ensure_default_certificate`] failed.
-    #[error("generating the Default Cert failed: {0}")]
+    #[error("generating a default certificate failed: {0}")]
     DefaultCertificate(String),
     /// Another process held the database lock for longer than the timeout.
     #[error("the store is busy (locked by another process): {0}")]

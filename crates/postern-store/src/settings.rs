@@ -10,8 +10,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::StoreError;
 
 /// Keys whose certificate is presented to peers and so needs a private key.
-const KEYS_NEEDING_PRIVATE_KEY: &[&str] =
-    &["tls.inbound.certificate", "tls.outbound.client_certificate"];
+const KEYS_NEEDING_PRIVATE_KEY: &[&str] = &[
+    "tls.inbound.certificate",
+    "tls.inbound.ecdsa_certificate",
+    "tls.outbound.client_certificate",
+];
 
 /// The saved settings, or the defaults when none were ever saved.
 pub(crate) fn load(conn: &Connection) -> Result<Settings, StoreError> {

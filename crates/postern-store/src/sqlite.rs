@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use postern_config::{Settings, DEFAULT_CERT_NAME};
+use postern_config::Settings;
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::schema::{self, Durability, BUSY_TIMEOUT};
@@ -105,18 +105,20 @@ fn check_and_save(conn: &Connection, new: &Settings) -> Result<(), StoreError> {
 
 fn ensure_default(
     conn: &Connection,
+    name: &str,
     make: &mut dyn FnMut() -> Result<CertificateRecord, String>,
 ) -> Result<bool, StoreError> {
-    if meta::flag(conn, meta::DEFAULT_CERT_CREATED)?.is_some() {
+    let flag = meta::generated_flag(name);
+    if meta::flag(conn, &flag)?.is_some() {
         return Ok(false);
     }
-    if certificates::get(conn, DEFAULT_CERT_NAME)?.is_some() {
+    if certificates::get(conn, name)?.is_some() {
         // Imported under that name before first use: keep it.
-        meta::set_flag(conn, meta::DEFAULT_CERT_CREATED, crate::now())?;
+        meta::set_flag(conn, &flag, crate::now())?;
         return Ok(false);
     }
     let mut record = make().map_err(StoreError::DefaultCertificate)?;
-    record.name = DEFAULT_CERT_NAME.to_string();
+    record.name = name.to_string();
     if record.key_pem.is_none() {
         return Err(StoreError::DefaultCertificate(
             "the generated certificate has no private key".to_string(),
@@ -124,7 +126,7 @@ fn ensure_default(
     }
     certificates::validate_record(&record)?;
     certificates::insert(conn, &record)?;
-    meta::set_flag(conn, meta::DEFAULT_CERT_CREATED, crate::now())?;
+    meta::set_flag(conn, &flag, crate::now())?;
     meta::bump_generation(conn)?;
     Ok(true)
 }
@@ -187,16 +189,17 @@ impl Store for SqliteStore {
 
     fn ensure_default_certificate(
         &self,
+        name: &str,
         make: &mut dyn FnMut() -> Result<CertificateRecord, String>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.main();
         // Fast path without the write lock: every start after the first.
-        if meta::flag(&conn, meta::DEFAULT_CERT_CREATED)?.is_some() {
+        if meta::flag(&conn, &meta::generated_flag(name))?.is_some() {
             return Ok(false);
         }
         // Another process may hold the write lock while it generates.
         conn.busy_timeout(DEFAULT_CERT_TIMEOUT)?;
-        let result = write_on(&mut conn, |tx| ensure_default(tx, make));
+        let result = write_on(&mut conn, |tx| ensure_default(tx, name, make));
         conn.busy_timeout(BUSY_TIMEOUT)?;
         result
     }

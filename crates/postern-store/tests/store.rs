@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use postern_config::{ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME};
+use postern_config::{
+    ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
+};
 use postern_store::{event_kind, CertificateRecord, SqliteStore, Store, StoreError, TrackingEvent};
 use serde_json::json;
 
@@ -39,7 +41,7 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
 fn initialised(dir: &tempfile::TempDir) -> SqliteStore {
     let store = open(dir);
     store
-        .ensure_default_certificate(&mut || Ok(leaf("anything")))
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("anything")))
         .expect("default cert");
     store
 }
@@ -174,7 +176,9 @@ fn generation_changes_on_every_write_and_is_seen_by_another_connection() {
         seen.push(g);
     };
 
-    assert!(a.ensure_default_certificate(&mut || Ok(leaf("x"))).unwrap());
+    assert!(a
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("x")))
+        .unwrap());
     step(&mut seen);
     a.put_settings(&Settings::default()).unwrap();
     step(&mut seen);
@@ -356,8 +360,12 @@ fn default_certificate_generated_once_and_not_after_deletion() {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok(leaf("whatever make calls it"))
     };
-    assert!(store.ensure_default_certificate(&mut make).unwrap());
-    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    assert!(store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let cert = store.certificate(DEFAULT_CERT_NAME).unwrap().unwrap();
     assert_eq!(cert.key_pem.as_deref(), Some(KEY));
@@ -368,12 +376,49 @@ fn default_certificate_generated_once_and_not_after_deletion() {
     s.tls.inbound.certificate = "Own".into();
     store.put_settings(&s).unwrap();
     store.delete_certificate(DEFAULT_CERT_NAME).unwrap();
-    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
     drop(store);
     let store = open(&dir);
-    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(store.certificate(DEFAULT_CERT_NAME).unwrap().is_none());
+}
+
+#[test]
+fn ecdsa_companion_generated_once_independently_of_the_default_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert!(store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("rsa")))
+        .unwrap());
+    assert!(store
+        .ensure_default_certificate(DEFAULT_ECDSA_CERT_NAME, &mut || Ok(leaf("ecdsa")))
+        .unwrap());
+    let names: Vec<_> = store
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(names.contains(&DEFAULT_CERT_NAME.to_string()), "{names:?}");
+    assert!(
+        names.contains(&DEFAULT_ECDSA_CERT_NAME.to_string()),
+        "{names:?}"
+    );
+    // Deleting the companion is how an admin turns it off: it stays off.
+    store.delete_certificate(DEFAULT_ECDSA_CERT_NAME).unwrap();
+    let mut make = || -> Result<CertificateRecord, String> { panic!("must not generate") };
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_ECDSA_CERT_NAME, &mut make)
+        .unwrap());
+    assert!(store
+        .certificate(DEFAULT_ECDSA_CERT_NAME)
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -381,12 +426,12 @@ fn default_certificate_failure_changes_nothing_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let err = store
-        .ensure_default_certificate(&mut || Err("no entropy".to_string()))
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Err("no entropy".to_string()))
         .unwrap_err();
     assert!(err.to_string().contains("no entropy"), "{err}");
     assert!(store.certificates().unwrap().is_empty());
     assert!(store
-        .ensure_default_certificate(&mut || Ok(leaf("x")))
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("x")))
         .unwrap());
 }
 
@@ -396,7 +441,9 @@ fn default_certificate_imported_before_first_use_is_kept() {
     let store = open(&dir);
     store.add_certificate(&leaf(DEFAULT_CERT_NAME)).unwrap();
     let mut make = || -> Result<CertificateRecord, String> { panic!("must not generate") };
-    assert!(!store.ensure_default_certificate(&mut make).unwrap());
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
     assert_eq!(store.certificates().unwrap(), [leaf(DEFAULT_CERT_NAME)]);
 }
 
@@ -415,7 +462,7 @@ fn default_certificate_concurrent_first_use_makes_exactly_one() {
                 let store = SqliteStore::open(&path).expect("open");
                 barrier.wait();
                 store
-                    .ensure_default_certificate(&mut || {
+                    .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || {
                         calls.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(500));
                         Ok(leaf(&format!("made by {i}")))

@@ -38,6 +38,8 @@ pub struct InboundTlsParams<'a> {
     pub client_ca_pems: Vec<&'a str>,
     /// `tls.inbound.min_version`.
     pub min_version: TlsVersion,
+    /// `tls.inbound.session_tickets`: issue session tickets.
+    pub session_tickets: bool,
 }
 
 /// A further certificate the server may present (see
@@ -112,10 +114,10 @@ impl ServerTls {
     ///   handshake without a certificate chaining to `client_ca_pems`;
     ///   `request` asks (naming the CAs), accepts any certificate or none,
     ///   and leaves the verdict to [`ServerTls::client_certificate_status`].
-    /// - Resumption: stateless tickets (TLS 1.3 and 1.2) and a session-ID
-    ///   cache (TLS 1.2). The ticket key is new for every `build`, so
-    ///   sessions from before a settings change are not resumed with the new
-    ///   trust settings.
+    /// - Resumption: stateless tickets (TLS 1.3 and 1.2) unless
+    ///   `session_tickets` is off, and a session-ID cache (TLS 1.2). The
+    ///   ticket key is new for every `build`, so sessions from before a
+    ///   settings change are not resumed with the new trust settings.
     pub fn build(params: &InboundTlsParams) -> Result<ServerTls, TlsError> {
         Self::build_with_alternates(params, &[])
     }
@@ -124,7 +126,8 @@ impl ServerTls {
     /// each client the first certificate whose key can sign with one of the
     /// client's signature schemes is chosen, ECDSA and EdDSA before RSA
     /// (cheaper handshakes). A client that offers only RSA schemes gets the
-    /// RSA certificate (SPEC §7).
+    /// RSA certificate (SPEC §7). An RSA alternate would never be chosen
+    /// and is refused.
     pub fn build_with_alternates(
         params: &InboundTlsParams,
         alternates: &[CertKeyPem<'_>],
@@ -133,11 +136,13 @@ impl ServerTls {
 
         let mut keys = vec![certified_key(params.chain_pem, params.key_pem, &provider)?];
         for alternate in alternates {
-            keys.push(certified_key(
-                alternate.chain_pem,
-                alternate.key_pem,
-                &provider,
-            )?);
+            let key = certified_key(alternate.chain_pem, alternate.key_pem, &provider)?;
+            if key.key.algorithm() == SignatureAlgorithm::RSA {
+                return Err(TlsError::Config(
+                    "the certificate presented beside the primary one has an RSA key; it must be ECDSA (or Ed25519)".into(),
+                ));
+            }
+            keys.push(key);
         }
         // Stable: among keys of one family, the primary stays first.
         keys.sort_by_key(|k| k.key.algorithm() == SignatureAlgorithm::RSA);
@@ -154,8 +159,14 @@ impl ServerTls {
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(CertChoice { keys }));
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| TlsError::Config(format!("session ticket key: {e}")))?;
+        if params.session_tickets {
+            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+                .map_err(|e| TlsError::Config(format!("session ticket key: {e}")))?;
+        } else {
+            // No NewSessionTicket at all (rustls would otherwise send
+            // stateful TLS 1.3 tickets from the cache below).
+            config.send_tls13_tickets = 0;
+        }
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
 
         Ok(ServerTls {

@@ -76,6 +76,7 @@ fn server_tls(
         client_certificate: mode,
         client_ca_pems: cas.to_vec(),
         min_version,
+        session_tickets: true,
     })
     .expect("server config")
 }
@@ -276,6 +277,7 @@ fn require_mode_needs_a_ca() {
         client_certificate: ClientCertMode::Require,
         client_ca_pems: Vec::new(),
         min_version: TlsVersion::V1_2,
+        session_tickets: true,
     });
     assert_eq!(result.err(), Some(TlsError::NoClientCa));
 }
@@ -441,6 +443,54 @@ fn sessions_resume() {
 }
 
 #[test]
+fn tickets_off_sends_none_and_tls12_still_resumes_by_session_id() {
+    let cert = server_cert();
+    let tls = ServerTls::build(&InboundTlsParams {
+        chain_pem: &cert.chain_pem,
+        key_pem: &cert.key_pem,
+        client_certificate: ClientCertMode::None,
+        client_ca_pems: Vec::new(),
+        min_version: TlsVersion::V1_2,
+        session_tickets: false,
+    })
+    .expect("server config");
+    for (versions, expected) in [
+        (BOTH, HandshakeKind::Full),
+        (TLS12_ONLY, HandshakeKind::Resumed),
+    ] {
+        let config = client_config(&cert, None, versions);
+        let (mut client, mut server, result) = connect(&config, &tls);
+        result.expect("first handshake");
+        exchange(&mut client, &mut server);
+        let (_, server, result) = connect(&config, &tls);
+        result.expect("second handshake");
+        assert_eq!(server.handshake_kind(), Some(expected), "{versions:?}");
+    }
+}
+
+#[test]
+fn rsa_alternate_refused() {
+    let primary = generate_self_signed(KeyKind::Rsa2048, SERVER_NAME, &[]).expect("rsa");
+    let other = generate_self_signed(KeyKind::Rsa2048, SERVER_NAME, &[]).expect("rsa");
+    let err = ServerTls::build_with_alternates(
+        &InboundTlsParams {
+            chain_pem: &primary.chain_pem,
+            key_pem: &primary.key_pem,
+            client_certificate: ClientCertMode::None,
+            client_ca_pems: Vec::new(),
+            min_version: TlsVersion::V1_2,
+            session_tickets: true,
+        },
+        &[CertKeyPem {
+            chain_pem: &other.chain_pem,
+            key_pem: &other.key_pem,
+        }],
+    )
+    .expect_err("an RSA alternate is useless");
+    assert!(err.to_string().contains("RSA key"), "{err}");
+}
+
+#[test]
 fn resumed_session_keeps_the_client_certificate() {
     let cert = server_cert();
     let trusted = make_ca("Agents CA");
@@ -538,6 +588,7 @@ fn ecdsa_beside_rsa() {
             client_certificate: ClientCertMode::None,
             client_ca_pems: Vec::new(),
             min_version: TlsVersion::V1_2,
+            session_tickets: true,
         },
         &[CertKeyPem {
             chain_pem: &ecdsa.chain_pem,
@@ -579,6 +630,7 @@ fn build_refuses_bad_material() {
         client_certificate: ClientCertMode::None,
         client_ca_pems: Vec::new(),
         min_version: TlsVersion::V1_2,
+        session_tickets: true,
     };
     assert_eq!(ServerTls::build(&params).err(), Some(TlsError::KeyMismatch));
 
@@ -588,6 +640,7 @@ fn build_refuses_bad_material() {
         client_certificate: ClientCertMode::Request,
         client_ca_pems: vec!["not a certificate"],
         min_version: TlsVersion::V1_2,
+        session_tickets: true,
     };
     match ServerTls::build(&params).err() {
         Some(TlsError::ClientCa { index: 1, detail }) => {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use postern_config::{NodeConfig, DEFAULT_CERT_NAME};
+use postern_config::{NodeConfig, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME};
 use postern_store::{CertificateRecord, SqliteStore, Store};
 use postern_tls::{generate_self_signed, KeyKind};
 
@@ -31,32 +31,39 @@ impl Context {
             .with_context(|| format!("creating data directory {}", node.data_dir.display()))?;
         let store = SqliteStore::open(&node.store_path())
             .with_context(|| format!("opening the store {}", node.store_path().display()))?;
-        let generated = store.ensure_default_certificate(&mut || {
-            tracing::info!(
-                "generating the Default Cert (RSA 4096, sha256WithRSAEncryption) for {hostname}"
-            );
-            let cert =
-                generate_self_signed(KeyKind::Rsa4096, &hostname, std::slice::from_ref(&hostname))
-                    .map_err(|e| e.to_string())?;
-            Ok(CertificateRecord {
-                name: DEFAULT_CERT_NAME.to_string(),
-                chain_pem: cert.chain_pem,
-                key_pem: Some(cert.key_pem),
-                created_at: unix_now(),
-            })
-        })?;
-        if generated {
-            tracing::info!(
-                "created {DEFAULT_CERT_NAME} in {}",
-                node.store_path().display()
-            );
-        }
+        ensure_generated(&store, DEFAULT_CERT_NAME, KeyKind::Rsa4096, &hostname)?;
+        ensure_generated(
+            &store,
+            DEFAULT_ECDSA_CERT_NAME,
+            KeyKind::EcdsaP256,
+            &hostname,
+        )?;
         Ok(Self {
             node,
             hostname,
             store: Arc::new(store),
         })
     }
+}
+
+/// Generate one of the default certificates at first start (never again,
+/// not even after it was deleted).
+fn ensure_generated(store: &SqliteStore, name: &str, kind: KeyKind, hostname: &str) -> Result<()> {
+    let generated = store.ensure_default_certificate(name, &mut || {
+        tracing::info!("generating the {name} ({}) for {hostname}", kind.as_str());
+        let cert = generate_self_signed(kind, hostname, &[hostname.to_string()])
+            .map_err(|e| e.to_string())?;
+        Ok(CertificateRecord {
+            name: name.to_string(),
+            chain_pem: cert.chain_pem,
+            key_pem: Some(cert.key_pem),
+            created_at: unix_now(),
+        })
+    })?;
+    if generated {
+        tracing::info!("created {name} in the store");
+    }
+    Ok(())
 }
 
 pub fn system_hostname() -> String {

@@ -95,12 +95,24 @@ const MIN_VERSIONS: &[(&str, &str)] = &[("1.2", "TLS 1.2"), ("1.3", "TLS 1.3")];
 struct TlsForm {
     inbound_mode: String,
     certificate: String,
+    /// `None` when the submitted form lacks the field: keep the setting.
+    ecdsa_certificate: Option<String>,
     client_certificate: String,
     trusted_client_ca: Vec<String>,
     min_version: String,
+    /// "on" / "off"; `None` as above.
+    session_tickets: Option<String>,
     outbound_mode: String,
     trusted_ca: Vec<String>,
     outbound_client_certificate: String,
+}
+
+fn on_off(value: bool) -> &'static str {
+    if value {
+        "on"
+    } else {
+        "off"
+    }
 }
 
 fn text_of(value: impl serde::Serialize) -> String {
@@ -115,9 +127,11 @@ impl TlsForm {
         Self {
             inbound_mode: text_of(s.tls.inbound.mode),
             certificate: s.tls.inbound.certificate.clone(),
+            ecdsa_certificate: Some(s.tls.inbound.ecdsa_certificate.clone()),
             client_certificate: text_of(s.tls.inbound.client_certificate),
             trusted_client_ca: s.tls.inbound.trusted_client_ca.clone(),
             min_version: text_of(s.tls.inbound.min_version),
+            session_tickets: Some(on_off(s.tls.inbound.session_tickets).to_string()),
             outbound_mode: text_of(s.tls.outbound.mode),
             trusted_ca: s.tls.outbound.trusted_ca.clone(),
             outbound_client_certificate: s.tls.outbound.client_certificate.clone(),
@@ -128,9 +142,15 @@ impl TlsForm {
         Self {
             inbound_mode: form.get("tls.inbound.mode"),
             certificate: form.get("tls.inbound.certificate"),
+            ecdsa_certificate: form
+                .has("tls.inbound.ecdsa_certificate")
+                .then(|| form.get("tls.inbound.ecdsa_certificate")),
             client_certificate: form.get("tls.inbound.client_certificate"),
             trusted_client_ca: form.all("tls.inbound.trusted_client_ca"),
             min_version: form.get("tls.inbound.min_version"),
+            session_tickets: form
+                .has("tls.inbound.session_tickets")
+                .then(|| form.get("tls.inbound.session_tickets")),
             outbound_mode: form.get("tls.outbound.mode"),
             trusted_ca: form.all("tls.outbound.trusted_ca"),
             outbound_client_certificate: form.get("tls.outbound.client_certificate"),
@@ -157,10 +177,29 @@ impl TlsForm {
             &["tls", "inbound", "certificate"],
             self.certificate.clone().into(),
         );
+        if let Some(ecdsa) = &self.ecdsa_certificate {
+            set(
+                &["tls", "inbound", "ecdsa_certificate"],
+                ecdsa.clone().into(),
+            );
+        }
         set(
             &["tls", "inbound", "client_certificate"],
             self.client_certificate.clone().into(),
         );
+        if let Some(tickets) = &self.session_tickets {
+            let on = match tickets.as_str() {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(ConfigError::new(
+                        "tls.inbound.session_tickets",
+                        format!("\"{other}\" is not on or off"),
+                    ))
+                }
+            };
+            set(&["tls", "inbound", "session_tickets"], on.into());
+        }
         set(
             &["tls", "inbound", "trusted_client_ca"],
             list(&self.trusted_client_ca),
@@ -281,9 +320,11 @@ fn ca_checkboxes(
 const FIELDS: &[&str] = &[
     "tls.inbound.mode",
     "tls.inbound.certificate",
+    "tls.inbound.ecdsa_certificate",
     "tls.inbound.client_certificate",
     "tls.inbound.trusted_client_ca",
     "tls.inbound.min_version",
+    "tls.inbound.session_tickets",
     "tls.outbound.mode",
     "tls.outbound.trusted_ca",
     "tls.outbound.client_certificate",
@@ -311,6 +352,9 @@ fn form_markup(
                 (choice_select("tls.inbound.mode", "Server TLS security mode", INBOUND_MODES, &form.inbound_mode, errors))
                 (cert_select("tls.inbound.certificate", "Certificate presented", certs, &form.certificate, None,
                     "The certificate the gateway shows to clients (and on this admin page, unless postern.toml names another).", errors))
+                (cert_select("tls.inbound.ecdsa_certificate", "ECDSA certificate beside it", certs,
+                    form.ecdsa_certificate.as_deref().unwrap_or(""), Some("Automatic (Default Cert ECDSA beside the Default Cert)"),
+                    "Shown instead to clients that support ECDSA: a much cheaper handshake. Clients offering only RSA get the certificate above. Automatic: the generated Default Cert ECDSA when the Default Cert is presented (delete it to present RSA only), nothing beside your own certificate.", errors))
                 (choice_select("tls.inbound.client_certificate", "Client certificate", CLIENT_CERT_MODES, &form.client_certificate, errors))
                 (ca_checkboxes("tls.inbound.trusted_client_ca", "Trusted client CAs", certs, &form.trusted_client_ca, false,
                     "Client certificates must chain to one of these to count as verified.", errors))
@@ -322,6 +366,15 @@ fn form_markup(
                         }
                     }
                     (field_error(errors, "tls.inbound.min_version"))
+                }
+                div.field {
+                    label for="tls.inbound.session_tickets" { "TLS session tickets" }
+                    select id="tls.inbound.session_tickets" name="tls.inbound.session_tickets" {
+                        @for (value, text) in [("on", "Issue tickets (fast resumption)"), ("off", "No tickets (for peers that break on them)")] {
+                            option value=(value) selected[Some(value) == form.session_tickets.as_deref()] { (text) }
+                        }
+                    }
+                    (field_error(errors, "tls.inbound.session_tickets"))
                 }
             }
             section {

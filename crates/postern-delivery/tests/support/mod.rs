@@ -453,6 +453,7 @@ pub fn server_tls(chain_pem: &str, key_pem: &str) -> Arc<ServerTls> {
             client_certificate: Default::default(),
             client_ca_pems: Vec::new(),
             min_version: Default::default(),
+            session_tickets: true,
         })
         .expect("server tls"),
     )

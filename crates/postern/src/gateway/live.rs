@@ -5,10 +5,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use postern_config::Settings;
+use postern_config::{Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME};
 use postern_delivery::{ClientTls, TrustSources};
 use postern_store::Store;
-use postern_tls::{InboundTlsParams, ServerTls};
+use postern_tls::{CertKeyPem, InboundTlsParams, ServerTls};
 
 /// One consistent snapshot; connections keep the one they started with.
 pub struct Live {
@@ -78,14 +78,60 @@ pub fn build_server_tls(settings: &Settings, store: &dyn Store) -> Result<Server
         })?;
         cas.push(ca.chain_pem);
     }
-    ServerTls::build(&InboundTlsParams {
+    let ecdsa = ecdsa_companion(settings, store)?;
+    let alternates: Vec<CertKeyPem> = ecdsa
+        .iter()
+        .map(|(chain_pem, key_pem)| CertKeyPem { chain_pem, key_pem })
+        .collect();
+    let params = InboundTlsParams {
         chain_pem: &cert.chain_pem,
         key_pem: key,
         client_certificate: inbound.client_certificate,
         client_ca_pems: cas.iter().map(String::as_str).collect(),
         min_version: inbound.min_version,
+        session_tickets: inbound.session_tickets,
+    };
+    ServerTls::build_with_alternates(&params, &alternates).with_context(|| {
+        if inbound.ecdsa_certificate.is_empty() {
+            format!("building inbound TLS with \"{}\"", inbound.certificate)
+        } else {
+            format!(
+                "tls.inbound.ecdsa_certificate: building inbound TLS with \"{}\" and \"{}\"",
+                inbound.certificate, inbound.ecdsa_certificate
+            )
+        }
     })
-    .with_context(|| format!("building inbound TLS with \"{}\"", inbound.certificate))
+}
+
+/// The ECDSA certificate (chain, key) presented beside the primary one:
+/// the one `tls.inbound.ecdsa_certificate` names, or, when that is empty and
+/// the primary is the `Default Cert`, its generated companion — unless the
+/// admin deleted it. An admin's own certificate never gets the self-signed
+/// companion beside it: clients that verify would see the wrong one.
+fn ecdsa_companion(settings: &Settings, store: &dyn Store) -> Result<Option<(String, String)>> {
+    let inbound = &settings.tls.inbound;
+    let name = if !inbound.ecdsa_certificate.is_empty() {
+        inbound.ecdsa_certificate.as_str()
+    } else if inbound.certificate == DEFAULT_CERT_NAME {
+        DEFAULT_ECDSA_CERT_NAME
+    } else {
+        return Ok(None);
+    };
+    let Some(record) = store.certificate(name)? else {
+        if name == inbound.ecdsa_certificate {
+            return Err(anyhow!(
+                "tls.inbound.ecdsa_certificate: no certificate named \"{name}\""
+            ));
+        }
+        return Ok(None);
+    };
+    match record.key_pem {
+        Some(key) => Ok(Some((record.chain_pem, key))),
+        None if name == inbound.ecdsa_certificate => Err(anyhow!(
+            "tls.inbound.ecdsa_certificate: \"{name}\" has no private key"
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The current snapshot, swapped whole on reload.
