@@ -10,7 +10,8 @@
 //!
 //! - **No acknowledgement before durability.** [`Spool::store`] returns `Ok`
 //!   only after the message file is written, fsync'd, renamed from `tmp/`
-//!   into `queue/`, and `queue/` itself is fsync'd. A crash at any moment
+//!   into `queue/`, and `queue/` itself is fsync'd (one directory fsync
+//!   shared by all writers that arrive together). A crash at any moment
 //!   loses no message that was acknowledged; an unacknowledged one is at most
 //!   a leftover in `tmp/`, removed by the next [`Spool::open`].
 //! - **Files check themselves.** Every file starts with a magic and version
@@ -31,6 +32,7 @@
 
 mod error;
 mod format;
+mod group_sync;
 mod id;
 mod spool;
 mod types;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::SpoolError;
 use crate::format::{self, Body, DecodeError};
+use crate::group_sync::GroupSync;
 use crate::id::QueueId;
 use crate::types::{Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport};
 
@@ -35,6 +36,8 @@ pub struct Spool {
     root: PathBuf,
     tmp: PathBuf,
     queue: PathBuf,
+    /// Shared fsyncs of `queue/` (see [`GroupSync`]).
+    queue_sync: GroupSync,
     corrupt: PathBuf,
     /// Held for the lifetime of a writable spool; `None` when read-only.
     _lock: Option<File>,
@@ -96,6 +99,7 @@ impl Spool {
             root: dir.to_path_buf(),
             tmp: dir.join(TMP),
             queue: dir.join(QUEUE),
+            queue_sync: GroupSync::new(&dir.join(QUEUE)),
             corrupt: dir.join(CORRUPT),
             _lock: lock,
             read_only,
@@ -180,7 +184,7 @@ impl Spool {
         let final_path = self.queue.join(id.as_str());
         fs::rename(tmp_path, &final_path)
             .map_err(|e| SpoolError::io("rename into queue", tmp_path, e))?;
-        if let Err(e) = sync_dir(&self.queue) {
+        if let Err(e) = self.queue_sync.sync() {
             // Not durable, so not acknowledged: take it back, or a client
             // retrying after our 451 would make a duplicate.
             let _ = fs::remove_file(&final_path);
@@ -388,7 +392,7 @@ impl Spool {
             drop(file);
             fs::rename(&tmp_path, &final_path)
                 .map_err(|e| SpoolError::io("rename into queue", &tmp_path, e))?;
-            sync_dir(&self.queue)
+            self.queue_sync.sync()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);
@@ -441,7 +445,7 @@ impl Spool {
         if !message_existed && !state_existed {
             return Err(SpoolError::NotFound { id: id.clone() });
         }
-        sync_dir(&self.queue)
+        self.queue_sync.sync()
     }
 
     /// Move a message and its state file to `corrupt/`, with the reason in
@@ -489,7 +493,7 @@ impl Spool {
         reason_name.push(REASON_SUFFIX);
         let _ = write_reason(&self.corrupt.join(reason_name), name, reason);
         sync_dir(&self.corrupt)?;
-        sync_dir(&self.queue)?;
+        self.queue_sync.sync()?;
         Ok(true)
     }
 
