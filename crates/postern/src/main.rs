@@ -2,7 +2,8 @@
 //!
 //! Layout: `cli.rs` (arguments), `context.rs` (config, store, Default
 //! Cert), `commands.rs` (settings/cert/queue/trace/check), `gateway/`
-//! (listeners, connections, reload, shutdown), `maillog.rs` (the mail log).
+//! (listeners, connections, reload, shutdown), `maillog.rs` (the mail log),
+//! `tracker.rs` (tracking events, written in batches).
 
 mod cli;
 mod commands;
@@ -11,6 +12,7 @@ mod gateway;
 mod maillog;
 mod privilege;
 mod queue;
+mod tracker;
 
 use std::process::ExitCode;
 

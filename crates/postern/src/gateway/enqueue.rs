@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use postern_session::{message_id, received_header, Delivery};
 use postern_spool::Envelope;
-use postern_store::{Store, TrackingEvent};
+use postern_store::TrackingEvent;
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 
@@ -124,11 +124,6 @@ pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String,
         }),
     };
     // Tracking is recorded after the message is safe; it never delays the 250.
-    let store = Arc::clone(&shared.store);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = store.record_event(&event) {
-            tracing::warn!("tracking event not recorded: {e}");
-        }
-    });
+    shared.tracker.record(event);
     Ok(id)
 }

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use postern_admin::Metrics;
 use postern_spool::Spool;
-use postern_store::{SqliteStore, Store};
+use postern_store::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -35,8 +35,9 @@ pub struct Shared {
     pub trusted_networks: Arc<Vec<IpNet>>,
     pub live: Arc<LiveConfig>,
     pub spool: Arc<Spool>,
-    pub store: Arc<SqliteStore>,
     pub maillog: Arc<MailLog>,
+    /// Writes tracking events (one thread, batched).
+    pub tracker: Arc<crate::tracker::Tracker>,
     /// Told about every newly queued message.
     pub runner: Arc<QueueRunner>,
     pub limits: Arc<ConnectionLimits>,
@@ -65,11 +66,15 @@ pub async fn run(ctx: Context) -> Result<()> {
     let live = Arc::new(LiveConfig::new(live));
     let spool = Arc::new(spool);
     let resolver = Resolver::new(&node.dns.nameservers).context("[dns] nameservers")?;
+    let tracker = Arc::new(
+        crate::tracker::Tracker::start(Arc::clone(&ctx.store))
+            .context("starting the tracking-event writer")?,
+    );
     let courier = Courier::new(resolver, ctx.hostname.clone(), node.delivery.mx_port);
     let metrics = Arc::new(Metrics::new());
     let runner = Arc::new(QueueRunner::new(
         Arc::clone(&spool),
-        Arc::clone(&ctx.store),
+        Arc::clone(&tracker),
         Arc::clone(&live),
         Arc::clone(&maillog),
         courier,
@@ -82,8 +87,8 @@ pub async fn run(ctx: Context) -> Result<()> {
         trusted_networks: Arc::new(node.smtp.trusted_networks.clone()),
         live,
         spool,
-        store: Arc::clone(&ctx.store),
         maillog,
+        tracker,
         runner: Arc::clone(&runner),
         limits: Arc::new(ConnectionLimits::default()),
         metrics,
@@ -167,6 +172,9 @@ pub async fn run(ctx: Context) -> Result<()> {
         // Unacknowledged mail is the client's to retry; acknowledged mail is on disk.
         tracing::warn!("{left} session(s) still open at the end of the grace period; closing them");
     }
+    // Tracking events of the last messages: written before we go.
+    let tracker = Arc::clone(&shared.tracker);
+    let _ = tokio::task::spawn_blocking(move || tracker.flush(Duration::from_secs(5))).await;
     tracing::info!("stopped");
     Ok(())
 }

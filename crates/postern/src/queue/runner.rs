@@ -15,13 +15,14 @@ use postern_delivery::{
 use postern_spool::{
     DeliveryState, Envelope, QueueId, QueuedMessage, RecipientState, Spool, SpoolError,
 };
-use postern_store::{SqliteStore, Store, TrackingEvent};
+use postern_store::TrackingEvent;
 use tokio::sync::{Notify, Semaphore};
 
 use super::courier::Courier;
 use crate::context::unix_now;
 use crate::gateway::LiveConfig;
 use crate::maillog::MailLog;
+use crate::tracker::Tracker;
 
 /// Messages being attempted at once.
 const MAX_ACTIVE: usize = 64;
@@ -39,7 +40,7 @@ struct Schedule {
 
 pub struct QueueRunner {
     spool: Arc<Spool>,
-    store: Arc<SqliteStore>,
+    tracker: Arc<Tracker>,
     live: Arc<LiveConfig>,
     maillog: Arc<MailLog>,
     courier: Courier,
@@ -54,7 +55,7 @@ pub struct QueueRunner {
 impl QueueRunner {
     pub fn new(
         spool: Arc<Spool>,
-        store: Arc<SqliteStore>,
+        tracker: Arc<Tracker>,
         live: Arc<LiveConfig>,
         maillog: Arc<MailLog>,
         courier: Courier,
@@ -63,7 +64,7 @@ impl QueueRunner {
     ) -> Self {
         Self {
             spool,
-            store,
+            tracker,
             live,
             maillog,
             courier,
@@ -516,12 +517,7 @@ impl QueueRunner {
                 detail: serde_json::json!({ "domain": domain, "attempt": record }),
             })
             .collect();
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.record_events(&events) {
-                tracing::warn!("tracking events not recorded: {e}");
-            }
-        });
+        self.tracker.record_all(events);
     }
 
     fn log_outcome(
@@ -584,12 +580,7 @@ impl QueueRunner {
             kind: kind.to_string(),
             detail: serde_json::json!({ "recipient": recipient, "relay": relay_text, "detail": detail }),
         };
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.record_event(&event) {
-                tracing::warn!("tracking event not recorded: {e}");
-            }
-        });
+        self.tracker.record(event);
     }
 }
 
