@@ -5,9 +5,10 @@ One run sets up, on loopback:
   * the sink (`postern-bench sink`): two SMTP listeners, one plaintext only and
     one offering STARTTLS (ECDSA P-256 certificate), no disk, counting by token;
   * Postern, relaying plain.sink.bench and tls.sink.bench to those listeners
-    via [[domain]] next_hop, with an RSA-4096 certificate (tls.inbound.certificate);
+    via [[domain]] next_hop, with an RSA-4096 certificate (tls.inbound.certificate)
+    and, unless --rsa-only, an ECDSA P-256 one beside it (tls.inbound.ecdsa_certificate);
   * a private Postfix instance (`postfix -c DIR`, never the system one) as the
-    same relay: the same RSA-4096 certificate and key, STARTTLS offered
+    same relay: the same RSA-4096 (and ECDSA) certificates and keys, STARTTLS offered
     inbound (smtpd_tls_security_level = may), opportunistic TLS outbound
     (smtp_tls_security_level = may), routed with transport_maps to the same
     two sink listeners; TLS session caches as in Debian's default main.cf.
@@ -164,7 +165,8 @@ class Sink:
 
 
 class Postern:
-    def __init__(self, binary: Path, root: Path, sink: Sink, cert: Path, key: Path, name: str = "postern"):
+    def __init__(self, binary: Path, root: Path, sink: Sink, cert: Path, key: Path, name: str = "postern",
+                 ecdsa: tuple[Path, Path] | None = None):
         self.name = name
         self.bin = binary
         self.root = root
@@ -184,6 +186,12 @@ class Postern:
             self.config.write_text(self.config.read_text().replace(f'user = "{user}"\n', ""))
         self.cli("cert", "import", "--name", "bench", "--cert", str(cert), "--key", str(key))
         self.cli("settings", "set", "tls.inbound.certificate", "bench")
+        if ecdsa:
+            self.cli("cert", "import", "--name", "bench-ecdsa", "--cert", str(ecdsa[0]), "--key", str(ecdsa[1]))
+            r = run([str(self.bin), "settings", "set", "tls.inbound.ecdsa_certificate", "bench-ecdsa"],
+                    env=self.env, check=False)
+            if r.returncode != 0:
+                log(f"{name}: this build has no tls.inbound.ecdsa_certificate; it serves RSA only")
         settings = self.cli("settings", "export").stdout
         # Connection limits up for the idle-connection test (defaults: 1000
         # in total, 50 per client address); short retry backoff so a
@@ -274,7 +282,7 @@ class Postfix:
 
     name = "postfix"
 
-    def __init__(self, root: Path, sink: Sink, cert: Path, key: Path):
+    def __init__(self, root: Path, sink: Sink, cert: Path, key: Path, ecdsa: tuple[Path, Path] | None = None):
         self.root = root
         root.mkdir(mode=0o755)
         self.etc = root / "etc"
@@ -284,6 +292,13 @@ class Postfix:
         shutil.copyfile(cert, self.etc / "tls" / "mta.pem")
         shutil.copyfile(key, self.etc / "tls" / "mta.key")
         os.chmod(self.etc / "tls" / "mta.key", 0o600)
+        chain_files = [self.etc / "tls" / "mta.key", self.etc / "tls" / "mta.pem"]
+        if ecdsa:
+            # The same ECDSA certificate Postern serves, beside the RSA one.
+            shutil.copyfile(ecdsa[0], self.etc / "tls" / "mta-ec.pem")
+            shutil.copyfile(ecdsa[1], self.etc / "tls" / "mta-ec.key")
+            os.chmod(self.etc / "tls" / "mta-ec.key", 0o600)
+            chain_files += [self.etc / "tls" / "mta-ec.key", self.etc / "tls" / "mta-ec.pem"]
         self.port = free_port()
         self.port_tls = free_port()
         params = {
@@ -318,7 +333,7 @@ class Postfix:
             "message_size_limit": "104857600",
             # TLS as in Debian's default main.cf, with the bench certificate.
             "smtpd_tls_security_level": "may",
-            "smtpd_tls_chain_files": f"{self.etc / 'tls' / 'mta.key'}, {self.etc / 'tls' / 'mta.pem'}",
+            "smtpd_tls_chain_files": ", ".join(str(f) for f in chain_files),
             "smtpd_tls_session_cache_database": "btree:${data_directory}/smtpd_scache",
             "smtp_tls_security_level": "may",
             "smtp_tls_session_cache_database": "btree:${data_directory}/smtp_scache",
@@ -501,6 +516,7 @@ def report(meta: dict, summary: dict, idle_results: dict, cases) -> str:
     lines.append(f"Rounds: {meta['rounds']} (medians); load average before/after: "
                  f"{meta['load_before']} / {meta.get('load_after')}; started {meta['started']}, "
                  f"took {meta.get('duration_s', 0):.0f} s")
+    lines.append(f"Server certificates: {meta.get('certificates', 'RSA-4096 only')}")
     lines.append("")
     lines.append("Ratios are Postern/Postfix: above 1 is better for msg/s, below 1 is better for latency and CPU.")
     lines.append("")
@@ -589,6 +605,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5; --quick: 1)")
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--no-postfix", action="store_true", help="Postern only")
+    ap.add_argument("--rsa-only", action="store_true",
+                    help="serve only the RSA-4096 certificate (no ECDSA certificate beside it, on either MTA)")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-connection tests")
     ap.add_argument("--idle", type=int, default=None, help="idle connections for the memory test (default 1000)")
     ap.add_argument("--idle-max", type=int, default=None, help="idle connections Postern must hold (default 10000)")
@@ -615,6 +633,7 @@ def main() -> int:
 
     started = time.time()
     meta = {"started": dt.datetime.now().isoformat(timespec="seconds"), "rounds": rounds,
+            "certificates": "RSA-4096 only" if args.rsa_only else "RSA-4096 + ECDSA P-256 (both MTAs)",
             "quick": args.quick, "machine": machine(), "load_before": loadavg(),
             "argv": sys.argv[1:]}
     log(f"machine: {meta['machine']}")
@@ -637,6 +656,12 @@ def main() -> int:
     cert, key = work / "mta.pem", work / "mta.key"
     run(["openssl", "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-keyout", str(key), "-out", str(cert),
          "-days", "30", "-subj", "/CN=mta.bench", "-addext", "subjectAltName=DNS:mta.bench"])
+    ecdsa = None
+    if not args.rsa_only:
+        ecdsa = (work / "mta-ec.pem", work / "mta-ec.key")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(ecdsa[1]), "-out", str(ecdsa[0]), "-days", "30", "-subj", "/CN=mta.bench",
+             "-addext", "subjectAltName=DNS:mta.bench"])
 
     sink = Sink(bench_bin, work)
     mtas = []
@@ -644,17 +669,17 @@ def main() -> int:
     idle_results: dict[str, dict] = {}
     ok = True
     try:
-        postern = Postern(postern_bin, work / "postern", sink, cert, key)
+        postern = Postern(postern_bin, work / "postern", sink, cert, key, ecdsa=ecdsa)
         postern.start()
         mtas.append(postern)
         if args.postern_b:
             b_bin = bin_dir / "postern-b"
             shutil.copy2(args.postern_b, b_bin)
-            postern_b = Postern(b_bin, work / "postern-b", sink, cert, key, name="postern-b")
+            postern_b = Postern(b_bin, work / "postern-b", sink, cert, key, name="postern-b", ecdsa=ecdsa)
             postern_b.start()
             mtas.append(postern_b)
         if not args.no_postfix:
-            postfix = Postfix(work / "postfix", sink, cert, key)
+            postfix = Postfix(work / "postfix", sink, cert, key, ecdsa=ecdsa)
             postfix.start()
             mtas.append(postfix)
         log("started: " + ", ".join(f"{m.name} pid {m.pid} port {m.port}" for m in mtas)
