@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use postern_config::DEFAULT_CERT_NAME;
+use postern_config::{Settings, DEFAULT_CERT_NAME};
 use postern_spool::{DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState};
 use postern_store::{CertificateRecord, SqliteStore, Store};
 use serde_json::{json, Value};
@@ -527,6 +527,60 @@ async fn validation_errors_name_the_field() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "{}",
         reply.body
+    );
+}
+
+#[tokio::test]
+async fn ecdsa_certificate_must_not_be_rsa() {
+    let f = fixture();
+    let t = Some(f.token.as_str());
+    for (name, key) in [("RSA Cert", "rsa2048"), ("EC Cert", "ecdsa-p256")] {
+        let body = json!({"name": name, "generate": {"key": key}});
+        let reply = send(
+            &f.app,
+            request(Method::POST, "/api/v1/certificates", t, Some(body)),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let with_ecdsa = |name: &str| {
+        let mut settings = Settings::default();
+        settings.tls.inbound.ecdsa_certificate = name.into();
+        serde_json::to_value(&settings).unwrap()
+    };
+    let reply = send(
+        &f.app,
+        request(
+            Method::PUT,
+            "/api/v1/settings",
+            t,
+            Some(with_ecdsa("RSA Cert")),
+        ),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.json()["field"], "tls.inbound.ecdsa_certificate");
+    assert!(reply.body.contains("RSA key"), "{}", reply.body);
+    assert_eq!(f.store.settings().unwrap(), Settings::default());
+    let reply = send(
+        &f.app,
+        request(
+            Method::PUT,
+            "/api/v1/settings",
+            t,
+            Some(with_ecdsa("EC Cert")),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        f.store.settings().unwrap().tls.inbound.ecdsa_certificate,
+        "EC Cert"
     );
 }
 

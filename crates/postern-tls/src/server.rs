@@ -136,13 +136,7 @@ impl ServerTls {
 
         let mut keys = vec![certified_key(params.chain_pem, params.key_pem, &provider)?];
         for alternate in alternates {
-            let key = certified_key(alternate.chain_pem, alternate.key_pem, &provider)?;
-            if key.key.algorithm() == SignatureAlgorithm::RSA {
-                return Err(TlsError::Config(
-                    "the certificate presented beside the primary one has an RSA key; it must be ECDSA (or Ed25519)".into(),
-                ));
-            }
-            keys.push(key);
+            keys.push(alternate_key(alternate, &provider)?);
         }
         // Stable: among keys of one family, the primary stays first.
         keys.sort_by_key(|k| k.key.algorithm() == SignatureAlgorithm::RSA);
@@ -214,6 +208,28 @@ impl ServerTls {
 }
 
 /// Load and cross-check one certificate entry for serving.
+impl CertKeyPem<'_> {
+    /// Can this entry be presented beside a primary certificate? It must be
+    /// valid, its key must match, and the key must not be RSA: the RSA
+    /// primary would always be chosen before it.
+    pub fn check_alternate(&self) -> Result<(), TlsError> {
+        alternate_key(self, &provider()).map(|_| ())
+    }
+}
+
+fn alternate_key(
+    alternate: &CertKeyPem<'_>,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = certified_key(alternate.chain_pem, alternate.key_pem, provider)?;
+    if key.key.algorithm() == SignatureAlgorithm::RSA {
+        return Err(TlsError::Config(
+            "the certificate presented beside the primary one has an RSA key; it must be ECDSA (or Ed25519)".into(),
+        ));
+    }
+    Ok(key)
+}
+
 fn certified_key(
     chain_pem: &str,
     key_pem: &str,

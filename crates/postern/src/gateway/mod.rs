@@ -95,6 +95,7 @@ pub async fn run(ctx: Context) -> Result<()> {
         shutdown,
     });
 
+    let mut signals = StopSignals::install()?;
     let mut bound = Vec::new();
     for (addrs, implicit_tls) in [
         (&node.smtp.listen, false),
@@ -147,7 +148,7 @@ pub async fn run(ctx: Context) -> Result<()> {
         ctx.hostname
     );
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!(
         "shutting down: no new connections; sessions get {} to finish",
         node.smtp.shutdown_grace
@@ -228,24 +229,27 @@ async fn refuse(mut tcp: TcpStream, _peer: SocketAddr, implicit_tls: bool) {
     let _ = tokio::time::timeout(Duration::from_secs(1), tcp.shutdown()).await;
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
+/// SIGTERM and SIGINT, caught from the moment this is created: created
+/// before any listener answers, so a stop right after the first `220` is
+/// a graceful one, never the default action (instant death).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
