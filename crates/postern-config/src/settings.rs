@@ -138,6 +138,8 @@ pub struct MtaSettings {
     pub queue_lifetime: Duration,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Tracking events older than this are deleted (checked hourly).
+    pub tracking_retention: Duration,
 }
 
 impl Default for MtaSettings {
@@ -152,6 +154,7 @@ impl Default for MtaSettings {
             queue_lifetime: Duration::from_secs(5 * 86_400),
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
+            tracking_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -246,6 +249,7 @@ impl Settings {
             ("mta.queue_lifetime", mta.queue_lifetime),
             ("mta.min_backoff", mta.min_backoff),
             ("mta.max_backoff", mta.max_backoff),
+            ("mta.tracking_retention", mta.tracking_retention),
         ] {
             if value.as_secs() == 0 {
                 return Err(ConfigError::new(key, "must be longer than 0s"));
@@ -406,6 +410,7 @@ session_timeout = "300s"
 queue_lifetime = "5d"
 min_backoff = "5m"
 max_backoff = "1h"
+tracking_retention = "30d"
 
 [[domain]]
 name = "corp.example"

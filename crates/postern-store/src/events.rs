@@ -181,6 +181,20 @@ pub(crate) fn search(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Rows deleted per statement: each is its own short write transaction, so
+/// a large first prune never holds up the tracking writer for long.
+const PRUNE_CHUNK: i64 = 5000;
+
 pub(crate) fn prune(conn: &Connection, before: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute("DELETE FROM events WHERE at < ?1", [before])?)
+    let mut total = 0;
+    loop {
+        let deleted = conn.execute(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
+            [before, PRUNE_CHUNK],
+        )?;
+        total += deleted;
+        if deleted < PRUNE_CHUNK as usize {
+            return Ok(total);
+        }
+    }
 }

@@ -555,6 +555,23 @@ fn events_by_queue_id_and_message_id() {
     );
 }
 
+#[test]
+fn prune_deletes_every_old_event_in_chunks_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let old: Vec<_> = (0..12_345)
+        .map(|i| event(&format!("Q{i}"), None, 100, event_kind::RECEIVED))
+        .collect();
+    store.record_events(&old).unwrap();
+    store
+        .record_event(&event("KEEP", None, 200, event_kind::RECEIVED))
+        .unwrap();
+    assert_eq!(store.prune_events(150).unwrap(), 12_345);
+    let left = store.recent_events(10).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].queue_id, "KEEP");
+}
+
 #[cfg(unix)]
 #[test]
 fn file_and_directory_are_private() {

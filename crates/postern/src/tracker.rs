@@ -80,3 +80,28 @@ fn writer(store: &SqliteStore, rx: &Receiver<Msg>) {
         }
     }
 }
+
+/// How often old tracking events are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Delete tracking events older than `mta.tracking_retention`, soon after
+/// start and then hourly. Every node of a cluster may do it; it is idempotent.
+pub async fn prune_loop(store: Arc<SqliteStore>, live: Arc<crate::gateway::LiveConfig>) {
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        PRUNE_EVERY,
+    );
+    loop {
+        ticker.tick().await;
+        let retention = live.get().settings.mta.tracking_retention.as_secs();
+        let before =
+            crate::context::unix_now().saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.prune_events(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("deleted {n} tracking event(s) older than {retention} s"),
+            Ok(Err(e)) => tracing::warn!("tracking events not pruned: {e}"),
+            Err(e) => tracing::warn!("tracking prune task failed: {e}"),
+        }
+    }
+}

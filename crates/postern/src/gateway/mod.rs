@@ -142,6 +142,10 @@ pub async fn run(ctx: Context) -> Result<()> {
         control::socket_path(&node.data_dir),
         Arc::clone(&runner),
     ));
+    let pruner = tokio::spawn(crate::tracker::prune_loop(
+        Arc::clone(&ctx.store),
+        Arc::clone(&shared.live),
+    ));
     tracing::info!(
         "Postern {} running as {}",
         env!("CARGO_PKG_VERSION"),
@@ -158,6 +162,7 @@ pub async fn run(ctx: Context) -> Result<()> {
         handle.abort();
     }
     reloader.abort();
+    pruner.abort();
     // Delivery attempts in flight are abandoned: their recipients stay
     // queued and are tried again at the next start.
     delivery.abort();
