@@ -415,6 +415,11 @@ FULL_CASES = [
     ("newconn-tls-100k-c10", "starttls", "tls", "100k", 10, 20, ["--new-connection-per-message", "--no-resume"]),
     ("newconn-tls-resume-4k-c10", "starttls", "tls", "4k", 10, 40, ["--new-connection-per-message"]),
     ("smtps-4k-c10", "implicit-tls", "tls", "4k", 10, 100, []),
+    # The same offered load for both (open loop, below either MTA's
+    # capacity): latency compared at equal throughput, not at equal
+    # concurrency (where the faster MTA queues more messages in DATA→250).
+    ("paced250-plain-4k-c50", "plain", "plain", "4k", 50, 20, ["--rate", "250"]),
+    ("paced250-tls-4k-c50", "starttls", "tls", "4k", 50, 20, ["--rate", "250"]),
 ]
 
 QUICK_CASES = [

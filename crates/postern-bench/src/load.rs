@@ -47,6 +47,12 @@ pub struct LoadArgs {
     /// No TLS session resumption (every handshake is a full one).
     #[arg(long)]
     no_resume: bool,
+    /// Offered load in messages per second over all connections (open
+    /// loop: message k of connection i is due at (k·C + i)/RATE seconds),
+    /// so latency can be compared at the same throughput. 0: as fast as
+    /// the MTA answers (closed loop).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Token prefix identifying this run at the sink (no dots).
     #[arg(long)]
     run: Option<String>,
@@ -175,10 +181,28 @@ impl ConnResult {
     }
 }
 
+/// When message `msg` of connection `index` is due under `--rate`.
+#[derive(Clone, Copy)]
+struct Pace {
+    start: tokio::time::Instant,
+    connections: u32,
+    rate: f64,
+}
+
+impl Pace {
+    fn due(&self, index: u32, msg: u32) -> Option<tokio::time::Instant> {
+        (self.rate > 0.0).then(|| {
+            let slot = f64::from(msg) * f64::from(self.connections) + f64::from(index);
+            self.start + Duration::from_secs_f64(slot / self.rate)
+        })
+    }
+}
+
 async fn connection(
     index: u32,
     messages: u32,
     new_per_message: bool,
+    pace: Pace,
     opts: Arc<Options>,
     template: Arc<Template>,
 ) -> ConnResult {
@@ -190,6 +214,9 @@ async fn connection(
         template.from, template.rcpt
     );
     for msg in 0..messages {
+        if let Some(due) = pace.due(index, msg) {
+            tokio::time::sleep_until(due).await;
+        }
         let mut c = match client.take() {
             Some(c) => c,
             None => {
@@ -378,14 +405,23 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     let cpu_before = watch.map(|w| w.cpu_seconds());
     let sampler = watch.map(|w| Sampler::start(w, Duration::from_millis(200)));
 
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        anyhow::bail!("--rate must be a number of messages per second, 0 or more");
+    }
     let start = Instant::now();
     let start_epoch = epoch();
+    let pace = Pace {
+        start: tokio::time::Instant::now(),
+        connections: args.connections,
+        rate: args.rate,
+    };
     let mut tasks = Vec::new();
     for index in 0..args.connections {
         tasks.push(tokio::spawn(connection(
             index,
             args.messages,
             args.new_connection_per_message,
+            pace,
             Arc::clone(&opts),
             Arc::clone(&template),
         )));
@@ -432,6 +468,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         "message_bytes": message_bytes,
         "new_connection_per_message": args.new_connection_per_message,
         "resume": !args.no_resume,
+        "rate": args.rate,
         "sent": u64::from(args.connections) * u64::from(args.messages),
         "accepted": accepted,
         "failed": failed,
