@@ -6,6 +6,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::SpoolError;
 use crate::format::{self, Body, DecodeError};
@@ -38,6 +39,8 @@ pub struct Spool {
     queue: PathBuf,
     /// Shared fsyncs of `queue/` (see [`GroupSync`]).
     queue_sync: GroupSync,
+    /// Set once unnamed files (`O_TMPFILE`) turned out not to work here.
+    unnamed_unsupported: AtomicBool,
     corrupt: PathBuf,
     /// Held for the lifetime of a writable spool; `None` when read-only.
     _lock: Option<File>,
@@ -100,6 +103,7 @@ impl Spool {
             tmp: dir.join(TMP),
             queue: dir.join(QUEUE),
             queue_sync: GroupSync::new(&dir.join(QUEUE)),
+            unnamed_unsupported: AtomicBool::new(false),
             corrupt: dir.join(CORRUPT),
             _lock: lock,
             read_only,
@@ -126,6 +130,12 @@ impl Spool {
         self.writable()?;
         let encoded = format::encode_message(envelope, message)
             .map_err(|reason| SpoolError::InvalidEnvelope { reason })?;
+        if !self.unnamed_unsupported.load(Ordering::Relaxed) {
+            match self.store_unnamed(&encoded, message)? {
+                Some(id) => return Ok(id),
+                None => self.unnamed_unsupported.store(true, Ordering::Relaxed),
+            }
+        }
         let (id, tmp_path, file) = self.create_tmp_message()?;
         let result = self.commit_message(&id, &tmp_path, file, &encoded, message);
         if result.is_err() {
@@ -133,6 +143,76 @@ impl Spool {
             let _ = fs::remove_file(&tmp_path);
         }
         result.map(|()| id)
+    }
+
+    /// The fast path of [`Spool::store`]: the file is created without a name
+    /// in `queue/` (`O_TMPFILE`), written and fsync'd, and then linked as
+    /// `queue/<ID>` — a link never replaces an existing name, so a taken id
+    /// just means another try. Unlike create-in-`tmp/` + rename, creating
+    /// the inode does not hold a directory lock, and no two directories are
+    /// locked for a rename: concurrent sessions no longer queue on `tmp/`.
+    /// A crash before the link leaves no name at all. `Ok(None)`: this file
+    /// system or kernel cannot (no `O_TMPFILE`, no `/proc`); use `tmp/`.
+    fn store_unnamed(
+        &self,
+        encoded: &format::EncodedMessage,
+        message: &[u8],
+    ) -> Result<Option<QueueId>, SpoolError> {
+        use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
+        use rustix::io::Errno;
+        use std::os::fd::AsRawFd;
+
+        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let fd = match openat(CWD, &self.queue, flags, Mode::from_raw_mode(FILE_MODE)) {
+            Ok(fd) => fd,
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS) => return Ok(None),
+            Err(e) => return Err(SpoolError::io("create (unnamed) in", &self.queue, e.into())),
+        };
+        let mut file = File::from(fd);
+        let mut parts = [
+            IoSlice::new(&encoded.header),
+            IoSlice::new(message),
+            IoSlice::new(&encoded.trailer),
+        ];
+        write_all_vectored(&mut file, &mut parts)
+            .map_err(|e| SpoolError::io("write (unnamed) in", &self.queue, e))?;
+        file.sync_all()
+            .map_err(|e| SpoolError::io("fsync (unnamed) in", &self.queue, e))?;
+        // Linking by descriptor needs CAP_DAC_READ_SEARCH (AT_EMPTY_PATH);
+        // through /proc it needs nothing.
+        let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let mut last_err = None;
+        for _ in 0..NAME_ATTEMPTS {
+            let id = QueueId::generate();
+            let final_path = self.queue.join(id.as_str());
+            match linkat(
+                CWD,
+                by_fd.as_str(),
+                CWD,
+                &final_path,
+                AtFlags::SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => {
+                    if let Err(e) = self.queue_sync.sync() {
+                        // Not durable, so not acknowledged: take it back.
+                        let _ = fs::remove_file(&final_path);
+                        return Err(e);
+                    }
+                    return Ok(Some(id));
+                }
+                Err(Errno::EXIST) => last_err = Some(Errno::EXIST),
+                // No /proc, or it refuses us: the rename path needs neither.
+                Err(
+                    Errno::NOENT | Errno::ACCESS | Errno::PERM | Errno::XDEV | Errno::OPNOTSUPP,
+                ) => return Ok(None),
+                Err(e) => return Err(SpoolError::io("link into queue", final_path, e.into())),
+            }
+        }
+        let e = last_err.map_or_else(
+            || io::Error::from(io::ErrorKind::AlreadyExists),
+            io::Error::from,
+        );
+        Err(SpoolError::io("find a free queue id in", &self.queue, e))
     }
 
     /// Reserve a fresh id: `tmp/<ID>` created exclusively, and no `queue/<ID>`.
@@ -708,4 +788,53 @@ fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> io::Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            sender: "a@example.test".into(),
+            recipients: vec!["b@example.test".into()],
+            received_at: 1,
+            client_addr: "192.0.2.1:25".into(),
+            helo: "client.example.test".into(),
+            tls: None,
+            body: "8BITMIME".into(),
+            smtputf8: false,
+            message_id: None,
+        }
+    }
+
+    /// The unnamed-file path and the `tmp/` + rename fallback write the
+    /// same bytes, private, with nothing left in `tmp/`.
+    #[test]
+    fn both_store_paths_write_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let fast = spool
+            .store(&envelope(), b"Subject: x\r\n\r\nbody\r\n")
+            .unwrap();
+        assert!(
+            !spool.unnamed_unsupported.load(Ordering::Relaxed),
+            "O_TMPFILE should work on the test machine's file system"
+        );
+        spool.unnamed_unsupported.store(true, Ordering::Relaxed);
+        let fallback = spool
+            .store(&envelope(), b"Subject: x\r\n\r\nbody\r\n")
+            .unwrap();
+        let read = |id: &QueueId| fs::read(spool.queue.join(id.as_str())).unwrap();
+        assert_eq!(read(&fast), read(&fallback));
+        for id in [&fast, &fallback] {
+            let mode = fs::metadata(spool.queue.join(id.as_str()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, FILE_MODE);
+            assert!(spool.load(id).is_ok());
+        }
+        assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
+    }
 }
