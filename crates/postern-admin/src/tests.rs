@@ -585,6 +585,60 @@ async fn ecdsa_certificate_must_not_be_rsa() {
 }
 
 #[tokio::test]
+async fn tls_page_sets_tickets_and_ecdsa_certificate_and_keeps_them_when_absent() {
+    let f = fixture();
+    let (cookie, csrf) = login(&f.app).await;
+    let t = Some(f.token.as_str());
+    let body = json!({"name": "Own EC", "generate": {"key": "ecdsa-p256"}});
+    let reply = send(
+        &f.app,
+        request(Method::POST, "/api/v1/certificates", t, Some(body)),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let post = |extra: &str| {
+        let base = "tls.inbound.mode=offer&tls.inbound.certificate=Default+Cert\
+            &tls.inbound.client_certificate=none&tls.inbound.min_version=1.2\
+            &tls.outbound.mode=opportunistic&tls.outbound.trusted_ca=system\
+            &tls.outbound.client_certificate=";
+        Request::post("/settings/tls")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}&{base}{extra}")))
+            .unwrap()
+    };
+    let reply = send(
+        &f.app,
+        post("&tls.inbound.session_tickets=off&tls.inbound.ecdsa_certificate=Own+EC"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    let inbound = f.store.settings().unwrap().tls.inbound;
+    assert!(!inbound.session_tickets);
+    assert_eq!(inbound.ecdsa_certificate, "Own EC");
+    // A form without the two fields (an older page) leaves them alone.
+    let reply = send(&f.app, post("")).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    let inbound = f.store.settings().unwrap().tls.inbound;
+    assert!(!inbound.session_tickets);
+    assert_eq!(inbound.ecdsa_certificate, "Own EC");
+    // Nonsense is refused next to the field; nothing changes.
+    let reply = send(&f.app, post("&tls.inbound.session_tickets=sometimes")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("is not on or off"), "{}", reply.body);
+    assert!(!f.store.settings().unwrap().tls.inbound.session_tickets);
+    // The page shows both.
+    let reply = send(&f.app, request(Method::GET, "/settings/tls", t, None)).await;
+    assert!(reply.body.contains("tls.inbound.session_tickets"));
+    assert!(reply.body.contains("ECDSA certificate beside it"));
+}
+
+#[tokio::test]
 async fn certificates_generate_show_and_delete_in_use() {
     let f = fixture();
     let t = Some(f.token.as_str());
