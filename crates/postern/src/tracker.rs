@@ -18,6 +18,10 @@ use postern_store::{SqliteStore, Store, TrackingEvent};
 /// Most events per transaction.
 const MAX_BATCH: usize = 1024;
 
+/// How long the writer lets events gather after each transaction. `postern
+/// trace` may lag the mail log by this much.
+const GATHER: Duration = Duration::from_millis(20);
+
 enum Msg {
     Events(Vec<TrackingEvent>),
     Flush(Sender<()>),
@@ -75,8 +79,14 @@ fn writer(store: &SqliteStore, rx: &Receiver<Msg>) {
             }
             batch.clear();
         }
+        let flush_asked = !flushed.is_empty();
         for done in flushed.drain(..) {
             let _ = done.send(());
+        }
+        // Let the next events gather: one wake-up and one transaction per
+        // interval under load, instead of one per event.
+        if !flush_asked {
+            std::thread::sleep(GATHER);
         }
     }
 }
