@@ -170,6 +170,8 @@ def test_ecdsa_companion_served_to_ecdsa_clients_rsa_to_the_rest(make_gateway):
     assert "id-ecPublicKey" in text and ("prime256v1" in text or "P-256" in text), text
     assert re.search(r"CN\s*=\s*mx\.postern\.test\b", text) and "DNS:mx.postern.test" in text, text
     ecdsa = fingerprint(ecdsa_pem)
+    listing = [l for l in gw.cli_ok("cert", "list").stdout.splitlines() if "Default Cert ECDSA" in l]
+    assert listing and "automatic" in listing[0], listing
     gw.start()
 
     # openssl offers ECDSA first: it gets the companion, on both listeners.

@@ -80,12 +80,10 @@ pub struct CertificateView {
 /// Which settings use `name`, plus the admin listener.
 pub fn used_by(settings: &Settings, name: &str, admin_certificate: Option<&str>) -> Vec<String> {
     let mut keys: Vec<String> = settings
-        .certificate_references()
+        .certificate_usage(name)
         .into_iter()
-        .filter(|(_, used)| *used == name)
-        .map(|(key, _)| key.to_string())
+        .map(str::to_string)
         .collect();
-    keys.dedup();
     if admin_certificate == Some(name) {
         keys.push("admin listener".to_string());
     }

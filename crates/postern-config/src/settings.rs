@@ -316,6 +316,39 @@ impl Settings {
         refs
     }
 
+    /// The ECDSA certificate entry presented beside `tls.inbound.certificate`:
+    /// the one `tls.inbound.ecdsa_certificate` names, or, when that is empty
+    /// and the primary is the `Default Cert`, its generated companion (which
+    /// may have been deleted: then nothing is presented beside it).
+    pub fn effective_ecdsa_certificate(&self) -> Option<&str> {
+        let inbound = &self.tls.inbound;
+        if !inbound.ecdsa_certificate.is_empty() {
+            Some(&inbound.ecdsa_certificate)
+        } else if inbound.certificate == DEFAULT_CERT_NAME {
+            Some(DEFAULT_ECDSA_CERT_NAME)
+        } else {
+            None
+        }
+    }
+
+    /// Where `name` is in use, for listings: every setting key that names
+    /// it, plus the automatic ECDSA companion of the `Default Cert`.
+    pub fn certificate_usage(&self, name: &str) -> Vec<&'static str> {
+        let mut keys: Vec<&'static str> = self
+            .certificate_references()
+            .into_iter()
+            .filter(|(_, used)| *used == name)
+            .map(|(key, _)| key)
+            .collect();
+        keys.dedup();
+        if self.tls.inbound.ecdsa_certificate.is_empty()
+            && self.effective_ecdsa_certificate() == Some(name)
+        {
+            keys.push("tls.inbound.ecdsa_certificate (automatic, beside the Default Cert)");
+        }
+        keys
+    }
+
     /// The banner text after `220 `.
     pub fn banner(&self, hostname: &str) -> String {
         if self.mta.banner.is_empty() {
@@ -375,6 +408,25 @@ fn path_error<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> Confi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ecdsa_companion_only_beside_the_default_cert() {
+        let mut s = Settings::default();
+        assert_eq!(
+            s.effective_ecdsa_certificate(),
+            Some(DEFAULT_ECDSA_CERT_NAME)
+        );
+        assert_eq!(s.certificate_usage(DEFAULT_ECDSA_CERT_NAME).len(), 1);
+        s.tls.inbound.certificate = "Own RSA".into();
+        assert_eq!(s.effective_ecdsa_certificate(), None);
+        assert!(s.certificate_usage(DEFAULT_ECDSA_CERT_NAME).is_empty());
+        s.tls.inbound.ecdsa_certificate = "Own EC".into();
+        assert_eq!(s.effective_ecdsa_certificate(), Some("Own EC"));
+        assert_eq!(
+            s.certificate_usage("Own EC"),
+            ["tls.inbound.ecdsa_certificate"]
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_round_trip() {

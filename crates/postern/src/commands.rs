@@ -164,12 +164,7 @@ fn find(store: &dyn Store, name: &str) -> Result<CertificateRecord> {
 
 /// The setting keys that use this certificate.
 fn usage(settings: &Settings, name: &str) -> Vec<&'static str> {
-    settings
-        .certificate_references()
-        .into_iter()
-        .filter(|(_, used)| *used == name)
-        .map(|(key, _)| key)
-        .collect()
+    settings.certificate_usage(name)
 }
 
 fn generate(ctx: &Context, args: GenerateArgs) -> Result<()> {

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use postern_config::{Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME};
+use postern_config::Settings;
 use postern_delivery::{ClientTls, TrustSources};
 use postern_store::Store;
 use postern_tls::{CertKeyPem, InboundTlsParams, ServerTls};
@@ -110,11 +110,7 @@ pub fn build_server_tls(settings: &Settings, store: &dyn Store) -> Result<Server
 /// companion beside it: clients that verify would see the wrong one.
 fn ecdsa_companion(settings: &Settings, store: &dyn Store) -> Result<Option<(String, String)>> {
     let inbound = &settings.tls.inbound;
-    let name = if !inbound.ecdsa_certificate.is_empty() {
-        inbound.ecdsa_certificate.as_str()
-    } else if inbound.certificate == DEFAULT_CERT_NAME {
-        DEFAULT_ECDSA_CERT_NAME
-    } else {
+    let Some(name) = settings.effective_ecdsa_certificate() else {
         return Ok(None);
     };
     let Some(record) = store.certificate(name)? else {
