@@ -52,7 +52,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use self::starttls::{describe_outcome, io_reason, starttls, Upgrade};
-use self::stream::{Io, Stream};
+use self::stream::Io;
+pub use self::stream::Stream;
 use crate::classify::{Failure, FailureKind, HostRef, Stage};
 use crate::policy::{after_handshake, decide, Plan, TlsPolicyFailure, Verdict};
 use crate::route::Target;

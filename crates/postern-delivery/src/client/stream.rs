@@ -15,8 +15,9 @@ use tokio_rustls::client::TlsStream;
 use super::Timeouts;
 use crate::classify::{FailureKind, Stage};
 
-/// The socket, plaintext or TLS.
-pub(super) enum Stream {
+/// The socket, plaintext or TLS, as one `AsyncRead + AsyncWrite` (also
+/// used by the benchmark's load generator).
+pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
