@@ -256,3 +256,23 @@ def test_session_tickets_on_by_default_and_can_be_turned_off(gw):
         time.sleep(0.2)
     r = gw.cli("settings", "set", "tls.inbound.session_tickets", "maybe")
     assert r.rc != 0 and "tls.inbound.session_tickets" in r.output, r
+
+
+def test_store_from_an_earlier_version_gets_no_companion(make_gateway):
+    """A store whose Default Cert exists from before the ECDSA companion (an
+    upgrade) keeps presenting only what it presented: peers may have pinned
+    it. Simulated by removing the companion and its one-time flag from a
+    fresh store, which leaves it as an earlier version would have."""
+    import sqlite3
+    gw = make_gateway(fresh_store=True, start=False)
+    rsa = fingerprint(export_default(gw))
+    db = sqlite3.connect(gw.data_dir / "postern.db")
+    with db:
+        db.execute("DELETE FROM certificates WHERE name = 'Default Cert ECDSA'")
+        gone = db.execute("DELETE FROM meta WHERE key = 'generated_certificate:Default Cert ECDSA'").rowcount
+    db.close()
+    assert gone == 1, "the companion's one-time flag was not where this test expects it"
+    gw.start()
+    assert "Default Cert ECDSA" not in gw.cli_ok("cert", "list").stdout
+    leaf, _ = served_cert(gw.smtp_port, starttls=True, rsa_only=False)
+    assert fingerprint(leaf) == rsa

@@ -31,13 +31,18 @@ impl Context {
             .with_context(|| format!("creating data directory {}", node.data_dir.display()))?;
         let store = SqliteStore::open(&node.store_path())
             .with_context(|| format!("opening the store {}", node.store_path().display()))?;
-        ensure_generated(&store, DEFAULT_CERT_NAME, KeyKind::Rsa4096, &hostname)?;
-        ensure_generated(
-            &store,
-            DEFAULT_ECDSA_CERT_NAME,
-            KeyKind::EcdsaP256,
-            &hostname,
-        )?;
+        // The ECDSA companion is born with the Default Cert, never later: a
+        // store from an earlier version (or one whose Default Cert was
+        // imported) keeps presenting exactly what it presented, so peers
+        // that pinned it (DANE TLSA, fingerprints) keep working.
+        if ensure_generated(&store, DEFAULT_CERT_NAME, KeyKind::Rsa4096, &hostname)? {
+            ensure_generated(
+                &store,
+                DEFAULT_ECDSA_CERT_NAME,
+                KeyKind::EcdsaP256,
+                &hostname,
+            )?;
+        }
         Ok(Self {
             node,
             hostname,
@@ -47,8 +52,13 @@ impl Context {
 }
 
 /// Generate one of the default certificates at first start (never again,
-/// not even after it was deleted).
-fn ensure_generated(store: &SqliteStore, name: &str, kind: KeyKind, hostname: &str) -> Result<()> {
+/// not even after it was deleted). True when it was generated now.
+fn ensure_generated(
+    store: &SqliteStore,
+    name: &str,
+    kind: KeyKind,
+    hostname: &str,
+) -> Result<bool> {
     let generated = store.ensure_default_certificate(name, &mut || {
         tracing::info!("generating the {name} ({}) for {hostname}", kind.as_str());
         let cert = generate_self_signed(kind, hostname, &[hostname.to_string()])
@@ -63,7 +73,7 @@ fn ensure_generated(store: &SqliteStore, name: &str, kind: KeyKind, hostname: &s
     if generated {
         tracing::info!("created {name} in the store");
     }
-    Ok(())
+    Ok(generated)
 }
 
 pub fn system_hostname() -> String {
