@@ -38,10 +38,13 @@ pub async fn enqueue(shared: &Arc<Shared>, delivery: Delivery) -> Result<String,
         message_id: message_id(&delivery.message),
     };
     let spool = Arc::clone(&shared.spool);
+    // Never closed, so this only waits; on a (theoretical) error, go on.
+    let slot = shared.store_slots.acquire().await.ok();
     let stored = {
         let envelope = envelope.clone();
         tokio::task::spawn_blocking(move || spool.store(&envelope, &message)).await
     };
+    drop(slot);
     let client = format!("[{}]", delivery.peer.ip());
     let id = match stored {
         Ok(Ok(id)) => {
