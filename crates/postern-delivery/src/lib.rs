@@ -46,4 +46,4 @@ pub use policy::{
     after_handshake, decide, Fallback, HandshakeOutcome, Plan, TlsPolicyFailure, Verdict,
 };
 pub use route::{resolve, Resolver, ResolverError, RouteError, Target};
-pub use tls_client::{ClientTls, TlsSetupError, TrustSources};
+pub use tls_client::{ClientTls, ServerCheck, TlsSetupError, TrustSources};

@@ -136,13 +136,11 @@ impl ClientTls {
                 Ok(Arc::new(config))
             };
 
-        let verifying = build(Arc::new(Strict {
-            trust: trust.clone(),
+        let verifying = build(Arc::new(ServerCheck {
+            trust: Some(trust.clone()),
             algorithms: provider.signature_verification_algorithms,
         }))?;
-        let accepting = build(Arc::new(AcceptAny {
-            algorithms: provider.signature_verification_algorithms,
-        }))?;
+        let accepting = build(Arc::new(ServerCheck::accept_any(&provider)))?;
         Ok(ClientTls {
             verifying,
             accepting,
@@ -251,19 +249,35 @@ impl fmt::Display for NoTrustAnchors {
 
 impl std::error::Error for NoTrustAnchors {}
 
-/// `verify`: chain and name, or the handshake fails.
-struct Strict {
-    trust: Arc<Trust>,
+/// The outbound server-certificate check. With trust anchors (`verify`):
+/// chain and name, or the handshake fails. Without (`require`,
+/// `opportunistic`, and the benchmark's load generator): any certificate.
+/// Either way the handshake signatures are really checked, so the peer must
+/// hold the key of the certificate it shows.
+pub struct ServerCheck {
+    trust: Option<Arc<Trust>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl fmt::Debug for Strict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Strict").finish_non_exhaustive()
+impl ServerCheck {
+    /// Any certificate, real signatures.
+    pub fn accept_any(provider: &CryptoProvider) -> Self {
+        Self {
+            trust: None,
+            algorithms: provider.signature_verification_algorithms,
+        }
     }
 }
 
-impl ServerCertVerifier for Strict {
+impl fmt::Debug for ServerCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCheck")
+            .field("verifies_chain", &self.trust.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -272,49 +286,10 @@ impl ServerCertVerifier for Strict {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.trust
-            .verify(end_entity, intermediates, server_name, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `require` / `opportunistic`: any certificate, but real signatures.
-#[derive(Debug)]
-struct AcceptAny {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.trust {
+            Some(trust) => trust.verify(end_entity, intermediates, server_name, now),
+            None => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(

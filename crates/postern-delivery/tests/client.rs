@@ -707,6 +707,14 @@ async fn connection_failures_are_temporary() {
         let tls = client_tls(&[]);
         let mut quick = timeouts();
         quick.greeting = Duration::from_millis(300);
+        let open_failing = |addr| {
+            let (tls, quick) = (&tls, &quick);
+            async move {
+                Connection::open(MX_NAME, addr, tls, OutboundMode::Opportunistic, HELO, quick)
+                    .await
+                    .unwrap_err()
+            }
+        };
 
         // Nobody listening.
         let closed = {
@@ -715,16 +723,7 @@ async fn connection_failures_are_temporary() {
                 .expect("bind");
             listener.local_addr().expect("addr")
         };
-        let error = Connection::open(
-            MX_NAME,
-            closed,
-            &tls,
-            OutboundMode::Opportunistic,
-            HELO,
-            &quick,
-        )
-        .await
-        .unwrap_err();
+        let error = open_failing(closed).await;
         assert!(
             matches!(error.failure.kind, FailureKind::Connect(_)),
             "{error}"
@@ -741,16 +740,7 @@ async fn connection_failures_are_temporary() {
             let _ = tcp.read(&mut sink).await;
         })
         .await;
-        let error = Connection::open(
-            MX_NAME,
-            silent,
-            &tls,
-            OutboundMode::Opportunistic,
-            HELO,
-            &quick,
-        )
-        .await
-        .unwrap_err();
+        let error = open_failing(silent).await;
         assert_eq!(error.failure.kind, FailureKind::Timeout(Stage::Greeting));
         assert_eq!(
             error.failure.last_error(),
@@ -765,16 +755,7 @@ async fn connection_failures_are_temporary() {
             let _ = tcp.write_all(b"221 bye\r\n").await;
         })
         .await;
-        let error = Connection::open(
-            MX_NAME,
-            refusing,
-            &tls,
-            OutboundMode::Opportunistic,
-            HELO,
-            &quick,
-        )
-        .await
-        .unwrap_err();
+        let error = open_failing(refusing).await;
         assert!(!error.failure.is_permanent(), "{error}");
         assert_eq!(
             error.failure.last_error(),
@@ -786,16 +767,7 @@ async fn connection_failures_are_temporary() {
             let _ = tcp.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         })
         .await;
-        let error = Connection::open(
-            MX_NAME,
-            garbage,
-            &tls,
-            OutboundMode::Opportunistic,
-            HELO,
-            &quick,
-        )
-        .await
-        .unwrap_err();
+        let error = open_failing(garbage).await;
         assert!(
             matches!(error.failure.kind, FailureKind::Protocol(_)),
             "{error}"

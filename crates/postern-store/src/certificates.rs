@@ -146,13 +146,6 @@ pub(crate) fn get(conn: &Connection, name: &str) -> Result<Option<CertificateRec
     Ok(stmt.query_row([name], from_row).optional()?)
 }
 
-/// Whether `name` exists and has a private key (for `settings::check`).
-pub(crate) fn has_key(conn: &Connection, name: &str) -> Result<Option<bool>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT key_pem IS NOT NULL FROM certificates WHERE name = ?1")?;
-    Ok(stmt.query_row([name], |row| row.get(0)).optional()?)
-}
-
 /// Insert after [`validate_record`]; call inside a write transaction.
 pub(crate) fn insert(conn: &Connection, record: &CertificateRecord) -> Result<(), StoreError> {
     let existing: Option<String> = conn

@@ -5,9 +5,10 @@
 //! `postern-config`, the one place that knows it.
 
 use postern_config::{ConfigError, Settings};
+use postern_tls::CertKeyPem;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::StoreError;
+use crate::{CertificateRecord, StoreError};
 
 /// Keys whose certificate is presented to peers and so needs a private key.
 const KEYS_NEEDING_PRIVATE_KEY: &[&str] = &[
@@ -55,11 +56,11 @@ pub(crate) fn save(conn: &Connection, settings: &Settings) -> Result<(), StoreEr
 /// backend.
 pub(crate) fn check(
     settings: &Settings,
-    mut lookup: impl FnMut(&str) -> Result<Option<bool>, StoreError>,
+    mut lookup: impl FnMut(&str) -> Result<Option<CertificateRecord>, StoreError>,
 ) -> Result<(), StoreError> {
     settings.validate()?;
     for (key, name) in settings.certificate_references() {
-        let Some(has_key) = lookup(name)? else {
+        let Some(record) = lookup(name)? else {
             let message = if name == "system" {
                 "\"system\" (the public web PKI roots) is only accepted in tls.outbound.trusted_ca; name CA entries of the certificate table".to_string()
             } else {
@@ -67,14 +68,27 @@ pub(crate) fn check(
             };
             return Err(ConfigError::new(key, message).into());
         };
-        if !has_key && KEYS_NEEDING_PRIVATE_KEY.contains(&key) {
-            return Err(ConfigError::new(
-                key,
-                format!(
-                    "\"{name}\" has no private key (it is a CA / trust anchor); name an entry with a key"
-                ),
-            )
-            .into());
+        let Some(key_pem) = record.key_pem.as_deref() else {
+            if KEYS_NEEDING_PRIVATE_KEY.contains(&key) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "\"{name}\" has no private key (it is a CA / trust anchor); name an entry with a key"
+                    ),
+                )
+                .into());
+            }
+            continue;
+        };
+        if key == "tls.inbound.ecdsa_certificate" {
+            // An RSA key here would never be chosen over the RSA primary.
+            let entry = CertKeyPem {
+                chain_pem: &record.chain_pem,
+                key_pem,
+            };
+            entry
+                .check_alternate()
+                .map_err(|e| ConfigError::new(key, format!("\"{name}\": {e}")))?;
         }
     }
     Ok(())

@@ -98,7 +98,7 @@ fn write_on<T>(
 
 /// Validate `new` against the table and save it; inside a write transaction.
 fn check_and_save(conn: &Connection, new: &Settings) -> Result<(), StoreError> {
-    settings::check(new, |name| certificates::has_key(conn, name))?;
+    settings::check(new, |name| certificates::get(conn, name))?;
     settings::save(conn, new)?;
     meta::bump_generation(conn)
 }

@@ -26,20 +26,12 @@ pub fn settings(ctx: &Context, command: SettingsCommand) -> Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let settings = parse_settings_file(&file, &text)
                 .map_err(|e| anyhow!("{}: {e}; nothing was changed", file.display()))?;
-            check_inbound_tls(store, &settings)?;
             store
                 .put_settings(&settings)
                 .map_err(|e| anyhow!("{e}; nothing was changed"))?;
             eprintln!("settings imported from {}", file.display());
         }
         SettingsCommand::Set { key, value } => {
-            if key.starts_with("tls.inbound.") {
-                let candidate = store
-                    .settings()?
-                    .with(&key, &value)
-                    .map_err(|e| anyhow!("{e}; nothing was changed"))?;
-                check_inbound_tls(store, &candidate)?;
-            }
             // Read-modify-write in one locked transaction: no lost updates.
             store
                 .update_settings(&mut |current| Ok(current.with(&key, &value)?))
@@ -48,15 +40,6 @@ pub fn settings(ctx: &Context, command: SettingsCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Refuse inbound TLS settings the gateway could not serve (a certificate
-/// whose key does not fit the key it is named in, say), before saving them:
-/// the store checks names and keys exist, this builds the configuration.
-fn check_inbound_tls(store: &dyn Store, settings: &Settings) -> Result<()> {
-    crate::gateway::build_server_tls(settings, store)
-        .map(|_| ())
-        .map_err(|e| anyhow!("{e:#}; nothing was changed"))
 }
 
 fn render(settings: &Settings, format: Format) -> String {

@@ -3,9 +3,7 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use postern_config::{ConfigError, Settings};
-use postern_store::Store;
-use postern_tls::CertKeyPem;
+use postern_config::Settings;
 
 use super::blocking;
 use crate::error::{ApiError, ApiResult};
@@ -37,8 +35,6 @@ pub async fn put_settings(State(state): State<Shared>, Body(body): Body) -> ApiR
         Settings::from_json(text).map_err(|e| ApiError::invalid(e.key.clone(), e.to_string()))?;
     let store = state.store.clone();
     let saved = blocking(move || {
-        check_ecdsa_certificate(store.as_ref(), &settings)
-            .map_err(|e| ApiError::invalid(e.key.clone(), e.to_string()))?;
         store
             .put_settings(&settings)
             .map(|()| settings)
@@ -47,30 +43,4 @@ pub async fn put_settings(State(state): State<Shared>, Body(body): Body) -> ApiR
     .await?;
     tracing::info!("settings replaced through the admin API");
     Ok(json_response(&saved))
-}
-
-/// The store checks that every named certificate exists and has a key; this
-/// checks that the entry named as `tls.inbound.ecdsa_certificate` can be
-/// presented beside the primary one (an RSA key never would be).
-pub(crate) fn check_ecdsa_certificate(
-    store: &dyn Store,
-    settings: &Settings,
-) -> Result<(), ConfigError> {
-    let name = &settings.tls.inbound.ecdsa_certificate;
-    if name.is_empty() {
-        return Ok(());
-    }
-    // Missing entry or key: the store's own check names it.
-    let Ok(Some(record)) = store.certificate(name) else {
-        return Ok(());
-    };
-    let Some(key_pem) = record.key_pem.as_deref() else {
-        return Ok(());
-    };
-    CertKeyPem {
-        chain_pem: &record.chain_pem,
-        key_pem,
-    }
-    .check_alternate()
-    .map_err(|e| ConfigError::new("tls.inbound.ecdsa_certificate", format!("\"{name}\": {e}")))
 }

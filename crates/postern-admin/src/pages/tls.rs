@@ -17,7 +17,6 @@ use super::{
     Section,
 };
 use crate::api::blocking;
-use crate::api::settings::check_ecdsa_certificate;
 use crate::error::ApiError;
 use crate::http::{CsrfForm, Principal};
 use crate::Shared;
@@ -441,12 +440,7 @@ pub async fn save(State(state): State<Shared>, form: CsrfForm) -> Response {
     let store = state.store.clone();
     let values = submitted.clone();
     let result = blocking(move || {
-        let checked = store.settings().and_then(|current| {
-            let candidate = values.apply(&current)?;
-            Ok(check_ecdsa_certificate(store.as_ref(), &candidate)?)
-        });
-        let saved =
-            checked.and_then(|()| store.update_settings(&mut |current| Ok(values.apply(current)?)));
+        let saved = store.update_settings(&mut |current| Ok(values.apply(current)?));
         let certs = store.certificates().map_err(ApiError::from_store)?;
         Ok((saved, certs))
     })
