@@ -140,6 +140,11 @@ pub struct MtaSettings {
     pub max_backoff: Duration,
     /// Tracking events older than this are deleted (checked hourly).
     pub tracking_retention: Duration,
+    /// Client networks exempt from `max_connections_per_client` (Postfix's
+    /// `smtpd_client_event_limit_exceptions`). Empty by default: unlike
+    /// Postfix (`$mynetworks`), a trusted network is not exempt on its own,
+    /// so one runaway internal host cannot take every connection slot.
+    pub limit_exempt_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for MtaSettings {
@@ -155,6 +160,7 @@ impl Default for MtaSettings {
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             tracking_retention: Duration::from_secs(30 * 86_400),
+            limit_exempt_networks: Vec::new(),
         }
     }
 }
@@ -463,6 +469,7 @@ queue_lifetime = "5d"
 min_backoff = "5m"
 max_backoff = "1h"
 tracking_retention = "30d"
+limit_exempt_networks = []
 
 [[domain]]
 name = "corp.example"
