@@ -98,11 +98,13 @@ if ! id postern >/dev/null 2>&1; then
 fi
 
 # The Debian package test: builds with dpkg-deb, computes the shared-library
-# dependencies with dpkg-shlibdeps, starts the gateway through setpriv.
-for tool in dpkg-deb dpkg-shlibdeps setpriv; do
+# dependencies with dpkg-shlibdeps, strips debug info with objcopy, starts
+# the gateway through setpriv.
+for tool in dpkg-deb dpkg-shlibdeps objcopy setpriv; do
   if ! has "$tool"; then
     case $tool in
       dpkg-shlibdeps) fail "dpkg-shlibdeps is missing (Debian package dpkg-dev)" ;;
+      objcopy) fail "objcopy is missing (Debian package binutils)" ;;
       setpriv) fail "setpriv is missing (Debian package util-linux)" ;;
       *) fail "$tool is missing (Debian package dpkg)" ;;
     esac
