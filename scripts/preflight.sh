@@ -111,6 +111,14 @@ for tool in dpkg-deb dpkg-shlibdeps objcopy setpriv; do
   fi
 done
 
+# The lint steps of the test command.
+if ! cargo fmt --version >/dev/null 2>&1; then
+  fail "cargo fmt is missing (rustup component add rustfmt)"
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+  fail "cargo clippy is missing (rustup component add clippy)"
+fi
+
 # pytest and the rest of tests/requirements.txt in the venv.
 venv=${VENV:-target/pyenv}
 if ! "$venv/bin/python" -c 'import pytest, dnslib' >/dev/null 2>&1; then

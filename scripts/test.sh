@@ -3,8 +3,9 @@
 # Debian packages (the real peers), the browser driver from npm, a Python
 # venv with pytest; then checks that every peer can do what the tests ask
 # (scripts/preflight.sh) before running
-#   1. cargo test  — unit tests and socket-free session dialogs
-#   2. pytest      — whole-gateway tests on loopback with real clients
+#   1. cargo fmt --check and cargo clippy -D warnings (no unwrap outside tests)
+#   2. cargo test  — unit tests and socket-free session dialogs
+#   3. pytest      — whole-gateway tests on loopback with real clients
 # One build profile (release) serves them all, so there is one cold build.
 # Each step prints how long it took, and a summary at the end.
 set -euo pipefail
@@ -69,6 +70,18 @@ create_postern_user() {
   fi
 }
 
+# cargo fmt and cargo clippy (a rustup "minimal" profile lacks them).
+install_rust_components() {
+  local need=() component
+  cargo fmt --version >/dev/null 2>&1 || need+=(rustfmt)
+  cargo clippy --version >/dev/null 2>&1 || need+=(clippy)
+  if [ ${#need[@]} -eq 0 ]; then
+    echo "all present"
+  elif command -v rustup >/dev/null; then
+    rustup component add "${need[@]}"
+  fi
+}
+
 # playwright-core drives Debian's Chromium; no browser download.
 install_browser_driver() {
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
@@ -88,9 +101,15 @@ run_pytest() {
 
 step "Debian packages" install_debian_packages
 step "postern system user" create_postern_user
+step "Rust components (rustfmt, clippy)" install_rust_components
 step "browser driver (npm ci)" install_browser_driver
 step "Python venv" install_python_venv
 step "preflight: every peer can do what the tests ask" env VENV="$venv" scripts/preflight.sh
+step "cargo fmt --check" cargo fmt --all -- --check
+# Release profile: clippy reuses the build scripts' output (aws-lc, SQLite)
+# of the test build; it still checks every dependency once (~3 min cold).
+step "cargo clippy (release, -D warnings)" \
+  cargo clippy --workspace --all-targets --locked --release -- -D warnings
 step "cargo test (release)" cargo test --release --workspace --locked
 step "cargo build (release)" cargo build --release --locked -p postern -p postern-bench
 step "whole-gateway tests" run_pytest "$@"
