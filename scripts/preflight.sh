@@ -111,6 +111,15 @@ for tool in dpkg-deb dpkg-shlibdeps objcopy setpriv; do
   fi
 done
 
+# The unit file checks: systemd-analyze verify / syscall-filter, and strace
+# to see which system calls the gateway makes.
+if ! has systemd-analyze; then
+  fail "systemd-analyze is missing (Debian package systemd)"
+fi
+if ! has strace; then
+  fail "strace is missing (Debian package strace)"
+fi
+
 # The lint steps of the test command.
 if ! cargo fmt --version >/dev/null 2>&1; then
   fail "cargo fmt is missing (rustup component add rustfmt)"

@@ -44,8 +44,11 @@ step() {
 #   postgresql                  — initdb/pg_ctl for a private cluster store
 #   python3-venv                — the pytest venv
 #   dpkg-dev                    — dpkg-shlibdeps for the Debian package test
+#   systemd, strace             — systemd-analyze verify and the unit's system
+#                                 call filter checked against a traced gateway
+#                                 (systemd itself is not started)
 debian_pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl postfix dnsutils
-  testssl.sh chromium fonts-dejavu-core postgresql python3-venv dpkg-dev)
+  testssl.sh chromium fonts-dejavu-core postgresql python3-venv dpkg-dev systemd strace)
 install_debian_packages() {
   local need=() pkg
   for pkg in "${debian_pkgs[@]}"; do

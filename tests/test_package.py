@@ -22,12 +22,14 @@ import signal
 import smtplib
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from postern_testlib import REPO_ROOT, free_port, make_message, postern_bin, queued_id
+from postern_testlib import (REPO_ROOT, free_port, insecure_context, make_message, postern_bin,
+                             queued_id)
 
 DATA = Path("/var/lib/postern")
 ETC = Path("/etc/postern")
@@ -252,12 +254,16 @@ def test_package_installs_runs_and_purges(deb, tmp_path):
         assert caps["CapEff"] == 1 << CAP_NET_BIND_SERVICE, hex(caps["CapEff"])
         assert caps["CapBnd"] == 1 << CAP_NET_BIND_SERVICE, hex(caps["CapBnd"])
 
-        # systemctl reload: SIGHUP, RELOADING=1 ... READY=1, still running.
+        # systemctl reload: SIGHUP, RELOADING=1 ... READY=1, still running;
+        # the store is read again although nothing changed in it.
+        reloads = stderr_path.read_text().count("settings reloaded")
         proc.send_signal(signal.SIGHUP)
         seen = notify.expect("READY=1", proc, timeout=30)
         assert any("RELOADING=1" in d.splitlines() for d in seen), seen
         assert proc.poll() is None
-        assert "SIGHUP: re-reading settings and certificates" in stderr_path.read_text()
+        text = stderr_path.read_text()
+        assert "SIGHUP: re-reading settings and certificates" in text
+        assert text.count("settings reloaded") == reloads + 1, text[-2000:]
 
         proc.send_signal(signal.SIGTERM)
         notify.expect("STOPPING=1", proc, timeout=30)
@@ -291,3 +297,106 @@ def test_package_installs_runs_and_purges(deb, tmp_path):
     sh(*AS_SERVICE, "/usr/bin/postern", "--config", str(CONFIG), "queue", "delete", qid)
     sh("dpkg", "--purge", "postern")
     assert not ETC.exists() and not DATA.exists()
+
+
+def expand_syscall_filter(spec: list[str]) -> tuple[set[str], set[str]]:
+    """(allowed, denied) system calls of the unit's SystemCallFilter= lines,
+    groups expanded by systemd-analyze."""
+    listing = sh("systemd-analyze", "syscall-filter").stdout
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in listing.splitlines():
+        if line.startswith("@"):
+            current = line.split()[0]
+            groups[current] = []
+        elif current and line.strip() and not line.strip().startswith("#"):
+            groups[current].append(line.split()[0])
+
+    def expand(name: str, depth: int = 0) -> set[str]:
+        assert depth < 10, f"group nesting too deep at {name}"
+        if not name.startswith("@"):
+            return {name}
+        assert name in groups, f"systemd-analyze knows no group {name}"
+        return set().union(*(expand(n, depth + 1) for n in groups[name]))
+
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for value in spec:
+        deny = value.startswith("~")
+        names = set().union(*(expand(n) for n in value.lstrip("~").split()))
+        (denied if deny else allowed).update(names)
+    return allowed, denied
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze") or not shutil.which("strace"),
+                    reason="needs systemd-analyze and strace")
+def test_gateway_stays_within_the_units_syscall_filter():
+    """No systemd runs here, so postern.service's SystemCallFilter= is
+    checked this way: every system call the gateway makes (start as the
+    unit starts it, STARTTLS and implicit-TLS mail, HTTPS admin, SIGHUP,
+    SIGTERM) is in what the filter allows. A call outside it would fail with
+    EPERM under systemd."""
+    unit = unit_directives((REPO_ROOT / "packaging" / "postern.service").read_text())
+    allowed, denied = expand_syscall_filter(unit["SystemCallFilter"])
+    assert allowed, unit["SystemCallFilter"]
+
+    root = Path(tempfile.mkdtemp(prefix="postern-syscalls-", dir="/var/tmp"))
+    try:
+        os.chmod(root, 0o711)
+        user = pwd.getpwnam("postern")
+        (root / "data").mkdir(mode=0o750)
+        os.chown(root / "data", user.pw_uid, user.pw_gid)
+        smtp, implicit, admin = loopback_port_below_1024(), free_port(), free_port()
+        config = root / "postern.toml"
+        config.write_text(f"""data_dir = "data"
+hostname = "mx.syscalls.test"
+[smtp]
+listen = ["127.0.0.1:{smtp}"]
+listen_implicit_tls = ["127.0.0.1:{implicit}"]
+[delivery]
+paused = true
+[admin]
+listen = "127.0.0.1:{admin}"
+""")
+        trace = root / "data" / "strace.out"  # written as postern
+        notify = Notifications()
+        with open(root / "stderr", "wb") as stderr:
+            proc = subprocess.Popen(
+                [*AS_SERVICE, "strace", "-f", "-qq", "-o", str(trace),
+                 str(postern_bin()), "--config", str(config), "run"],
+                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, cwd=root,
+                env={"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notify.env})
+        try:
+            notify.expect("READY=1", proc, timeout=120)
+            with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
+                s.starttls(context=insecure_context())
+                s.sendmail("a@syscalls.test", ["b@b.test"], make_message("syscalls-starttls"))
+            with smtplib.SMTP_SSL("127.0.0.1", implicit, timeout=30, context=insecure_context()) as s:
+                s.sendmail("a@syscalls.test", ["c@b.test"], make_message("syscalls-implicit"))
+            with socket.create_connection(("127.0.0.1", admin), timeout=30) as raw:
+                with insecure_context().wrap_socket(raw) as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    assert tls.recv(64).startswith(b"HTTP/1.1 ")
+            # Signals go to the gateway, not to strace (its parent).
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            assert len(children) == 1, children
+            gateway = int(children[0])
+            os.kill(gateway, signal.SIGHUP)
+            notify.expect("READY=1", proc, timeout=60)
+            os.kill(gateway, signal.SIGTERM)
+            assert proc.wait(60) == 0, (root / "stderr").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            notify.close()
+
+        used = set(re.findall(r"^\d+ +([a-z0-9_]+)\(", trace.read_text(), re.M))
+        used.discard("execve")  # strace starting the binary, before systemd's filter applies
+        assert len(used) > 20, sorted(used)
+        outside = sorted(used - allowed)
+        assert not outside, f"system calls SystemCallFilter= does not allow: {outside}"
+        refused = sorted(used & denied)
+        assert not refused, f"system calls SystemCallFilter=~ refuses: {refused}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
