@@ -7,9 +7,13 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-/// Bytes kept in memory: all of a small message, the head of a large one
-/// (its header section, for the SMTPUTF8 check and bounces).
+/// Bytes kept in memory of a large message: its head (the header section,
+/// for the SMTPUTF8 check and bounces).
 pub const HEAD_BYTES: usize = 64 * 1024;
+/// A message up to this size is read whole, in one read: no reads from
+/// the file while it is sent. The runner has at most 64 messages in
+/// flight, so this bounds delivery's message memory to 16 MiB.
+pub const WHOLE_BYTES: usize = 256 * 1024;
 /// Bytes read from the file at a time while sending.
 pub const READ_CHUNK: usize = 64 * 1024;
 
@@ -46,7 +50,10 @@ impl MessageBody {
     /// modified). Reads the head and scans the rest once for 8-bit bytes,
     /// in bounded chunks: blocking, call it from `spawn_blocking`.
     pub fn from_file(file: File, offset: u64, len: u64) -> io::Result<Self> {
-        let head_len = usize::try_from(len).map_or(HEAD_BYTES, |n| n.min(HEAD_BYTES));
+        let head_len = match usize::try_from(len) {
+            Ok(n) if n <= WHOLE_BYTES => n,
+            _ => HEAD_BYTES,
+        };
         let mut head = vec![0u8; head_len];
         file.read_exact_at(&mut head, offset)?;
         let mut eight_bit = head.iter().any(|b| *b >= 0x80);
@@ -84,7 +91,7 @@ impl MessageBody {
     }
 
     /// The first bytes: the whole message when it has at most
-    /// [`HEAD_BYTES`].
+    /// [`WHOLE_BYTES`], else [`HEAD_BYTES`] of it.
     pub fn head(&self) -> &[u8] {
         &self.head
     }
@@ -170,6 +177,16 @@ mod tests {
         file.write_all(&eight).unwrap();
         let body = MessageBody::from_file(file, 0, eight.len() as u64).unwrap();
         assert!(body.has_8bit(), "8-bit byte past the head is found");
+
+        let mut file = scratch("c");
+        file.write_all(&message[..200_000]).unwrap();
+        let body = MessageBody::from_file(file, 0, 200_000).unwrap();
+        assert_eq!(
+            body.head(),
+            &message[..200_000],
+            "a small message is read whole"
+        );
+        assert_eq!(collect(&body).await, &message[..200_000]);
 
         let small = MessageBody::from_bytes(b"a\r\n".to_vec());
         assert_eq!(collect(&small).await, b"a\r\n");
