@@ -596,11 +596,7 @@ Subject: hello\r\nMessage-ID: <abc@example.test>\r\n\r\nBody text\r\n.\r\n";
         assert!(text.contains("X-Filler-0: some header text\r\n"));
         assert!(!text.contains("X-Filler-19999"));
         // Cut after a whole line: every filler line in the bounce is complete.
-        let last = text
-            .lines()
-            .filter(|l| l.starts_with("X-Filler-"))
-            .last()
-            .unwrap();
+        let last = text.lines().rfind(|l| l.starts_with("X-Filler-")).unwrap();
         assert!(last.ends_with("some header text"), "{last:?}");
     }
 
