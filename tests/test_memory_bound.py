@@ -316,3 +316,42 @@ def test_30_mib_message_is_delivered_byte_identical(dns_server, make_gateway, ma
     assert received.count(b"\r\n") == received.count(b"\r\n\t") + 1, received
     assert "SIZE=" in got.mail_params and "BODY=8BITMIME" in got.mail_params, got.mail_params
     assert int(got.mail_params.split("SIZE=")[1].split()[0]) == len(got.data)
+
+
+def test_messages_refused_mid_stream_leave_nothing(make_gateway):
+    """Over the size limit or with a bare LF, found megabytes into the body:
+    the 552/550 comes at the end of data, nothing is queued, and the
+    session goes on."""
+    gw = make_gateway(start=False)
+    gw.set("mta.max_message_size", str(2 * MIB))
+    gw.start()
+    with gw.connect(timeout=30) as c:
+        c.ehlo()
+        for case in ("data-too-big", "bdat-too-big", "data-bare-lf", "bdat-bare-lf"):
+            assert c.cmd("MAIL FROM:<a@client.test>").code == 250
+            assert c.cmd("RCPT TO:<b@partner.test>").code == 250
+            body = b"Subject: refused\r\n\r\n" + PIECE * 4  # 1 MB, clean
+            if case.endswith("too-big"):
+                body += PIECE * 8                          # 3 MB in all
+            else:
+                body += b"a bare\nline feed\r\n" + PIECE * 2
+            if case.startswith("data"):
+                assert c.cmd("DATA").code == 354
+                c.send(body + b".\r\n")
+            else:
+                half = len(body) // 2
+                c.send(f"BDAT {half}\r\n".encode() + body[:half])
+                first = c.read_reply(30)
+                c.send(f"BDAT {len(body) - half} LAST\r\n".encode() + body[half:])
+                if first.code != 250:  # refused at once after the first chunk
+                    assert case == "bdat-too-big" and first.code == 552, (case, first)
+                    assert c.read_reply(30).code == 503, case  # no transaction left
+                    wait_spool_empty(gw)
+                    continue
+            r = c.read_reply(30)
+            expected = 552 if case.endswith("too-big") else 550
+            assert r.code == expected, (case, r)
+            wait_spool_empty(gw)
+        r = raw_transaction(c, "a@client.test", ["b@partner.test"], b"Subject: fine\r\n\r\nok\r\n")
+        assert r.code == 250, r
+    assert len(gw.spool_ids()) == 1
