@@ -355,3 +355,50 @@ def test_messages_refused_mid_stream_leave_nothing(make_gateway):
         r = raw_transaction(c, "a@client.test", ["b@partner.test"], b"Subject: fine\r\n\r\nok\r\n")
         assert r.code == 250, r
     assert len(gw.spool_ids()) == 1
+
+
+def test_queue_file_of_the_previous_format_is_delivered(dns_server, make_gateway, make_peer):
+    """A `POSTERN-SPOOL 1` file (SIZE in plain decimal), as the binary
+    before streaming wrote it, left in queue/ by an upgrade: verified at
+    start, delivered, removed. The current binary writes version 2."""
+    import json
+    import zlib
+
+    ip = "127.0.0.7"
+    port = free_port(ip)
+    dns_server.set_records(zone(mx_zone("partner.test", ip)))
+    peer = make_peer(ip, port, starttls=None)
+    gw = delivery_gateway(make_gateway, dns_server, port, settings={"tls.outbound.mode": "none"},
+                          start=False)
+    message = (b"Received: from old.client.test ([192.0.2.9])\r\n\tby mx.postern.test (Postern) with ESMTP;"
+               b" Thu, 1 Jan 2026 00:00:00 +0000\r\nSubject: left by the previous release\r\n"
+               b"Message-ID: <v1@origin.test>\r\n\r\n.a line with a dot\r\nbody\r\n")
+    envelope = {"sender": "alice@origin.test", "recipients": ["bob@partner.test"],
+                "received_at": int(time.time()), "client_addr": "192.0.2.9:25", "helo": "old.client.test",
+                "tls": None, "body": "7BIT", "smtputf8": False, "message_id": "<v1@origin.test>"}
+    data = b"POSTERN-SPOOL 1\n" + json.dumps(envelope, separators=(",", ":")).encode() + \
+        b"\nSIZE %d\n" % len(message) + message
+    data += b"\nEND %08x\n" % zlib.crc32(data)
+    gw.start()
+    gw.stop()  # the spool directories exist now; plant the file while stopped
+    qid = "01JZ3K5Q8M0ABCDE"
+    path = gw.queue_dir / qid
+    path.write_bytes(data)
+    os.chmod(path, 0o600)
+    gw.start()
+    outcome = wait_outcome(gw, qid, "bob@partner.test", timeout=30)
+    assert outcome["event"] == "delivered", outcome
+    got = peer.wait_for_messages(1, timeout=10)[0]
+    assert got.data == message
+    assert not (gw.corrupt_dir / qid).exists()
+    wait_spool_empty(gw)
+    # New messages are written in version 2 (the peer is gone, so this one
+    # stays queued, deferred).
+    peer.stop()
+    with gw.connect() as c:
+        c.ehlo()
+        r = raw_transaction(c, "alice@origin.test", ["bob@partner.test"], b"Subject: v2\r\n\r\nx\r\n")
+        assert r.code == 250, r
+        new = queued_id(r.text)
+    head = (gw.queue_dir / new).read_bytes()[:16]
+    assert head == b"POSTERN-SPOOL 2\n", head
