@@ -48,12 +48,13 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 class Scenario:
     """One run of the Node script; its JSON events arrive as they happen."""
 
-    def __init__(self, gw, name: str, tmp_path: Path, **env: str):
+    def __init__(self, gw, name: str, tmp_path: Path, talk: bool = False, **env: str):
         shots = tmp_path / "screenshots"
         shots.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             ["node", str(BROWSER_DIR / "admin_browser.mjs"), name],
-            cwd=BROWSER_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cwd=BROWSER_DIR, stdin=subprocess.PIPE if talk else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
             env={**os.environ, "POSTERN_ADMIN_URL": f"https://127.0.0.1:{gw.admin_port}",
                  "POSTERN_ADMIN_PASSWORD": PASSWORD, "POSTERN_SCREENSHOTS": str(shots),
@@ -76,6 +77,12 @@ class Scenario:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+    def send(self, line: str) -> None:
+        """Tell the script a step outside the browser is done."""
+        assert self.proc.stdin is not None, "scenario started without talk=True"
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     def _read_err(self):
         self._stderr = self.proc.stderr.read()
@@ -123,6 +130,31 @@ def test_login_and_navigation(admin_gw, tmp_path):
     events = run(admin_gw, "login", tmp_path)
     assert [e["event"] for e in events] == ["logged-in", "logged-out", "done"], events
     assert events[0]["title"] == "Dashboard — Postern"
+
+
+def test_login_right_after_passwd_stays_logged_in(admin_gw, tmp_path):
+    new_password = "a brand new admin password"
+    # An older session, opened with the old password over the API.
+    older = Admin(admin_gw)
+    assert older.login().status == 200
+    assert older.get("/api/v1/session").status == 200
+    scenario = Scenario(admin_gw, "relogin-after-passwd", tmp_path, talk=True,
+                        NEW_PASSWORD=new_password)
+    scenario.wait_event("ready")
+    admin_gw.cli_ok("admin", "passwd", "--password-stdin", input=(new_password + "\n").encode())
+    scenario.send("changed")
+    scenario.wait_event("logged-in-again")
+    still = scenario.wait_event("still-logged-in")
+    assert still["path"] == "/settings/tls", still
+    scenario.finish()
+    # The session opened before the change has ended (the gateway checks
+    # every 2 s; the browser waited longer than that).
+    deadline = time.monotonic() + 10
+    while older.get("/api/v1/session").status != 401:
+        assert time.monotonic() < deadline, "a session of the old password is still alive"
+        time.sleep(0.2)
+    assert "ended 1 admin session(s) opened with an older password" in admin_gw.stderr(), \
+        admin_gw.stderr()[-2000:]
 
 
 def test_require_tls_in_the_browser_reaches_smtp_within_two_seconds(admin_gw, tmp_path):

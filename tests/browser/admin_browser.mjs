@@ -4,15 +4,17 @@
 //   node admin_browser.mjs SCENARIO
 //
 // Environment: POSTERN_ADMIN_URL (https://127.0.0.1:PORT), POSTERN_ADMIN_PASSWORD,
-// and per scenario MESSAGE_ID / CERT_NAME / DOMAIN / NEXT_HOP; optional
+// and per scenario MESSAGE_ID / CERT_NAME / DOMAIN / NEXT_HOP / NEW_PASSWORD; optional
 // POSTERN_SCREENSHOTS (a directory: a PNG per step) and CHROMIUM (binary).
 //
 // It prints one JSON object per line ({"event": ...}); tests/test_admin_browser.py
 // reads them as they come (the SMTP check starts the moment "saved" arrives)
-// and checks the rest over SMTP and with openssl. Exit code 0 = every step
+// and checks the rest over SMTP and with openssl. Some scenarios wait for a
+// line on stdin from the test (a step done outside the browser). Exit code 0 = every step
 // found what it expected; on failure the message goes to stderr.
 
 import { mkdtempSync, rmSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -56,6 +58,23 @@ async function login(page) {
   await shot(page, "dashboard");
 }
 
+/// The next line the test sends on stdin (it signals a step it did, such
+/// as a password change); fails after `ms`.
+const stdinLines = createInterface({ input: process.stdin });
+const pendingLines = [];
+const lineWaiters = [];
+stdinLines.on("line", (line) => {
+  const waiter = lineWaiters.shift();
+  if (waiter) waiter(line); else pendingLines.push(line);
+});
+function nextLine(ms = 60000) {
+  if (pendingLines.length) return Promise.resolve(pendingLines.shift());
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no line on stdin within ${ms} ms`)), ms);
+    lineWaiters.push((line) => { clearTimeout(timer); resolve(line); });
+  });
+}
+
 /// Go to a section through the navigation, as a person would.
 async function open(page, link, heading) {
   await page.getByRole("navigation").getByRole("link", { name: link }).click();
@@ -63,6 +82,29 @@ async function open(page, link, heading) {
 }
 
 const scenarios = {
+  // Open the login page, let the test change the password with `postern
+  // admin passwd`, log in with the new one at once, wait past the
+  // gateway's password check (every 2 s), and still be logged in.
+  async "relogin-after-passwd"(page) {
+    await page.goto(base + "/login");
+    await page.getByLabel("Admin password").waitFor();
+    emit("ready");
+    const line = await nextLine();
+    check(line === "changed", `unexpected signal ${line}`);
+    await page.getByLabel("Admin password").fill(process.env.NEW_PASSWORD);
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    emit("logged-in-again");
+    await page.waitForTimeout(3500);
+    await page.reload();
+    check(new URL(page.url()).pathname === "/", `sent to ${page.url()} after the password change`);
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    // And the session works for a section page too.
+    await open(page, "TLS encryption", "TLS encryption");
+    emit("still-logged-in", { path: new URL(page.url()).pathname });
+    await shot(page, "still-logged-in");
+  },
+
   async login(page) {
     await login(page);
     for (const [link, heading] of [["TLS encryption", "TLS encryption"], ["Domains", "Domains"],
@@ -231,6 +273,7 @@ async function main() {
     process.stderr.write(`scenario ${scenario} failed at ${page.url()}: ${e.stack || e}\n`);
     process.exitCode = 1;
   } finally {
+    stdinLines.close();
     await context.close().catch(() => {});
     rmSync(profile, { recursive: true, force: true });
   }

@@ -10,6 +10,12 @@
 //! * A session is a random 256-bit id in a cookie, mapped server-side to
 //!   its CSRF token and times; it ends after [`SESSION_IDLE`] without use
 //!   or [`SESSION_LIFETIME`] after login. Every login makes a new id.
+//! * Each session remembers which password it was opened with (a
+//!   [`PasswordVersion`]: a digest of the stored hash it was verified
+//!   against). When the password changes, exactly the sessions of older
+//!   passwords end; one opened with the new password stays, however soon
+//!   after the change it was made. No clock is compared, so no race within
+//!   a second.
 //! * Login attempts are limited per client address and in total within a
 //!   sliding window; past the limit, even a correct password is refused
 //!   until the window has room again.
@@ -154,6 +160,19 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Which admin password a session was opened with: the SHA-256 of the
+/// stored PHC string (salted, so setting the same password again is a new
+/// version too). The hash itself is not kept in the session table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordVersion(String);
+
+impl PasswordVersion {
+    /// The version of the password stored as `phc_hash`.
+    pub fn of(phc_hash: &str) -> Self {
+        Self(token_hash(phc_hash))
+    }
+}
+
 /// What a valid session cookie gives a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -164,6 +183,7 @@ pub struct SessionInfo {
 
 struct SessionEntry {
     csrf: String,
+    password: PasswordVersion,
     created: Instant,
     last_seen: Instant,
 }
@@ -196,10 +216,16 @@ impl Sessions {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Start a new session (at login). `replaces` is the session the
-    /// browser had before, if any: it ends now, so an id planted before
-    /// login is worthless after it.
-    pub fn create(&self, replaces: Option<&str>, now: Instant) -> SessionInfo {
+    /// Start a new session (at login) for the password of version
+    /// `password` (the one the login was checked against). `replaces` is
+    /// the session the browser had before, if any: it ends now, so an id
+    /// planted before login is worthless after it.
+    pub fn create(
+        &self,
+        replaces: Option<&str>,
+        password: PasswordVersion,
+        now: Instant,
+    ) -> SessionInfo {
         let info = SessionInfo {
             id: random_hex(32),
             csrf: random_hex(32),
@@ -223,6 +249,7 @@ impl Sessions {
             info.id.clone(),
             SessionEntry {
                 csrf: info.csrf.clone(),
+                password,
                 created: now,
                 last_seen: now,
             },
@@ -256,9 +283,13 @@ impl Sessions {
         self.lock().remove(id);
     }
 
-    /// End every session (the password changed).
-    pub fn clear(&self) {
-        self.lock().clear();
+    /// The password changed to `current`: end every session opened with
+    /// another (older) password. Returns how many ended.
+    pub fn end_other_passwords(&self, current: &PasswordVersion) -> usize {
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|_, e| e.password == *current);
+        before - entries.len()
     }
 
     pub fn len(&self) -> usize {
@@ -393,6 +424,10 @@ impl LoginLimiter {
 mod tests {
     use super::*;
 
+    fn v1() -> PasswordVersion {
+        PasswordVersion::of("$argon2id$v=19$first")
+    }
+
     #[test]
     fn password_hash_and_verify() {
         let hash = hash_password("correct horse battery").expect("hash");
@@ -453,7 +488,7 @@ mod tests {
     fn sessions_expire_when_idle_and_at_the_end_of_their_lifetime() {
         let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(300));
         let t0 = Instant::now();
-        let s = sessions.create(None, t0);
+        let s = sessions.create(None, v1(), t0);
         assert_eq!(s.id.len(), 64);
         assert_ne!(s.id, s.csrf);
         assert_eq!(
@@ -466,7 +501,7 @@ mod tests {
         assert!(sessions.get(&s.id, t0 + Duration::from_secs(141)).is_none());
         assert!(sessions.is_empty());
 
-        let s = sessions.create(None, t0);
+        let s = sessions.create(None, v1(), t0);
         for step in 1..=5 {
             let now = t0 + Duration::from_secs(step * 50);
             let alive = sessions.get(&s.id, now).is_some();
@@ -480,15 +515,15 @@ mod tests {
     fn login_makes_a_new_session_and_ends_the_old_one() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let before = sessions.create(None, now);
-        let after = sessions.create(Some(&before.id), now);
+        let before = sessions.create(None, v1(), now);
+        let after = sessions.create(Some(&before.id), v1(), now);
         assert_ne!(before.id, after.id);
         assert_ne!(before.csrf, after.csrf);
         assert!(sessions.get(&before.id, now).is_none(), "fixation");
         assert!(sessions.get(&after.id, now).is_some());
         // A planted id that was never issued is simply unknown.
         let planted = random_hex(32);
-        let fresh = sessions.create(Some(&planted), now);
+        let fresh = sessions.create(Some(&planted), v1(), now);
         assert_ne!(fresh.id, planted);
         sessions.remove(&fresh.id);
         assert!(sessions.get(&fresh.id, now).is_none());
@@ -498,10 +533,11 @@ mod tests {
     fn session_table_is_bounded() {
         let sessions = Sessions::default();
         let t0 = Instant::now();
-        let first = sessions.create(None, t0);
+        let first = sessions.create(None, v1(), t0);
         for i in 1..=MAX_SESSIONS {
             sessions.create(
                 None,
+                v1(),
                 t0 + Duration::from_millis(u64::try_from(i).unwrap_or(0)),
             );
         }
@@ -512,11 +548,28 @@ mod tests {
     }
 
     #[test]
+    fn a_password_change_ends_only_the_sessions_of_older_passwords() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let old = sessions.create(None, v1(), now);
+        let v2 = PasswordVersion::of("$argon2id$v=19$second");
+        assert_ne!(v1(), v2);
+        // Opened with the new password before the change was noticed.
+        let new = sessions.create(None, v2.clone(), now);
+        assert_eq!(sessions.end_other_passwords(&v2), 1);
+        assert!(sessions.get(&old.id, now).is_none(), "old session survived");
+        assert!(sessions.get(&new.id, now).is_some(), "new session ended");
+        // Noticing the same password again ends nothing.
+        assert_eq!(sessions.end_other_passwords(&v2), 0);
+        assert!(sessions.get(&new.id, now).is_some());
+    }
+
+    #[test]
     fn csrf_token_belongs_to_its_session() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let a = sessions.create(None, now);
-        let b = sessions.create(None, now);
+        let a = sessions.create(None, v1(), now);
+        let b = sessions.create(None, v1(), now);
         let a_seen = sessions.get(&a.id, now).expect("a");
         assert!(constant_time_eq(&a_seen.csrf, &a.csrf));
         assert!(!constant_time_eq(&a_seen.csrf, &b.csrf));

@@ -43,21 +43,27 @@ pub async fn attempt(
         .await
         .map_err(|e| LoginError::Internal(e.to_string()))?;
     let store = state.store.clone();
-    let ok = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+    // The version of the hash the password was checked against: the
+    // session belongs to that password, not to whatever is stored later.
+    let verified = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let hash = store.admin_password_hash().map_err(|e| e.to_string())?;
-        Ok(hash.is_some_and(|h| auth::verify_password(&h, &password)))
+        Ok(hash
+            .filter(|h| auth::verify_password(h, &password))
+            .map(|h| auth::PasswordVersion::of(&h)))
     })
     .await
     .map_err(|e| LoginError::Internal(e.to_string()))?
     .map_err(LoginError::Internal)?;
-    if !ok {
+    let Some(version) = verified else {
         state.limiter.failure(ip, Instant::now());
         tracing::warn!("admin login failed from {ip}");
         return Err(LoginError::Wrong);
-    }
+    };
     state.limiter.success(ip);
     tracing::info!("admin login from {ip}");
-    Ok(state.sessions.create(previous.as_deref(), Instant::now()))
+    Ok(state
+        .sessions
+        .create(previous.as_deref(), version, Instant::now()))
 }
 
 /// The `Set-Cookie` value for a new session.
