@@ -5,9 +5,11 @@ naming the field, certificate names that try path traversal, oversized
 uploads, and that a settings change reaches SMTP within 2 seconds.
 """
 
+import http.client
 import json
 import re
 import smtplib
+import threading
 import time
 import uuid
 
@@ -127,6 +129,75 @@ def test_login_lockout(admin_gw):
     token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
     r = a.post_form("/login", {"csrf": token, "password": PASSWORD})
     assert r.status == 429 and r.header("Retry-After"), r
+
+
+def _burst_login(gw, passwords: list[str], then: str | None = None) -> tuple[list[int], int | None]:
+    """Open one TLS connection per password (all from 127.0.0.1), then send
+    every login at once (a barrier); `then` is sent on one more connection
+    once every burst request is on the wire. Returns the burst's statuses
+    and the status of `then`."""
+    count = len(passwords)
+    ready = threading.Barrier(count + 1, timeout=30)
+    sent = threading.Semaphore(0)
+    statuses: list[int] = []
+    lock = threading.Lock()
+    context = admin_context(gw)
+
+    def login(password: str, wait: bool) -> int:
+        conn = http.client.HTTPSConnection("127.0.0.1", gw.admin_port, context=context,
+                                           timeout=60)
+        try:
+            conn.connect()  # TCP and the TLS handshake, before the burst
+            if wait:
+                ready.wait()
+            conn.request("POST", "/api/v1/login", body=json.dumps({"password": password}),
+                         headers={"Content-Type": "application/json"})
+            if wait:
+                sent.release()
+            r = conn.getresponse()
+            r.read()
+            return r.status
+        finally:
+            conn.close()
+
+    def worker(password: str):
+        status = login(password, True)
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=worker, args=(p,), daemon=True) for p in passwords]
+    for t in threads:
+        t.start()
+    ready.wait()
+    then_status = None
+    if then is not None:
+        for _ in range(count):
+            assert sent.acquire(timeout=30), "a burst request was not sent"
+        then_status = login(then, False)
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a login request hung"
+    return statuses, then_status
+
+
+def test_login_lockout_holds_under_a_concurrent_burst(admin_gw):
+    """120 wrong passwords at once over 120 TLS connections from one
+    address: at most 5 are checked (401), the rest refused (429); the right
+    password sent right after, while the burst is being answered, is
+    refused too."""
+    statuses, right = _burst_login(admin_gw, [f"wrong {i}" for i in range(120)], then=PASSWORD)
+    assert len(statuses) == 120
+    checked = statuses.count(401)
+    assert checked <= 5, f"{checked} wrong passwords were checked (limit 5)"
+    assert checked >= 1
+    assert statuses.count(429) == 120 - checked, sorted(set(statuses))
+    assert right == 429, f"the right password got {right} past the limit"
+    # Still locked for the HTML form too.
+    a = Admin(admin_gw)
+    page = a.get("/login")
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
+    r = a.post_form("/login", {"csrf": token, "password": PASSWORD})
+    assert r.status == 429, r
 
 
 def test_api_tokens_and_metrics(admin_gw):

@@ -18,7 +18,8 @@
 //!   a second.
 //! * Login attempts are limited per client address and in total within a
 //!   sliding window; past the limit, even a correct password is refused
-//!   until the window has room again.
+//!   until the window has room again. An attempt is counted before its
+//!   password is checked, so concurrent attempts cannot overshoot.
 //!
 //! Every function that takes the time takes it as an argument, so the
 //! tests run on a clock of their own.
@@ -365,41 +366,14 @@ impl LoginLimiter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `Ok` when `ip` may try to log in now; otherwise how long to wait.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let key = client_key(ip);
-        let window = self.window;
-        let mut state = self.lock();
-        expire(&mut state.all, now, window);
-        let wait = |queue: &VecDeque<Instant>, max: usize| -> Option<Duration> {
-            if queue.len() < max {
-                return None;
-            }
-            // Room again when the oldest counted failure leaves the window.
-            let oldest = queue.get(queue.len() - max).copied()?;
-            Some(
-                window
-                    .saturating_sub(now.saturating_duration_since(oldest))
-                    .max(Duration::from_secs(1)),
-            )
-        };
-        let mut retry = wait(&state.all, self.total);
-        if let Some(queue) = state.clients.get_mut(&key) {
-            expire(queue, now, window);
-            let client_wait = wait(queue, self.per_client);
-            retry = retry.max(client_wait);
-            if queue.is_empty() {
-                state.clients.remove(&key);
-            }
-        }
-        match retry {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
-    }
-
-    /// Count a failed attempt.
-    pub fn failure(&self, ip: IpAddr, now: Instant) {
+    /// Reserve a login attempt for `ip` now, or say how long to wait.
+    ///
+    /// The attempt counts from this moment, before the password is
+    /// checked: a burst of concurrent attempts gets exactly as many
+    /// checks as the limit allows, never one per connection that got in
+    /// before the first failure was recorded. A reservation that turns
+    /// out right is given back with [`LoginLimiter::success`].
+    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Result<Attempt, Duration> {
         let key = client_key(ip);
         let window = self.window;
         let mut state = self.lock();
@@ -410,14 +384,52 @@ impl LoginLimiter {
                 !q.is_empty()
             });
         }
-        state.clients.entry(key).or_default().push_back(now);
+        expire(&mut state.all, now, window);
+        let wait = |queue: &VecDeque<Instant>, max: usize| -> Option<Duration> {
+            if queue.len() < max {
+                return None;
+            }
+            // Room again when the oldest counted attempt leaves the window.
+            let oldest = queue.get(queue.len() - max).copied()?;
+            Some(
+                window
+                    .saturating_sub(now.saturating_duration_since(oldest))
+                    .max(Duration::from_secs(1)),
+            )
+        };
+        let mut retry = wait(&state.all, self.total);
+        let queue = state.clients.entry(key).or_default();
+        expire(queue, now, window);
+        retry = retry.max(wait(queue, self.per_client));
+        if let Some(wait) = retry {
+            if queue.is_empty() {
+                state.clients.remove(&key);
+            }
+            return Err(wait);
+        }
+        queue.push_back(now);
         state.all.push_back(now);
+        Ok(Attempt { key, at: now })
     }
 
-    /// A successful login clears the client's failures.
-    pub fn success(&self, ip: IpAddr) {
-        self.lock().clients.remove(&client_key(ip));
+    /// The reserved attempt succeeded: it does not count, and the client's
+    /// earlier failures are forgotten.
+    pub fn success(&self, attempt: Attempt) {
+        let mut state = self.lock();
+        state.clients.remove(&attempt.key);
+        if let Some(index) = state.all.iter().position(|t| *t == attempt.at) {
+            state.all.remove(index);
+        }
     }
+}
+
+/// A login attempt [`LoginLimiter::reserve`] counted. Dropping it leaves it
+/// counted (a failure).
+#[derive(Debug)]
+#[must_use = "a successful attempt must be given back with LoginLimiter::success"]
+pub struct Attempt {
+    key: IpAddr,
+    at: Instant,
 }
 
 #[cfg(test)]
@@ -582,21 +594,47 @@ mod tests {
         let other: IpAddr = "192.0.2.2".parse().expect("ip");
         let t0 = Instant::now();
         for i in 0..5 {
-            assert!(limiter.check(ip, t0).is_ok(), "attempt {i}");
-            limiter.failure(ip, t0 + Duration::from_secs(i));
+            let attempt = limiter.reserve(ip, t0 + Duration::from_secs(i));
+            assert!(attempt.is_ok(), "attempt {i}");
         }
         let wait = limiter
-            .check(ip, t0 + Duration::from_secs(10))
+            .reserve(ip, t0 + Duration::from_secs(10))
             .expect_err("locked");
         assert_eq!(wait, Duration::from_secs(50));
         // Others are not affected.
-        assert!(limiter.check(other, t0 + Duration::from_secs(10)).is_ok());
-        // The oldest failure leaves the window at 60 s.
-        assert!(limiter.check(ip, t0 + Duration::from_secs(60)).is_ok());
+        assert!(limiter.reserve(other, t0 + Duration::from_secs(10)).is_ok());
+        // The oldest attempt leaves the window at 60 s.
+        assert!(limiter.reserve(ip, t0 + Duration::from_secs(60)).is_ok());
         // A success clears the client's record.
-        limiter.failure(ip, t0 + Duration::from_secs(61));
-        limiter.success(ip);
-        assert!(limiter.check(ip, t0 + Duration::from_secs(62)).is_ok());
+        let right = limiter
+            .reserve(ip, t0 + Duration::from_secs(61))
+            .expect("room at 61 s");
+        limiter.success(right);
+        for i in 0..5 {
+            let attempt = limiter.reserve(ip, t0 + Duration::from_secs(62));
+            assert!(attempt.is_ok(), "after success, attempt {i}");
+        }
+    }
+
+    #[test]
+    fn attempts_count_before_they_are_checked() {
+        // A burst: every attempt reserved before any finished.
+        let limiter = LoginLimiter::new(5, 30, Duration::from_secs(60));
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let t0 = Instant::now();
+        let granted: Vec<Attempt> = (0..120)
+            .filter_map(|_| limiter.reserve(ip, t0).ok())
+            .collect();
+        assert_eq!(granted.len(), 5);
+        // A success gives its own slot back, in total too.
+        let limiter = LoginLimiter::new(5, 2, Duration::from_secs(60));
+        let first = limiter.reserve(ip, t0).expect("first");
+        let _second = limiter
+            .reserve(IpAddr::from([192, 0, 2, 9]), t0)
+            .expect("second");
+        assert!(limiter.reserve(ip, t0).is_err(), "total reached");
+        limiter.success(first);
+        assert!(limiter.reserve(ip, t0).is_ok(), "slot given back");
     }
 
     #[test]
@@ -605,23 +643,23 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..5u8 {
             let ip = IpAddr::from([198, 51, 100, i]);
-            limiter.failure(ip, t0);
+            assert!(limiter.reserve(ip, t0).is_ok());
         }
         let fresh: IpAddr = "203.0.113.9".parse().expect("ip");
-        assert!(limiter.check(fresh, t0).is_err(), "global limit");
-        assert!(limiter.check(fresh, t0 + Duration::from_secs(60)).is_ok());
+        assert!(limiter.reserve(fresh, t0).is_err(), "global limit");
+        assert!(limiter.reserve(fresh, t0 + Duration::from_secs(60)).is_ok());
 
         let limiter = LoginLimiter::new(2, 100, Duration::from_secs(60));
         let a: IpAddr = "2001:db8::1".parse().expect("ip");
         let b: IpAddr = "2001:db8::2".parse().expect("ip");
         let far: IpAddr = "2001:db8:1::1".parse().expect("ip");
-        limiter.failure(a, t0);
-        limiter.failure(b, t0);
-        assert!(limiter.check(a, t0).is_err(), "same /64");
-        assert!(limiter.check(far, t0).is_ok());
+        assert!(limiter.reserve(a, t0).is_ok());
+        assert!(limiter.reserve(b, t0).is_ok());
+        assert!(limiter.reserve(a, t0).is_err(), "same /64");
+        assert!(limiter.reserve(far, t0).is_ok());
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
-        limiter.failure(mapped, t0);
-        limiter.failure(IpAddr::from([192, 0, 2, 7]), t0);
-        assert!(limiter.check(IpAddr::from([192, 0, 2, 7]), t0).is_err());
+        assert!(limiter.reserve(mapped, t0).is_ok());
+        assert!(limiter.reserve(IpAddr::from([192, 0, 2, 7]), t0).is_ok());
+        assert!(limiter.reserve(IpAddr::from([192, 0, 2, 7]), t0).is_err());
     }
 }

@@ -33,9 +33,11 @@ pub async fn attempt(
     previous: Option<String>,
     password: String,
 ) -> Result<SessionInfo, LoginError> {
-    state
+    // Counted before the check (so a burst gets no more than the limit),
+    // then at most `password_checks` argon2 runs at once.
+    let reserved = state
         .limiter
-        .check(ip, Instant::now())
+        .reserve(ip, Instant::now())
         .map_err(LoginError::Limited)?;
     let _permit = state
         .password_checks
@@ -55,11 +57,10 @@ pub async fn attempt(
     .map_err(|e| LoginError::Internal(e.to_string()))?
     .map_err(LoginError::Internal)?;
     let Some(version) = verified else {
-        state.limiter.failure(ip, Instant::now());
         tracing::warn!("admin login failed from {ip}");
         return Err(LoginError::Wrong);
     };
-    state.limiter.success(ip);
+    state.limiter.success(reserved);
     tracing::info!("admin login from {ip}");
     Ok(state
         .sessions
