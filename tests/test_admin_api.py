@@ -614,6 +614,73 @@ def test_validation_errors_name_the_field(admin_gw, method, path, payload, statu
     assert api.get("/api/v1/settings").json() == before, "changed despite the error"
 
 
+# Each out-of-range value, the key the error must name and words of the
+# allowed range it must give (16.4).
+OUT_OF_RANGE = [
+    ("mta.banner", "x" * 401, "at most 400 characters"),
+    ("mta.banner", "mx.example \u202e ready", "printable ASCII"),
+    ("mta.session_timeout", "1000000000d", "between 1s and 1h"),
+    ("mta.queue_lifetime", "31d", "between 1s and 30d"),
+    ("mta.min_backoff", "2d", "between 1s and 1d"),
+    ("mta.tracking_retention", "10m", "between 1h and 3650d"),
+    ("mta.max_message_size", str(1 << 40), "between 1024 bytes and 1073741824 bytes"),
+    ("mta.max_recipients", "1000000", "between 1 and 100000"),
+    ("mta.max_connections_per_client", "1001", "larger than mta.max_connections (1000)"),
+]
+
+
+def _as_json_value(key: str, value: str):
+    return int(value) if value.isdigit() else value
+
+
+@pytest.mark.parametrize("key,value,words", OUT_OF_RANGE, ids=[f"{k}={v[:20]}" for k, v, _ in OUT_OF_RANGE])
+def test_settings_bounds_through_cli_and_api(admin_gw, tmp_path, key, value, words):
+    """Out-of-range settings are refused with the key and the range by
+    `settings set`, `settings import` and `PUT /api/v1/settings` alike;
+    nothing changes."""
+    before = admin_gw.cli_ok("settings", "export").stdout
+    r = admin_gw.cli("settings", "set", key, value)
+    assert r.rc != 0, r
+    assert key in r.stderr and words in r.stderr, r
+
+    section, name = key.split(".")
+    document = json.loads(admin_gw.cli_ok("settings", "show", "--format", "json").stdout)
+    document[section][name] = _as_json_value(key, value)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(document))
+    r = admin_gw.cli("settings", "import", str(bad))
+    assert r.rc != 0, r
+    assert key in r.stderr and words in r.stderr, r
+
+    api = Admin(admin_gw, token=new_token(admin_gw, f"bounds-{uuid.uuid4().hex[:8]}"))
+    r = api.send_json("PUT", "/api/v1/settings", document)
+    assert r.status == 422, r
+    assert r.json()["field"] == key and words in r.json()["error"], r
+    assert admin_gw.cli_ok("settings", "export").stdout == before, "changed despite the error"
+
+
+def test_settings_bounds_accept_the_ends_of_each_range(admin_gw):
+    for key, value in [("mta.banner", "m" * 400), ("mta.session_timeout", "1h"),
+                       ("mta.queue_lifetime", "30d"), ("mta.max_backoff", "1d"),
+                       ("mta.tracking_retention", "3650d"),
+                       ("mta.max_connections_per_client", "20"), ("mta.max_connections", "20")]:
+        admin_gw.set(key, value)
+    r = admin_gw.cli("settings", "set", "mta.max_connections", "19")
+    assert r.rc != 0 and "mta.max_connections_per_client" in r.stderr, r
+    # The gateway reloads within a second; the long banner is served whole.
+    deadline = time.monotonic() + 5
+    while True:
+        s = smtplib.SMTP(timeout=10)
+        try:
+            code, text = s.connect("127.0.0.1", admin_gw.smtp_port)
+        finally:
+            s.close()
+        if text.decode() == "m" * 400 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert code == 220 and text.decode() == "m" * 400, (code, text[:60])
+
+
 def test_bad_json_is_400(admin_gw):
     api = Admin(admin_gw, token=new_token(admin_gw))
     r = api.request("PUT", "/api/v1/settings", body=b"{broken",

@@ -104,8 +104,8 @@ mod tests {
         assert_eq!(s.tls.inbound.mode, InboundMode::Require);
         let s = s.with("tls.inbound.min_version", "1.3").expect("version");
         assert_eq!(s.tls.inbound.min_version, TlsVersion::V1_3);
-        let s = s.with("mta.max_message_size", "1000").expect("size");
-        assert_eq!(s.mta.max_message_size, 1000);
+        let s = s.with("mta.max_message_size", "10000").expect("size");
+        assert_eq!(s.mta.max_message_size, 10000);
         let s = s
             .with("tls.outbound.trusted_ca", "system, Partner CA")
             .expect("list");

@@ -147,6 +147,24 @@ pub struct MtaSettings {
     pub limit_exempt_networks: Vec<ipnet::IpNet>,
 }
 
+impl MtaSettings {
+    /// The values [`MTA_BOUNDS`] limits, in its order.
+    fn bounded_values(&self) -> [u64; 10] {
+        [
+            self.max_message_size,
+            u64::from(self.max_recipients),
+            u64::from(self.max_connections),
+            u64::from(self.max_connections_per_client),
+            self.session_timeout.as_secs(),
+            self.queue_lifetime.as_secs(),
+            self.min_backoff.as_secs(),
+            self.max_backoff.as_secs(),
+            self.tracking_retention.as_secs(),
+            u64::try_from(self.limit_exempt_networks.len()).unwrap_or(u64::MAX),
+        ]
+    }
+}
+
 impl Default for MtaSettings {
     fn default() -> Self {
         Self {
@@ -165,9 +183,163 @@ impl Default for MtaSettings {
     }
 }
 
-/// Largest message size that may be configured (1 GiB): a typo of a few
-/// zeros must not let one client fill the disk.
-const MAX_MESSAGE_SIZE_LIMIT: u64 = 1 << 30;
+/// Longest `mta.banner`, in characters. An SMTP reply line may have 512
+/// octets (RFC 5321 §4.5.3.1.5); `220 `, the CRLF and room to spare leave
+/// 400 for the text.
+pub const MAX_BANNER_CHARS: usize = 400;
+
+/// Most entries in `mta.limit_exempt_networks` (each is checked per
+/// connection).
+pub const MAX_EXEMPT_NETWORKS: usize = 1000;
+
+/// What a bounded `[mta]` number counts, for messages and forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A plain count (recipients, connections).
+    Count,
+    /// Bytes.
+    Bytes,
+    /// Seconds, written as a [`Duration`] (`30s`, `5m`, `1h`, `5d`).
+    Seconds,
+}
+
+/// The allowed range of one numeric `[mta]` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+    pub unit: Unit,
+}
+
+impl Bound {
+    fn show(&self, value: u64) -> String {
+        match self.unit {
+            Unit::Count => value.to_string(),
+            Unit::Bytes => format!("{value} bytes"),
+            Unit::Seconds => Duration::from_secs(value).to_string(),
+        }
+    }
+
+    /// "between 1s and 1h", for error messages and forms.
+    pub fn range(&self) -> String {
+        format!(
+            "between {} and {}",
+            self.show(self.min),
+            self.show(self.max)
+        )
+    }
+
+    fn check(&self, value: u64) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&value) {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            self.key,
+            format!("must be {} (got {})", self.range(), self.show(value)),
+        ))
+    }
+}
+
+const DAY: u64 = 86_400;
+
+/// Every numeric `[mta]` setting with its range. The lower ends of the
+/// timers are short on purpose (tests run whole retry and expiry cycles
+/// in seconds); the upper ends stop a typo of a few zeros (a session
+/// timeout of `1000000000d` holds a connection slot for ever, a 1 TiB
+/// size limit lets one client fill the disk). `max_connections_per_client`
+/// is also at most `max_connections`.
+pub const MTA_BOUNDS: [Bound; 10] = [
+    Bound {
+        key: "mta.max_message_size",
+        min: 1024,
+        max: 1 << 30,
+        unit: Unit::Bytes,
+    },
+    Bound {
+        key: "mta.max_recipients",
+        min: 1,
+        max: 100_000,
+        unit: Unit::Count,
+    },
+    Bound {
+        key: "mta.max_connections",
+        min: 1,
+        max: 100_000,
+        unit: Unit::Count,
+    },
+    Bound {
+        key: "mta.max_connections_per_client",
+        min: 1,
+        max: 100_000,
+        unit: Unit::Count,
+    },
+    Bound {
+        key: "mta.session_timeout",
+        min: 1,
+        max: 3600,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.queue_lifetime",
+        min: 1,
+        max: 30 * DAY,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.min_backoff",
+        min: 1,
+        max: DAY,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.max_backoff",
+        min: 1,
+        max: DAY,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.tracking_retention",
+        min: 3600,
+        max: 3650 * DAY,
+        unit: Unit::Seconds,
+    },
+    // Not a number of its own: the list's length.
+    Bound {
+        key: "mta.limit_exempt_networks",
+        min: 0,
+        max: MAX_EXEMPT_NETWORKS as u64,
+        unit: Unit::Count,
+    },
+];
+
+/// The bound of `key` (`mta.session_timeout`, ...), if it has one.
+pub fn bound(key: &str) -> Option<&'static Bound> {
+    MTA_BOUNDS.iter().find(|b| b.key == key)
+}
+
+/// Why a banner is refused, if it is: one line of at most
+/// [`MAX_BANNER_CHARS`] printable ASCII characters (RFC 5321's reply
+/// `textstring`, tabs aside), so every client reads it the same way.
+fn check_banner(banner: &str) -> Result<(), ConfigError> {
+    let refuse = |why: String| Err(ConfigError::new("mta.banner", why));
+    if banner.contains(['\r', '\n']) {
+        return refuse("must be a single line".into());
+    }
+    let chars = banner.chars().count();
+    if chars > MAX_BANNER_CHARS {
+        return refuse(format!(
+            "must be at most {MAX_BANNER_CHARS} characters (got {chars})"
+        ));
+    }
+    if let Some(bad) = banner.chars().find(|c| !(' '..='~').contains(c)) {
+        return refuse(format!(
+            "must be printable ASCII text (letters, digits, punctuation, spaces); {:?} (U+{:04X}) is not",
+            bad, u32::from(bad)
+        ));
+    }
+    Ok(())
+}
 
 impl Settings {
     /// Parse a TOML settings document; errors name the offending key.
@@ -229,37 +401,18 @@ impl Settings {
         check_names("tls.outbound.trusted_ca", &self.tls.outbound.trusted_ca)?;
 
         let mta = &self.mta;
-        if mta.banner.contains(['\r', '\n']) {
-            return Err(ConfigError::new("mta.banner", "must be a single line"));
+        check_banner(&mta.banner)?;
+        for (bound, value) in MTA_BOUNDS.iter().zip(mta.bounded_values()) {
+            bound.check(value)?;
         }
-        if mta.max_message_size == 0 || mta.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
+        if mta.max_connections_per_client > mta.max_connections {
             return Err(ConfigError::new(
-                "mta.max_message_size",
-                format!("must be between 1 and {MAX_MESSAGE_SIZE_LIMIT} bytes"),
-            ));
-        }
-        for (key, value) in [
-            ("mta.max_recipients", mta.max_recipients),
-            ("mta.max_connections", mta.max_connections),
-            (
                 "mta.max_connections_per_client",
-                mta.max_connections_per_client,
-            ),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(key, "must be at least 1"));
-            }
-        }
-        for (key, value) in [
-            ("mta.session_timeout", mta.session_timeout),
-            ("mta.queue_lifetime", mta.queue_lifetime),
-            ("mta.min_backoff", mta.min_backoff),
-            ("mta.max_backoff", mta.max_backoff),
-            ("mta.tracking_retention", mta.tracking_retention),
-        ] {
-            if value.as_secs() == 0 {
-                return Err(ConfigError::new(key, "must be longer than 0s"));
-            }
+                format!(
+                    "must not be larger than mta.max_connections ({})",
+                    mta.max_connections
+                ),
+            ));
         }
         if mta.max_backoff < mta.min_backoff {
             return Err(ConfigError::new(
@@ -530,6 +683,90 @@ tls = "verify"
         let mut s = Settings::default();
         s.mta.banner = "evil\r\n250 ok".into();
         assert_eq!(s.validate().unwrap_err().key, "mta.banner");
+    }
+
+    /// Every bounded setting: good and bad rows side by side, the error
+    /// naming the key and the range.
+    #[test]
+    fn bounds_table() {
+        type Edit = fn(&mut MtaSettings);
+        let rows: &[(&str, Edit, Option<&str>)] = &[
+            ("defaults", |_| {}, None),
+            ("banner 400", |m| m.banner = "b".repeat(400), None),
+            ("banner 401", |m| m.banner = "b".repeat(401), Some("mta.banner: must be at most 400 characters (got 401)")),
+            ("banner 10 MiB", |m| m.banner = "b".repeat(10 << 20), Some("mta.banner: must be at most 400")),
+            ("banner LF", |m| m.banner = "a\nb".into(), Some("mta.banner: must be a single line")),
+            ("banner NUL", |m| m.banner = "a\0b".into(), Some("mta.banner: must be printable ASCII")),
+            ("banner tab", |m| m.banner = "a\tb".into(), Some("mta.banner: must be printable ASCII")),
+            ("banner DEL", |m| m.banner = "a\u{7f}".into(), Some("U+007F")),
+            ("banner bidi", |m| m.banner = "mx\u{202e}moc".into(), Some("U+202E")),
+            ("banner accents", |m| m.banner = "mx.café.example".into(), Some("U+00E9")),
+            ("banner typical", |m| m.banner = "mx.example.com ESMTP ready (no UCE)".into(), None),
+            ("size 1 KiB", |m| m.max_message_size = 1024, None),
+            ("size 1023", |m| m.max_message_size = 1023, Some("mta.max_message_size: must be between 1024 bytes and 1073741824 bytes (got 1023 bytes)")),
+            ("size 1 GiB", |m| m.max_message_size = 1 << 30, None),
+            ("size 1 GiB + 1", |m| m.max_message_size = (1 << 30) + 1, Some("mta.max_message_size: must be between")),
+            ("recipients 0", |m| m.max_recipients = 0, Some("mta.max_recipients: must be between 1 and 100000 (got 0)")),
+            ("recipients 100000", |m| m.max_recipients = 100_000, None),
+            ("recipients 100001", |m| m.max_recipients = 100_001, Some("mta.max_recipients: must be between 1 and 100000")),
+            ("connections 0", |m| m.max_connections = 0, Some("mta.max_connections: must be between 1 and 100000")),
+            ("connections huge", |m| m.max_connections = u32::MAX, Some("mta.max_connections: must be between 1 and 100000")),
+            ("per client 0", |m| m.max_connections_per_client = 0, Some("mta.max_connections_per_client: must be between 1 and 100000")),
+            ("per client = total", |m| m.max_connections_per_client = 1000, None),
+            ("per client > total", |m| m.max_connections_per_client = 1001, Some("mta.max_connections_per_client: must not be larger than mta.max_connections (1000)")),
+            ("per client > small total", |m| {
+                m.max_connections = 10;
+                m.max_connections_per_client = 50;
+            }, Some("mta.max_connections_per_client: must not be larger than mta.max_connections (10)")),
+            ("session 1s", |m| m.session_timeout = Duration::from_secs(1), None),
+            ("session 0s", |m| m.session_timeout = Duration::from_secs(0), Some("mta.session_timeout: must be between 1s and 1h (got 0s)")),
+            ("session 1h", |m| m.session_timeout = Duration::from_secs(3600), None),
+            ("session 1000000000d", |m| m.session_timeout = Duration::from_secs(1_000_000_000 * DAY), Some("mta.session_timeout: must be between 1s and 1h (got 1000000000d)")),
+            ("lifetime 30d", |m| m.queue_lifetime = Duration::from_secs(30 * DAY), None),
+            ("lifetime 31d", |m| m.queue_lifetime = Duration::from_secs(31 * DAY), Some("mta.queue_lifetime: must be between 1s and 30d (got 31d)")),
+            ("min backoff 0", |m| m.min_backoff = Duration::from_secs(0), Some("mta.min_backoff: must be between 1s and 1d")),
+            ("max backoff 2d", |m| m.max_backoff = Duration::from_secs(2 * DAY), Some("mta.max_backoff: must be between 1s and 1d (got 2d)")),
+            ("retention 59m", |m| m.tracking_retention = Duration::from_secs(59 * 60), Some("mta.tracking_retention: must be between 1h and 3650d (got 59m)")),
+            ("retention 3650d", |m| m.tracking_retention = Duration::from_secs(3650 * DAY), None),
+            ("retention 3651d", |m| m.tracking_retention = Duration::from_secs(3651 * DAY), Some("mta.tracking_retention: must be between 1h and 3650d")),
+            ("exempt 1000", |m| m.limit_exempt_networks = vec!["10.0.0.0/8".parse().expect("net"); 1000], None),
+            ("exempt 1001", |m| m.limit_exempt_networks = vec!["10.0.0.0/8".parse().expect("net"); 1001], Some("mta.limit_exempt_networks: must be between 0 and 1000 (got 1001)")),
+        ];
+        for (name, edit, want) in rows {
+            let mut s = Settings::default();
+            edit(&mut s.mta);
+            match (s.validate(), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(want)) => {
+                    assert!(
+                        e.to_string().starts_with(want) || e.to_string().contains(want),
+                        "{name}: {e}"
+                    )
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        // Every bound is named in the table, once.
+        for b in &MTA_BOUNDS {
+            assert_eq!(bound(b.key), Some(b));
+        }
+        assert_eq!(bound("mta.banner"), None);
+    }
+
+    #[test]
+    fn bounds_hold_through_toml_and_json() {
+        let err = Settings::from_toml("[mta]\nsession_timeout = \"1000000000d\"\n").unwrap_err();
+        assert_eq!(err.key, "mta.session_timeout");
+        assert!(err.message.contains("between 1s and 1h"), "{err}");
+        let err = Settings::from_json(
+            r#"{"mta": {"max_connections": 10, "max_connections_per_client": 11}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "mta.max_connections_per_client");
+        let err = Settings::default()
+            .with("mta.banner", &"x".repeat(401))
+            .unwrap_err();
+        assert_eq!(err.key, "mta.banner");
     }
 
     #[test]
