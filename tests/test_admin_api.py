@@ -329,8 +329,11 @@ def test_csrf_is_required_for_cookie_sessions(admin_gw):
                   headers={"Content-Type": "application/x-www-form-urlencoded",
                            "Sec-Fetch-Site": "cross-site"})
     assert r.status == 403, r
-    # And with the header it works.
+    # And with the header it works (the current document: the one read
+    # before the domain was added would delete it, and is refused).
     r = a.send_json("PUT", "/api/v1/settings", settings)
+    assert r.status == 409 and r.json()["field"] == "domain", r
+    r = a.send_json("PUT", "/api/v1/settings", a.get("/api/v1/settings").json())
     assert r.status == 200, r
 
 
@@ -362,7 +365,7 @@ def test_settings_routes_and_live_effect(admin_gw):
     settings["tls"]["inbound"]["mode"] = "require"
     r = a.send_json("PUT", "/api/v1/settings", settings)
     assert r.status == 200, r
-    assert r.json()["tls"]["inbound"]["mode"] == "require"
+    assert r.json()["settings"]["tls"]["inbound"]["mode"] == "require"
     took = wait_for_530(admin_gw, 2.0)
     print(f"require applied after {took:.2f}s")
     r = admin_gw.cli_ok("settings", "show", "--format", "json")
@@ -679,6 +682,98 @@ def test_settings_bounds_accept_the_ends_of_each_range(admin_gw):
             break
         time.sleep(0.2)
     assert code == 220 and text.decode() == "m" * 400, (code, text[:60])
+
+
+@pytest.mark.parametrize("body,field", [
+    ([], "settings"),
+    ({"tls": []}, "tls"),
+    ({"tls": {"inbound": []}}, "tls.inbound"),
+    ({"mta": None}, "mta"),
+    ({"domain": {"name": "corp.example"}}, "domain"),
+    ({"domain": ["corp.example"]}, "domain[0]"),
+    ({"tls": {"inbound": {"mode": "offer", "colour": "red"}}}, "tls.inbound.colour"),
+    ({"relay": True}, "relay"),
+])
+def test_settings_of_the_wrong_shape_change_nothing(admin_gw, tmp_path, body, field):
+    """`[]` and friends used to mean "every default", deleting every domain
+    entry. Refused by the API (422 naming the field) and by `settings
+    import`; nothing changes."""
+    admin_gw.cli_ok("settings", "import", str(_domains_file(tmp_path)))
+    before = admin_gw.cli_ok("settings", "export").stdout
+    api = Admin(admin_gw, token=new_token(admin_gw))
+    r = api.send_json("PUT", "/api/v1/settings", body)
+    assert r.status == 422, r
+    assert r.json()["field"] == field, r
+    r = api.send_json("PUT", f"/api/v1/settings?confirm=delete-domains", body)
+    assert r.status == 422 and r.json()["field"] == field, r
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(body))
+    r = admin_gw.cli("settings", "import", str(bad))
+    assert r.rc != 0 and field in r.stderr and "nothing was changed" in r.stderr, r
+    assert admin_gw.cli_ok("settings", "export").stdout == before
+
+
+def _domains_file(tmp_path):
+    f = tmp_path / "domains.toml"
+    f.write_text('[[domain]]\nname = "corp.example"\nrelay = true\n'
+                 '[[domain]]\nname = "partner.example"\nnext_hop = "[127.0.0.1]:2525"\n')
+    return f
+
+
+def test_deleting_every_domain_needs_confirmation_and_changes_are_reported(admin_gw, tmp_path):
+    admin_gw.cli_ok("settings", "import", str(_domains_file(tmp_path)))
+    api = Admin(admin_gw, token=new_token(admin_gw))
+    current = api.get("/api/v1/settings").json()
+    assert len(current["domain"]) == 2
+
+    # A partial document (no domain key) would delete both: refused.
+    partial = {"tls": {"inbound": {"mode": "offer"}}}
+    r = api.send_json("PUT", "/api/v1/settings", partial)
+    assert r.status == 409, r
+    assert r.json()["field"] == "domain", r
+    assert "corp.example, partner.example" in r.json()["error"], r
+    assert "?confirm=delete-domains" in r.json()["error"], r
+    assert api.get("/api/v1/settings").json() == current
+    r = api.send_json("PUT", "/api/v1/settings?confirm=yes", partial)
+    assert r.status == 400 and r.json()["field"] == "confirm", r
+    r = api.send_json("PUT", "/api/v1/settings?force=1", partial)
+    assert r.status == 400 and r.json()["field"] == "force", r
+
+    # Changing the relay set is allowed and reported.
+    changed = json.loads(json.dumps(current))
+    changed["domain"][0]["relay"] = False
+    changed["domain"][1]["relay"] = True
+    r = api.send_json("PUT", "/api/v1/settings", changed)
+    assert r.status == 200, r
+    answer = r.json()
+    assert answer["settings"]["domain"] == changed["domain"], answer
+    assert answer["changes"]["relay_domains_added"] == ["partner.example"], answer
+    assert answer["changes"]["relay_domains_removed"] == ["corp.example"], answer
+    assert answer["changes"]["deletes_every_domain"] is False
+    assert any("no longer relay domains: corp.example" in w for w in answer["warnings"]), answer
+    assert any("new relay domains" in w and "partner.example" in w
+               for w in answer["warnings"]), answer
+    # An unchanged document: no warnings.
+    r = api.send_json("PUT", "/api/v1/settings", changed)
+    assert r.status == 200 and r.json()["warnings"] == [], r
+
+    # With the confirmation: deleted, and said so (answer and log).
+    r = api.send_json("PUT", "/api/v1/settings?confirm=delete-domains", partial)
+    assert r.status == 200, r
+    answer = r.json()
+    assert "domain" not in answer["settings"], answer
+    assert answer["changes"]["deletes_every_domain"] is True
+    assert answer["changes"]["domains_removed"] == ["corp.example", "partner.example"]
+    assert any("every [[domain]] entry is deleted" in w for w in answer["warnings"]), answer
+    assert "every [[domain]] entry is deleted (corp.example, partner.example)" in admin_gw.stderr()
+
+    # `settings import` of a file without domains says what it deleted.
+    admin_gw.cli_ok("settings", "import", str(_domains_file(tmp_path)))
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[mta]\nmax_recipients = 11\n")
+    r = admin_gw.cli_ok("settings", "import", str(plain))
+    assert "warning: every [[domain]] entry is deleted (corp.example, partner.example)" \
+        in r.stderr, r
 
 
 def test_bad_json_is_400(admin_gw):

@@ -344,6 +344,13 @@ fn check_banner(banner: &str) -> Result<(), ConfigError> {
 impl Settings {
     /// Parse a TOML settings document; errors name the offending key.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        // A syntax error is left to the deserializer below, which reports
+        // it with its position.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            if let Ok(value) = serde_json::to_value(table) {
+                check_shape(&value)?;
+            }
+        }
         let de =
             toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
         let settings: Settings = serde_path_to_error::deserialize(de).map_err(path_error)?;
@@ -353,8 +360,10 @@ impl Settings {
 
     /// Parse a JSON settings document; errors name the offending key.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let settings: Settings = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new("settings", format!("not valid JSON: {e}")))?;
+        check_shape(&value)?;
+        let settings: Settings = serde_path_to_error::deserialize(value).map_err(path_error)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -544,6 +553,147 @@ impl Settings {
     /// Whether mail for this domain is accepted from any client.
     pub fn is_relay_domain(&self, domain: &str) -> bool {
         self.domain_entry(domain).is_some_and(|d| d.relay)
+    }
+}
+
+/// Refuse a document whose top level, sections or `[[domain]]` entries are
+/// not objects (tables). Serde would read a struct from an array too, so
+/// `[]` or `{"tls": []}` would silently mean "every default": a whole
+/// configuration wiped by a client that sent the wrong type.
+fn check_shape(document: &serde_json::Value) -> Result<(), ConfigError> {
+    let schema = serde_json::to_value(Settings::default()).unwrap_or_default();
+    check_object("settings", document, &schema)
+}
+
+fn type_name(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn check_object(
+    key: &str,
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+) -> Result<(), ConfigError> {
+    let Some(object) = value.as_object() else {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "must be an object (a table in TOML), not {}; nothing was changed",
+                type_name(value)
+            ),
+        ));
+    };
+    let child = |name: &str| {
+        if key == "settings" {
+            name.to_string()
+        } else {
+            format!("{key}.{name}")
+        }
+    };
+    for (name, inner) in object {
+        if key == "settings" && name == "domain" {
+            let Some(entries) = inner.as_array() else {
+                return Err(ConfigError::new(
+                    "domain",
+                    format!(
+                        "must be an array of objects ([[domain]] tables), not {}",
+                        type_name(inner)
+                    ),
+                ));
+            };
+            for (index, entry) in entries.iter().enumerate() {
+                if !entry.is_object() {
+                    return Err(ConfigError::new(
+                        format!("domain[{index}]"),
+                        format!(
+                            "must be an object with name, relay, next_hop, tls; not {}",
+                            type_name(entry)
+                        ),
+                    ));
+                }
+            }
+            continue;
+        }
+        // Unknown keys are refused by the deserializer, naming them.
+        if let Some(section) = schema.get(name).filter(|v| v.is_object()) {
+            check_object(&child(name), inner, section)?;
+        }
+    }
+    Ok(())
+}
+
+/// What replacing one settings document by another does to the
+/// `[[domain]]` table: entries and relay domains added and removed (names
+/// in lower case). Shown in API answers and logs, so that a change of who
+/// may relay never goes unnoticed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DomainChanges {
+    pub domains_added: Vec<String>,
+    pub domains_removed: Vec<String>,
+    pub relay_domains_added: Vec<String>,
+    pub relay_domains_removed: Vec<String>,
+    /// Every entry there was is gone (and there was at least one).
+    pub deletes_every_domain: bool,
+}
+
+impl DomainChanges {
+    pub fn between(before: &Settings, after: &Settings) -> Self {
+        use std::collections::BTreeSet;
+        let names = |s: &Settings, relay_only: bool| -> BTreeSet<String> {
+            s.domains
+                .iter()
+                .filter(|d| !relay_only || d.relay)
+                .map(|d| d.name.to_ascii_lowercase())
+                .collect()
+        };
+        let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
+            a.difference(b).cloned().collect()
+        };
+        let (old, new) = (names(before, false), names(after, false));
+        let (old_relay, new_relay) = (names(before, true), names(after, true));
+        Self {
+            domains_added: diff(&new, &old),
+            domains_removed: diff(&old, &new),
+            relay_domains_added: diff(&new_relay, &old_relay),
+            relay_domains_removed: diff(&old_relay, &new_relay),
+            deletes_every_domain: !before.domains.is_empty() && after.domains.is_empty(),
+        }
+    }
+
+    /// Whether the set of relay domains changes.
+    pub fn changes_relay_set(&self) -> bool {
+        !self.relay_domains_added.is_empty() || !self.relay_domains_removed.is_empty()
+    }
+
+    /// Sentences for an administrator, one per kind of risky change.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.deletes_every_domain {
+            out.push(format!(
+                "every [[domain]] entry is deleted ({}): mail for them is now refused unless the client is trusted",
+                self.domains_removed.join(", ")
+            ));
+        }
+        if !self.relay_domains_removed.is_empty() {
+            out.push(format!(
+                "no longer relay domains: {}",
+                self.relay_domains_removed.join(", ")
+            ));
+        }
+        if !self.relay_domains_added.is_empty() {
+            out.push(format!(
+                "new relay domains (mail for them accepted from anyone): {}",
+                self.relay_domains_added.join(", ")
+            ));
+        }
+        out
     }
 }
 
@@ -767,6 +917,87 @@ tls = "verify"
             .with("mta.banner", &"x".repeat(401))
             .unwrap_err();
         assert_eq!(err.key, "mta.banner");
+    }
+
+    #[test]
+    fn documents_must_be_objects_where_the_schema_says_object() {
+        let rows: &[(&str, &str)] = &[
+            ("[]", "settings"),
+            ("null", "settings"),
+            ("\"tls\"", "settings"),
+            (r#"{"tls": []}"#, "tls"),
+            (r#"{"tls": null}"#, "tls"),
+            (r#"{"tls": {"inbound": []}}"#, "tls.inbound"),
+            (r#"{"tls": {"outbound": 3}}"#, "tls.outbound"),
+            (r#"{"mta": []}"#, "mta"),
+            (r#"{"mta": "x"}"#, "mta"),
+            (r#"{"domain": {}}"#, "domain"),
+            (r#"{"domain": [["a.example", true]]}"#, "domain[0]"),
+            (
+                r#"{"domain": [{"name": "a.example"}, "b.example"]}"#,
+                "domain[1]",
+            ),
+            (r#"{"colour": "red"}"#, "colour"),
+            (
+                r#"{"tls": {"inbound": {"mode": "offer", "colour": 1}}}"#,
+                "tls.inbound.colour",
+            ),
+        ];
+        for (text, key) in rows {
+            let err = Settings::from_json(text).expect_err(text);
+            assert_eq!(&err.key, key, "{text}: {err}");
+        }
+        let err = Settings::from_json("[]").unwrap_err();
+        assert!(err.message.contains("not an array"), "{err}");
+        // TOML: the same rules.
+        for (text, key) in [
+            ("tls = []\n", "tls"),
+            ("mta = 5\n", "mta"),
+            ("[tls]\ninbound = [1]\n", "tls.inbound"),
+            ("domain = [\"a.example\"]\n", "domain[0]"),
+            ("domain = \"a.example\"\n", "domain"),
+        ] {
+            let err = Settings::from_toml(text).expect_err(text);
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+        // Objects, even partial or empty, are fine.
+        assert_eq!(Settings::from_json("{}").expect("{}"), Settings::default());
+        assert!(Settings::from_json(r#"{"tls": {}, "mta": {}, "domain": []}"#).is_ok());
+        assert!(Settings::from_toml("").is_ok());
+    }
+
+    #[test]
+    fn domain_changes_name_what_changes() {
+        let before = Settings::from_toml(
+            "[[domain]]\nname = \"A.example\"\nrelay = true\n[[domain]]\nname = \"b.example\"\n",
+        )
+        .expect("before");
+        let same = DomainChanges::between(&before, &before);
+        assert_eq!(same, DomainChanges::default());
+        assert!(same.warnings().is_empty());
+
+        let wiped = DomainChanges::between(&before, &Settings::default());
+        assert!(wiped.deletes_every_domain);
+        assert_eq!(wiped.domains_removed, ["a.example", "b.example"]);
+        assert_eq!(wiped.relay_domains_removed, ["a.example"]);
+        assert!(wiped.changes_relay_set());
+        assert!(wiped.warnings()[0].contains("every [[domain]] entry is deleted"));
+
+        let mut after = before.clone();
+        after.domains[1].relay = true;
+        let more = DomainChanges::between(&before, &after);
+        assert!(!more.deletes_every_domain && more.domains_removed.is_empty());
+        assert_eq!(more.relay_domains_added, ["b.example"]);
+        assert!(
+            more.warnings()[0].contains("new relay domains"),
+            "{:?}",
+            more.warnings()
+        );
+        // Nothing to delete: not "deletes every domain".
+        assert!(
+            !DomainChanges::between(&Settings::default(), &Settings::default())
+                .deletes_every_domain
+        );
     }
 
     #[test]
