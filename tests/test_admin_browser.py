@@ -184,6 +184,42 @@ def test_require_tls_in_the_browser_reaches_smtp_within_two_seconds(admin_gw, tm
     print(f"530 after {took:.2f}s")
 
 
+def _greeting(gw) -> str:
+    s = smtplib.SMTP(timeout=5)
+    try:
+        code, text = s.connect("127.0.0.1", gw.smtp_port)
+    finally:
+        s.close()
+    assert code == 220, (code, text)
+    return text.decode()
+
+
+def test_advanced_mta_settings_in_the_browser(admin_gw, tmp_path):
+    """Settings → Integrated MTA → Advanced: a new banner is in the SMTP
+    greeting within 2 s; a per-client limit above the total is refused
+    next to its field, naming it, and nothing changes."""
+    banner = "mx.browser.test ESMTP ready"
+    assert _greeting(admin_gw) == "mx.postern.test ESMTP Postern"
+    scenario = Scenario(admin_gw, "advanced", tmp_path, BANNER=banner)
+    saved = scenario.wait_event("saved")
+    assert saved["banner"] == banner
+    start = time.monotonic()
+    while (seen := _greeting(admin_gw)) != banner:
+        assert time.monotonic() - start < 2.0, f"greeting still {seen!r} after 2 s"
+        time.sleep(0.05)
+    took = time.monotonic() - start
+    before = admin_gw.cli_ok("settings", "export").stdout
+    refused = scenario.wait_event("refused")
+    assert "mta.max_connections_per_client" in refused["text"], refused
+    assert "mta.max_connections (1000)" in refused["text"], refused
+    scenario.finish()
+    assert admin_gw.cli_ok("settings", "export").stdout == before, "the refused form changed settings"
+    assert _greeting(admin_gw) == banner
+    settings = json.loads(admin_gw.cli_ok("settings", "show", "--format", "json").stdout)
+    assert settings["mta"]["max_connections_per_client"] == 50
+    print(f"banner in the greeting after {took:.2f}s")
+
+
 def test_generated_certificate_selected_in_the_browser_is_served(admin_gw, tmp_path):
     before = pem_certs(s_client(admin_gw.smtp_port)[1])
     assert before, "no certificate seen before"

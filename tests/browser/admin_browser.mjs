@@ -4,7 +4,7 @@
 //   node admin_browser.mjs SCENARIO
 //
 // Environment: POSTERN_ADMIN_URL (https://127.0.0.1:PORT), POSTERN_ADMIN_PASSWORD,
-// and per scenario MESSAGE_ID / CERT_NAME / DOMAIN / NEXT_HOP / NEW_PASSWORD; optional
+// and per scenario MESSAGE_ID / CERT_NAME / DOMAIN / NEXT_HOP / NEW_PASSWORD / BANNER; optional
 // POSTERN_SCREENSHOTS (a directory: a PNG per step) and CHROMIUM (binary).
 //
 // It prints one JSON object per line ({"event": ...}); tests/test_admin_browser.py
@@ -108,6 +108,7 @@ const scenarios = {
   async login(page) {
     await login(page);
     for (const [link, heading] of [["TLS encryption", "TLS encryption"], ["Domains", "Domains"],
+      ["Advanced", "Advanced"],
       ["Certificates", "Certificates"], ["Queue", "Queue"], ["Message tracking", "Message tracking"],
       ["Dashboard", "Dashboard"]]) {
       await open(page, link, heading);
@@ -147,6 +148,46 @@ const scenarios = {
     await page.getByText(/^Saved\./).waitFor();
     emit("saved", { mode: await page.getByLabel("Server TLS security mode").inputValue() });
     await shot(page, "saved");
+  },
+
+  // Settings → Integrated MTA → Advanced: a new banner, then a refused
+  // combination (more connections per client than in total).
+  async advanced(page) {
+    await login(page);
+    await open(page, "Advanced", "Advanced");
+    const banner = page.getByLabel("Greeting banner");
+    check(await banner.inputValue() === "", "banner not empty at first");
+    const total = page.getByLabel("Connections in total");
+    check(await total.inputValue() === "1000", `max_connections shown as ${await total.inputValue()}`);
+    const perClient = page.getByLabel("Connections per client address");
+    check(await perClient.inputValue() === "50", "per-client limit not shown");
+    const sessionTimeout = page.getByLabel("Session timeout");
+    check(await sessionTimeout.inputValue() === "5m", `session timeout shown as ${await sessionTimeout.inputValue()}`);
+    const help = await page.locator('.field[data-key="mta.session_timeout"] .help').textContent();
+    check(/Allowed: between 1s and 1h\./.test(help) && /Default: 5m\./.test(help), `session timeout help: ${help}`);
+    const bannerHelp = await page.locator('.field[data-key="mta.banner"] .help').textContent();
+    check(/ESMTP Postern/.test(bannerHelp) && /400/.test(bannerHelp), `banner help: ${bannerHelp}`);
+    await shot(page, "advanced");
+
+    await banner.fill(process.env.BANNER);
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.getByText(/^Saved\./).waitFor();
+    check(await page.getByLabel("Greeting banner").inputValue() === process.env.BANNER, "banner not kept");
+    emit("saved", { banner: await page.getByLabel("Greeting banner").inputValue() });
+    await shot(page, "saved");
+
+    // A value the CLI refuses: refused here too, next to its field.
+    await page.getByLabel("Greeting banner").fill("not applied ESMTP");
+    await page.getByLabel("Connections per client address").fill("2000");
+    await page.getByRole("button", { name: "Save" }).click();
+    const error = page.locator('.field-error[data-field="mta.max_connections_per_client"]');
+    await error.waitFor();
+    const text = (await error.textContent()).trim();
+    check(await page.getByText(/Not saved/).count() === 1, "no 'not saved' banner");
+    // What was typed stays in the form, to be corrected.
+    check(await page.getByLabel("Connections per client address").inputValue() === "2000", "typed value lost");
+    emit("refused", { text });
+    await shot(page, "refused");
   },
 
   async "cert-select"(page) {
