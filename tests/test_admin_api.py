@@ -814,6 +814,80 @@ def test_certificate_names_cannot_traverse(admin_gw, name):
     assert names == ["Default Cert", "Default Cert ECDSA"], names
 
 
+HIDDEN_NAMES = [("x\u202etrec tluafeD", "U+202E"), ("\u2066Default Cert\u2069", "U+2066"),
+                ("Partner\u200e CA", "U+200E"), ("Partner\u200b CA", "U+200B"),
+                ("Partner\u0085CA", "U+0085"), ("Partner\x1b[31m CA", "U+001B")]
+
+
+@pytest.mark.parametrize("name,code", HIDDEN_NAMES, ids=[c for _, c in HIDDEN_NAMES])
+def test_certificate_names_with_control_or_bidi_characters_are_refused(admin_gw, tmp_path,
+                                                                       name, code):
+    """On every path that creates a certificate entry: API generate and
+    import, the upload form, CLI generate and import; and in a generated
+    certificate's common name."""
+    a = logged_in(admin_gw)
+    r = a.send_json("POST", "/api/v1/certificates", {"name": name, "generate": {"key": "ecdsa-p256"}})
+    assert r.status == 422 and r.json()["field"] == "name" and code in r.json()["error"], r
+    pem = a.get(cert_path("Default Cert") + "?format=pem").text
+    r = a.send_json("POST", "/api/v1/certificates", {"name": name, "chain_pem": pem})
+    assert r.status == 422 and r.json()["field"] == "name" and code in r.json()["error"], r
+    r = a.post_multipart("/certificates/import", {"csrf": a.csrf, "name": name},
+                         {"chain": ("chain.pem", pem.encode())})
+    assert r.status == 422 and 'data-field="name"' in r.text and code in r.text, r
+    r = admin_gw.cli("cert", "generate", "--name", name, "--key", "ecdsa-p256", "--cn", "mx.test")
+    assert r.rc != 0 and code in r.stderr, r
+    chain = tmp_path / "chain.pem"
+    chain.write_text(pem)
+    r = admin_gw.cli("cert", "import", "--name", name, "--cert", str(chain))
+    assert r.rc != 0 and code in r.stderr, r
+    # The common name of a generated certificate, with and without SANs.
+    for sans in ([], ["mx.postern.test"]):
+        r = a.send_json("POST", "/api/v1/certificates",
+                        {"name": "Fine name", "generate": {"key": "ecdsa-p256", "cn": name,
+                                                           "sans": sans}})
+        assert r.status == 422 and r.json()["field"] == "cn" and code in r.json()["error"], r
+    names = [c["name"] for c in a.get("/api/v1/certificates").json()]
+    assert names == ["Default Cert", "Default Cert ECDSA"], names
+
+
+def test_foreign_origin_is_refused_even_with_the_csrf_token(admin_gw):
+    a = logged_in(admin_gw)
+    own = f"https://127.0.0.1:{admin_gw.admin_port}"
+    settings = a.get("/api/v1/settings").json()
+    changed = json.loads(json.dumps(settings))
+    changed["mta"]["banner"] = "changed cross-site"
+    foreign = [{"Origin": "https://evil.example"}, {"Origin": "null"},
+               {"Origin": f"http://127.0.0.1:{admin_gw.admin_port}"},
+               {"Origin": f"https://127.0.0.1:{admin_gw.admin_port + 1}"},
+               {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+               {"Sec-Fetch-Site": "same-origin", "Origin": "https://evil.example"}]
+    for headers in foreign:
+        r = a.send_json("PUT", "/api/v1/settings", changed, headers=headers)
+        assert r.status == 403 and "refused" in r.json()["error"], (headers, r)
+        r = a.request("POST", "/settings/domains",
+                      body=f"csrf={a.csrf}&name=x.example&tls=".encode(),
+                      headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+        assert r.status == 403, (headers, r)
+        # Logging in from another site is refused too (login CSRF).
+        r = Admin(admin_gw).send_json("POST", "/api/v1/login", {"password": PASSWORD},
+                                      csrf=False, headers=headers)
+        assert r.status == 403, (headers, r)
+    assert a.get("/api/v1/settings").json() == settings
+    assert a.get("/api/v1/domains").json() == []
+    # Our own origin, or a browser's same-origin marker (Chromium sends
+    # Origin: null from pages with Referrer-Policy: no-referrer), pass.
+    for headers in [{"Origin": own}, {"Sec-Fetch-Site": "same-origin", "Origin": "null"},
+                    {"Sec-Fetch-Site": "same-origin", "Origin": own}, {}]:
+        r = a.send_json("PUT", "/api/v1/settings", changed, headers=headers)
+        assert r.status == 200, (headers, r)
+    # A Bearer client: no Origin needed, and no ambient credential to abuse.
+    api = Admin(admin_gw, token=new_token(admin_gw))
+    assert api.send_json("PUT", "/api/v1/settings", settings).status == 200
+    r = api.send_json("PUT", "/api/v1/settings", settings,
+                      headers={"Origin": "https://evil.example"})
+    assert r.status == 200, r
+
+
 def test_export_file_names_are_safe(admin_gw):
     a = logged_in(admin_gw)
     name = 'quote" and; semicolon'
