@@ -289,23 +289,23 @@ async fn require_auth(State(state): State<Shared>, mut request: Request, next: N
         Err(e) if is_api => return e.into_response(),
         Err(_) => return Redirect::to("/login").into_response(),
     };
+    // Forms check their `csrf` field themselves (CsrfForm); the origin
+    // was checked for every state-changing request (refuse_foreign_origin).
     if let Principal::Session(session) = &principal {
-        if is_state_changing(request.method()) {
-            if is_api {
-                let given = request
-                    .headers()
-                    .get(CSRF_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                if !auth::constant_time_eq(given, &session.csrf) {
-                    return ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "missing or wrong CSRF token: send the session's token in X-CSRF-Token \
-                         (GET /api/v1/session)",
-                    )
-                    .field("X-CSRF-Token")
-                    .into_response();
-                }
+        if is_api && is_state_changing(request.method()) {
+            let given = request
+                .headers()
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !auth::constant_time_eq(given, &session.csrf) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token: send the session's token in X-CSRF-Token \
+                     (GET /api/v1/session)",
+                )
+                .field("X-CSRF-Token")
+                .into_response();
             }
         }
     }
