@@ -418,8 +418,9 @@ impl Settings {
             return Err(ConfigError::new(
                 "mta.max_connections_per_client",
                 format!(
-                    "must not be larger than mta.max_connections ({})",
-                    mta.max_connections
+                    "must not be larger than mta.max_connections ({}), and is {}; lower it \
+                     first, or change both together (settings import, the Advanced page)",
+                    mta.max_connections, mta.max_connections_per_client
                 ),
             ));
         }
