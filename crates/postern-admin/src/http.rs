@@ -482,3 +482,52 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         ApiError::invalid(field, e.inner().to_string())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8025"));
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_our_own_origin_may_change_things() {
+        let ours: &[&[(&str, &str)]] = &[
+            &[],
+            &[("origin", "https://127.0.0.1:8025")],
+            &[("origin", "HTTPS://127.0.0.1:8025")],
+            &[("sec-fetch-site", "same-origin")],
+            &[("sec-fetch-site", "same-origin"), ("origin", "null")],
+            &[("sec-fetch-site", "none")],
+        ];
+        for pairs in ours {
+            assert_eq!(foreign_origin(&headers(pairs)), None, "{pairs:?}");
+        }
+        let foreign: &[&[(&str, &str)]] = &[
+            &[("origin", "https://evil.example")],
+            &[("origin", "null")],
+            &[("origin", "http://127.0.0.1:8025")],
+            &[("origin", "https://127.0.0.1:8026")],
+            &[("sec-fetch-site", "cross-site")],
+            &[("sec-fetch-site", "same-site")],
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "https://evil.example"),
+            ],
+        ];
+        for pairs in foreign {
+            let why = foreign_origin(&headers(pairs)).expect("refused");
+            assert!(why.contains("refused"), "{pairs:?}: {why}");
+        }
+        // No Host header: an Origin cannot be ours.
+        let mut map = HeaderMap::new();
+        map.insert("origin", HeaderValue::from_static("https://127.0.0.1:8025"));
+        assert!(foreign_origin(&map).is_some());
+    }
+}
