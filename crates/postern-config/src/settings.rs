@@ -379,6 +379,49 @@ impl Settings {
 
     /// Check everything that can be checked without the certificate table.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_consistency()?;
+        self.check_mta_bounds()
+    }
+
+    /// Parse settings as a store saved them: like [`Settings::from_json`],
+    /// except that values outside today's `[mta]` ranges (saved by an
+    /// older Postern with looser bounds) are returned beside the settings
+    /// instead of refusing them, so a gateway keeps running on what it ran
+    /// with before and `settings set` can repair it. Every save still
+    /// checks the ranges.
+    pub fn from_stored_json(text: &str) -> Result<(Self, Option<ConfigError>), ConfigError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new("settings", format!("not valid JSON: {e}")))?;
+        check_shape(&value)?;
+        let settings: Settings = serde_path_to_error::deserialize(value).map_err(path_error)?;
+        settings.validate_consistency()?;
+        let out_of_range = settings.check_mta_bounds().err();
+        Ok((settings, out_of_range))
+    }
+
+    /// The `[mta]` text and number ranges.
+    fn check_mta_bounds(&self) -> Result<(), ConfigError> {
+        let mta = &self.mta;
+        check_banner(&mta.banner)?;
+        for (bound, value) in MTA_BOUNDS.iter().zip(mta.bounded_values()) {
+            bound.check(value)?;
+        }
+        if mta.max_connections_per_client > mta.max_connections {
+            return Err(ConfigError::new(
+                "mta.max_connections_per_client",
+                format!(
+                    "must not be larger than mta.max_connections ({}), and is {}; lower it \
+                     first, or change both together (settings import, the Advanced page)",
+                    mta.max_connections, mta.max_connections_per_client
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything but the `[mta]` ranges: choices that only work together,
+    /// names, the retry order, the domain table.
+    fn validate_consistency(&self) -> Result<(), ConfigError> {
         let inbound = &self.tls.inbound;
         if inbound.certificate.trim().is_empty() {
             return Err(ConfigError::new(
@@ -410,19 +453,8 @@ impl Settings {
         check_names("tls.outbound.trusted_ca", &self.tls.outbound.trusted_ca)?;
 
         let mta = &self.mta;
-        check_banner(&mta.banner)?;
-        for (bound, value) in MTA_BOUNDS.iter().zip(mta.bounded_values()) {
-            bound.check(value)?;
-        }
-        if mta.max_connections_per_client > mta.max_connections {
-            return Err(ConfigError::new(
-                "mta.max_connections_per_client",
-                format!(
-                    "must not be larger than mta.max_connections ({}), and is {}; lower it \
-                     first, or change both together (settings import, the Advanced page)",
-                    mta.max_connections, mta.max_connections_per_client
-                ),
-            ));
+        if mta.banner.contains(['\r', '\n']) {
+            return Err(ConfigError::new("mta.banner", "must be a single line"));
         }
         if mta.max_backoff < mta.min_backoff {
             return Err(ConfigError::new(
@@ -902,6 +934,31 @@ tls = "verify"
             assert_eq!(bound(b.key), Some(b));
         }
         assert_eq!(bound("mta.banner"), None);
+    }
+
+    #[test]
+    fn stored_settings_out_of_todays_ranges_still_load() {
+        // What an older Postern could save: per client above the total.
+        let mut old = Settings::default();
+        old.mta.max_connections = 20;
+        let text = old.to_json();
+        assert!(Settings::from_json(&text).is_err());
+        let (loaded, out_of_range) = Settings::from_stored_json(&text).expect("loads");
+        assert_eq!(loaded, old);
+        let e = out_of_range.expect("reported");
+        assert_eq!(e.key, "mta.max_connections_per_client");
+        // ... and is repaired with one `settings set`.
+        let fixed = loaded
+            .with("mta.max_connections_per_client", "20")
+            .expect("repaired");
+        assert_eq!(
+            Settings::from_stored_json(&fixed.to_json()).expect("ok").1,
+            None
+        );
+        // Inconsistent settings are still refused on load.
+        let bad = r#"{"tls": {"inbound": {"client_certificate": "require", "trusted_client_ca": ["A"]}}}"#;
+        assert!(Settings::from_stored_json(bad).is_err());
+        assert!(Settings::from_stored_json("[]").is_err());
     }
 
     #[test]
