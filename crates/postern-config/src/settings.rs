@@ -379,8 +379,9 @@ impl Settings {
 
     /// Check everything that can be checked without the certificate table.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_consistency()?;
-        self.check_mta_bounds()
+        // A value out of its range is the first thing to say about it.
+        self.check_mta_bounds()?;
+        self.validate_consistency()
     }
 
     /// Parse settings as a store saved them: like [`Settings::from_json`],
