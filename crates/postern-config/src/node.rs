@@ -16,6 +16,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// `"sqlite"` (embedded) or, later, a `postgres://` URL for a cluster.
     pub store: String,
+    /// This node's name in tracking events and the node registry; unique
+    /// per cluster. `None` means the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
     /// The unprivileged user `postern run` switches to after binding its
     /// listeners when started as root; `None` means [`DEFAULT_USER`]. Only
     /// an explicit `user = "root"` keeps a gateway started as root running
@@ -72,6 +76,7 @@ impl Default for NodeConfig {
             hostname: None,
             data_dir: PathBuf::from("./postern-data"),
             store: "sqlite".to_string(),
+            node_name: None,
             user: None,
             smtp: SmtpNode::default(),
             delivery: DeliveryNode::default(),
@@ -150,6 +155,19 @@ impl NodeConfig {
                 return Err(ConfigError::new(
                     "hostname",
                     format!("\"{name}\" is not a host name"),
+                ));
+            }
+        }
+        if let Some(name) = &self.node_name {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            {
+                return Err(ConfigError::new(
+                    "node_name",
+                    format!("{name:?} is not a node name (1 to 64 letters, digits, '-', '.', '_')"),
                 ));
             }
         }

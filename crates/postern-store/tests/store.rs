@@ -34,7 +34,7 @@ fn ca(name: &str) -> CertificateRecord {
 }
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(&dir.path().join("store.db")).expect("open store")
+    SqliteStore::open(&dir.path().join("store.db"), "gw1").expect("open store")
 }
 
 /// A store with the Default Cert in place, as every command sees it.
@@ -459,7 +459,7 @@ fn default_certificate_concurrent_first_use_makes_exactly_one() {
             std::thread::spawn(move || {
                 // Both open (and create) the file at the same moment, too.
                 barrier.wait();
-                let store = SqliteStore::open(&path).expect("open");
+                let store = SqliteStore::open(&path, "gw1").expect("open");
                 barrier.wait();
                 store
                     .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || {
@@ -474,7 +474,7 @@ fn default_certificate_concurrent_first_use_makes_exactly_one() {
     let generated: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(generated.iter().filter(|g| **g).count(), 1, "{generated:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let store = SqliteStore::open(&path).unwrap();
+    let store = SqliteStore::open(&path, "gw1").unwrap();
     assert_eq!(store.certificates().unwrap().len(), 1);
 }
 
@@ -538,8 +538,11 @@ fn events_by_queue_id_and_message_id() {
     assert_eq!(store.events_for("Q2").unwrap().len(), 1);
     assert!(store.events_for("nothing").unwrap().is_empty());
 
+    // Read back as recorded, with the recording node's name added.
     let first = &store.events_for("Q1").unwrap()[0];
-    assert_eq!(first, &event("Q1", mid, 100, event_kind::RECEIVED));
+    let mut expected = event("Q1", mid, 100, event_kind::RECEIVED);
+    expected.detail["node"] = json!("gw1");
+    assert_eq!(first, &expected);
 
     // Seen from another connection, newest first.
     let other = open(&dir);
@@ -579,7 +582,7 @@ fn file_and_directory_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").join("sub");
     let path = data.join("store.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let store = SqliteStore::open(&path, "gw1").unwrap();
     store
         .record_event(&event("Q", None, 1, "received"))
         .unwrap();
@@ -591,7 +594,7 @@ fn file_and_directory_are_private() {
 
     // A file left readable by others is tightened on open.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    SqliteStore::open(&path).unwrap();
+    SqliteStore::open(&path, "gw1").unwrap();
     assert_eq!(mode(&path), 0o600);
 }
 
@@ -599,13 +602,13 @@ fn file_and_directory_are_private() {
 fn newer_schema_and_foreign_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
-    drop(SqliteStore::open(&path).unwrap());
+    drop(SqliteStore::open(&path, "gw1").unwrap());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
     }
     assert!(matches!(
-        SqliteStore::open(&path),
+        SqliteStore::open(&path, "gw1"),
         Err(StoreError::UnsupportedSchema { found: 99, .. })
     ));
 
@@ -615,7 +618,7 @@ fn newer_schema_and_foreign_files_are_refused() {
         conn.pragma_update(None, "application_id", 1234).unwrap();
     }
     assert!(matches!(
-        SqliteStore::open(&foreign),
+        SqliteStore::open(&foreign, "gw1"),
         Err(StoreError::Corrupt(_))
     ));
 }

@@ -13,7 +13,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_store::{SqliteStore, Store, TrackingEvent};
+use postern_store::{Store, TrackingEvent};
 
 /// Most events per transaction.
 const MAX_BATCH: usize = 1024;
@@ -32,11 +32,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn start(store: Arc<SqliteStore>) -> std::io::Result<Tracker> {
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Tracker> {
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("postern-tracking".into())
-            .spawn(move || writer(&store, &rx))?;
+            .spawn(move || writer(store.as_ref(), &rx))?;
         Ok(Tracker { tx })
     }
 
@@ -59,7 +59,7 @@ impl Tracker {
     }
 }
 
-fn writer(store: &SqliteStore, rx: &Receiver<Msg>) {
+fn writer(store: &dyn Store, rx: &Receiver<Msg>) {
     let mut batch: Vec<TrackingEvent> = Vec::new();
     let mut flushed: Vec<Sender<()>> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -96,7 +96,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Delete tracking events older than `mta.tracking_retention`, soon after
 /// start and then hourly. Every node of a cluster may do it; it is idempotent.
-pub async fn prune_loop(store: Arc<SqliteStore>, live: Arc<crate::gateway::LiveConfig>) {
+pub async fn prune_loop(store: Arc<dyn Store>, live: Arc<crate::gateway::LiveConfig>) {
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(60),
         PRUNE_EVERY,
