@@ -1,7 +1,7 @@
 //! The `store` URL, read as libpq reads it: `postgres://` or
 //! `postgresql://`, `user:password@host:port/dbname`, and query parameters
 //! (`host`, `port`, `dbname`, `user`, `password`, `sslmode`, `sslrootcert`,
-//! `passfile`, `application_name`, `connect_timeout`). The password may
+//! `passfile`, `channel_binding`, `application_name`, `connect_timeout`). The password may
 //! also come from `PGPASSWORD` or the password file (`PGPASSFILE`, else
 //! `~/.pgpass`).
 //!
@@ -51,6 +51,16 @@ impl SslMode {
     }
 }
 
+/// Whether SCRAM must bind itself to the TLS channel (libpq's
+/// `channel_binding`): `prefer` (the default) uses SCRAM-SHA-256-PLUS
+/// whenever the server offers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelBinding {
+    Disable,
+    Prefer,
+    Require,
+}
+
 /// Where the server is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Host {
@@ -70,6 +80,7 @@ pub struct ConnInfo {
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
     pub passfile: Option<PathBuf>,
+    pub channel_binding: ChannelBinding,
     pub application_name: String,
     pub connect_timeout: Duration,
 }
@@ -173,6 +184,7 @@ impl ConnInfo {
         let mut passfile = None;
         let mut application_name = None;
         let mut connect_timeout = None;
+        let mut channel_binding = ChannelBinding::Prefer;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair
                 .split_once('=')
@@ -188,6 +200,19 @@ impl ConnInfo {
                 "sslrootcert" => sslrootcert = Some(PathBuf::from(value)),
                 "passfile" => passfile = Some(PathBuf::from(value)),
                 "application_name" => application_name = Some(value),
+                "channel_binding" => {
+                    channel_binding = match value.as_str() {
+                        "disable" => ChannelBinding::Disable,
+                        "prefer" => ChannelBinding::Prefer,
+                        "require" => ChannelBinding::Require,
+                        _ => {
+                            return Err(
+                                "channel_binding must be one of disable, prefer, require"
+                                    .to_string(),
+                            )
+                        }
+                    }
+                }
                 "connect_timeout" => {
                     let secs: u64 = value
                         .parse()
@@ -197,7 +222,8 @@ impl ConnInfo {
                 _ => {
                     return Err(format!(
                         "unknown URL parameter \"{key}\"; known: host, port, dbname, user, \
-                         password, sslmode, sslrootcert, passfile, application_name, connect_timeout"
+                         password, sslmode, sslrootcert, passfile, channel_binding, application_name, \
+                         connect_timeout"
                     ))
                 }
             }
@@ -247,6 +273,7 @@ impl ConnInfo {
             sslmode,
             sslrootcert,
             passfile,
+            channel_binding,
             application_name: application_name.unwrap_or_else(|| "postern".to_string()),
             connect_timeout: connect_timeout.unwrap_or(Duration::from_secs(10)),
         };

@@ -35,7 +35,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::backend::{Backend, TxBody};
 use crate::{EventQuery, NodeStatus, StoreError, TrackingEvent};
-use conninfo::{ConnInfo, Host, SslMode};
+use conninfo::{ChannelBinding, ConnInfo, Host, SslMode};
 use tx::PgTx;
 
 /// Advisory lock key of the installation-wide write lock ("PSTW").
@@ -152,7 +152,11 @@ impl PgStore {
             .connect_timeout(info.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
-            .channel_binding(tokio_postgres::config::ChannelBinding::Prefer)
+            .channel_binding(match info.channel_binding {
+                ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+                ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+                ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+            })
             .ssl_mode(match info.sslmode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 _ => tokio_postgres::config::SslMode::Require,
