@@ -105,6 +105,11 @@ pub trait Backend: Send + Sync {
 
     /// Human-readable location (file path, or URL without password).
     fn describe(&self) -> String;
+
+    /// See [`crate::Store::change_hint`].
+    fn change_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Run `op` in [`Backend::read`] and return its value.

@@ -173,6 +173,11 @@ pub trait Store: Send + Sync {
     /// Where the store is, for messages: a file path, or a URL without its
     /// password.
     fn location(&self) -> String;
+
+    /// Woken when another process or node may have changed the store
+    /// (PostgreSQL `NOTIFY`); `None` where only polling tells. A hint only:
+    /// [`Store::generation`] decides.
+    fn change_hint(&self) -> Option<Arc<tokio::sync::Notify>>;
 }
 
 /// Where the store is: the node config's `store` (SPEC §3, §9).

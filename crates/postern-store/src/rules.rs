@@ -232,4 +232,8 @@ impl<B: Backend> Store for B {
     fn location(&self) -> String {
         self.describe()
     }
+
+    fn change_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Backend::change_hint(self)
+    }
 }

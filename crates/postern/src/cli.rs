@@ -36,6 +36,18 @@ pub enum Command {
     /// The admin UI's password and the API tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The nodes sharing this store.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every node: synchronized, behind or unreachable, with what it presents.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

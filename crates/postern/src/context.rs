@@ -35,7 +35,7 @@ impl Context {
         let node_name = node.node_name.clone().unwrap_or_else(|| hostname.clone());
         let location = store_location(&node);
         let store = postern_store::open(&location, &node_name)
-            .with_context(|| format!("opening the store {}", describe(&location)))?;
+            .with_context(|| format!("opening the store {}", location.describe()))?;
         // The ECDSA companion is born with the Default Cert, never later: a
         // store from an earlier version (or one whose Default Cert was
         // imported) keeps presenting exactly what it presented, so peers
@@ -84,13 +84,10 @@ fn ensure_generated(store: &dyn Store, name: &str, kind: KeyKind, hostname: &str
 
 /// Where `store` in the node config says the store is.
 fn store_location(node: &NodeConfig) -> postern_store::StoreLocation {
-    postern_store::StoreLocation::Sqlite(node.store_path())
-}
-
-/// The store's location for messages (never a password).
-fn describe(location: &postern_store::StoreLocation) -> String {
-    match location {
-        postern_store::StoreLocation::Sqlite(path) => path.display().to_string(),
+    if node.store == "sqlite" {
+        postern_store::StoreLocation::Sqlite(node.store_path())
+    } else {
+        postern_store::StoreLocation::Postgres(node.store.clone())
     }
 }
 

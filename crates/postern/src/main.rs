@@ -3,7 +3,8 @@
 //! Layout: `cli.rs` (arguments), `context.rs` (config, store, Default
 //! Cert), `commands.rs` (settings/cert/queue/trace/check), `gateway/`
 //! (listeners, connections, reload, shutdown), `maillog.rs` (the mail log),
-//! `tracker.rs` (tracking events, written in batches).
+//! `tracker.rs` (tracking events, written in batches), `registry.rs`
+//! (this node's row in the node registry).
 
 mod cli;
 mod commands;
@@ -12,6 +13,7 @@ mod gateway;
 mod maillog;
 mod privilege;
 mod queue;
+mod registry;
 mod tracker;
 
 use std::process::ExitCode;
@@ -71,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(command) => commands::queue(&ctx, command),
         Command::Trace { id } => commands::trace(&ctx, &id),
         Command::Admin(command) => commands::admin::run(&ctx, command),
+        Command::Cluster(command) => commands::cluster::run(&ctx, command),
         Command::Probe { domain } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -450,4 +450,8 @@ impl Backend for PgStore {
     fn describe(&self) -> String {
         self.info.redacted()
     }
+
+    fn change_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.changes())
+    }
 }

@@ -162,8 +162,18 @@ impl LiveConfig {
 pub async fn reload_loop(live: Arc<LiveConfig>, store: Arc<dyn Store>) {
     let mut failed_generation = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    // PostgreSQL's LISTEN/NOTIFY: a hint to look now; the generation decides.
+    let hint = store.change_hint();
     loop {
-        ticker.tick().await;
+        match &hint {
+            Some(hint) => tokio::select! {
+                _ = ticker.tick() => {}
+                _ = hint.notified() => {}
+            },
+            None => {
+                ticker.tick().await;
+            }
+        }
         let current = live.get().generation;
         let store = Arc::clone(&store);
         let loaded = tokio::task::spawn_blocking(move || -> Result<Option<Live>> {

@@ -152,6 +152,16 @@ pub async fn run(ctx: Context) -> Result<()> {
         control::socket_path(&node.data_dir),
         Arc::clone(&runner),
     ));
+    let heartbeat = tokio::spawn(crate::registry::heartbeat_loop(
+        crate::registry::Identity {
+            name: ctx.node_name.clone(),
+            hostname: ctx.hostname.clone(),
+            started_at: crate::context::unix_now(),
+        },
+        Arc::clone(&ctx.store),
+        Arc::clone(&shared.live),
+        Arc::clone(&shared.spool),
+    ));
     let pruner = tokio::spawn(crate::tracker::prune_loop(
         Arc::clone(&ctx.store),
         Arc::clone(&shared.live),
@@ -172,6 +182,7 @@ pub async fn run(ctx: Context) -> Result<()> {
         handle.abort();
     }
     reloader.abort();
+    heartbeat.abort();
     pruner.abort();
     // Delivery attempts in flight are abandoned: their recipients stay
     // queued and are tried again at the next start.

@@ -1,0 +1,197 @@
+"""Several nodes sharing one installation through a real PostgreSQL
+(SPEC §9): one Default Cert when nodes start together on an empty
+database, settings and certificates changed through one node applied by
+the other within 2 s without dropping its sessions, tracking found from
+any node, the node registry and `postern cluster status`, and TLS to the
+store required by default.
+
+The PostgreSQL server is the throwaway one of fixtures_pg (TLS from a test
+CA, scram-sha-256); every test gets a fresh database.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import threading
+import time
+import uuid
+
+import pytest
+
+from fixtures_pg import pg_database, pg_server  # noqa: F401 (fixtures)
+from postern_testlib import (RSA_SIGALGS, SmtpConn, fingerprint, openssl, pem_certs, s_client)
+
+# SPEC §9: a change made on any node is applied by every node within 2 s.
+PROPAGATION = 2.0
+
+
+def node(make_gateway, name: str, store_url: str, start: bool = True):
+    """A gateway whose `store` is the PostgreSQL URL, named `name`."""
+    g = make_gateway(name, fresh_store=True, start=False)
+    text = g.config.read_text()
+    g.config.write_text(f'store = "{store_url}"\nnode_name = "{name}"\n' + text)
+    if start:
+        g.start(timeout=120)
+    return g
+
+
+def served_fingerprint(port: int, rsa_only: bool = True) -> str:
+    rc, out = s_client(port, *(RSA_SIGALGS if rsa_only else ()), starttls=True)
+    certs = pem_certs(out)
+    assert certs, f"s_client saw no certificate (rc={rc}):\n{out}"
+    return fingerprint(certs[0])
+
+
+def wait_for(what: str, check, timeout: float, interval: float = 0.05):
+    """Poll `check()` until it returns a truthy value or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+def test_nodes_starting_together_create_one_default_cert(make_gateway, pg_server, pg_database):
+    a = node(make_gateway, "gw-a", pg_database, start=False)
+    b = node(make_gateway, "gw-b", pg_database, start=False)
+    errors: list[BaseException] = []
+
+    def start(g):
+        try:
+            g.start(timeout=120)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(g,)) for g in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(150)
+    assert not errors, errors
+    count = pg_server.psql("SELECT count(*) FROM certificates WHERE name = 'Default Cert'",
+                           url=pg_database)
+    assert count == "1", count
+    # Exactly one generation, by one node (the other found it done).
+    generated = [g for g in (a, b) if "created Default Cert in the store" in g.stderr()]
+    assert len(generated) == 1, [g.stderr()[-1500:] for g in (a, b)]
+    # Both present that one certificate, RSA and ECDSA alike.
+    assert served_fingerprint(a.smtp_port) == served_fingerprint(b.smtp_port)
+    assert served_fingerprint(a.smtp_port, rsa_only=False) == \
+        served_fingerprint(b.smtp_port, rsa_only=False)
+    exported = pem_certs(a.cli_ok("cert", "export", "Default Cert").stdout)[0]
+    assert fingerprint(exported) == served_fingerprint(b.smtp_port)
+    # The store's password appears in no log.
+    for g in (a, b):
+        assert pg_server.password not in g.stderr()
+        assert pg_server.password not in g.log()
+
+
+def test_setting_on_a_applies_on_b_without_dropping_its_session(make_gateway, pg_database):
+    a = node(make_gateway, "gw-a", pg_database)
+    b = node(make_gateway, "gw-b", pg_database)
+    # A session open on B across the change.
+    held = b.connect()
+    assert held.ehlo().code == 250
+    a.cli_ok("settings", "set", "mta.banner", "Cluster banner from A")
+    changed_at = time.monotonic()
+
+    def banner_on_b():
+        with b.connect(banner=False) as c:
+            return c.read_reply().first
+
+    first = wait_for("B greets with the banner set on A",
+                     lambda: "Cluster banner from A" in banner_on_b() and banner_on_b(),
+                     PROPAGATION)
+    assert time.monotonic() - changed_at <= PROPAGATION + 0.5
+    assert first.startswith("220 "), first
+    # The held session carries on and its message is accepted.
+    assert held.cmd("MAIL FROM:<c@d.test>").code == 250
+    assert held.cmd("RCPT TO:<a@b.test>").code == 250
+    assert held.cmd("DATA").code == 354
+    r = held.cmd("Subject: held\r\n\r\nacross the reload\r\n.")
+    assert r.code == 250, r
+    held.cmd("QUIT")
+    held.close()
+
+
+def test_certificate_imported_through_b_is_presented_by_a(make_gateway, pg_database, tmp_path):
+    a = node(make_gateway, "gw-a", pg_database)
+    b = node(make_gateway, "gw-b", pg_database)
+    key, crt = tmp_path / "mx.key", tmp_path / "mx.pem"
+    p = openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=mx.cluster.test", "-addext", "subjectAltName=DNS:mx.cluster.test",
+                "-keyout", str(key), "-out", str(crt), timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    wanted = fingerprint(crt.read_text())
+    assert served_fingerprint(a.smtp_port) != wanted
+    b.cli_ok("cert", "import", "--name", "Cluster MX", "--cert", str(crt), "--key", str(key))
+    b.cli_ok("settings", "set", "tls.inbound.certificate", "Cluster MX")
+    wait_for("A presents the certificate imported through B",
+             lambda: served_fingerprint(a.smtp_port) == wanted, PROPAGATION + 1.0, interval=0.1)
+
+
+def test_message_received_on_a_is_traced_from_b(make_gateway, pg_database):
+    a = node(make_gateway, "gw-a", pg_database)
+    b = node(make_gateway, "gw-b", pg_database)
+    message_id = "<cluster-trace-1@postern.test>"
+    with smtplib.SMTP("127.0.0.1", a.smtp_port, timeout=10) as s:
+        s.ehlo("client.postern.test")
+        s.sendmail("alice@d.test", ["bob@b.test"],
+                   f"Message-ID: {message_id}\r\nSubject: trace\r\n\r\nbody\r\n")
+    trace = wait_for("B traces the message received on A",
+                     lambda: (r := b.cli("trace", message_id)).rc == 0 and r.stdout,
+                     10, interval=0.2)
+    assert "received" in trace, trace
+    assert '"node":"gw-a"' in trace.replace(" ", ""), trace
+    assert "gw-b" not in trace, trace
+
+
+def status_lines(g) -> dict[str, str]:
+    out = g.cli_ok("cluster", "status").stdout
+    return {m.group(1): m.group(2)
+            for m in re.finditer(r"^(\S+)\s+(synchronized|behind|unreachable)\b", out, re.M)}
+
+
+def test_cluster_status_synchronized_then_unreachable_after_kill9(make_gateway, pg_database):
+    a = node(make_gateway, "gw-a", pg_database)
+    b = node(make_gateway, "gw-b", pg_database)
+    wait_for("both nodes synchronized",
+             lambda: status_lines(a) == {"gw-a": "synchronized", "gw-b": "synchronized"},
+             15, interval=0.3)
+    out = b.cli_ok("cluster", "status").stdout
+    served = served_fingerprint(a.smtp_port)
+    flat = re.sub(r"[^0-9a-f\n]", "", out.lower())
+    assert served in flat, out
+    # A change: both apply it and are synchronized again at the new version.
+    a.cli_ok("settings", "set", "mta.max_recipients", "77")
+    wait_for("both synchronized at the new version",
+             lambda: status_lines(b) == {"gw-a": "synchronized", "gw-b": "synchronized"},
+             15, interval=0.3)
+    b.kill9()
+    # Unreachable once not seen for 30 s.
+    states = wait_for("B unreachable after kill -9",
+                      lambda: (s := status_lines(a)).get("gw-b") == "unreachable" and s,
+                      60, interval=1.0)
+    assert states["gw-a"] == "synchronized", states
+
+
+def test_store_url_without_sslmode_refuses_a_server_without_tls(make_gateway, pg_server):
+    assert pg_server.plain_url, "POSTERN_TEST_PG_PLAIN_URL missing"
+    g = node(make_gateway, "gw-plain", pg_server.plain_url, start=False)
+    r = g.cli("cert", "list")
+    assert r.rc != 0, r
+    assert "TLS" in r.stderr and "sslmode" in r.stderr, r
+    assert "cluster store unreachable" in r.stderr, r
+    assert pg_server.password not in r.stderr + r.stdout, r
+    # Written on purpose, plaintext works.
+    name = "p_" + uuid.uuid4().hex[:16]
+    pg_server.psql(f"CREATE DATABASE {name}", url=pg_server.plain_url)
+    plain_db = pg_server.plain_url.rsplit("/", 1)[0] + f"/{name}?sslmode=disable"
+    h = node(make_gateway, "gw-plain-ok", plain_db, start=False)
+    r = h.cli("cert", "list")
+    assert r.rc == 0, r
+    assert "Default Cert" in r.stdout, r
