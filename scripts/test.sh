@@ -14,7 +14,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # system instance unconfigured and stopped), dig for the test DNS server,
 # testssl.sh as TLS scanner, Chromium for the admin UI browser tests.
 need_pkgs=()
-for pkg in swaks openssl postfix dnsutils testssl.sh chromium fonts-dejavu-core; do
+for pkg in swaks openssl postfix dnsutils testssl.sh chromium fonts-dejavu-core postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -39,6 +39,12 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q -r tests/requirements.txt
+
+# A throwaway PostgreSQL (TLS from a test CA, scram-sha-256) for the store
+# conformance suite and the cluster tests; stopped when this script ends.
+echo "== starting a throwaway PostgreSQL"
+eval "$(scripts/pg-test-server.sh start | sed 's/^/export /')"
+trap 'scripts/pg-test-server.sh stop "$POSTERN_TEST_PG_DIR"' EXIT
 
 echo "== cargo test (release)"
 cargo test --release --workspace --locked
