@@ -66,6 +66,20 @@ pub trait Transaction {
     fn token_by_hash(&mut self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
     /// Every API token, ordered by name.
     fn tokens(&mut self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Up to `limit` tracking events with a row id above `after`, by row
+    /// id, with their ids (for copying a whole store).
+    fn events_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TrackingEvent)>, StoreError>;
+    /// Append tracking events inside this transaction; those whose detail
+    /// names no node are stamped with `node`.
+    fn copy_events(&mut self, node: &str, events: &[TrackingEvent]) -> Result<(), StoreError>;
+    /// Number of rows in each table of the installation that is not empty
+    /// on a new store: settings, certificates, credentials, events, nodes.
+    fn row_counts(&mut self) -> Result<Vec<(&'static str, i64)>, StoreError>;
 }
 
 /// The body of a transaction; called once per attempt.

@@ -83,3 +83,8 @@ pub(crate) fn with_node(detail: &serde_json::Value, node: &str) -> serde_json::V
     }
     detail
 }
+
+/// The node an (already stamped) detail names.
+pub(crate) fn node_of(detail: &serde_json::Value) -> Option<&str> {
+    detail.get("node").and_then(serde_json::Value::as_str)
+}

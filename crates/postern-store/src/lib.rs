@@ -31,6 +31,7 @@
 mod admin;
 pub mod backend;
 mod certificates;
+mod copy;
 mod events;
 mod nodes;
 mod postgres;
@@ -45,6 +46,7 @@ use postern_config::{ConfigError, Settings};
 
 pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
+pub use copy::{copy_installation, CopyReport};
 pub use events::{event_kind, EventQuery, TrackingEvent};
 pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
 pub use postgres::conninfo::is_postgres_url;
@@ -281,6 +283,12 @@ pub enum StoreError {
     /// The `store` URL cannot be used; the text says why (never the password).
     #[error("store: {0}")]
     BadLocation(String),
+    /// `store copy` found the target holding an installation already.
+    #[error(
+        "the target already holds a Postern installation ({0}); store copy only fills an \
+         empty database, and changed nothing"
+    )]
+    NotEmpty(String),
     /// The cluster store cannot be reached (or the connection broke).
     #[error("cluster store unreachable: {0}")]
     Unreachable(String),

@@ -16,8 +16,8 @@ use postern_config::{
     ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
 };
 use postern_store::{
-    event_kind, CertificateRecord, NodeState, NodeStatus, Store, StoreError, StoreLocation,
-    TrackingEvent,
+    event_kind, CertificateRecord, CopyReport, NodeState, NodeStatus, SqliteStore, Store,
+    StoreError, StoreLocation, TrackingEvent,
 };
 use serde_json::json;
 
@@ -26,6 +26,8 @@ type Opener = Arc<dyn Fn() -> Arc<dyn Store> + Send + Sync>;
 /// One store; `open` makes a new connection to it (a new process or node).
 trait Harness {
     fn opener(&self) -> Opener;
+    /// `store copy` from `source` into this store.
+    fn copy_from(&self, source: &SqliteStore) -> Result<CopyReport, StoreError>;
     fn open(&self) -> Arc<dyn Store> {
         (self.opener())()
     }
@@ -38,6 +40,10 @@ impl Harness for Sqlite {
         let location = StoreLocation::Sqlite(self.0.path().join("new").join("store.db"));
         Arc::new(move || postern_store::open(&location, "gw1").expect("open store"))
     }
+    fn copy_from(&self, source: &SqliteStore) -> Result<CopyReport, StoreError> {
+        let target = SqliteStore::open(&self.0.path().join("new").join("store.db"), "gw1")?;
+        postern_store::copy_installation(source, &target, "old-node")
+    }
 }
 
 struct Postgres(String);
@@ -46,6 +52,10 @@ impl Harness for Postgres {
     fn opener(&self) -> Opener {
         let location = StoreLocation::Postgres(self.0.clone());
         Arc::new(move || postern_store::open(&location, "gw1").expect("open store"))
+    }
+    fn copy_from(&self, source: &SqliteStore) -> Result<CopyReport, StoreError> {
+        let target = postern_store::PgStore::open(&self.0, "gw1")?;
+        postern_store::copy_installation(source, &target, "old-node")
     }
 }
 
@@ -96,6 +106,7 @@ conformance!(
     event_search_by_text_time_and_kind,
     node_registry_round_trip_and_states,
     events_name_the_recording_node,
+    copy_fills_an_empty_store_and_refuses_one_in_use,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -816,4 +827,69 @@ fn events_name_the_recording_node(h: &dyn Harness) {
         .collect();
     // Stamped with the recording node, unless the event names one.
     assert_eq!(nodes, ["gw1", "elsewhere"]);
+}
+
+fn copy_fills_an_empty_store_and_refuses_one_in_use(h: &dyn Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = SqliteStore::open(&dir.path().join("source.db"), "old-node").unwrap();
+    source
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("x")))
+        .unwrap();
+    source.add_certificate(&ca("Partner CA")).unwrap();
+    let mut settings = Settings::default();
+    settings.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    settings.mta.max_recipients = 12;
+    settings.domains = vec![postern_config::DomainEntry {
+        name: "corp.example".into(),
+        relay: true,
+        next_hop: None,
+        tls: None,
+    }];
+    source.put_settings(&settings).unwrap();
+    source.set_admin_password_hash("$argon2id$pw").unwrap();
+    source.add_api_token("ci", "hash-ci").unwrap();
+    let events: Vec<TrackingEvent> = (0..12_000)
+        .map(|i| event(&format!("Q{i}"), None, i, event_kind::RECEIVED))
+        .collect();
+    source.record_events(&events).unwrap();
+
+    let report = h.copy_from(&source).unwrap();
+    assert_eq!(report.certificates, 2);
+    assert_eq!(report.private_keys, 1);
+    assert!(report.settings && report.admin_password);
+    assert_eq!((report.api_tokens, report.events), (1, 12_000));
+    assert_eq!(report.domains, 1);
+
+    let target = h.open();
+    assert_eq!(target.settings().unwrap(), settings);
+    assert_eq!(
+        target.certificates().unwrap(),
+        source.certificates().unwrap()
+    );
+    assert_eq!(
+        target.admin_password_hash().unwrap().as_deref(),
+        Some("$argon2id$pw")
+    );
+    assert_eq!(
+        target.api_token_by_hash("hash-ci").unwrap().unwrap().name,
+        "ci"
+    );
+    let trace = target.events_for("Q11999").unwrap();
+    assert_eq!(trace.len(), 1);
+    assert_eq!(trace[0].detail["node"], json!("old-node"));
+    // The Default Cert is never made again on the target.
+    let mut make = || -> Result<CertificateRecord, String> { panic!("must not generate") };
+    assert!(!target
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+
+    // A second copy is refused and changes nothing.
+    let generation = target.generation().unwrap();
+    source.add_certificate(&ca("Later CA")).unwrap();
+    let error = h.copy_from(&source).unwrap_err();
+    assert!(matches!(error, StoreError::NotEmpty(_)), "{error:?}");
+    assert!(error.to_string().contains("certificates: 2"), "{error}");
+    assert_eq!(target.generation().unwrap(), generation);
+    assert_eq!(target.certificates().unwrap().len(), 2);
+    assert_eq!(target.recent_events(100_000).unwrap().len(), 12_000);
 }

@@ -4,7 +4,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::wait;
-use crate::events::{like_anywhere, with_node};
+use crate::events::{like_anywhere, node_of, with_node};
 use crate::{EventQuery, NodeStatus, StoreError, TrackingEvent};
 
 const COLUMNS: &str = "queue_id, message_id, at, kind, detail";
@@ -27,6 +27,7 @@ fn from_rows(rows: &[Row]) -> Result<Vec<TrackingEvent>, StoreError> {
 }
 
 /// One statement for the whole batch (arrays unnested): one round trip.
+/// Events whose detail names no node are stamped with `node`.
 pub(crate) fn insert(
     client: &Client,
     node: &str,
@@ -37,25 +38,28 @@ pub(crate) fn insert(
     let mut ats = Vec::with_capacity(batch.len());
     let mut kinds = Vec::with_capacity(batch.len());
     let mut details = Vec::with_capacity(batch.len());
+    let mut nodes = Vec::with_capacity(batch.len());
     for event in batch {
+        let stamped = with_node(&event.detail, node);
+        nodes.push(node_of(&stamped).unwrap_or(node).to_string());
         queue_ids.push(event.queue_id.as_str());
         message_ids.push(event.message_id.as_deref());
         ats.push(event.at);
         kinds.push(event.kind.as_str());
         details.push(
-            serde_json::to_string(&with_node(&event.detail, node))
+            serde_json::to_string(&stamped)
                 .map_err(|error| StoreError::Corrupt(format!("event detail: {error}")))?,
         );
     }
     wait(client.execute(
         &format!(
             "INSERT INTO events ({COLUMNS}, node)
-             SELECT q, m, a, k, d, $6
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
-                  WITH ORDINALITY AS t(q, m, a, k, d, n)
+             SELECT q, m, a, k, d, o
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+                  WITH ORDINALITY AS t(q, m, a, k, d, o, n)
              ORDER BY n"
         ),
-        &[&queue_ids, &message_ids, &ats, &kinds, &details, &node],
+        &[&queue_ids, &message_ids, &ats, &kinds, &details, &nodes],
     ))?;
     Ok(())
 }
@@ -222,5 +226,21 @@ pub(crate) fn nodes(client: &Client) -> Result<Vec<NodeStatus>, StoreError> {
                 queue_deferred: row.get(9),
             })
         })
+        .collect()
+}
+
+/// Events with a row id above `after`, by id (copying a store).
+pub(crate) fn after(
+    client: &Client,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, TrackingEvent)>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = wait(client.query(
+        &format!("SELECT {COLUMNS}, id FROM events WHERE id > $1 ORDER BY id LIMIT $2"),
+        &[&after, &limit],
+    ))?;
+    rows.iter()
+        .map(|row| Ok((row.get(5), from_row(row)?)))
         .collect()
 }

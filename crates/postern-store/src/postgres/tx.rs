@@ -5,7 +5,7 @@ use tokio_postgres::{Client, Row};
 
 use super::{wait, CHANNEL};
 use crate::backend::{CredentialKind, Transaction};
-use crate::{ApiToken, CertificateRecord, StoreError};
+use crate::{ApiToken, CertificateRecord, StoreError, TrackingEvent};
 
 pub(crate) struct PgTx<'a> {
     client: &'a Client,
@@ -197,5 +197,30 @@ impl Transaction for PgTx<'_> {
             &[&CredentialKind::Token.as_str()],
         ))?;
         Ok(rows.iter().map(token).collect())
+    }
+
+    fn events_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TrackingEvent)>, StoreError> {
+        super::events::after(self.client, after, limit)
+    }
+
+    fn copy_events(&mut self, node: &str, batch: &[TrackingEvent]) -> Result<(), StoreError> {
+        super::events::insert(self.client, node, batch)
+    }
+
+    fn row_counts(&mut self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        crate::sqlite::ROW_COUNTED
+            .iter()
+            .map(|table| {
+                let row = wait(
+                    self.client
+                        .query_one(&format!("SELECT count(*) FROM {table}"), &[]),
+                )?;
+                Ok((*table, row.get(0)))
+            })
+            .collect()
     }
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, Row};
 
-use crate::events::{like_anywhere, with_node};
+use crate::events::{like_anywhere, node_of, with_node};
 use crate::{EventQuery, StoreError, TrackingEvent};
 
 const COLUMNS: &str = "queue_id, message_id, at, kind, detail";
@@ -26,7 +26,9 @@ pub(crate) fn insert(
     node: &str,
     event: &TrackingEvent,
 ) -> Result<(), StoreError> {
-    let detail = serde_json::to_string(&with_node(&event.detail, node))
+    let stamped = with_node(&event.detail, node);
+    let node = node_of(&stamped).unwrap_or(node);
+    let detail = serde_json::to_string(&stamped)
         .map_err(|error| StoreError::Corrupt(format!("event detail: {error}")))?;
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO events ({COLUMNS}, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -132,4 +134,18 @@ pub(crate) fn prune(conn: &Connection, before: i64) -> Result<usize, StoreError>
             return Ok(total);
         }
     }
+}
+
+/// Events with a row id above `after`, by id (copying a store).
+pub(crate) fn after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, TrackingEvent)>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}, id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map([after, limit], |row| Ok((row.get(5)?, from_row(row)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

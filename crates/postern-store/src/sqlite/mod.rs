@@ -14,6 +14,8 @@ mod nodes;
 pub(crate) mod schema;
 mod tx;
 
+pub(crate) use tx::ROW_COUNTED;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;

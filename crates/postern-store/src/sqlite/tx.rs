@@ -4,8 +4,8 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::backend::{CredentialKind, Transaction};
-use crate::sqlite::meta;
-use crate::{ApiToken, CertificateRecord, StoreError};
+use crate::sqlite::{events, meta};
+use crate::{ApiToken, CertificateRecord, StoreError, TrackingEvent};
 
 pub(crate) struct SqliteTx<'a>(pub(crate) &'a Connection);
 
@@ -163,4 +163,41 @@ impl Transaction for SqliteTx<'_> {
         let rows = stmt.query_map([CredentialKind::Token.as_str()], token_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn events_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TrackingEvent)>, StoreError> {
+        events::after(self.0, after, limit)
+    }
+
+    fn copy_events(&mut self, node: &str, batch: &[TrackingEvent]) -> Result<(), StoreError> {
+        batch
+            .iter()
+            .try_for_each(|event| events::insert(self.0, node, event))
+    }
+
+    fn row_counts(&mut self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        ROW_COUNTED
+            .iter()
+            .map(|table| {
+                let n: i64 =
+                    self.0
+                        .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                            row.get(0)
+                        })?;
+                Ok((*table, n))
+            })
+            .collect()
+    }
 }
+
+/// The tables [`Transaction::row_counts`] counts.
+pub(crate) const ROW_COUNTED: &[&str] = &[
+    "settings",
+    "certificates",
+    "admin_credentials",
+    "events",
+    "nodes",
+];
