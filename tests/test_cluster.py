@@ -195,3 +195,47 @@ def test_store_url_without_sslmode_refuses_a_server_without_tls(make_gateway, pg
     r = h.cli("cert", "list")
     assert r.rc == 0, r
     assert "Default Cert" in r.stdout, r
+
+
+def test_store_copy_moves_an_embedded_installation_and_refuses_a_second_time(
+        make_gateway, pg_server, pg_database, tmp_path):
+    solo = make_gateway("solo")
+    solo.cli_ok("settings", "set", "mta.max_recipients", "33")
+    token = solo.cli_ok("admin", "token", "create", "--name", "ci").stdout.strip()
+    assert token
+    message_id = "<copied-1@postern.test>"
+    with smtplib.SMTP("127.0.0.1", solo.smtp_port, timeout=10) as s:
+        s.sendmail("alice@d.test", ["bob@b.test"],
+                   f"Message-ID: {message_id}\r\nSubject: copy\r\n\r\nbody\r\n")
+    wait_for("the message is traced on the embedded store",
+             lambda: solo.cli("trace", message_id).rc == 0, 10, interval=0.2)
+    served = served_fingerprint(solo.smtp_port)
+    assert solo.stop() == 0
+    certs_before = solo.cli_ok("cert", "list").stdout
+
+    r = solo.cli_ok("store", "copy", "--to", pg_database)
+    assert "verified" in r.stdout, r
+    assert re.search(r"certificates: 2 \(2 with private key\)", r.stdout), r
+    assert "API tokens: 1" in r.stdout, r
+    assert re.search(r"tracking events: [1-9]", r.stdout), r
+    assert pg_server.password not in r.stdout + r.stderr, r
+
+    # A node on the copy: same certificates, same Default Cert served, same
+    # settings, the message traceable, the token's hash there.
+    moved = node(make_gateway, "moved", pg_database)
+    assert moved.cli_ok("cert", "list").stdout == certs_before
+    assert served_fingerprint(moved.smtp_port) == served
+    assert "33" in moved.cli_ok("settings", "show").stdout
+    trace = moved.cli_ok("trace", message_id).stdout
+    assert "received" in trace, trace
+    assert "ci" in moved.cli_ok("admin", "token", "list").stdout
+
+    # A second copy: refused, and the target is unchanged.
+    before = pg_server.psql("SELECT count(*) FROM certificates", url=pg_database)
+    version = pg_server.psql("SELECT value FROM meta WHERE key = 'generation'", url=pg_database)
+    again = solo.cli("store", "copy", "--to", pg_database)
+    assert again.rc != 0, again
+    assert "already holds a Postern installation" in again.stderr, again
+    assert pg_server.psql("SELECT count(*) FROM certificates", url=pg_database) == before
+    assert pg_server.psql("SELECT value FROM meta WHERE key = 'generation'",
+                          url=pg_database) == version

@@ -39,6 +39,20 @@ pub enum Command {
     /// The nodes sharing this store.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Move this node's embedded store into PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the embedded (SQLite) store into an empty PostgreSQL database:
+    /// settings, certificates with keys, credentials, tokens, tracking.
+    Copy {
+        /// The target, a postgres:// URL (as `store` in postern.toml).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

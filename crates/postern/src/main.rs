@@ -74,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace { id } => commands::trace(&ctx, &id),
         Command::Admin(command) => commands::admin::run(&ctx, command),
         Command::Cluster(command) => commands::cluster::run(&ctx, command),
+        Command::Store(command) => commands::cluster::store(&ctx, command),
         Command::Probe { domain } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,9 +1,10 @@
-//! `postern cluster status`: the node registry (SPEC §9).
+//! `postern cluster status` (the node registry) and `postern store copy`
+//! (from the embedded store into a cluster's PostgreSQL), SPEC §9.
 
-use anyhow::Result;
-use postern_store::NodeState;
+use anyhow::{bail, Context as _, Result};
+use postern_store::{NodeState, PgStore, SqliteStore};
 
-use crate::cli::ClusterCommand;
+use crate::cli::{ClusterCommand, StoreCommand};
 use crate::context::Context;
 
 pub fn run(ctx: &Context, command: ClusterCommand) -> Result<()> {
@@ -70,5 +71,50 @@ fn status(ctx: &Context, json: bool) -> Result<()> {
             println!("{:<20} presents SHA-256 {fingerprint}", "");
         }
     }
+    Ok(())
+}
+
+pub fn store(ctx: &Context, command: StoreCommand) -> Result<()> {
+    match command {
+        StoreCommand::Copy { to } => copy(ctx, &to),
+    }
+}
+
+fn copy(ctx: &Context, to: &str) -> Result<()> {
+    if ctx.node.store != "sqlite" {
+        bail!(
+            "store copy copies this node's embedded store, but its store is {} already",
+            ctx.store.location()
+        );
+    }
+    if !postern_store::is_postgres_url(to) {
+        bail!("--to: give a postgres:// or postgresql:// URL");
+    }
+    let path = ctx.node.store_path();
+    let source = SqliteStore::open(&path, &ctx.node_name)
+        .with_context(|| format!("opening the store {}", path.display()))?;
+    let target = PgStore::open(to, &ctx.node_name).context("opening the target store")?;
+    let report = postern_store::copy_installation(&source, &target, &ctx.node_name)
+        .with_context(|| format!("copying into {}", postern_store::Store::location(&target)))?;
+    println!(
+        "copied {} into {} and verified it:",
+        path.display(),
+        postern_store::Store::location(&target)
+    );
+    let settings = if report.settings { "saved" } else { "defaults" };
+    println!("  settings: {settings}, {} domain(s)", report.domains);
+    println!(
+        "  certificates: {} ({} with private key)",
+        report.certificates, report.private_keys
+    );
+    let password = if report.admin_password {
+        "yes"
+    } else {
+        "not set"
+    };
+    println!("  admin password: {password}");
+    println!("  API tokens: {}", report.api_tokens);
+    println!("  tracking events: {}", report.events);
+    println!("set store = \"<that URL>\" in postern.toml on every node to use it");
     Ok(())
 }
