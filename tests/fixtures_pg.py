@@ -28,6 +28,23 @@ class PgServer:
     url: str          # superuser, TLS, verify-full against ca
     ca: str
     plain_url: str    # the server without TLS
+    dir: str = ""     # the script's directory (for stop/start of the TLS server)
+
+    def _pg_ctl(self, *args: str) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        cmd = [bins[-1] if bins else "pg_ctl", "-D", f"{self.dir}/tls", *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        p = subprocess.run(cmd, capture_output=True, timeout=90)
+        assert p.returncode == 0, f"pg_ctl {args}: {p.stdout.decode()}{p.stderr.decode()}"
+
+    def stop(self) -> None:
+        """Stop the TLS server (a store outage); `start` brings it back."""
+        assert self.dir, "POSTERN_TEST_PG_DIR unknown"
+        self._pg_ctl("-m", "fast", "-w", "-t", "60", "stop")
+
+    def start(self) -> None:
+        self._pg_ctl("-l", f"{self.dir}/tls.log", "-w", "-t", "60", "start")
 
     def psql(self, sql: str, url: str | None = None, timeout: float = 30) -> str:
         """Run SQL with the real psql client; returns unaligned tuples."""
@@ -67,7 +84,8 @@ def pg_server():
     started_dir = None
     if url:
         server = PgServer(url, os.environ.get("POSTERN_TEST_PG_CA", ""),
-                          os.environ.get("POSTERN_TEST_PG_PLAIN_URL", ""))
+                          os.environ.get("POSTERN_TEST_PG_PLAIN_URL", ""),
+                          os.environ.get("POSTERN_TEST_PG_DIR", ""))
     else:
         try:
             p = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, timeout=120)
@@ -81,7 +99,7 @@ def pg_server():
             env[key] = shlex.split(value)[0] if value else ""
         started_dir = env["POSTERN_TEST_PG_DIR"]
         server = PgServer(env["POSTERN_TEST_PG_URL"], env["POSTERN_TEST_PG_CA"],
-                          env["POSTERN_TEST_PG_PLAIN_URL"])
+                          env["POSTERN_TEST_PG_PLAIN_URL"], started_dir)
     try:
         yield server
     finally:

@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod context;
 mod gateway;
+mod journal;
 mod maillog;
 mod privilege;
 mod queue;

@@ -76,8 +76,11 @@ pub async fn run(ctx: Context) -> Result<()> {
     let spool = Arc::new(spool);
     let resolver = Resolver::new(&node.dns.nameservers).context("[dns] nameservers")?;
     let tracker = Arc::new(
-        crate::tracker::Tracker::start(Arc::clone(&ctx.store))
-            .context("starting the tracking-event writer")?,
+        crate::tracker::Tracker::start(
+            Arc::clone(&ctx.store),
+            node.data_dir.join("tracking.journal"),
+        )
+        .context("starting the tracking-event writer")?,
     );
     let courier = Courier::new(resolver, ctx.hostname.clone(), node.delivery.mx_port);
     let metrics = Arc::new(Metrics::new());
