@@ -91,3 +91,53 @@ impl Journal {
         Ok(events.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event(queue_id: &str) -> TrackingEvent {
+        TrackingEvent {
+            queue_id: queue_id.to_string(),
+            message_id: None,
+            at: 1,
+            kind: "received".to_string(),
+            detail: serde_json::json!({ "node": "gw1" }),
+        }
+    }
+
+    #[test]
+    fn journaled_events_reach_the_store_in_order_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("postern-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tracking.journal");
+        let _ = std::fs::remove_file(&path);
+        let mut journal = Journal::new(path.clone());
+        assert!(!journal.pending());
+        journal.append(&[event("Q1"), event("Q2")]).unwrap();
+        journal.append(&[event("Q3")]).unwrap();
+        // A line cut short by a crash while appending.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"queue_id\":\"Q4\",\"mess").unwrap();
+        drop(journal);
+
+        // Another process (a restart) finds it pending.
+        let mut journal = Journal::new(path.clone());
+        assert!(journal.pending());
+        let location = postern_store::StoreLocation::Sqlite(dir.join("store.db"));
+        let store = postern_store::open(&location, "gw1").unwrap();
+        assert_eq!(journal.replay(store.as_ref()).unwrap(), 3);
+        assert!(!journal.pending());
+        assert!(!path.exists());
+        let ids: Vec<String> = store
+            .recent_events(10)
+            .unwrap()
+            .into_iter()
+            .rev()
+            .map(|e| e.queue_id)
+            .collect();
+        assert_eq!(ids, ["Q1", "Q2", "Q3"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
