@@ -2,8 +2,9 @@
 (SPEC §9): one Default Cert when nodes start together on an empty
 database, settings and certificates changed through one node applied by
 the other within 2 s without dropping its sessions, tracking found from
-any node, the node registry and `postern cluster status`, and TLS to the
-store required by default.
+any node, API tokens and the admin password shared, the node registry and
+`postern cluster status`, `store copy`, tracking through a store outage,
+and TLS to the store required by default.
 
 The PostgreSQL server is the throwaway one of fixtures_pg (TLS from a test
 CA, scram-sha-256); every test gets a fresh database.
@@ -277,3 +278,21 @@ def test_tracking_events_kept_through_a_store_outage(make_gateway, pg_server, pg
     assert "from the local journal written to the store" in err, err[-3000:]
     assert pg_server.password not in err
     assert len(g.queue_ids()) == total
+
+
+def test_token_and_password_set_on_a_work_on_b(make_gateway, pg_database):
+    from admin_client import PASSWORD, Admin, new_token, wait_admin
+    a = node(make_gateway, "gw-a", pg_database, start=False)
+    a.cli_ok("admin", "passwd", "--password-stdin", input=(PASSWORD + "\n").encode())
+    a.start(timeout=120)
+    b = node(make_gateway, "gw-b", pg_database)
+    wait_admin(b)
+    token = new_token(a, "ci")
+    r = Admin(b, token=token).get("/api/v1/settings")
+    assert r.status == 200, r
+    # The password set through A logs in on B.
+    assert Admin(b).login().status == 200, "login on B with the password set on A"
+    # Revoked through B: refused by A.
+    b.cli_ok("admin", "token", "revoke", "ci")
+    wait_admin(a)
+    assert Admin(a, token=token).get("/api/v1/settings").status == 401
