@@ -296,3 +296,49 @@ def test_token_and_password_set_on_a_work_on_b(make_gateway, pg_database):
     b.cli_ok("admin", "token", "revoke", "ci")
     wait_admin(a)
     assert Admin(a, token=token).get("/api/v1/settings").status == 401
+
+
+def test_node_started_during_an_outage_runs_from_its_local_copy(make_gateway, pg_server,
+                                                                pg_database):
+    from admin_client import PASSWORD, Admin, new_token, wait_admin
+    a = node(make_gateway, "gw-a", pg_database, start=False)
+    a.cli_ok("admin", "passwd", "--password-stdin", input=(PASSWORD + "\n").encode())
+    a.start(timeout=120)
+    token = new_token(a, "ci")
+    a.cli_ok("settings", "set", "mta.max_recipients", "44")
+    cache = a.data_dir / "store-cache.json"
+    wait_for("the local copy", cache.is_file, 10, interval=0.2)
+    served = served_fingerprint(a.smtp_port)
+    assert a.stop() == 0
+    assert oct(cache.stat().st_mode & 0o777) == "0o600"
+    assert pg_server.password not in cache.read_text()
+    fresh = node(make_gateway, "gw-fresh", pg_database, start=False)
+
+    pg_server.stop()
+    try:
+        a.start(timeout=120)
+        assert "running from the local copy" in a.stderr(), a.stderr()[-3000:]
+        assert served_fingerprint(a.smtp_port) == served
+        wait_admin(a)
+        r = Admin(a, token=token).get("/api/v1/settings")
+        assert r.status == 200, r
+        assert r.json()["mta"]["max_recipients"] == 44, r
+        for i in range(20):
+            with smtplib.SMTP("127.0.0.1", a.smtp_port, timeout=10) as s:
+                s.sendmail("alice@d.test", ["bob@b.test"],
+                           f"Message-ID: <cached-{i}@postern.test>\r\nSubject: c\r\n\r\nbody\r\n")
+        # Writes: refused in those words, nothing half-written.
+        w = a.cli("settings", "set", "mta.max_recipients", "45")
+        assert w.rc != 0 and "cluster store unreachable" in w.stderr, w
+        # A node with no copy cannot start; the error names the store.
+        f = fresh.cli("cert", "list")
+        assert f.rc != 0 and "cluster store unreachable" in f.stderr, f
+        assert "127.0.0.1" in f.stderr and pg_server.password not in f.stderr, f
+    finally:
+        pg_server.start()
+    wait_for("the node connects and writes the journaled events",
+             lambda: pg_server.psql("SELECT count(*) FROM events WHERE kind = 'received' "
+                                    "AND message_id LIKE '<cached-%'", url=pg_database) == "20",
+             60, interval=0.5)
+    assert "cluster store reachable again" in a.stderr(), a.stderr()[-3000:]
+    assert a.cli_ok("settings", "show").stdout.count("44") >= 1

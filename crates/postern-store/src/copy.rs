@@ -33,17 +33,19 @@ pub struct CopyReport {
     pub events: usize,
 }
 
-/// Everything but the events, read in one consistent view.
-struct Installation {
-    settings: Option<String>,
-    certificates: Vec<CertificateRecord>,
-    flags: Vec<(String, i64)>,
-    password: Option<String>,
+/// Everything but the events, read in one consistent view (also what a
+/// node caches locally for store outages, `cached.rs`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Installation {
+    pub(crate) settings: Option<String>,
+    pub(crate) certificates: Vec<CertificateRecord>,
+    pub(crate) flags: Vec<(String, i64)>,
+    pub(crate) password: Option<String>,
     /// (name, hash, created_at)
-    tokens: Vec<(String, String, i64)>,
+    pub(crate) tokens: Vec<(String, String, i64)>,
 }
 
-fn read_installation(tx: &mut dyn Transaction) -> Result<Installation, StoreError> {
+pub(crate) fn read_installation(tx: &mut dyn Transaction) -> Result<Installation, StoreError> {
     let mut flags = Vec::new();
     for name in [DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME] {
         let key = generated_flag(name);

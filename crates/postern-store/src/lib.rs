@@ -30,6 +30,7 @@
 
 mod admin;
 pub mod backend;
+mod cached;
 mod certificates;
 mod copy;
 mod events;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 use postern_config::{ConfigError, Settings};
 
 pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
+pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};
 pub use events::{event_kind, EventQuery, TrackingEvent};
@@ -218,6 +220,19 @@ pub fn open(location: &StoreLocation, node_name: &str) -> Result<Arc<dyn Store>,
     match location {
         StoreLocation::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, node_name)?)),
         StoreLocation::Postgres(url) => Ok(Arc::new(PgStore::open(url, node_name)?)),
+    }
+}
+
+/// As [`open`], but a PostgreSQL store keeps a local copy at `cache` and
+/// runs from it while the server is unreachable ([`CachedPgStore`]).
+pub fn open_with_cache(
+    location: &StoreLocation,
+    node_name: &str,
+    cache: &std::path::Path,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match location {
+        StoreLocation::Postgres(url) => Ok(Arc::new(CachedPgStore::open(url, node_name, cache)?)),
+        StoreLocation::Sqlite(_) => open(location, node_name),
     }
 }
 

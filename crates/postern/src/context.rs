@@ -34,7 +34,9 @@ impl Context {
             .with_context(|| format!("creating data directory {}", node.data_dir.display()))?;
         let node_name = node.node_name.clone().unwrap_or_else(|| hostname.clone());
         let location = store_location(&node);
-        let store = postern_store::open(&location, &node_name)
+        // A cluster node keeps a local copy for PostgreSQL outages.
+        let cache = node.data_dir.join("store-cache.json");
+        let store = postern_store::open_with_cache(&location, &node_name, &cache)
             .with_context(|| format!("opening the store {}", location.describe()))?;
         // The ECDSA companion is born with the Default Cert, never later: a
         // store from an earlier version (or one whose Default Cert was

@@ -58,7 +58,13 @@ pub struct PgStore {
     newer_schema: Option<i64>,
     /// Signalled when another process committed a change (a hint).
     changes: Arc<tokio::sync::Notify>,
+    /// The last failed connection attempt: for a second after it, calls
+    /// fail at once instead of each waiting for a connect timeout.
+    failed: Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// See [`PgStore::failed`].
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,6 +129,7 @@ impl PgStore {
             events: Mutex::new(None),
             newer_schema: None,
             changes: Arc::new(tokio::sync::Notify::new()),
+            failed: Mutex::new(None),
         };
         let client = store.connect()?;
         store.newer_schema = schema::migrate(&client)?;
@@ -223,7 +230,26 @@ impl PgStore {
         let mut guard = lock(slot);
         let client = match guard.take().filter(|c| !c.is_closed()) {
             Some(client) => client,
-            None => self.connect()?,
+            None => {
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((at, reason)) = failed.as_ref() {
+                    if at.elapsed() < RECONNECT_PAUSE {
+                        return Err(StoreError::Unreachable(reason.clone()));
+                    }
+                }
+                match self.connect() {
+                    Ok(client) => {
+                        *failed = None;
+                        client
+                    }
+                    Err(error) => {
+                        if let StoreError::Unreachable(reason) = &error {
+                            *failed = Some((std::time::Instant::now(), reason.clone()));
+                        }
+                        return Err(error);
+                    }
+                }
+            }
         };
         let result = op(&client);
         if !client.is_closed() {
