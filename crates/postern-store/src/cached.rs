@@ -230,7 +230,8 @@ fn write_cache(path: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
     };
     let text = serde_json::to_string(snapshot)
         .map_err(|e| StoreError::Corrupt(format!("local copy: {e}")))?;
-    let tmp = path.with_extension("json.tmp");
+    // Per process: the gateway and a CLI command may refresh it at once.
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
