@@ -4,7 +4,9 @@
 //! Cert), `commands.rs` (settings/cert/queue/trace/check), `gateway/`
 //! (listeners, connections, reload, shutdown), `maillog.rs` (the mail log),
 //! `tracker.rs` (tracking events, written in batches), `registry.rs`
-//! (this node's row in the node registry).
+//! (this node's row in the node registry), `journal.rs` (tracking events
+//! kept on disk while the store is unreachable), `systemd.rs` (readiness
+//! notification).
 
 mod cli;
 mod commands;
@@ -15,6 +17,7 @@ mod maillog;
 mod privilege;
 mod queue;
 mod registry;
+mod systemd;
 mod tracker;
 
 use std::process::ExitCode;
