@@ -166,7 +166,7 @@ class Sink:
 
 class Postern:
     def __init__(self, binary: Path, root: Path, sink: Sink, cert: Path, key: Path, name: str = "postern",
-                 ecdsa: tuple[Path, Path] | None = None):
+                 ecdsa: tuple[Path, Path] | None = None, store: str | None = None):
         self.name = name
         self.bin = binary
         self.root = root
@@ -178,6 +178,7 @@ class Postern:
         user = self._user()
         self.config.write_text(
             (f'user = "{user}"\n' if user else "")
+            + (f'store = "{store}"\nnode_name = "{name}"\n' if store else "")
             + 'hostname = "postern.bench"\ndata_dir = "data"\n'
             + f'[smtp]\nlisten = ["127.0.0.1:{self.port}"]\nlisten_implicit_tls = ["127.0.0.1:{self.port_tls}"]\n'
             + f'[delivery]\nmx_port = {sink.plain}\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n')
@@ -620,6 +621,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "target" / "bench"))
     ap.add_argument("--postern-b", default="", help="A/B: a second Postern binary, run as a third MTA "
                     "(\"postern-b\") in the same rotation; the report adds a postern-b/postern table")
+    ap.add_argument("--postern-store", default="",
+                    help="also run Postern on this store (a postgres:// URL of an empty database) "
+                         "as a third MTA, postern-pg, beside the embedded one")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, queues)")
     ap.add_argument("--delivery-timeout", type=float, default=120)
     args = ap.parse_args()
@@ -683,6 +687,11 @@ def main() -> int:
             postern_b = Postern(b_bin, work / "postern-b", sink, cert, key, name="postern-b", ecdsa=ecdsa)
             postern_b.start()
             mtas.append(postern_b)
+        if args.postern_store:
+            postern_pg = Postern(postern_bin, work / "postern-pg", sink, cert, key, name="postern-pg",
+                                 ecdsa=ecdsa, store=args.postern_store)
+            postern_pg.start()
+            mtas.append(postern_pg)
         if not args.no_postfix:
             postfix = Postfix(work / "postfix", sink, cert, key, ecdsa=ecdsa)
             postfix.start()

@@ -19,7 +19,12 @@ summary() {
   echo "== time per step"
   printf '%s\n' "${timings[@]}"
 }
-trap summary EXIT
+# The throwaway PostgreSQL (below) is stopped however the script ends.
+cleanup() {
+  summary
+  if [ -n "${POSTERN_TEST_PG_DIR:-}" ]; then scripts/pg-test-server.sh stop "$POSTERN_TEST_PG_DIR"; fi
+}
+trap cleanup EXIT
 # step NAME COMMAND...: run one step, say how long it took.
 step() {
   local name=$1 start=$SECONDS
@@ -96,6 +101,14 @@ install_python_venv() {
   "$venv/bin/pip" install -q -r tests/requirements.txt
 }
 
+# A throwaway PostgreSQL (TLS from a test CA, scram-sha-256) on loopback for
+# the store conformance suite and the cluster tests; exports
+# POSTERN_TEST_PG_URL, _CA, _PLAIN_URL and _DIR (docs/cluster.md).
+start_pg_test_server() {
+  eval "$(scripts/pg-test-server.sh start | sed 's/^/export /')"
+  echo "$POSTERN_TEST_PG_DIR"
+}
+
 run_pytest() {
   # CI=1: a missing peer (testssl, Chromium, the postern user) fails its test
   # instead of skipping it — this script installed all of them.
@@ -113,6 +126,7 @@ step "cargo fmt --check" cargo fmt --all -- --check
 # of the test build; it still checks every dependency once (~3 min cold).
 step "cargo clippy (release, -D warnings)" \
   cargo clippy --workspace --all-targets --locked --release -- -D warnings
+step "throwaway PostgreSQL" start_pg_test_server
 step "cargo test (release)" cargo test --release --workspace --locked
 step "cargo build (release)" cargo build --release --locked -p postern -p postern-bench
 step "whole-gateway tests" run_pytest "$@"

@@ -95,6 +95,17 @@ impl ApiError {
                 e.retry_after = Some(1);
                 e
             }
+            // The cluster's PostgreSQL is down: the words SPEC §9 asks for;
+            // the details (never a password) go to the log.
+            StoreError::Unreachable(ref detail) => {
+                tracing::warn!("admin API: {detail}");
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster store unreachable");
+                e.retry_after = Some(5);
+                e
+            }
+            StoreError::UnsupportedSchema { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
             other => Self::internal(other),
         }
     }

@@ -11,7 +11,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use postern_config::{Settings, DEFAULT_CERT_NAME};
 use postern_spool::{DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState};
-use postern_store::{CertificateRecord, SqliteStore, Store};
+use postern_store::{CertificateRecord, Store, StoreLocation};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -48,7 +48,7 @@ impl QueueControl for MemoryQueue {
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     app: Router,
     token: String,
 }
@@ -80,7 +80,8 @@ fn queued() -> QueuedEnvelope {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("postern.db")).unwrap());
+    let location = StoreLocation::Sqlite(dir.path().join("postern.db"));
+    let store = postern_store::open(&location, "gw1").unwrap();
     store
         .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || {
             let g =

@@ -14,8 +14,12 @@ pub struct NodeConfig {
     /// Banner/EHLO name; `None` means the system hostname.
     pub hostname: Option<String>,
     pub data_dir: PathBuf,
-    /// `"sqlite"` (embedded) or, later, a `postgres://` URL for a cluster.
+    /// `"sqlite"` (embedded) or a `postgres://` URL for a cluster (SPEC §9).
     pub store: String,
+    /// This node's name in tracking events and the node registry; unique
+    /// per cluster. `None` means the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
     /// The unprivileged user `postern run` switches to after binding its
     /// listeners when started as root; `None` means [`DEFAULT_USER`]. Only
     /// an explicit `user = "root"` keeps a gateway started as root running
@@ -72,6 +76,7 @@ impl Default for NodeConfig {
             hostname: None,
             data_dir: PathBuf::from("./postern-data"),
             store: "sqlite".to_string(),
+            node_name: None,
             user: None,
             smtp: SmtpNode::default(),
             delivery: DeliveryNode::default(),
@@ -153,6 +158,19 @@ impl NodeConfig {
                 ));
             }
         }
+        if let Some(name) = &self.node_name {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            {
+                return Err(ConfigError::new(
+                    "node_name",
+                    format!("{name:?} is not a node name (1 to 64 letters, digits, '-', '.', '_')"),
+                ));
+            }
+        }
         if let Some(user) = &self.user {
             if !is_user_name(user) {
                 return Err(ConfigError::new(
@@ -164,13 +182,13 @@ impl NodeConfig {
                 ));
             }
         }
-        if self.store != "sqlite" {
+        let postgres =
+            self.store.starts_with("postgres://") || self.store.starts_with("postgresql://");
+        if self.store != "sqlite" && !postgres {
+            // The value is not repeated: a mistyped URL may hold a password.
             return Err(ConfigError::new(
                 "store",
-                format!(
-                    "\"{}\" is not supported yet; allowed: \"sqlite\"",
-                    self.store
-                ),
+                "must be \"sqlite\" (embedded) or a postgres:// or postgresql:// URL (cluster)",
             ));
         }
         if self.smtp.listen.is_empty() && self.smtp.listen_implicit_tls.is_empty() {
@@ -282,5 +300,27 @@ listen = "127.0.0.1:8025"
         assert!(err.message.contains("colour"), "{err}");
         let err = NodeConfig::from_toml("store = \"mysql://x\"\n", Path::new(".")).unwrap_err();
         assert_eq!(err.key, "store");
+    }
+
+    #[test]
+    fn cluster_store_and_node_name() {
+        let c = NodeConfig::from_toml(
+            "store = \"postgres://postern@db.example/postern\"\nnode_name = \"gw1\"\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        assert_eq!(c.node_name.as_deref(), Some("gw1"));
+        assert!(c.store.starts_with("postgres://"));
+        assert!(NodeConfig::from_toml("store = \"postgresql://p@h/d\"\n", Path::new(".")).is_ok());
+        // A mistyped URL is not echoed: it may hold a password.
+        let err = NodeConfig::from_toml("store = \"postgress://u:hunter2@h/d\"\n", Path::new("."))
+            .unwrap_err();
+        assert_eq!(err.key, "store");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        for bad in ["", "gw 1", "gw/1"] {
+            let text = format!("node_name = {bad:?}\n");
+            let err = NodeConfig::from_toml(&text, Path::new(".")).unwrap_err();
+            assert_eq!(err.key, "node_name", "{bad:?}");
+        }
     }
 }

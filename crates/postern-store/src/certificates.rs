@@ -9,7 +9,6 @@
 
 use std::fmt;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -123,56 +122,15 @@ pub(crate) fn validate_record(record: &CertificateRecord) -> Result<(), StoreErr
     Ok(())
 }
 
-const COLUMNS: &str = "name, chain_pem, key_pem, created_at";
+/// Set (to the unix time) once the `Default Cert` was generated or found.
+const DEFAULT_CERT_CREATED: &str = "default_cert_created";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<CertificateRecord> {
-    Ok(CertificateRecord {
-        name: row.get(0)?,
-        chain_pem: row.get(1)?,
-        key_pem: row.get(2)?,
-        created_at: row.get(3)?,
-    })
-}
-
-pub(crate) fn list(conn: &Connection) -> Result<Vec<CertificateRecord>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM certificates ORDER BY name"))?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub(crate) fn get(conn: &Connection, name: &str) -> Result<Option<CertificateRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM certificates WHERE name = ?1"
-    ))?;
-    Ok(stmt.query_row([name], from_row).optional()?)
-}
-
-/// Insert after [`validate_record`]; call inside a write transaction.
-pub(crate) fn insert(conn: &Connection, record: &CertificateRecord) -> Result<(), StoreError> {
-    let existing: Option<String> = conn
-        .query_row(
-            "SELECT name FROM certificates WHERE name = ?1 COLLATE NOCASE",
-            [&record.name],
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(existing) = existing {
-        return Err(StoreError::Duplicate(existing));
+/// The one-time flag for the generated certificate `name`. The `Default
+/// Cert` keeps the key it has had since schema 1.
+pub(crate) fn generated_flag(name: &str) -> String {
+    if name == postern_config::DEFAULT_CERT_NAME {
+        DEFAULT_CERT_CREATED.to_string()
+    } else {
+        format!("generated_certificate:{name}")
     }
-    conn.execute(
-        &format!("INSERT INTO certificates ({COLUMNS}) VALUES (?1, ?2, ?3, ?4)"),
-        params![
-            record.name,
-            record.chain_pem,
-            record.key_pem,
-            record.created_at
-        ],
-    )?;
-    Ok(())
-}
-
-/// Delete by exact name; false when there was none.
-pub(crate) fn delete(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    Ok(conn.execute("DELETE FROM certificates WHERE name = ?1", [name])? == 1)
 }

@@ -5,10 +5,7 @@
 //! object whose shape depends on the kind (TLS version, cipher, host, reply,
 //! ...); the store does not interpret it.
 
-use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
-
-use crate::StoreError;
 
 /// The kinds of tracking events the gateway records.
 pub mod event_kind {
@@ -34,70 +31,13 @@ pub struct TrackingEvent {
     pub detail: serde_json::Value,
 }
 
-const COLUMNS: &str = "queue_id, message_id, at, kind, detail";
-
-fn from_row(row: &Row<'_>) -> rusqlite::Result<TrackingEvent> {
-    let detail: String = row.get(4)?;
-    let detail = serde_json::from_str(&detail).map_err(|error| {
-        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(error))
-    })?;
-    Ok(TrackingEvent {
-        queue_id: row.get(0)?,
-        message_id: row.get(1)?,
-        at: row.get(2)?,
-        kind: row.get(3)?,
-        detail,
-    })
-}
-
-pub(crate) fn insert(conn: &Connection, event: &TrackingEvent) -> Result<(), StoreError> {
-    let detail = serde_json::to_string(&event.detail)
-        .map_err(|error| StoreError::Corrupt(format!("event detail: {error}")))?;
-    let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
-    ))?;
-    stmt.execute(params![
-        event.queue_id,
-        event.message_id,
-        event.at,
-        event.kind,
-        detail
-    ])?;
-    Ok(())
-}
-
 /// The Message-ID as given and in its other form (with or without `<>`).
-fn message_id_forms(id: &str) -> (String, String) {
+pub(crate) fn message_id_forms(id: &str) -> (String, String) {
     let id = id.trim();
     match id.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
         Some(bare) => (id.to_string(), bare.to_string()),
         None => (id.to_string(), format!("<{id}>")),
     }
-}
-
-pub(crate) fn for_message(
-    conn: &Connection,
-    id_or_message_id: &str,
-) -> Result<Vec<TrackingEvent>, StoreError> {
-    let (given, other) = message_id_forms(id_or_message_id);
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM events
-         WHERE queue_id = ?1
-            OR message_id IN (?1, ?2)
-            OR queue_id IN (SELECT queue_id FROM events WHERE message_id IN (?1, ?2))
-         ORDER BY at, id"
-    ))?;
-    let rows = stmt.query_map(params![given, other], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub(crate) fn recent(conn: &Connection, limit: usize) -> Result<Vec<TrackingEvent>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM events ORDER BY at DESC, id DESC LIMIT ?1"
-    ))?;
-    let rows = stmt.query_map([limit], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// A search over tracking events (the admin UI's message tracking and
@@ -119,7 +59,7 @@ pub struct EventQuery {
 }
 
 /// `text` as a LIKE pattern matching it anywhere, with `\` as escape.
-fn like_anywhere(text: &str) -> String {
+pub(crate) fn like_anywhere(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
     pattern.push('%');
     for c in text.chars() {
@@ -132,69 +72,19 @@ fn like_anywhere(text: &str) -> String {
     pattern
 }
 
-pub(crate) fn search(
-    conn: &Connection,
-    query: &EventQuery,
-) -> Result<Vec<TrackingEvent>, StoreError> {
-    let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1 = 1");
-    let mut values: Vec<rusqlite::types::Value> = Vec::new();
-    let mut bind = |sql: &mut String, fragment: &str, value: rusqlite::types::Value| {
-        values.push(value);
-        sql.push_str(&fragment.replace('?', &format!("?{}", values.len())));
-    };
-    if let Some(text) = query
-        .text
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        let (given, other) = message_id_forms(text);
-        bind(&mut sql, " AND (queue_id = ?", given.clone().into());
-        bind(&mut sql, " OR message_id = ?", given.into());
-        bind(&mut sql, " OR message_id = ?", other.into());
-        let pattern = like_anywhere(text);
-        bind(
-            &mut sql,
-            " OR message_id LIKE ? ESCAPE '\\'",
-            pattern.clone().into(),
-        );
-        bind(&mut sql, " OR detail LIKE ? ESCAPE '\\')", pattern.into());
+/// The detail with the recording node's name added as `"node"` (kept when
+/// the event names one already): every node's events are in one table, and
+/// `postern trace` shows where each happened.
+pub(crate) fn with_node(detail: &serde_json::Value, node: &str) -> serde_json::Value {
+    let mut detail = detail.clone();
+    if let serde_json::Value::Object(map) = &mut detail {
+        map.entry("node")
+            .or_insert_with(|| serde_json::Value::String(node.to_string()));
     }
-    if let Some(since) = query.since {
-        bind(&mut sql, " AND at >= ?", since.into());
-    }
-    if let Some(until) = query.until {
-        bind(&mut sql, " AND at <= ?", until.into());
-    }
-    if !query.kinds.is_empty() {
-        sql.push_str(" AND kind IN (");
-        for (i, kind) in query.kinds.iter().enumerate() {
-            let sep = if i == 0 { "?" } else { ", ?" };
-            bind(&mut sql, sep, kind.clone().into());
-        }
-        sql.push(')');
-    }
-    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-    bind(&mut sql, " ORDER BY at DESC, id DESC LIMIT ?", limit.into());
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    detail
 }
 
-/// Rows deleted per statement: each is its own short write transaction, so
-/// a large first prune never holds up the tracking writer for long.
-const PRUNE_CHUNK: i64 = 5000;
-
-pub(crate) fn prune(conn: &Connection, before: i64) -> Result<usize, StoreError> {
-    let mut total = 0;
-    loop {
-        let deleted = conn.execute(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
-            [before, PRUNE_CHUNK],
-        )?;
-        total += deleted;
-        if deleted < PRUNE_CHUNK as usize {
-            return Ok(total);
-        }
-    }
+/// The node an (already stamped) detail names.
+pub(crate) fn node_of(detail: &serde_json::Value) -> Option<&str> {
+    detail.get("node").and_then(serde_json::Value::as_str)
 }

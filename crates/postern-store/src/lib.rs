@@ -2,9 +2,11 @@
 //! the message-tracking events, kept in one database.
 //!
 //! Everything the CLI, the admin API and the running gateway share goes
-//! through the [`Store`] trait. [`SqliteStore`] is the embedded default, one
-//! SQLite file in the data directory; a PostgreSQL implementation for
-//! clusters (SPEC §9) is a second implementation of the same trait.
+//! through the [`Store`] trait; [`open`] picks the backend from the node
+//! config's `store`. [`SqliteStore`] is the embedded default, one SQLite
+//! file in the data directory; [`PgStore`] keeps a cluster's installation
+//! in PostgreSQL (SPEC §9). Both implement only [`backend::Backend`] (rows
+//! in transactions); the rules below are written once, in `rules.rs`.
 //!
 //! Rules every implementation keeps:
 //!
@@ -21,25 +23,37 @@
 //! CLI directly. Several processes may open the same store at once; every
 //! read-check-write sequence runs in one write transaction.
 //!
-//! Layout: `schema` opens the file and migrates it, `meta` keeps the
-//! generation counter and one-time flags, `settings`, `certificates`,
-//! `events` and `admin` (admin UI credentials) hold one concern each,
-//! `sqlite` ties them into [`SqliteStore`].
+//! Layout: `backend` (the row interface), `rules` (the rules over it),
+//! `settings`, `certificates`, `events`, `admin` (admin UI credentials) and
+//! `nodes` (the node registry) hold the backend-neutral types and checks of
+//! one concern each; `sqlite/` and `postgres/` are the two backends.
 
 mod admin;
+pub mod backend;
+mod cached;
 mod certificates;
+mod copy;
 mod events;
-mod meta;
-mod schema;
+mod nodes;
+mod postgres;
+mod rules;
 mod settings;
 mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use postern_config::{ConfigError, Settings};
 
 pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
+pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
+pub use copy::{copy_installation, CopyReport};
 pub use events::{event_kind, EventQuery, TrackingEvent};
-pub use schema::SCHEMA_VERSION;
+pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
+pub use postgres::conninfo::is_postgres_url;
+pub use postgres::PgStore;
+pub use sqlite::schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 
 /// The store shared by the CLI, the admin API and the gateway.
@@ -152,6 +166,74 @@ pub trait Store: Send + Sync {
 
     /// Revoke a token by name ([`StoreError::UnknownToken`] when none).
     fn delete_api_token(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Insert or refresh this node's row of the node registry (`last_seen`
+    /// is set by the store's clock).
+    fn register_node(&self, node: &NodeStatus) -> Result<(), StoreError>;
+
+    /// The node registry, by name.
+    fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
+
+    /// Where the store is, for messages: a file path, or a URL without its
+    /// password.
+    fn location(&self) -> String;
+
+    /// Woken when another process or node may have changed the store
+    /// (PostgreSQL `NOTIFY`); `None` where only polling tells. A hint only:
+    /// [`Store::generation`] decides.
+    fn change_hint(&self) -> Option<Arc<tokio::sync::Notify>>;
+}
+
+/// Where the store is: the node config's `store` (SPEC §3, §9).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded store: this SQLite file.
+    Sqlite(PathBuf),
+    /// A cluster store: a `postgres://` URL (it may hold a password).
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// For messages: the path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(path) => path.display().to_string(),
+            StoreLocation::Postgres(url) => {
+                match postgres::conninfo::ConnInfo::parse(url, &|_| None) {
+                    Ok(info) => info.redacted(),
+                    Err(_) => "the PostgreSQL store URL".to_string(),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Open (and create or migrate) the store at `location`; tracking events
+/// and the node registry name this node `node_name`.
+pub fn open(location: &StoreLocation, node_name: &str) -> Result<Arc<dyn Store>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, node_name)?)),
+        StoreLocation::Postgres(url) => Ok(Arc::new(PgStore::open(url, node_name)?)),
+    }
+}
+
+/// As [`open`], but a PostgreSQL store keeps a local copy at `cache` and
+/// runs from it while the server is unreachable ([`CachedPgStore`]).
+pub fn open_with_cache(
+    location: &StoreLocation,
+    node_name: &str,
+    cache: &std::path::Path,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match location {
+        StoreLocation::Postgres(url) => Ok(Arc::new(CachedPgStore::open(url, node_name, cache)?)),
+        StoreLocation::Sqlite(_) => open(location, node_name),
+    }
 }
 
 /// Why a store operation failed. Misconfiguration ([`Invalid`], [`InUse`],
@@ -197,7 +279,11 @@ pub enum StoreError {
     #[error("the store is busy (locked by another process): {0}")]
     Busy(String),
     /// The database was written by a newer Postern.
-    #[error("the store has schema version {found}; this Postern knows up to {supported}")]
+    #[error(
+        "the store has schema version {found}, written by a newer Postern; this one knows up \
+         to version {supported} and does not write to it: upgrade this node to a Postern \
+         with schema version {found}"
+    )]
     UnsupportedSchema { found: i64, supported: i64 },
     /// Stored data that cannot be read back.
     #[error("the store holds unreadable data: {0}")]
@@ -209,6 +295,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The `store` URL cannot be used; the text says why (never the password).
+    #[error("store: {0}")]
+    BadLocation(String),
+    /// `store copy` found the target holding an installation already.
+    #[error(
+        "the target already holds a Postern installation ({0}); store copy only fills an \
+         empty database, and changed nothing"
+    )]
+    NotEmpty(String),
+    /// The cluster store cannot be reached (or the connection broke).
+    #[error("cluster store unreachable: {0}")]
+    Unreachable(String),
     /// Any other database failure.
     #[error("store database error: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -1,4 +1,5 @@
-//! The settings document: one row holding the JSON form of [`Settings`].
+//! The settings document: one row holding the JSON form of [`Settings`],
+//! and the checks made before it is saved (every backend).
 //!
 //! Keeping the whole document (rather than one row per key) makes a save
 //! atomic by construction and leaves the schema of SPEC §4 to
@@ -6,7 +7,6 @@
 
 use postern_config::{ConfigError, Settings};
 use postern_tls::CertKeyPem;
-use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{CertificateRecord, StoreError};
 
@@ -17,36 +17,20 @@ const KEYS_NEEDING_PRIVATE_KEY: &[&str] = &[
     "tls.outbound.client_certificate",
 ];
 
-/// The saved settings, or the defaults when none were ever saved.
-pub(crate) fn load(conn: &Connection) -> Result<Settings, StoreError> {
-    let document: Option<String> = conn
-        .query_row("SELECT document FROM settings WHERE id = 1", [], |row| {
-            row.get(0)
-        })
-        .optional()?;
+/// The settings from their stored document, or the defaults when none was
+/// ever saved.
+pub(crate) fn parse_document(document: Option<&str>) -> Result<Settings, StoreError> {
     let Some(document) = document else {
         return Ok(Settings::default());
     };
     // Validated again on the way out: a settings file written by another
     // version must not reach the gateway unchecked.
-    Settings::from_json(&document).map_err(|error| {
+    Settings::from_json(document).map_err(|error| {
         StoreError::Invalid(ConfigError::new(
             error.key,
             format!("in the stored settings: {}", error.message),
         ))
     })
-}
-
-/// Replace the saved settings; call inside a write transaction, after
-/// [`check`].
-pub(crate) fn save(conn: &Connection, settings: &Settings) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO settings (id, document, updated_at) VALUES (1, ?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET document = excluded.document,
-                                        updated_at = excluded.updated_at",
-        params![settings.to_json(), crate::now()],
-    )?;
-    Ok(())
 }
 
 /// Validate settings against themselves and the certificate table.

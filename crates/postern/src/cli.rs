@@ -36,6 +36,32 @@ pub enum Command {
     /// The admin UI's password and the API tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The nodes sharing this store.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Move this node's embedded store into PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the embedded (SQLite) store into an empty PostgreSQL database:
+    /// settings, certificates with keys, credentials, tokens, tracking.
+    Copy {
+        /// The target, a postgres:// URL (as `store` in postern.toml).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every node: synchronized, behind or unreachable, with what it presents.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

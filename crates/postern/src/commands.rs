@@ -2,6 +2,7 @@
 //! Each works on the same store and spool as the running gateway.
 
 pub mod admin;
+pub mod cluster;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -336,7 +337,7 @@ fn queue_json(q: &postern_spool::QueuedEnvelope) -> serde_json::Value {
     })
 }
 
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use postern_config::{NodeConfig, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME};
-use postern_store::{CertificateRecord, SqliteStore, Store};
+use postern_store::{CertificateRecord, Store};
 use postern_tls::{generate_self_signed, KeyKind};
 
 pub struct Context {
     pub node: NodeConfig,
     pub hostname: String,
-    pub store: Arc<SqliteStore>,
+    /// `node_name`, or the host name: names this node in tracking events
+    /// and the node registry.
+    pub node_name: String,
+    pub store: Arc<dyn Store>,
 }
 
 impl Context {
@@ -29,15 +32,24 @@ impl Context {
             .mode(0o700)
             .create(&node.data_dir)
             .with_context(|| format!("creating data directory {}", node.data_dir.display()))?;
-        let store = SqliteStore::open(&node.store_path())
-            .with_context(|| format!("opening the store {}", node.store_path().display()))?;
+        let node_name = node.node_name.clone().unwrap_or_else(|| hostname.clone());
+        let location = store_location(&node);
+        // A cluster node keeps a local copy for PostgreSQL outages.
+        let cache = node.data_dir.join("store-cache.json");
+        let store = postern_store::open_with_cache(&location, &node_name, &cache)
+            .with_context(|| format!("opening the store {}", location.describe()))?;
         // The ECDSA companion is born with the Default Cert, never later: a
         // store from an earlier version (or one whose Default Cert was
         // imported) keeps presenting exactly what it presented, so peers
         // that pinned it (DANE TLSA, fingerprints) keep working.
-        if ensure_generated(&store, DEFAULT_CERT_NAME, KeyKind::Rsa4096, &hostname)? {
+        if ensure_generated(
+            store.as_ref(),
+            DEFAULT_CERT_NAME,
+            KeyKind::Rsa4096,
+            &hostname,
+        )? {
             ensure_generated(
-                &store,
+                store.as_ref(),
                 DEFAULT_ECDSA_CERT_NAME,
                 KeyKind::EcdsaP256,
                 &hostname,
@@ -46,19 +58,15 @@ impl Context {
         Ok(Self {
             node,
             hostname,
-            store: Arc::new(store),
+            node_name,
+            store,
         })
     }
 }
 
 /// Generate one of the default certificates at first start (never again,
 /// not even after it was deleted). True when it was generated now.
-fn ensure_generated(
-    store: &SqliteStore,
-    name: &str,
-    kind: KeyKind,
-    hostname: &str,
-) -> Result<bool> {
+fn ensure_generated(store: &dyn Store, name: &str, kind: KeyKind, hostname: &str) -> Result<bool> {
     let generated = store.ensure_default_certificate(name, &mut || {
         tracing::info!("generating the {name} ({}) for {hostname}", kind.as_str());
         let cert = generate_self_signed(kind, hostname, &[hostname.to_string()])
@@ -74,6 +82,15 @@ fn ensure_generated(
         tracing::info!("created {name} in the store");
     }
     Ok(generated)
+}
+
+/// Where `store` in the node config says the store is.
+fn store_location(node: &NodeConfig) -> postern_store::StoreLocation {
+    if node.store == "sqlite" {
+        postern_store::StoreLocation::Sqlite(node.store_path())
+    } else {
+        postern_store::StoreLocation::Postgres(node.store.clone())
+    }
 }
 
 pub fn system_hostname() -> String {

@@ -3,16 +3,20 @@
 //! Layout: `cli.rs` (arguments), `context.rs` (config, store, Default
 //! Cert), `commands.rs` (settings/cert/queue/trace/check), `gateway/`
 //! (listeners, connections, reload, shutdown), `maillog.rs` (the mail log),
-//! `tracker.rs` (tracking events, written in batches), `systemd.rs`
-//! (readiness notification).
+//! `tracker.rs` (tracking events, written in batches), `registry.rs`
+//! (this node's row in the node registry), `journal.rs` (tracking events
+//! kept on disk while the store is unreachable), `systemd.rs` (readiness
+//! notification).
 
 mod cli;
 mod commands;
 mod context;
 mod gateway;
+mod journal;
 mod maillog;
 mod privilege;
 mod queue;
+mod registry;
 mod systemd;
 mod tracker;
 
@@ -73,6 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(command) => commands::queue(&ctx, command),
         Command::Trace { id } => commands::trace(&ctx, &id),
         Command::Admin(command) => commands::admin::run(&ctx, command),
+        Command::Cluster(command) => commands::cluster::run(&ctx, command),
+        Command::Store(command) => commands::cluster::store(&ctx, command),
         Command::Probe { domain } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -9,11 +9,14 @@
 //! one transaction: the same events, in the same order, never delaying a
 //! reply.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use postern_store::{SqliteStore, Store, TrackingEvent};
+use postern_store::{Store, TrackingEvent};
+
+use crate::journal::Journal;
 
 /// Most events per transaction.
 const MAX_BATCH: usize = 1024;
@@ -32,11 +35,15 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn start(store: Arc<SqliteStore>) -> std::io::Result<Tracker> {
+    /// Start the writer. Events the store cannot take go to the journal
+    /// at `journal` and are written when it is back; a journal left by an
+    /// earlier run is written first.
+    pub fn start(store: Arc<dyn Store>, journal: PathBuf) -> std::io::Result<Tracker> {
         let (tx, rx) = channel();
+        let journal = Journal::new(journal);
         std::thread::Builder::new()
             .name("postern-tracking".into())
-            .spawn(move || writer(&store, &rx))?;
+            .spawn(move || writer(store.as_ref(), &rx, journal))?;
         Ok(Tracker { tx })
     }
 
@@ -59,11 +66,30 @@ impl Tracker {
     }
 }
 
-fn writer(store: &SqliteStore, rx: &Receiver<Msg>) {
+/// How often a pending journal is tried again without new events.
+const RETRY: Duration = Duration::from_secs(1);
+
+fn writer(store: &dyn Store, rx: &Receiver<Msg>, mut journal: Journal) {
     let mut batch: Vec<TrackingEvent> = Vec::new();
     let mut flushed: Vec<Sender<()>> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
+    // Logged once per outage, not per batch.
+    let mut outage: Option<String> = None;
+    // During an outage the store is tried once per RETRY, not per batch.
+    let mut last_try: Option<Instant> = None;
+    loop {
+        let first = if journal.pending() {
+            match rx.recv_timeout(RETRY) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(msg) => Some(msg),
+                Err(_) => return,
+            }
+        };
+        let mut next = first;
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Events(events) => batch.extend(events),
@@ -73,9 +99,39 @@ fn writer(store: &SqliteStore, rx: &Receiver<Msg>) {
                 next = rx.try_recv().ok();
             }
         }
+        // The journal first: events stay in the order they happened.
+        if journal.pending() && last_try.is_none_or(|at| at.elapsed() >= RETRY) {
+            last_try = Some(Instant::now());
+            match journal.replay(store) {
+                Ok(n) => {
+                    outage = None;
+                    if n > 0 {
+                        tracing::info!(
+                            "{n} tracking event(s) from the local journal written to the store"
+                        );
+                    }
+                }
+                Err(e) => note_outage(&mut outage, &journal, &e.to_string()),
+            }
+        }
         if !batch.is_empty() {
-            if let Err(e) = store.record_events(&batch) {
-                tracing::warn!("{} tracking event(s) not recorded: {e}", batch.len());
+            let result = if journal.pending() {
+                Err("the store is still unreachable".to_string())
+            } else {
+                store.record_events(&batch).map_err(|e| {
+                    last_try = Some(Instant::now());
+                    e.to_string()
+                })
+            };
+            if let Err(reason) = result {
+                note_outage(&mut outage, &journal, &reason);
+                if let Err(e) = journal.append(&batch) {
+                    tracing::error!(
+                        "{} tracking event(s) lost: the store failed ({reason}) and the journal {} too: {e}",
+                        batch.len(),
+                        journal.path().display()
+                    );
+                }
             }
             batch.clear();
         }
@@ -91,12 +147,22 @@ fn writer(store: &SqliteStore, rx: &Receiver<Msg>) {
     }
 }
 
+fn note_outage(outage: &mut Option<String>, journal: &Journal, reason: &str) {
+    if outage.is_none() {
+        tracing::warn!(
+            "tracking events kept in {} until the store takes them: {reason}",
+            journal.path().display()
+        );
+        *outage = Some(reason.to_string());
+    }
+}
+
 /// How often old tracking events are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Delete tracking events older than `mta.tracking_retention`, soon after
 /// start and then hourly. Every node of a cluster may do it; it is idempotent.
-pub async fn prune_loop(store: Arc<SqliteStore>, live: Arc<crate::gateway::LiveConfig>) {
+pub async fn prune_loop(store: Arc<dyn Store>, live: Arc<crate::gateway::LiveConfig>) {
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(60),
         PRUNE_EVERY,

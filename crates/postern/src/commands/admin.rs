@@ -6,7 +6,6 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use postern_admin::auth;
-use postern_store::Store;
 
 use crate::cli::{AdminCommand, TokenCommand};
 use crate::context::Context;

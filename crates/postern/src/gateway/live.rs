@@ -171,9 +171,20 @@ pub async fn reload_loop(
 ) {
     let mut failed_generation = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    // PostgreSQL's LISTEN/NOTIFY: a hint to look now; the generation decides.
+    let hint = store.change_hint();
     loop {
+        // A store without NOTIFY (SQLite) never wakes the hint: the
+        // ticker does.
+        let hinted = async {
+            match &hint {
+                Some(hint) => hint.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let forced = tokio::select! {
             _ = ticker.tick() => false,
+            _ = hinted => false,
             _ = hangup.recv() => true,
         };
         if forced {

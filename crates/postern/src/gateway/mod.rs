@@ -77,8 +77,11 @@ pub async fn run(ctx: Context) -> Result<()> {
     let spool = Arc::new(spool);
     let resolver = Resolver::new(&node.dns.nameservers).context("[dns] nameservers")?;
     let tracker = Arc::new(
-        crate::tracker::Tracker::start(Arc::clone(&ctx.store))
-            .context("starting the tracking-event writer")?,
+        crate::tracker::Tracker::start(
+            Arc::clone(&ctx.store),
+            node.data_dir.join("tracking.journal"),
+        )
+        .context("starting the tracking-event writer")?,
     );
     let courier = Courier::new(resolver, ctx.hostname.clone(), node.delivery.mx_port);
     let metrics = Arc::new(Metrics::new());
@@ -162,6 +165,16 @@ pub async fn run(ctx: Context) -> Result<()> {
         control::socket_path(&node.data_dir),
         Arc::clone(&runner),
     ));
+    let heartbeat = tokio::spawn(crate::registry::heartbeat_loop(
+        crate::registry::Identity {
+            name: ctx.node_name.clone(),
+            hostname: ctx.hostname.clone(),
+            started_at: crate::context::unix_now(),
+        },
+        Arc::clone(&ctx.store),
+        Arc::clone(&shared.live),
+        Arc::clone(&shared.spool),
+    ));
     let pruner = tokio::spawn(crate::tracker::prune_loop(
         Arc::clone(&ctx.store),
         Arc::clone(&shared.live),
@@ -184,6 +197,7 @@ pub async fn run(ctx: Context) -> Result<()> {
         handle.abort();
     }
     reloader.abort();
+    heartbeat.abort();
     pruner.abort();
     // Delivery attempts in flight are abandoned: their recipients stay
     // queued and are tried again at the next start.

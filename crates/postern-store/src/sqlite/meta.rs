@@ -11,19 +11,6 @@ use crate::StoreError;
 
 const GENERATION: &str = "generation";
 
-/// Set (to the unix time) once the `Default Cert` was generated or found.
-const DEFAULT_CERT_CREATED: &str = "default_cert_created";
-
-/// The one-time flag for the generated certificate `name`. The `Default
-/// Cert` keeps the key it has had since schema 1.
-pub(crate) fn generated_flag(name: &str) -> String {
-    if name == postern_config::DEFAULT_CERT_NAME {
-        DEFAULT_CERT_CREATED.to_string()
-    } else {
-        format!("generated_certificate:{name}")
-    }
-}
-
 pub(crate) fn generation(conn: &Connection) -> Result<i64, StoreError> {
     conn.query_row(
         "SELECT value FROM meta WHERE key = ?1",

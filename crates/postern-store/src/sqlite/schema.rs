@@ -69,6 +69,22 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX admin_credentials_hash ON admin_credentials (hash);
     ",
+    // 3: the recording node of tracking events; the node registry.
+    "
+    ALTER TABLE events ADD COLUMN node TEXT;
+
+    CREATE TABLE nodes (
+        name               TEXT PRIMARY KEY NOT NULL,
+        hostname           TEXT NOT NULL,
+        version            TEXT NOT NULL,
+        started_at         INTEGER NOT NULL,
+        last_seen          INTEGER NOT NULL,
+        applied_generation INTEGER NOT NULL,
+        fingerprints       TEXT NOT NULL,
+        queue_messages     INTEGER NOT NULL,
+        queue_deferred     INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build creates and understands.

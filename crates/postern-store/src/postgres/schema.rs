@@ -1,0 +1,122 @@
+//! The PostgreSQL schema, versioned in `postern_schema` and migrated under
+//! an advisory lock: nodes starting together on an empty database create
+//! it exactly once, and one that finds a newer schema reads but never
+//! writes (it says which version it would need).
+
+use tokio_postgres::Client;
+
+use super::wait;
+use crate::StoreError;
+
+/// Advisory lock key held while migrating ("PSTM").
+const MIGRATE_LOCK: i64 = 0x5053_544d;
+
+/// Migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: everything the SQLite store has at its version 3.
+    "
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('generation', 1);
+
+    CREATE TABLE settings (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        document   TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+
+    CREATE TABLE certificates (
+        name       TEXT PRIMARY KEY,
+        chain_pem  TEXT NOT NULL,
+        key_pem    TEXT,
+        created_at BIGINT NOT NULL
+    );
+    -- ASCII case only, as SQLite's NOCASE.
+    CREATE UNIQUE INDEX certificates_name_nocase ON certificates
+        (translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'));
+
+    CREATE TABLE events (
+        id         BIGSERIAL PRIMARY KEY,
+        queue_id   TEXT NOT NULL,
+        message_id TEXT,
+        at         BIGINT NOT NULL,
+        kind       TEXT NOT NULL,
+        detail     TEXT NOT NULL,
+        node       TEXT
+    );
+    CREATE INDEX events_queue_id ON events (queue_id);
+    CREATE INDEX events_message_id ON events (message_id);
+    CREATE INDEX events_at ON events (at);
+
+    CREATE TABLE admin_credentials (
+        kind       TEXT NOT NULL CHECK (kind IN ('password', 'token')),
+        name       TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+    CREATE UNIQUE INDEX admin_credentials_hash ON admin_credentials (hash);
+
+    CREATE TABLE nodes (
+        name               TEXT PRIMARY KEY,
+        hostname           TEXT NOT NULL,
+        version            TEXT NOT NULL,
+        started_at         BIGINT NOT NULL,
+        last_seen          BIGINT NOT NULL,
+        applied_generation BIGINT NOT NULL,
+        fingerprints       TEXT NOT NULL,
+        queue_messages     BIGINT NOT NULL,
+        queue_deferred     BIGINT NOT NULL
+    );
+    ",
+];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the schema up to [`SCHEMA_VERSION`]. Returns the version found
+/// when it is newer than this build (the store is then read-only).
+pub(crate) fn migrate(client: &Client) -> Result<Option<i64>, StoreError> {
+    wait(client.batch_execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({MIGRATE_LOCK});
+         CREATE TABLE IF NOT EXISTS postern_schema (
+             only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+             version  BIGINT NOT NULL
+         );"
+    )))?;
+    let result = (|| {
+        let row = wait(client.query_opt("SELECT version FROM postern_schema", &[]))?;
+        let version: i64 = row.map(|r| r.get(0)).unwrap_or(0);
+        if version > SCHEMA_VERSION {
+            return Ok(Some(version));
+        }
+        let start = usize::try_from(version).unwrap_or(0);
+        for migration in MIGRATIONS.iter().skip(start) {
+            wait(client.batch_execute(migration))?;
+        }
+        wait(client.execute(
+            "INSERT INTO postern_schema (only_row, version) VALUES (TRUE, $1)
+             ON CONFLICT (only_row) DO UPDATE SET version = excluded.version",
+            &[&SCHEMA_VERSION],
+        ))?;
+        Ok(None)
+    })();
+    match result {
+        Ok(newer) => {
+            wait(client.batch_execute("COMMIT"))?;
+            if let Some(found) = newer {
+                tracing::error!(
+                    "the store has schema version {found}; this Postern knows up to \
+                     {SCHEMA_VERSION}: it will read but not write until it is upgraded"
+                );
+            }
+            Ok(newer)
+        }
+        Err(error) => {
+            let _ = wait(client.batch_execute("ROLLBACK"));
+            Err(error)
+        }
+    }
+}

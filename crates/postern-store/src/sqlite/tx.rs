@@ -1,0 +1,203 @@
+//! [`Transaction`] over one SQLite connection (inside a transaction, or a
+//! plain connection for single reads).
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::backend::{CredentialKind, Transaction};
+use crate::sqlite::{events, meta};
+use crate::{ApiToken, CertificateRecord, StoreError, TrackingEvent};
+
+pub(crate) struct SqliteTx<'a>(pub(crate) &'a Connection);
+
+const CERT_COLUMNS: &str = "name, chain_pem, key_pem, created_at";
+
+fn certificate_from_row(row: &Row<'_>) -> rusqlite::Result<CertificateRecord> {
+    Ok(CertificateRecord {
+        name: row.get(0)?,
+        chain_pem: row.get(1)?,
+        key_pem: row.get(2)?,
+        created_at: row.get(3)?,
+    })
+}
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<ApiToken> {
+    Ok(ApiToken {
+        name: row.get(0)?,
+        created_at: row.get(1)?,
+    })
+}
+
+impl Transaction for SqliteTx<'_> {
+    fn settings_document(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .0
+            .query_row("SELECT document FROM settings WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+
+    fn save_settings_document(&mut self, document: &str, at: i64) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO settings (id, document, updated_at) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET document = excluded.document,
+                                            updated_at = excluded.updated_at",
+            params![document, at],
+        )?;
+        Ok(())
+    }
+
+    fn certificates(&mut self) -> Result<Vec<CertificateRecord>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], certificate_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn certificate(&mut self, name: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE name = ?1"
+        ))?;
+        Ok(stmt.query_row([name], certificate_from_row).optional()?)
+    }
+
+    fn certificate_name_nocase(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT name FROM certificates WHERE name = ?1 COLLATE NOCASE",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn insert_certificate(&mut self, record: &CertificateRecord) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!("INSERT INTO certificates ({CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4)"),
+            params![
+                record.name,
+                record.chain_pem,
+                record.key_pem,
+                record.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_certificate(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .execute("DELETE FROM certificates WHERE name = ?1", [name])?
+            == 1)
+    }
+
+    fn generation(&mut self) -> Result<i64, StoreError> {
+        meta::generation(self.0)
+    }
+
+    fn bump_generation(&mut self) -> Result<(), StoreError> {
+        meta::bump_generation(self.0)
+    }
+
+    fn flag(&mut self, key: &str) -> Result<Option<i64>, StoreError> {
+        meta::flag(self.0, key)
+    }
+
+    fn set_flag(&mut self, key: &str, value: i64) -> Result<(), StoreError> {
+        meta::set_flag(self.0, key, value)
+    }
+
+    fn credential(
+        &mut self,
+        kind: CredentialKind,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT hash FROM admin_credentials WHERE kind = ?1 AND name = ?2",
+                [kind.as_str(), name],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn put_credential(
+        &mut self,
+        kind: CredentialKind,
+        name: &str,
+        hash: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO admin_credentials (kind, name, hash, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, name) DO UPDATE SET hash = excluded.hash,
+                                                    created_at = excluded.created_at",
+            params![kind.as_str(), name, hash, at],
+        )?;
+        Ok(())
+    }
+
+    fn delete_credential(&mut self, kind: CredentialKind, name: &str) -> Result<bool, StoreError> {
+        Ok(self.0.execute(
+            "DELETE FROM admin_credentials WHERE kind = ?1 AND name = ?2",
+            [kind.as_str(), name],
+        )? > 0)
+    }
+
+    fn token_by_hash(&mut self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT name, created_at FROM admin_credentials WHERE kind = ?1 AND hash = ?2",
+        )?;
+        Ok(stmt
+            .query_row([CredentialKind::Token.as_str(), hash], token_from_row)
+            .optional()?)
+    }
+
+    fn tokens(&mut self) -> Result<Vec<ApiToken>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT name, created_at FROM admin_credentials WHERE kind = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([CredentialKind::Token.as_str()], token_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn events_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TrackingEvent)>, StoreError> {
+        events::after(self.0, after, limit)
+    }
+
+    fn copy_events(&mut self, node: &str, batch: &[TrackingEvent]) -> Result<(), StoreError> {
+        batch
+            .iter()
+            .try_for_each(|event| events::insert(self.0, node, event))
+    }
+
+    fn row_counts(&mut self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        ROW_COUNTED
+            .iter()
+            .map(|table| {
+                let n: i64 =
+                    self.0
+                        .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                            row.get(0)
+                        })?;
+                Ok((*table, n))
+            })
+            .collect()
+    }
+}
+
+/// The tables [`Transaction::row_counts`] counts.
+pub(crate) const ROW_COUNTED: &[&str] = &[
+    "settings",
+    "certificates",
+    "admin_credentials",
+    "events",
+    "nodes",
+];

@@ -1,0 +1,895 @@
+//! The store's contract, run against every backend: SQLite on a temporary
+//! file and PostgreSQL on the throwaway test server (a fresh database per
+//! test). Every test gets a [`Harness`] that opens new connections to one
+//! store, as separate processes or nodes would.
+
+// A failed unwrap here is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use postern_config::{
+    ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
+};
+use postern_store::{
+    event_kind, CertificateRecord, CopyReport, NodeState, NodeStatus, SqliteStore, Store,
+    StoreError, StoreLocation, TrackingEvent,
+};
+use serde_json::json;
+
+type Opener = Arc<dyn Fn() -> Arc<dyn Store> + Send + Sync>;
+
+/// One store; `open` makes a new connection to it (a new process or node).
+trait Harness {
+    fn opener(&self) -> Opener;
+    /// `store copy` from `source` into this store.
+    fn copy_from(&self, source: &SqliteStore) -> Result<CopyReport, StoreError>;
+    fn open(&self) -> Arc<dyn Store> {
+        (self.opener())()
+    }
+}
+
+struct Sqlite(tempfile::TempDir);
+
+impl Harness for Sqlite {
+    fn opener(&self) -> Opener {
+        let location = StoreLocation::Sqlite(self.0.path().join("new").join("store.db"));
+        Arc::new(move || postern_store::open(&location, "gw1").expect("open store"))
+    }
+    fn copy_from(&self, source: &SqliteStore) -> Result<CopyReport, StoreError> {
+        let target = SqliteStore::open(&self.0.path().join("new").join("store.db"), "gw1")?;
+        postern_store::copy_installation(source, &target, "old-node")
+    }
+}
+
+struct Postgres(String);
+
+impl Harness for Postgres {
+    fn opener(&self) -> Opener {
+        let location = StoreLocation::Postgres(self.0.clone());
+        Arc::new(move || postern_store::open(&location, "gw1").expect("open store"))
+    }
+    fn copy_from(&self, source: &SqliteStore) -> Result<CopyReport, StoreError> {
+        let target = postern_store::PgStore::open(&self.0, "gw1")?;
+        postern_store::copy_installation(source, &target, "old-node")
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&super::Sqlite(tempfile::tempdir().unwrap()));
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(server) = super::support::server_url() {
+                        let url = super::support::fresh_database(&server);
+                        super::$name(&super::Postgres(url));
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    settings_default_then_round_trip,
+    put_refuses_unknown_certificates_naming_the_key,
+    ca_entries_cannot_be_presented_but_can_be_trusted,
+    system_is_not_a_client_ca,
+    generation_changes_on_every_write_and_is_seen_by_another_connection,
+    update_settings_applies_and_validates,
+    delete_refused_while_in_use_then_allowed,
+    certificates_are_listed_by_name_and_read_back,
+    duplicate_and_bad_certificates_refused,
+    default_certificate_generated_once_and_not_after_deletion,
+    ecdsa_companion_generated_once_independently_of_the_default_cert,
+    default_certificate_failure_changes_nothing_and_is_retried,
+    default_certificate_imported_before_first_use_is_kept,
+    default_certificate_concurrent_first_use_makes_exactly_one,
+    events_by_queue_id_and_message_id,
+    prune_deletes_every_old_event_in_chunks_and_keeps_the_rest,
+    store_is_usable_as_a_trait_object,
+    admin_password_is_initialised_once_then_replaced,
+    api_tokens_by_hash_names_unique_and_revocable,
+    event_search_by_text_time_and_kind,
+    node_registry_round_trip_and_states,
+    events_name_the_recording_node,
+    copy_fills_an_empty_store_and_refuses_one_in_use,
+);
+
+const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
+const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBkey\n-----END PRIVATE KEY-----\n";
+
+fn leaf(name: &str) -> CertificateRecord {
+    CertificateRecord {
+        name: name.to_string(),
+        chain_pem: CHAIN.to_string(),
+        key_pem: Some(KEY.to_string()),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn ca(name: &str) -> CertificateRecord {
+    CertificateRecord {
+        key_pem: None,
+        ..leaf(name)
+    }
+}
+
+/// A store with the Default Cert in place, as every command sees it.
+fn initialised(h: &dyn Harness) -> Arc<dyn Store> {
+    let store = h.open();
+    store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("anything")))
+        .expect("default cert");
+    store
+}
+
+fn invalid_key(error: StoreError) -> String {
+    match error {
+        StoreError::Invalid(e) => e.key,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+fn settings_default_then_round_trip(h: &dyn Harness) {
+    let store = initialised(h);
+    assert_eq!(store.settings().unwrap(), Settings::default());
+
+    let mut settings = Settings::default();
+    settings.tls.inbound.mode = InboundMode::Require;
+    settings.tls.outbound.mode = OutboundMode::Verify;
+    settings.mta.max_recipients = 42;
+    store.put_settings(&settings).unwrap();
+    assert_eq!(store.settings().unwrap(), settings);
+
+    // And from a fresh open of the same file.
+    drop(store);
+    assert_eq!(h.open().settings().unwrap(), settings);
+}
+
+fn put_refuses_unknown_certificates_naming_the_key(h: &dyn Harness) {
+    let store = initialised(h);
+    let mut before = Settings::default();
+    before.mta.max_recipients = 7;
+    store.put_settings(&before).unwrap();
+    let generation = store.generation().unwrap();
+
+    let mut s = before.clone();
+    s.tls.inbound.certificate = "missing".into();
+    let err = store.put_settings(&s).unwrap_err();
+    assert!(err.to_string().contains("tls.inbound.certificate"), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert_eq!(invalid_key(err), "tls.inbound.certificate");
+
+    let mut s = before.clone();
+    s.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.outbound.trusted_ca"
+    );
+
+    let mut s = before.clone();
+    s.tls.inbound.mode = InboundMode::Require;
+    s.tls.inbound.client_certificate = ClientCertMode::Require;
+    s.tls.inbound.trusted_client_ca = vec!["Agents CA".into()];
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.inbound.trusted_client_ca"
+    );
+
+    let mut s = before.clone();
+    s.tls.outbound.client_certificate = "nope".into();
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.outbound.client_certificate"
+    );
+
+    // Settings::validate errors come through too.
+    let mut s = before.clone();
+    s.mta.max_recipients = 0;
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "mta.max_recipients"
+    );
+
+    assert_eq!(store.settings().unwrap(), before);
+    assert_eq!(store.generation().unwrap(), generation);
+}
+
+fn ca_entries_cannot_be_presented_but_can_be_trusted(h: &dyn Harness) {
+    let store = initialised(h);
+    store.add_certificate(&ca("Partner CA")).unwrap();
+    store.add_certificate(&leaf("Relay Client")).unwrap();
+
+    let mut s = Settings::default();
+    s.tls.inbound.certificate = "Partner CA".into();
+    let err = store.put_settings(&s).unwrap_err();
+    assert!(err.to_string().contains("no private key"), "{err}");
+    assert_eq!(invalid_key(err), "tls.inbound.certificate");
+
+    let mut s = Settings::default();
+    s.tls.outbound.client_certificate = "Partner CA".into();
+    assert_eq!(
+        invalid_key(store.put_settings(&s).unwrap_err()),
+        "tls.outbound.client_certificate"
+    );
+    assert_eq!(store.settings().unwrap(), Settings::default());
+
+    let mut s = Settings::default();
+    s.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    s.tls.outbound.client_certificate = "Relay Client".into();
+    s.tls.inbound.mode = InboundMode::Require;
+    s.tls.inbound.client_certificate = ClientCertMode::Require;
+    s.tls.inbound.trusted_client_ca = vec!["Partner CA".into()];
+    store.put_settings(&s).unwrap();
+    assert_eq!(store.settings().unwrap(), s);
+}
+
+fn system_is_not_a_client_ca(h: &dyn Harness) {
+    let store = initialised(h);
+    let mut s = Settings::default();
+    s.tls.inbound.trusted_client_ca = vec!["system".into()];
+    let err = store.put_settings(&s).unwrap_err();
+    assert!(err.to_string().contains("trusted_ca"), "{err}");
+    assert_eq!(invalid_key(err), "tls.inbound.trusted_client_ca");
+}
+
+fn generation_changes_on_every_write_and_is_seen_by_another_connection(h: &dyn Harness) {
+    let a = h.open();
+    let b = h.open();
+    let mut seen = vec![b.generation().unwrap()];
+    let step = |seen: &mut Vec<i64>| {
+        let g = b.generation().unwrap();
+        assert!(!seen.contains(&g), "generation {g} repeated: {seen:?}");
+        seen.push(g);
+    };
+
+    assert!(a
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("x")))
+        .unwrap());
+    step(&mut seen);
+    a.put_settings(&Settings::default()).unwrap();
+    step(&mut seen);
+    a.add_certificate(&ca("Partner CA")).unwrap();
+    step(&mut seen);
+    a.delete_certificate("Partner CA").unwrap();
+    step(&mut seen);
+    a.update_settings(&mut |s| Ok(s.with("tls.inbound.mode", "require")?))
+        .unwrap();
+    step(&mut seen);
+    assert_eq!(b.settings().unwrap().tls.inbound.mode, InboundMode::Require);
+
+    // Failed writes and events leave it alone.
+    let g = b.generation().unwrap();
+    assert!(a.add_certificate(&ca("Default Cert")).is_err());
+    assert!(a.delete_certificate("nothing").is_err());
+    a.record_event(&event("Q1", None, 1, event_kind::RECEIVED))
+        .unwrap();
+    assert_eq!(b.generation().unwrap(), g);
+}
+
+fn update_settings_applies_and_validates(h: &dyn Harness) {
+    let store = initialised(h);
+    let saved = store
+        .update_settings(&mut |s| Ok(s.with("mta.max_recipients", "12")?))
+        .unwrap();
+    assert_eq!(saved.mta.max_recipients, 12);
+    assert_eq!(store.settings().unwrap(), saved);
+
+    let err = store
+        .update_settings(&mut |s| Ok(s.with("tls.inbound.certificate", "ghost")?))
+        .unwrap_err();
+    assert_eq!(invalid_key(err), "tls.inbound.certificate");
+    assert_eq!(store.settings().unwrap(), saved);
+}
+
+fn delete_refused_while_in_use_then_allowed(h: &dyn Harness) {
+    let store = initialised(h);
+    store.add_certificate(&leaf("Second")).unwrap();
+    store.add_certificate(&ca("Partner CA")).unwrap();
+
+    // The defaults use the Default Cert.
+    let err = store.delete_certificate(DEFAULT_CERT_NAME).unwrap_err();
+    assert!(err.to_string().contains("tls.inbound.certificate"), "{err}");
+
+    let mut s = Settings::default();
+    s.tls.inbound.certificate = "Second".into();
+    s.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    store.put_settings(&s).unwrap();
+
+    match store.delete_certificate("Partner CA").unwrap_err() {
+        StoreError::InUse { name, key } => {
+            assert_eq!(name, "Partner CA");
+            assert_eq!(key, "tls.outbound.trusted_ca");
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    let err = store.delete_certificate("Second").unwrap_err();
+    assert!(err.to_string().contains("tls.inbound.certificate"), "{err}");
+    assert!(store.certificate("Second").unwrap().is_some());
+
+    store.delete_certificate(DEFAULT_CERT_NAME).unwrap();
+    s.tls.outbound.trusted_ca = vec!["system".into()];
+    store.put_settings(&s).unwrap();
+    store.delete_certificate("Partner CA").unwrap();
+    assert!(store.certificate("Partner CA").unwrap().is_none());
+    let names: Vec<_> = store
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["Second"]);
+
+    assert!(matches!(
+        store.delete_certificate("Partner CA"),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+fn certificates_are_listed_by_name_and_read_back(h: &dyn Harness) {
+    let store = h.open();
+    for name in ["b", "C", "a"] {
+        store.add_certificate(&leaf(name)).unwrap();
+    }
+    store.add_certificate(&ca("Partner CA")).unwrap();
+    let names: Vec<_> = store
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["C", "Partner CA", "a", "b"]);
+    assert_eq!(
+        store.certificate("Partner CA").unwrap(),
+        Some(ca("Partner CA"))
+    );
+    assert_eq!(store.certificate("a").unwrap(), Some(leaf("a")));
+    assert_eq!(store.certificate("A").unwrap(), None);
+
+    // Debug output never shows the key.
+    let shown = format!("{:?}", leaf("a"));
+    assert!(!shown.contains("MIIBkey"), "{shown}");
+}
+
+fn duplicate_and_bad_certificates_refused(h: &dyn Harness) {
+    let store = h.open();
+    store.add_certificate(&leaf("Partner")).unwrap();
+    let g = store.generation().unwrap();
+
+    let err = store.add_certificate(&ca("Partner")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "a certificate named \"Partner\" already exists"
+    );
+    assert!(matches!(
+        store.add_certificate(&leaf("PARTNER")),
+        Err(StoreError::Duplicate(name)) if name == "Partner"
+    ));
+
+    let long = "x".repeat(101);
+    for bad in [
+        "",
+        long.as_str(),
+        "../etc/passwd",
+        "a/b",
+        "a\\b",
+        "tab\there",
+        "new\nline",
+        "nul\0",
+        "del\u{7f}",
+        " padded",
+        "padded ",
+        "..",
+        "system",
+    ] {
+        assert!(
+            matches!(
+                store.add_certificate(&leaf(bad)),
+                Err(StoreError::BadName(_))
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    // 100 characters (not bytes) is fine.
+    store.add_certificate(&leaf(&"é".repeat(100))).unwrap();
+
+    let mut no_cert = leaf("no cert");
+    no_cert.chain_pem = KEY.to_string();
+    assert!(matches!(
+        store.add_certificate(&no_cert),
+        Err(StoreError::BadCertificate(_))
+    ));
+    let mut bad_key = leaf("bad key");
+    bad_key.key_pem = Some(CHAIN.to_string());
+    assert!(matches!(
+        store.add_certificate(&bad_key),
+        Err(StoreError::BadCertificate(_))
+    ));
+
+    assert_eq!(store.certificates().unwrap().len(), 2);
+    assert_eq!(store.generation().unwrap(), g + 1);
+}
+
+fn default_certificate_generated_once_and_not_after_deletion(h: &dyn Harness) {
+    let store = h.open();
+    let calls = AtomicUsize::new(0);
+    let mut make = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok(leaf("whatever make calls it"))
+    };
+    assert!(store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let cert = store.certificate(DEFAULT_CERT_NAME).unwrap().unwrap();
+    assert_eq!(cert.key_pem.as_deref(), Some(KEY));
+
+    // Stop using it, delete it: it must not come back.
+    store.add_certificate(&leaf("Own")).unwrap();
+    let mut s = Settings::default();
+    s.tls.inbound.certificate = "Own".into();
+    store.put_settings(&s).unwrap();
+    store.delete_certificate(DEFAULT_CERT_NAME).unwrap();
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+    drop(store);
+    let store = h.open();
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(store.certificate(DEFAULT_CERT_NAME).unwrap().is_none());
+}
+
+fn ecdsa_companion_generated_once_independently_of_the_default_cert(h: &dyn Harness) {
+    let store = h.open();
+    assert!(store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("rsa")))
+        .unwrap());
+    assert!(store
+        .ensure_default_certificate(DEFAULT_ECDSA_CERT_NAME, &mut || Ok(leaf("ecdsa")))
+        .unwrap());
+    let names: Vec<_> = store
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(names.contains(&DEFAULT_CERT_NAME.to_string()), "{names:?}");
+    assert!(
+        names.contains(&DEFAULT_ECDSA_CERT_NAME.to_string()),
+        "{names:?}"
+    );
+    // Deleting the companion is how an admin turns it off: it stays off.
+    store.delete_certificate(DEFAULT_ECDSA_CERT_NAME).unwrap();
+    let mut make = || -> Result<CertificateRecord, String> { panic!("must not generate") };
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_ECDSA_CERT_NAME, &mut make)
+        .unwrap());
+    assert!(store
+        .certificate(DEFAULT_ECDSA_CERT_NAME)
+        .unwrap()
+        .is_none());
+}
+
+fn default_certificate_failure_changes_nothing_and_is_retried(h: &dyn Harness) {
+    let store = h.open();
+    let err = store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Err("no entropy".to_string()))
+        .unwrap_err();
+    assert!(err.to_string().contains("no entropy"), "{err}");
+    assert!(store.certificates().unwrap().is_empty());
+    assert!(store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("x")))
+        .unwrap());
+}
+
+fn default_certificate_imported_before_first_use_is_kept(h: &dyn Harness) {
+    let store = h.open();
+    store.add_certificate(&leaf(DEFAULT_CERT_NAME)).unwrap();
+    let mut make = || -> Result<CertificateRecord, String> { panic!("must not generate") };
+    assert!(!store
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+    assert_eq!(store.certificates().unwrap(), [leaf(DEFAULT_CERT_NAME)]);
+}
+
+fn default_certificate_concurrent_first_use_makes_exactly_one(h: &dyn Harness) {
+    let opener = h.opener();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let (opener, calls, barrier) = (opener.clone(), calls.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // Both open (and create) the file at the same moment, too.
+                barrier.wait();
+                let store = opener();
+                barrier.wait();
+                store
+                    .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(500));
+                        Ok(leaf(&format!("made by {i}")))
+                    })
+                    .expect("ensure")
+            })
+        })
+        .collect();
+    let generated: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(generated.iter().filter(|g| **g).count(), 1, "{generated:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let store = h.open();
+    assert_eq!(store.certificates().unwrap().len(), 1);
+}
+
+fn event(queue_id: &str, message_id: Option<&str>, at: i64, kind: &str) -> TrackingEvent {
+    TrackingEvent {
+        queue_id: queue_id.to_string(),
+        message_id: message_id.map(str::to_string),
+        at,
+        kind: kind.to_string(),
+        detail: json!({ "at": at, "tls": { "version": "TLSv1.3" } }),
+    }
+}
+
+fn events_by_queue_id_and_message_id(h: &dyn Harness) {
+    let store = h.open();
+    let mid = Some("<abc@example.test>");
+    store
+        .record_events(&[
+            event("Q1", mid, 100, event_kind::RECEIVED),
+            event("Q1", mid, 100, event_kind::QUEUED),
+            event(
+                "Q2",
+                Some("<other@example.test>"),
+                101,
+                event_kind::RECEIVED,
+            ),
+        ])
+        .unwrap();
+    // Delivery events may carry the queue id only.
+    store
+        .record_event(&event("Q1", None, 160, event_kind::DEFERRED))
+        .unwrap();
+    store
+        .record_event(&event("Q1", None, 130, event_kind::DELIVERY_ATTEMPT))
+        .unwrap();
+    store
+        .record_event(&event("Q1", None, 400, event_kind::DELIVERED))
+        .unwrap();
+
+    let kinds = |events: Vec<TrackingEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.kind).collect()
+    };
+    let expected = [
+        "received",
+        "queued",
+        "delivery_attempt",
+        "deferred",
+        "delivered",
+    ];
+    assert_eq!(kinds(store.events_for("Q1").unwrap()), expected);
+    assert_eq!(
+        kinds(store.events_for("<abc@example.test>").unwrap()),
+        expected
+    );
+    assert_eq!(
+        kinds(store.events_for("abc@example.test").unwrap()),
+        expected
+    );
+    assert_eq!(store.events_for("Q2").unwrap().len(), 1);
+    assert!(store.events_for("nothing").unwrap().is_empty());
+
+    // Read back as recorded, with the recording node's name added.
+    let first = &store.events_for("Q1").unwrap()[0];
+    let mut expected = event("Q1", mid, 100, event_kind::RECEIVED);
+    expected.detail["node"] = json!("gw1");
+    assert_eq!(first, &expected);
+
+    // Seen from another connection, newest first.
+    let other = h.open();
+    let recent = other.recent_events(3).unwrap();
+    let at: Vec<i64> = recent.iter().map(|e| e.at).collect();
+    assert_eq!(at, [400, 160, 130]);
+    assert_eq!(other.recent_events(100).unwrap().len(), 6);
+
+    assert_eq!(other.prune_events(150).unwrap(), 4);
+    assert_eq!(
+        kinds(store.events_for("Q1").unwrap()),
+        ["deferred", "delivered"]
+    );
+}
+
+fn prune_deletes_every_old_event_in_chunks_and_keeps_the_rest(h: &dyn Harness) {
+    let store = h.open();
+    let old: Vec<_> = (0..12_345)
+        .map(|i| event(&format!("Q{i}"), None, 100, event_kind::RECEIVED))
+        .collect();
+    store.record_events(&old).unwrap();
+    store
+        .record_event(&event("KEEP", None, 200, event_kind::RECEIVED))
+        .unwrap();
+    assert_eq!(store.prune_events(150).unwrap(), 12_345);
+    let left = store.recent_events(10).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].queue_id, "KEEP");
+}
+
+#[cfg(unix)]
+fn store_is_usable_as_a_trait_object(h: &dyn Harness) {
+    let store: Arc<dyn Store> = initialised(h);
+    let handle = {
+        let store = store.clone();
+        std::thread::spawn(move || store.generation().unwrap())
+    };
+    assert_eq!(handle.join().unwrap(), store.generation().unwrap());
+}
+
+fn admin_password_is_initialised_once_then_replaced(h: &dyn Harness) {
+    let store = h.open();
+    assert_eq!(store.admin_password_hash().unwrap(), None);
+    assert!(store.init_admin_password_hash("$argon2id$first").unwrap());
+    // First start of a second process: the first one's password stays.
+    let other = h.open();
+    assert!(!other.init_admin_password_hash("$argon2id$second").unwrap());
+    assert_eq!(
+        store.admin_password_hash().unwrap().as_deref(),
+        Some("$argon2id$first")
+    );
+    other.set_admin_password_hash("$argon2id$changed").unwrap();
+    assert_eq!(
+        store.admin_password_hash().unwrap().as_deref(),
+        Some("$argon2id$changed")
+    );
+    assert!(matches!(
+        store.set_admin_password_hash(""),
+        Err(StoreError::BadName(_))
+    ));
+    // Credentials are not settings: the gateway does not reload for them.
+    let generation = store.generation().unwrap();
+    store.set_admin_password_hash("$argon2id$again").unwrap();
+    assert_eq!(store.generation().unwrap(), generation);
+}
+
+fn api_tokens_by_hash_names_unique_and_revocable(h: &dyn Harness) {
+    let store = h.open();
+    store.add_api_token("ci", "hash-ci").unwrap();
+    store.add_api_token("monitoring", "hash-mon").unwrap();
+    assert!(matches!(
+        store.add_api_token("ci", "hash-other"),
+        Err(StoreError::DuplicateToken(name)) if name == "ci"
+    ));
+    for bad in ["", " padded", "a\nb", &"x".repeat(65)] {
+        assert!(
+            matches!(store.add_api_token(bad, "h"), Err(StoreError::BadName(_))),
+            "{bad:?} accepted"
+        );
+    }
+    let found = store.api_token_by_hash("hash-mon").unwrap().unwrap();
+    assert_eq!(found.name, "monitoring");
+    assert_eq!(store.api_token_by_hash("hash-none").unwrap(), None);
+    // The password hash is never taken for a token.
+    store.set_admin_password_hash("pw-hash").unwrap();
+    assert_eq!(store.api_token_by_hash("pw-hash").unwrap(), None);
+    let names: Vec<String> = store
+        .api_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["ci", "monitoring"]);
+    store.delete_api_token("ci").unwrap();
+    assert_eq!(store.api_token_by_hash("hash-ci").unwrap(), None);
+    assert!(matches!(
+        store.delete_api_token("ci"),
+        Err(StoreError::UnknownToken(_))
+    ));
+}
+
+fn event_search_by_text_time_and_kind(h: &dyn Harness) {
+    use postern_store::EventQuery;
+    let store = h.open();
+    let received = |queue_id: &str, message_id: &str, at: i64, sender: &str| TrackingEvent {
+        queue_id: queue_id.to_string(),
+        message_id: Some(message_id.to_string()),
+        at,
+        kind: event_kind::RECEIVED.to_string(),
+        detail: json!({ "sender": sender, "recipients": ["rcpt@corp.example"] }),
+    };
+    store
+        .record_events(&[
+            received("Q1", "<one@example.test>", 100, "alice@example.test"),
+            received("Q2", "<two@example.test>", 200, "bob@example.test"),
+            received("Q3", "<50%_off@example.test>", 300, "spam@example.test"),
+            event("Q1", None, 150, event_kind::DELIVERED),
+        ])
+        .unwrap();
+    let ids = |query: EventQuery| -> Vec<String> {
+        store
+            .search_events(&query)
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{}:{}", e.queue_id, e.kind))
+            .collect()
+    };
+    let all = EventQuery {
+        limit: 100,
+        ..EventQuery::default()
+    };
+    assert_eq!(
+        ids(all.clone()),
+        ["Q3:received", "Q2:received", "Q1:delivered", "Q1:received"]
+    );
+    let text = |t: &str| EventQuery {
+        text: Some(t.to_string()),
+        ..all.clone()
+    };
+    assert_eq!(ids(text("Q2")), ["Q2:received"]);
+    assert_eq!(ids(text("one@example.test")), ["Q1:received"]);
+    assert_eq!(ids(text("<two@example.test>")), ["Q2:received"]);
+    assert_eq!(ids(text("ALICE@example")), ["Q1:received"]);
+    assert_eq!(ids(text("corp.example")).len(), 3);
+    // LIKE wildcards in the text are literal.
+    assert_eq!(ids(text("50%_")), ["Q3:received"]);
+    assert!(ids(text("5_%")).is_empty());
+    assert_eq!(
+        ids(EventQuery {
+            since: Some(150),
+            until: Some(200),
+            ..all.clone()
+        }),
+        ["Q2:received", "Q1:delivered"]
+    );
+    assert_eq!(
+        ids(EventQuery {
+            kinds: vec![event_kind::DELIVERED.to_string()],
+            ..all.clone()
+        }),
+        ["Q1:delivered"]
+    );
+    assert_eq!(ids(EventQuery { limit: 1, ..all }), ["Q3:received"]);
+}
+
+fn node(name: &str, applied: i64) -> NodeStatus {
+    NodeStatus {
+        name: name.to_string(),
+        hostname: format!("{name}.example.test"),
+        version: "0.1.0".to_string(),
+        started_at: 1_700_000_000,
+        last_seen: 0,
+        seen_ago: 0,
+        applied_generation: applied,
+        fingerprints: vec!["ab".repeat(32)],
+        queue_messages: 3,
+        queue_deferred: 1,
+    }
+}
+
+fn node_registry_round_trip_and_states(h: &dyn Harness) {
+    let store = initialised(h);
+    let current = store.generation().unwrap();
+    store.register_node(&node("gw2", current)).unwrap();
+    store.register_node(&node("gw1", current - 1)).unwrap();
+    // Refreshed, not duplicated.
+    store.register_node(&node("gw2", current)).unwrap();
+    let nodes = h.open().nodes().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["gw1", "gw2"]);
+    let gw2 = &nodes[1];
+    assert_eq!(gw2.hostname, "gw2.example.test");
+    assert_eq!(gw2.fingerprints, ["ab".repeat(32)]);
+    assert_eq!((gw2.queue_messages, gw2.queue_deferred), (3, 1));
+    assert!(
+        gw2.last_seen > 1_700_000_000,
+        "last_seen set by the store's clock"
+    );
+    assert!((0..5).contains(&gw2.seen_ago), "{}", gw2.seen_ago);
+    assert_eq!(gw2.state(current), NodeState::Synchronized);
+    assert_eq!(nodes[0].state(current), NodeState::Behind);
+    let stale = NodeStatus {
+        seen_ago: postern_store::UNREACHABLE_AFTER_SECS,
+        ..gw2.clone()
+    };
+    assert_eq!(stale.state(current), NodeState::Unreachable);
+}
+
+fn events_name_the_recording_node(h: &dyn Harness) {
+    let store = h.open();
+    store
+        .record_event(&event("Q9", None, 5, event_kind::RECEIVED))
+        .unwrap();
+    let mut named = event("Q9", None, 6, event_kind::DELIVERED);
+    named.detail = json!({ "node": "elsewhere" });
+    store.record_event(&named).unwrap();
+    let events = h.open().events_for("Q9").unwrap();
+    let nodes: Vec<&str> = events
+        .iter()
+        .map(|e| e.detail["node"].as_str().unwrap())
+        .collect();
+    // Stamped with the recording node, unless the event names one.
+    assert_eq!(nodes, ["gw1", "elsewhere"]);
+}
+
+fn copy_fills_an_empty_store_and_refuses_one_in_use(h: &dyn Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = SqliteStore::open(&dir.path().join("source.db"), "old-node").unwrap();
+    source
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("x")))
+        .unwrap();
+    source.add_certificate(&ca("Partner CA")).unwrap();
+    let mut settings = Settings::default();
+    settings.tls.outbound.trusted_ca = vec!["system".into(), "Partner CA".into()];
+    settings.mta.max_recipients = 12;
+    settings.domains = vec![postern_config::DomainEntry {
+        name: "corp.example".into(),
+        relay: true,
+        next_hop: None,
+        tls: None,
+    }];
+    source.put_settings(&settings).unwrap();
+    source.set_admin_password_hash("$argon2id$pw").unwrap();
+    source.add_api_token("ci", "hash-ci").unwrap();
+    let events: Vec<TrackingEvent> = (0..12_000)
+        .map(|i| event(&format!("Q{i}"), None, i, event_kind::RECEIVED))
+        .collect();
+    source.record_events(&events).unwrap();
+
+    let report = h.copy_from(&source).unwrap();
+    assert_eq!(report.certificates, 2);
+    assert_eq!(report.private_keys, 1);
+    assert!(report.settings && report.admin_password);
+    assert_eq!((report.api_tokens, report.events), (1, 12_000));
+    assert_eq!(report.domains, 1);
+
+    let target = h.open();
+    assert_eq!(target.settings().unwrap(), settings);
+    assert_eq!(
+        target.certificates().unwrap(),
+        source.certificates().unwrap()
+    );
+    assert_eq!(
+        target.admin_password_hash().unwrap().as_deref(),
+        Some("$argon2id$pw")
+    );
+    assert_eq!(
+        target.api_token_by_hash("hash-ci").unwrap().unwrap().name,
+        "ci"
+    );
+    let trace = target.events_for("Q11999").unwrap();
+    assert_eq!(trace.len(), 1);
+    assert_eq!(trace[0].detail["node"], json!("old-node"));
+    // The Default Cert is never made again on the target.
+    let mut make = || -> Result<CertificateRecord, String> { panic!("must not generate") };
+    assert!(!target
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut make)
+        .unwrap());
+
+    // A second copy is refused and changes nothing.
+    let generation = target.generation().unwrap();
+    source.add_certificate(&ca("Later CA")).unwrap();
+    let error = h.copy_from(&source).unwrap_err();
+    assert!(matches!(error, StoreError::NotEmpty(_)), "{error:?}");
+    assert!(error.to_string().contains("certificates: 2"), "{error}");
+    assert_eq!(target.generation().unwrap(), generation);
+    assert_eq!(target.certificates().unwrap().len(), 2);
+    assert_eq!(target.recent_events(100_000).unwrap().len(), 12_000);
+}
