@@ -24,13 +24,23 @@ pub(crate) fn parse_document(document: Option<&str>) -> Result<Settings, StoreEr
         return Ok(Settings::default());
     };
     // Validated again on the way out: a settings file written by another
-    // version must not reach the gateway unchecked.
-    Settings::from_json(document).map_err(|error| {
+    // version must not reach the gateway unchecked. Values outside today's
+    // [mta] ranges (saved by an older Postern with looser bounds) still
+    // load, so the gateway keeps running and `settings set` can repair them.
+    let (settings, out_of_range) = Settings::from_stored_json(document).map_err(|error| {
         StoreError::Invalid(ConfigError::new(
             error.key,
             format!("in the stored settings: {}", error.message),
         ))
-    })
+    })?;
+    if let Some(error) = out_of_range {
+        tracing::warn!(
+            "stored setting {} is outside its range ({}); it stays in effect until changed",
+            error.key,
+            error.message
+        );
+    }
+    Ok(settings)
 }
 
 /// Validate settings against themselves and the certificate table.
