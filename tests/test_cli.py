@@ -257,3 +257,43 @@ def test_import_rsa_pkcs1_key(make_gateway, tmp_path):
     gw.cli_ok("cert", "import", "--name", "RSA PKCS1", "--cert", str(crt), "--key", str(pkcs1))
     show = gw.cli_ok("cert", "show", "RSA PKCS1").stdout
     assert "2048" in show and "rsa-import.postern.test" in show, show
+
+
+def _check(config, cwd) -> tuple[int, str]:
+    p = run([str(postern_bin()), "--config", str(config), "check"], timeout=60, cwd=cwd)
+    return p.returncode, (p.stdout + p.stderr).decode()
+
+
+def test_check_points_at_a_toml_syntax_error(tmp_path):
+    """issue 10 item 3: an unclosed array on line 4 is reported at line 4 with
+    its key, not where the parser noticed it (line 5, column 1)."""
+    conf = tmp_path / "postern.toml"
+    conf.write_text('hostname = "mx.example.test"\ndata_dir = "data"\n[smtp]\n'
+                    'listen = ["127.0.0.1:25"\ntrusted_networks = ["127.0.0.0/8"]\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc != 0, out
+    first = out.strip().splitlines()[0]
+    assert str(conf) in first and "smtp.listen" in first, out
+    assert re.search(r"\bline 4\b", first), out
+    assert "line 5, column 1:" not in first, out
+    assert "TOML syntax error" in first, out
+
+    # A wrong value still names the key and the allowed values.
+    conf.write_text('data_dir = "data"\nstore = "mysql"\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc != 0 and "store" in out and '"sqlite"' in out, out
+
+
+def test_settings_import_points_at_a_toml_syntax_error(make_gateway, tmp_path):
+    """The same helper serves `settings import`: the line of the faulty
+    construct and its key; nothing changes."""
+    gw = make_gateway(start=False)
+    before = gw.cli_ok("settings", "show").stdout
+    bad = tmp_path / "s.toml"
+    bad.write_text('[mta]\nmax_recipients = 10\n\n[tls.outbound]\ntrusted_ca = ["system",\n'
+                   '  "Partner CA"\nmode = "verify"\n')
+    r = gw.cli("settings", "import", str(bad))
+    assert r.rc != 0, r
+    assert "tls.outbound.trusted_ca" in r.stderr and re.search(r"\bline 5\b", r.stderr), r
+    assert "nothing was changed" in r.stderr, r
+    assert gw.cli_ok("settings", "show").stdout == before

@@ -15,6 +15,7 @@ mod duration;
 mod node;
 mod set;
 mod settings;
+mod toml_syntax;
 
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
 pub use duration::Duration;

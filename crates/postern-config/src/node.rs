@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::toml_syntax::syntax_error;
 use crate::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,8 +119,7 @@ impl NodeConfig {
     /// `base` (the directory of the config file), so the gateway finds its
     /// data wherever it is started from.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
         let mut config: NodeConfig = serde_path_to_error::deserialize(de)
             .map_err(|err| ConfigError::new(err.path().to_string(), err.inner().to_string()))?;
         if config.data_dir.is_relative() {
@@ -271,6 +271,15 @@ listen = "127.0.0.1:8025"
         assert_eq!(c.hostname.as_deref(), Some("mx.example.test"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/postern"));
         assert_eq!(c.delivery.mx_port, 2526);
+    }
+
+    #[test]
+    fn syntax_error_names_the_line_and_key_of_the_fault() {
+        let text =
+            "hostname = \"mx.test\"\n\n[smtp]\nlisten = [\"127.0.0.1:25\"\ntrusted_networks = []\n";
+        let err = NodeConfig::from_toml(text, Path::new(".")).unwrap_err();
+        assert_eq!(err.key, "smtp.listen", "{err}");
+        assert!(err.message.starts_with("line 4 "), "{err}");
     }
 
     #[test]

@@ -172,8 +172,8 @@ const MAX_MESSAGE_SIZE_LIMIT: u64 = 1 << 30;
 impl Settings {
     /// Parse a TOML settings document; errors name the offending key.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| crate::toml_syntax::syntax_error(text, &e))?;
         let settings: Settings = serde_path_to_error::deserialize(de).map_err(path_error)?;
         settings.validate()?;
         Ok(settings)
