@@ -297,3 +297,49 @@ def test_settings_import_points_at_a_toml_syntax_error(make_gateway, tmp_path):
     assert "tls.outbound.trusted_ca" in r.stderr and re.search(r"\bline 5\b", r.stderr), r
     assert "nothing was changed" in r.stderr, r
     assert gw.cli_ok("settings", "show").stdout == before
+
+
+def _listing(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*")) if d.exists() else None
+
+
+def test_check_changes_nothing(tmp_path):
+    """issue 16 item 6: `check` only reads. A failing check (unknown user, a
+    10,000-character hostname, an empty data_dir) leaves the data directory
+    as it was (here: absent), each error names its key; a passing check on a
+    fresh config says the store would be created and creates nothing; on an
+    existing store it opens it read-only (no -wal/-shm left behind)."""
+    data = tmp_path / "data"
+    conf = tmp_path / "postern.toml"
+    long_name = "a" * 10_000
+    cases = [
+        ('data_dir = "data"\nuser = "nosuchuser"\n', "user:", "nosuchuser"),
+        (f'data_dir = "data"\nhostname = "{long_name}"\n', "hostname:", "not a host name"),
+        ('data_dir = "data"\nhostname = "mx.example.test"\nuser = "-x"\n', "user:", "not a user name"),
+        ('data_dir = ""\n', "data_dir:", "is empty"),
+    ]
+    for text, key, why in cases:
+        conf.write_text(text)
+        rc, out = _check(conf, tmp_path)
+        assert rc != 0, out
+        assert key in out and why in out, out
+        assert "certificate name" not in out, out
+        assert len(out) < 1000, f"the error quotes too much: {out[:300]}"
+        assert _listing(data) is None, f"check created {_listing(data)} for {text[:60]!r}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["postern.toml"], list(tmp_path.iterdir())
+
+    conf.write_text('data_dir = "data"\nhostname = "mx.example.test"\nuser = "root"\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc == 0, out
+    assert "does not exist yet" in out and "mx.example.test" in out, out
+    assert _listing(data) is None, _listing(data)
+
+    # Once the store exists (any other command creates it), check reads it
+    # read-only and leaves every file as it was.
+    p = run([str(postern_bin()), "--config", str(conf), "settings", "show"], timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr.decode()
+    before = {f: (data / f).stat().st_mtime_ns for f in _listing(data)}
+    assert "postern.db" in before, before
+    rc, out = _check(conf, tmp_path)
+    assert rc == 0 and "config and settings are valid" in out, out
+    assert {f: (data / f).stat().st_mtime_ns for f in _listing(data)} == before

@@ -156,7 +156,7 @@ fn parse_port(text: &str) -> Option<u16> {
 }
 
 /// LDH labels (and underscores, seen in the wild), 1..=63 bytes each, 253 in all.
-fn is_domain_name(name: &str) -> bool {
+pub(crate) fn is_domain_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

@@ -19,7 +19,9 @@ mod toml_syntax;
 
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
 pub use duration::Duration;
-pub use node::{AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode, DEFAULT_USER};
+pub use node::{
+    check_host_name, AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode, DEFAULT_USER,
+};
 pub use set::known_keys;
 pub use settings::{
     ClientCertMode, InboundMode, InboundTls, MtaSettings, OutboundMode, OutboundTls, Settings,

@@ -122,6 +122,9 @@ impl NodeConfig {
         let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
         let mut config: NodeConfig = serde_path_to_error::deserialize(de)
             .map_err(|err| ConfigError::new(err.path().to_string(), err.inner().to_string()))?;
+        // Checked before the join below, which would turn "" into the
+        // config file's own directory.
+        check_data_dir(&config.data_dir)?;
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
@@ -142,17 +145,9 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.hostname {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-            {
-                return Err(ConfigError::new(
-                    "hostname",
-                    format!("\"{name}\" is not a host name"),
-                ));
-            }
+            check_host_name("hostname", name)?;
         }
+        check_data_dir(&self.data_dir)?;
         if let Some(user) = &self.user {
             if !is_user_name(user) {
                 return Err(ConfigError::new(
@@ -205,6 +200,41 @@ impl NodeConfig {
     pub fn mail_log_path(&self) -> PathBuf {
         self.data_dir.join("mail.log")
     }
+}
+
+/// A host name for the banner, EHLO and the Default Cert: LDH labels of at
+/// most 63 characters, 253 in all. `key` names where it came from.
+pub fn check_host_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if crate::domain::is_domain_name(name) {
+        return Ok(());
+    }
+    // Quote at most a readable prefix of a huge value.
+    let shown: String = name.chars().take(64).collect();
+    let shown = if shown.len() < name.len() {
+        format!("\"{shown}…\" ({} characters)", name.chars().count())
+    } else {
+        format!("\"{shown}\"")
+    };
+    Err(ConfigError::new(
+        key,
+        format!(
+            "{shown} is not a host name: use letters, digits, '-' and '_' in labels of \
+             1 to 63 characters separated by dots, at most 253 characters in all \
+             (e.g. \"mx.example.com\")"
+        ),
+    ))
+}
+
+fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
+    if dir.as_os_str().is_empty() {
+        return Err(ConfigError::new(
+            "data_dir",
+            "is empty: give the directory for the store, spool and mail log \
+             (e.g. \"/var/lib/postern\"; a relative path is taken from the config \
+             file's directory)",
+        ));
+    }
+    Ok(())
 }
 
 /// The user a gateway started as root runs as unless `user` says otherwise.
@@ -280,6 +310,39 @@ listen = "127.0.0.1:8025"
         let err = NodeConfig::from_toml(text, Path::new(".")).unwrap_err();
         assert_eq!(err.key, "smtp.listen", "{err}");
         assert!(err.message.starts_with("line 4 "), "{err}");
+    }
+
+    #[test]
+    fn hostname_and_data_dir_are_checked() {
+        let long = format!("{}.example", "a".repeat(10_000));
+        let rows: [(&str, &str); 7] = [
+            ("hostname = \"\"\n", "hostname"),
+            ("hostname = \"mx example\"\n", "hostname"),
+            ("hostname = \"-mx.example\"\n", "hostname"),
+            ("hostname = \"mx..example\"\n", "hostname"),
+            (&format!("hostname = \"{long}\"\n"), "hostname"),
+            ("hostname = \"mx.example\"\ndata_dir = \"\"\n", "data_dir"),
+            ("data_dir = \"\"\n", "data_dir"),
+        ];
+        for (text, key) in rows {
+            let err = NodeConfig::from_toml(text, Path::new("/etc/postern")).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(
+                err.to_string().len() < 400,
+                "the message quotes too much: {err}"
+            );
+        }
+        let ok = NodeConfig::from_toml(
+            &format!("hostname = \"{}.example\"\n", "a".repeat(63)),
+            Path::new("."),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = NodeConfig::from_toml(
+            &format!("hostname = \"{}.example\"\n", "a".repeat(64)),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "hostname");
     }
 
     #[test]
