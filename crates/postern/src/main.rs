@@ -64,6 +64,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             let ctx = open()?;
+            // Before any runtime thread exists: they all inherit it.
+            privilege::forbid_new_privileges()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
