@@ -343,3 +343,26 @@ def test_check_changes_nothing(tmp_path):
     rc, out = _check(conf, tmp_path)
     assert rc == 0 and "config and settings are valid" in out, out
     assert {f: (data / f).stat().st_mtime_ns for f in _listing(data)} == before
+
+
+def test_check_refuses_an_open_relay(tmp_path):
+    """issue 16 item 4 (part): trusted_networks covering the whole internet
+    is refused with the reason, unless smtp.allow_open_relay = true."""
+    conf = tmp_path / "postern.toml"
+    for nets in ('["0.0.0.0/0"]', '["127.0.0.0/8", "::/0"]'):
+        conf.write_text(f'data_dir = "data"\nuser = "root"\n[smtp]\ntrusted_networks = {nets}\n')
+        rc, out = _check(conf, tmp_path)
+        assert rc != 0, out
+        assert "smtp.trusted_networks" in out and "open relay" in out, out
+        assert "smtp.allow_open_relay = true" in out, out
+        # `run` refuses it the same way instead of starting.
+        p = run([str(postern_bin()), "--config", str(conf), "run"], timeout=30, cwd=tmp_path)
+        assert p.returncode != 0 and "open relay" in (p.stdout + p.stderr).decode()
+        conf.write_text(f'data_dir = "data"\nuser = "root"\n[smtp]\ntrusted_networks = {nets}\n'
+                        'allow_open_relay = true\n')
+        rc, out = _check(conf, tmp_path)
+        assert rc == 0, out
+    conf.write_text('data_dir = "data"\nuser = "root"\n[smtp]\n'
+                    'trusted_networks = ["10.0.0.0/8", "fc00::/7"]\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc == 0, out

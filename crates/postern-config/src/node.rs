@@ -40,6 +40,9 @@ pub struct SmtpNode {
     pub trusted_networks: Vec<IpNet>,
     /// How long a shutting-down gateway lets sessions finish.
     pub shutdown_grace: crate::Duration,
+    /// Allows `trusted_networks` to cover every address (`0.0.0.0/0`,
+    /// `::/0`): anyone on the internet could then relay through us.
+    pub allow_open_relay: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +95,24 @@ impl Default for SmtpNode {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
             shutdown_grace: crate::Duration::from_secs(10),
+            allow_open_relay: false,
         }
+    }
+}
+
+impl SmtpNode {
+    /// A trusted network that covers all of IPv4 or IPv6 — or so much of it
+    /// that no organisation owns it: wider than an IPv4 /8 or an IPv6 /7
+    /// (`fc00::/7`, the unique-local range, is the widest private one), or
+    /// every IPv4-mapped address — if there is one.
+    pub fn open_relay_network(&self) -> Option<&IpNet> {
+        let mapped: IpNet = IpNet::V6(
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).ok()?,
+        );
+        self.trusted_networks.iter().find(|net| match net {
+            IpNet::V4(v4) => v4.prefix_len() < 8,
+            IpNet::V6(v6) => v6.prefix_len() < 7 || net.contains(&mapped),
+        })
     }
 }
 
@@ -173,6 +193,19 @@ impl NodeConfig {
                 "smtp.listen",
                 "at least one of smtp.listen and smtp.listen_implicit_tls must be set",
             ));
+        }
+        if let Some(everyone) = self.smtp.open_relay_network() {
+            if !self.smtp.allow_open_relay {
+                return Err(ConfigError::new(
+                    "smtp.trusted_networks",
+                    format!(
+                        "{everyone} covers all or much of the internet: every client \
+                         there could relay mail anywhere (an open relay, blocklisted within hours). \
+                         List your own networks instead; to run an open relay anyway, \
+                         also set smtp.allow_open_relay = true"
+                    ),
+                ));
+            }
         }
         if self.delivery.mx_port == 0 {
             return Err(ConfigError::new(
@@ -343,6 +376,40 @@ listen = "127.0.0.1:8025"
         )
         .unwrap_err();
         assert_eq!(err.key, "hostname");
+    }
+
+    #[test]
+    fn open_relay_needs_the_flag() {
+        for nets in [
+            "[\"0.0.0.0/0\"]",
+            "[\"10.0.0.0/8\", \"::/0\"]",
+            "[\"::ffff:0:0/96\"]",
+            "[\"0.0.0.0/0\", \"::/0\"]",
+            "[\"0.0.0.0/1\"]",
+            "[\"2000::/3\"]",
+        ] {
+            let text = format!("[smtp]\ntrusted_networks = {nets}\n");
+            let err = NodeConfig::from_toml(&text, Path::new(".")).unwrap_err();
+            assert_eq!(err.key, "smtp.trusted_networks", "{nets}: {err}");
+            assert!(err.message.contains("open relay"), "{err}");
+            assert!(err.message.contains("smtp.allow_open_relay"), "{err}");
+            let allowed = format!("{text}allow_open_relay = true\n");
+            assert!(
+                NodeConfig::from_toml(&allowed, Path::new(".")).is_ok(),
+                "{nets}"
+            );
+        }
+        for nets in [
+            "[]",
+            "[\"10.0.0.0/8\", \"2001:db8::/32\"]",
+            "[\"127.0.0.0/8\", \"::1/128\", \"fc00::/7\", \"192.168.0.0/16\"]",
+        ] {
+            let text = format!("[smtp]\ntrusted_networks = {nets}\n");
+            assert!(
+                NodeConfig::from_toml(&text, Path::new(".")).is_ok(),
+                "{nets}"
+            );
+        }
     }
 
     #[test]
