@@ -1,52 +1,118 @@
 #!/usr/bin/env bash
 # Run every test Postern has, installing what they need on a fresh machine:
-# Debian packages (swaks, openssl, postfix, dnsutils), a Python venv with pytest, then
-#   1. cargo test  — unit tests and socket-free session dialogs
-#   2. pytest      — whole-gateway tests on loopback with real clients
-# One build profile (release) serves both, so there is one cold build.
+# Debian packages (the real peers), the browser driver from npm, a Python
+# venv with pytest; then checks that every peer can do what the tests ask
+# (scripts/preflight.sh) before running
+#   1. cargo fmt --check and cargo clippy -D warnings (no unwrap outside tests)
+#   2. cargo test  — unit tests and socket-free session dialogs
+#   3. pytest      — whole-gateway tests on loopback with real clients
+# One build profile (release) serves them all, so there is one cold build.
+# Each step prints how long it took, and a summary at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Real peers: swaks and openssl as clients, Postfix as upstream sender and
-# downstream receiver (private instances only: "No configuration" keeps the
-# system instance unconfigured and stopped), dig for the test DNS server,
-# testssl.sh as TLS scanner, Chromium for the admin UI browser tests.
-need_pkgs=()
-for pkg in swaks openssl postfix dnsutils testssl.sh chromium fonts-dejavu-core; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  echo "== installing Debian packages: ${need_pkgs[*]}"
+timings=()
+summary() {
+  [ ${#timings[@]} -gt 0 ] || return 0
+  echo "== time per step"
+  printf '%s\n' "${timings[@]}"
+}
+trap summary EXIT
+# step NAME COMMAND...: run one step, say how long it took.
+step() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  local took=$((SECONDS - start))
+  timings+=("$(printf '%6ss  %s' "$took" "$name")")
+  echo "-- $name: ${took}s"
+}
+
+# Real peers, each with what the tests use of it (packages are installed
+# with --no-install-recommends, so what a test needs from a recommends is
+# named here):
+#   swaks + libnet-ssleay-perl, libio-socket-ssl-perl  — SMTP client with TLS
+#   openssl                     — certificates, s_client/s_server
+#   postfix                     — private upstream/downstream instances
+#                                 ("No configuration": the system one stays off)
+#   dnsutils                    — dig against the test DNS server
+#   testssl.sh                  — TLS scanner
+#   chromium, fonts-dejavu-core — headless admin UI tests
+#   postgresql                  — initdb/pg_ctl for a private cluster store
+#   python3-venv                — the pytest venv
+#   dpkg-dev                    — dpkg-shlibdeps for the Debian package test
+#   systemd, strace             — systemd-analyze verify and the unit's system
+#                                 call filter checked against a traced gateway
+#                                 (systemd itself is not started)
+debian_pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl postfix dnsutils
+  testssl.sh chromium fonts-dejavu-core postgresql python3-venv dpkg-dev systemd strace)
+install_debian_packages() {
+  local need=() pkg
+  for pkg in "${debian_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
+  done
+  if [ ${#need[@]} -eq 0 ]; then
+    echo "all present"
+    return
+  fi
+  echo "installing: ${need[*]}"
   echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
 
 # The unprivileged user a gateway started as root switches to.
-if ! id postern >/dev/null 2>&1; then
-  echo "== creating system user postern"
-  as_root useradd --system --no-create-home --shell /usr/sbin/nologin postern
-fi
+create_postern_user() {
+  if id postern >/dev/null 2>&1; then
+    echo "exists"
+  else
+    as_root useradd --system --no-create-home --shell /usr/sbin/nologin postern
+  fi
+}
 
-echo "== installing the browser test driver (playwright-core, no browser download)"
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# cargo fmt and cargo clippy (a rustup "minimal" profile lacks them).
+install_rust_components() {
+  local need=() component
+  cargo fmt --version >/dev/null 2>&1 || need+=(rustfmt)
+  cargo clippy --version >/dev/null 2>&1 || need+=(clippy)
+  if [ ${#need[@]} -eq 0 ]; then
+    echo "all present"
+  elif command -v rustup >/dev/null; then
+    rustup component add "${need[@]}"
+  fi
+}
+
+# playwright-core drives Debian's Chromium; no browser download.
+install_browser_driver() {
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+}
 
 venv=target/pyenv
-if [ ! -x "$venv/bin/python" ]; then
-  echo "== creating Python venv in $venv"
-  python3 -m venv "$venv"
-fi
-"$venv/bin/pip" install -q -r tests/requirements.txt
+install_python_venv() {
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/requirements.txt
+}
 
-echo "== cargo test (release)"
-cargo test --release --workspace --locked
+run_pytest() {
+  # CI=1: a missing peer (testssl, Chromium, the postern user) fails its test
+  # instead of skipping it — this script installed all of them.
+  CI=1 POSTERN_BIN="$PWD/target/release/postern" "$venv/bin/python" -m pytest -q tests/ "$@"
+}
 
-echo "== cargo build (release)"
-cargo build --release --locked -p postern -p postern-bench
-
-echo "== whole-gateway tests"
-# CI=1: a missing peer (testssl, Chromium, the postern user) fails its test
-# instead of skipping it — this script installed all of them.
-CI=1 POSTERN_BIN="$PWD/target/release/postern" "$venv/bin/python" -m pytest -q tests/ "$@"
+step "Debian packages" install_debian_packages
+step "postern system user" create_postern_user
+step "Rust components (rustfmt, clippy)" install_rust_components
+step "browser driver (npm ci)" install_browser_driver
+step "Python venv" install_python_venv
+step "preflight: every peer can do what the tests ask" env VENV="$venv" scripts/preflight.sh
+step "cargo fmt --check" cargo fmt --all -- --check
+# Release profile: clippy reuses the build scripts' output (aws-lc, SQLite)
+# of the test build; it still checks every dependency once (~3 min cold).
+step "cargo clippy (release, -D warnings)" \
+  cargo clippy --workspace --all-targets --locked --release -- -D warnings
+step "cargo test (release)" cargo test --release --workspace --locked
+step "cargo build (release)" cargo build --release --locked -p postern -p postern-bench
+step "whole-gateway tests" run_pytest "$@"

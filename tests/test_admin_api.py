@@ -5,9 +5,11 @@ naming the field, certificate names that try path traversal, oversized
 uploads, and that a settings change reaches SMTP within 2 seconds.
 """
 
+import http.client
 import json
 import re
 import smtplib
+import threading
 import time
 import uuid
 
@@ -127,6 +129,75 @@ def test_login_lockout(admin_gw):
     token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
     r = a.post_form("/login", {"csrf": token, "password": PASSWORD})
     assert r.status == 429 and r.header("Retry-After"), r
+
+
+def _burst_login(gw, passwords: list[str], then: str | None = None) -> tuple[list[int], int | None]:
+    """Open one TLS connection per password (all from 127.0.0.1), then send
+    every login at once (a barrier); `then` is sent on one more connection
+    once every burst request is on the wire. Returns the burst's statuses
+    and the status of `then`."""
+    count = len(passwords)
+    ready = threading.Barrier(count + 1, timeout=30)
+    sent = threading.Semaphore(0)
+    statuses: list[int] = []
+    lock = threading.Lock()
+    context = admin_context(gw)
+
+    def login(password: str, wait: bool) -> int:
+        conn = http.client.HTTPSConnection("127.0.0.1", gw.admin_port, context=context,
+                                           timeout=60)
+        try:
+            conn.connect()  # TCP and the TLS handshake, before the burst
+            if wait:
+                ready.wait()
+            conn.request("POST", "/api/v1/login", body=json.dumps({"password": password}),
+                         headers={"Content-Type": "application/json"})
+            if wait:
+                sent.release()
+            r = conn.getresponse()
+            r.read()
+            return r.status
+        finally:
+            conn.close()
+
+    def worker(password: str):
+        status = login(password, True)
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=worker, args=(p,), daemon=True) for p in passwords]
+    for t in threads:
+        t.start()
+    ready.wait()
+    then_status = None
+    if then is not None:
+        for _ in range(count):
+            assert sent.acquire(timeout=30), "a burst request was not sent"
+        then_status = login(then, False)
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a login request hung"
+    return statuses, then_status
+
+
+def test_login_lockout_holds_under_a_concurrent_burst(admin_gw):
+    """120 wrong passwords at once over 120 TLS connections from one
+    address: at most 5 are checked (401), the rest refused (429); the right
+    password sent right after, while the burst is being answered, is
+    refused too."""
+    statuses, right = _burst_login(admin_gw, [f"wrong {i}" for i in range(120)], then=PASSWORD)
+    assert len(statuses) == 120
+    checked = statuses.count(401)
+    assert checked <= 5, f"{checked} wrong passwords were checked (limit 5)"
+    assert checked >= 1
+    assert statuses.count(429) == 120 - checked, sorted(set(statuses))
+    assert right == 429, f"the right password got {right} past the limit"
+    # Still locked for the HTML form too.
+    a = Admin(admin_gw)
+    page = a.get("/login")
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
+    r = a.post_form("/login", {"csrf": token, "password": PASSWORD})
+    assert r.status == 429, r
 
 
 def test_api_tokens_and_metrics(admin_gw):
@@ -258,8 +329,11 @@ def test_csrf_is_required_for_cookie_sessions(admin_gw):
                   headers={"Content-Type": "application/x-www-form-urlencoded",
                            "Sec-Fetch-Site": "cross-site"})
     assert r.status == 403, r
-    # And with the header it works.
+    # And with the header it works (the current document: the one read
+    # before the domain was added would delete it, and is refused).
     r = a.send_json("PUT", "/api/v1/settings", settings)
+    assert r.status == 409 and r.json()["field"] == "domain", r
+    r = a.send_json("PUT", "/api/v1/settings", a.get("/api/v1/settings").json())
     assert r.status == 200, r
 
 
@@ -291,7 +365,7 @@ def test_settings_routes_and_live_effect(admin_gw):
     settings["tls"]["inbound"]["mode"] = "require"
     r = a.send_json("PUT", "/api/v1/settings", settings)
     assert r.status == 200, r
-    assert r.json()["tls"]["inbound"]["mode"] == "require"
+    assert r.json()["settings"]["tls"]["inbound"]["mode"] == "require"
     took = wait_for_530(admin_gw, 2.0)
     print(f"require applied after {took:.2f}s")
     r = admin_gw.cli_ok("settings", "show", "--format", "json")
@@ -543,6 +617,165 @@ def test_validation_errors_name_the_field(admin_gw, method, path, payload, statu
     assert api.get("/api/v1/settings").json() == before, "changed despite the error"
 
 
+# Each out-of-range value, the key the error must name and words of the
+# allowed range it must give (16.4).
+OUT_OF_RANGE = [
+    ("mta.banner", "x" * 401, "at most 400 characters"),
+    ("mta.banner", "mx.example \u202e ready", "printable ASCII"),
+    ("mta.session_timeout", "1000000000d", "between 1s and 1h"),
+    ("mta.queue_lifetime", "31d", "between 1s and 30d"),
+    ("mta.min_backoff", "2d", "between 1s and 1d"),
+    ("mta.tracking_retention", "10m", "between 1h and 3650d"),
+    ("mta.max_message_size", str(1 << 40), "between 1024 bytes and 1073741824 bytes"),
+    ("mta.max_recipients", "1000000", "between 1 and 100000"),
+    ("mta.max_connections_per_client", "1001", "larger than mta.max_connections (1000)"),
+]
+
+
+def _as_json_value(key: str, value: str):
+    return int(value) if value.isdigit() else value
+
+
+@pytest.mark.parametrize("key,value,words", OUT_OF_RANGE, ids=[f"{k}={v[:20]}" for k, v, _ in OUT_OF_RANGE])
+def test_settings_bounds_through_cli_and_api(admin_gw, tmp_path, key, value, words):
+    """Out-of-range settings are refused with the key and the range by
+    `settings set`, `settings import` and `PUT /api/v1/settings` alike;
+    nothing changes."""
+    before = admin_gw.cli_ok("settings", "export").stdout
+    r = admin_gw.cli("settings", "set", key, value)
+    assert r.rc != 0, r
+    assert key in r.stderr and words in r.stderr, r
+
+    section, name = key.split(".")
+    document = json.loads(admin_gw.cli_ok("settings", "show", "--format", "json").stdout)
+    document[section][name] = _as_json_value(key, value)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(document))
+    r = admin_gw.cli("settings", "import", str(bad))
+    assert r.rc != 0, r
+    assert key in r.stderr and words in r.stderr, r
+
+    api = Admin(admin_gw, token=new_token(admin_gw, f"bounds-{uuid.uuid4().hex[:8]}"))
+    r = api.send_json("PUT", "/api/v1/settings", document)
+    assert r.status == 422, r
+    assert r.json()["field"] == key and words in r.json()["error"], r
+    assert admin_gw.cli_ok("settings", "export").stdout == before, "changed despite the error"
+
+
+def test_settings_bounds_accept_the_ends_of_each_range(admin_gw):
+    for key, value in [("mta.banner", "m" * 400), ("mta.session_timeout", "1h"),
+                       ("mta.queue_lifetime", "30d"), ("mta.max_backoff", "1d"),
+                       ("mta.tracking_retention", "3650d"),
+                       ("mta.max_connections_per_client", "20"), ("mta.max_connections", "20")]:
+        admin_gw.set(key, value)
+    r = admin_gw.cli("settings", "set", "mta.max_connections", "19")
+    assert r.rc != 0 and "mta.max_connections_per_client" in r.stderr, r
+    # The gateway reloads within a second; the long banner is served whole.
+    deadline = time.monotonic() + 5
+    while True:
+        s = smtplib.SMTP(timeout=10)
+        try:
+            code, text = s.connect("127.0.0.1", admin_gw.smtp_port)
+        finally:
+            s.close()
+        if text.decode() == "m" * 400 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert code == 220 and text.decode() == "m" * 400, (code, text[:60])
+
+
+@pytest.mark.parametrize("body,field", [
+    ([], "settings"),
+    ({"tls": []}, "tls"),
+    ({"tls": {"inbound": []}}, "tls.inbound"),
+    ({"mta": None}, "mta"),
+    ({"domain": {"name": "corp.example"}}, "domain"),
+    ({"domain": ["corp.example"]}, "domain[0]"),
+    ({"tls": {"inbound": {"mode": "offer", "colour": "red"}}}, "tls.inbound.colour"),
+    ({"relay": True}, "relay"),
+])
+def test_settings_of_the_wrong_shape_change_nothing(admin_gw, tmp_path, body, field):
+    """`[]` and friends used to mean "every default", deleting every domain
+    entry. Refused by the API (422 naming the field) and by `settings
+    import`; nothing changes."""
+    admin_gw.cli_ok("settings", "import", str(_domains_file(tmp_path)))
+    before = admin_gw.cli_ok("settings", "export").stdout
+    api = Admin(admin_gw, token=new_token(admin_gw))
+    r = api.send_json("PUT", "/api/v1/settings", body)
+    assert r.status == 422, r
+    assert r.json()["field"] == field, r
+    r = api.send_json("PUT", f"/api/v1/settings?confirm=delete-domains", body)
+    assert r.status == 422 and r.json()["field"] == field, r
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(body))
+    r = admin_gw.cli("settings", "import", str(bad))
+    assert r.rc != 0 and field in r.stderr and "nothing was changed" in r.stderr, r
+    assert admin_gw.cli_ok("settings", "export").stdout == before
+
+
+def _domains_file(tmp_path):
+    f = tmp_path / "domains.toml"
+    f.write_text('[[domain]]\nname = "corp.example"\nrelay = true\n'
+                 '[[domain]]\nname = "partner.example"\nnext_hop = "[127.0.0.1]:2525"\n')
+    return f
+
+
+def test_deleting_every_domain_needs_confirmation_and_changes_are_reported(admin_gw, tmp_path):
+    admin_gw.cli_ok("settings", "import", str(_domains_file(tmp_path)))
+    api = Admin(admin_gw, token=new_token(admin_gw))
+    current = api.get("/api/v1/settings").json()
+    assert len(current["domain"]) == 2
+
+    # A partial document (no domain key) would delete both: refused.
+    partial = {"tls": {"inbound": {"mode": "offer"}}}
+    r = api.send_json("PUT", "/api/v1/settings", partial)
+    assert r.status == 409, r
+    assert r.json()["field"] == "domain", r
+    assert "corp.example, partner.example" in r.json()["error"], r
+    assert "?confirm=delete-domains" in r.json()["error"], r
+    assert api.get("/api/v1/settings").json() == current
+    r = api.send_json("PUT", "/api/v1/settings?confirm=yes", partial)
+    assert r.status == 400 and r.json()["field"] == "confirm", r
+    r = api.send_json("PUT", "/api/v1/settings?force=1", partial)
+    assert r.status == 400 and r.json()["field"] == "force", r
+
+    # Changing the relay set is allowed and reported.
+    changed = json.loads(json.dumps(current))
+    changed["domain"][0]["relay"] = False
+    changed["domain"][1]["relay"] = True
+    r = api.send_json("PUT", "/api/v1/settings", changed)
+    assert r.status == 200, r
+    answer = r.json()
+    assert answer["settings"]["domain"] == changed["domain"], answer
+    assert answer["changes"]["relay_domains_added"] == ["partner.example"], answer
+    assert answer["changes"]["relay_domains_removed"] == ["corp.example"], answer
+    assert answer["changes"]["deletes_every_domain"] is False
+    assert any("no longer relay domains: corp.example" in w for w in answer["warnings"]), answer
+    assert any("new relay domains" in w and "partner.example" in w
+               for w in answer["warnings"]), answer
+    # An unchanged document: no warnings.
+    r = api.send_json("PUT", "/api/v1/settings", changed)
+    assert r.status == 200 and r.json()["warnings"] == [], r
+
+    # With the confirmation: deleted, and said so (answer and log).
+    r = api.send_json("PUT", "/api/v1/settings?confirm=delete-domains", partial)
+    assert r.status == 200, r
+    answer = r.json()
+    assert "domain" not in answer["settings"], answer
+    assert answer["changes"]["deletes_every_domain"] is True
+    assert answer["changes"]["domains_removed"] == ["corp.example", "partner.example"]
+    assert any("every [[domain]] entry is deleted" in w for w in answer["warnings"]), answer
+    assert "every [[domain]] entry is deleted (corp.example, partner.example)" in admin_gw.stderr()
+
+    # `settings import` of a file without domains says what it deleted.
+    admin_gw.cli_ok("settings", "import", str(_domains_file(tmp_path)))
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[mta]\nmax_recipients = 11\n")
+    r = admin_gw.cli_ok("settings", "import", str(plain))
+    assert "warning: every [[domain]] entry is deleted (corp.example, partner.example)" \
+        in r.stderr, r
+
+
 def test_bad_json_is_400(admin_gw):
     api = Admin(admin_gw, token=new_token(admin_gw))
     r = api.request("PUT", "/api/v1/settings", body=b"{broken",
@@ -579,6 +812,80 @@ def test_certificate_names_cannot_traverse(admin_gw, name):
     assert 'data-field="name"' in r.text
     names = [c["name"] for c in a.get("/api/v1/certificates").json()]
     assert names == ["Default Cert", "Default Cert ECDSA"], names
+
+
+HIDDEN_NAMES = [("x\u202etrec tluafeD", "U+202E"), ("\u2066Default Cert\u2069", "U+2066"),
+                ("Partner\u200e CA", "U+200E"), ("Partner\u200b CA", "U+200B"),
+                ("Partner\u0085CA", "U+0085"), ("Partner\x1b[31m CA", "U+001B")]
+
+
+@pytest.mark.parametrize("name,code", HIDDEN_NAMES, ids=[c for _, c in HIDDEN_NAMES])
+def test_certificate_names_with_control_or_bidi_characters_are_refused(admin_gw, tmp_path,
+                                                                       name, code):
+    """On every path that creates a certificate entry: API generate and
+    import, the upload form, CLI generate and import; and in a generated
+    certificate's common name."""
+    a = logged_in(admin_gw)
+    r = a.send_json("POST", "/api/v1/certificates", {"name": name, "generate": {"key": "ecdsa-p256"}})
+    assert r.status == 422 and r.json()["field"] == "name" and code in r.json()["error"], r
+    pem = a.get(cert_path("Default Cert") + "?format=pem").text
+    r = a.send_json("POST", "/api/v1/certificates", {"name": name, "chain_pem": pem})
+    assert r.status == 422 and r.json()["field"] == "name" and code in r.json()["error"], r
+    r = a.post_multipart("/certificates/import", {"csrf": a.csrf, "name": name},
+                         {"chain": ("chain.pem", pem.encode())})
+    assert r.status == 422 and 'data-field="name"' in r.text and code in r.text, r
+    r = admin_gw.cli("cert", "generate", "--name", name, "--key", "ecdsa-p256", "--cn", "mx.test")
+    assert r.rc != 0 and code in r.stderr, r
+    chain = tmp_path / "chain.pem"
+    chain.write_text(pem)
+    r = admin_gw.cli("cert", "import", "--name", name, "--cert", str(chain))
+    assert r.rc != 0 and code in r.stderr, r
+    # The common name of a generated certificate, with and without SANs.
+    for sans in ([], ["mx.postern.test"]):
+        r = a.send_json("POST", "/api/v1/certificates",
+                        {"name": "Fine name", "generate": {"key": "ecdsa-p256", "cn": name,
+                                                           "sans": sans}})
+        assert r.status == 422 and r.json()["field"] == "cn" and code in r.json()["error"], r
+    names = [c["name"] for c in a.get("/api/v1/certificates").json()]
+    assert names == ["Default Cert", "Default Cert ECDSA"], names
+
+
+def test_foreign_origin_is_refused_even_with_the_csrf_token(admin_gw):
+    a = logged_in(admin_gw)
+    own = f"https://127.0.0.1:{admin_gw.admin_port}"
+    settings = a.get("/api/v1/settings").json()
+    changed = json.loads(json.dumps(settings))
+    changed["mta"]["banner"] = "changed cross-site"
+    foreign = [{"Origin": "https://evil.example"}, {"Origin": "null"},
+               {"Origin": f"http://127.0.0.1:{admin_gw.admin_port}"},
+               {"Origin": f"https://127.0.0.1:{admin_gw.admin_port + 1}"},
+               {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+               {"Sec-Fetch-Site": "same-origin", "Origin": "https://evil.example"}]
+    for headers in foreign:
+        r = a.send_json("PUT", "/api/v1/settings", changed, headers=headers)
+        assert r.status == 403 and "refused" in r.json()["error"], (headers, r)
+        r = a.request("POST", "/settings/domains",
+                      body=f"csrf={a.csrf}&name=x.example&tls=".encode(),
+                      headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+        assert r.status == 403, (headers, r)
+        # Logging in from another site is refused too (login CSRF).
+        r = Admin(admin_gw).send_json("POST", "/api/v1/login", {"password": PASSWORD},
+                                      csrf=False, headers=headers)
+        assert r.status == 403, (headers, r)
+    assert a.get("/api/v1/settings").json() == settings
+    assert a.get("/api/v1/domains").json() == []
+    # Our own origin, or a browser's same-origin marker (Chromium sends
+    # Origin: null from pages with Referrer-Policy: no-referrer), pass.
+    for headers in [{"Origin": own}, {"Sec-Fetch-Site": "same-origin", "Origin": "null"},
+                    {"Sec-Fetch-Site": "same-origin", "Origin": own}, {}]:
+        r = a.send_json("PUT", "/api/v1/settings", changed, headers=headers)
+        assert r.status == 200, (headers, r)
+    # A Bearer client: no Origin needed, and no ambient credential to abuse.
+    api = Admin(admin_gw, token=new_token(admin_gw))
+    assert api.send_json("PUT", "/api/v1/settings", settings).status == 200
+    r = api.send_json("PUT", "/api/v1/settings", settings,
+                      headers={"Origin": "https://evil.example"})
+    assert r.status == 200, r
 
 
 def test_export_file_names_are_safe(admin_gw):

@@ -48,12 +48,13 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 class Scenario:
     """One run of the Node script; its JSON events arrive as they happen."""
 
-    def __init__(self, gw, name: str, tmp_path: Path, **env: str):
+    def __init__(self, gw, name: str, tmp_path: Path, talk: bool = False, **env: str):
         shots = tmp_path / "screenshots"
         shots.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             ["node", str(BROWSER_DIR / "admin_browser.mjs"), name],
-            cwd=BROWSER_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cwd=BROWSER_DIR, stdin=subprocess.PIPE if talk else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
             env={**os.environ, "POSTERN_ADMIN_URL": f"https://127.0.0.1:{gw.admin_port}",
                  "POSTERN_ADMIN_PASSWORD": PASSWORD, "POSTERN_SCREENSHOTS": str(shots),
@@ -76,6 +77,12 @@ class Scenario:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+    def send(self, line: str) -> None:
+        """Tell the script a step outside the browser is done."""
+        assert self.proc.stdin is not None, "scenario started without talk=True"
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     def _read_err(self):
         self._stderr = self.proc.stderr.read()
@@ -125,6 +132,31 @@ def test_login_and_navigation(admin_gw, tmp_path):
     assert events[0]["title"] == "Dashboard — Postern"
 
 
+def test_login_right_after_passwd_stays_logged_in(admin_gw, tmp_path):
+    new_password = "a brand new admin password"
+    # An older session, opened with the old password over the API.
+    older = Admin(admin_gw)
+    assert older.login().status == 200
+    assert older.get("/api/v1/session").status == 200
+    scenario = Scenario(admin_gw, "relogin-after-passwd", tmp_path, talk=True,
+                        NEW_PASSWORD=new_password)
+    scenario.wait_event("ready")
+    admin_gw.cli_ok("admin", "passwd", "--password-stdin", input=(new_password + "\n").encode())
+    scenario.send("changed")
+    scenario.wait_event("logged-in-again")
+    still = scenario.wait_event("still-logged-in")
+    assert still["path"] == "/settings/tls", still
+    scenario.finish()
+    # The session opened before the change has ended (the gateway checks
+    # every 2 s; the browser waited longer than that).
+    deadline = time.monotonic() + 10
+    while older.get("/api/v1/session").status != 401:
+        assert time.monotonic() < deadline, "a session of the old password is still alive"
+        time.sleep(0.2)
+    assert "ended 1 admin session(s) opened with an older password" in admin_gw.stderr(), \
+        admin_gw.stderr()[-2000:]
+
+
 def test_require_tls_in_the_browser_reaches_smtp_within_two_seconds(admin_gw, tmp_path):
     with smtplib.SMTP("127.0.0.1", admin_gw.smtp_port, timeout=10) as s:
         s.ehlo()
@@ -150,6 +182,42 @@ def test_require_tls_in_the_browser_reaches_smtp_within_two_seconds(admin_gw, tm
         assert s.mail("c@d.test")[0] == 250
     scenario.finish()
     print(f"530 after {took:.2f}s")
+
+
+def _greeting(gw) -> str:
+    s = smtplib.SMTP(timeout=5)
+    try:
+        code, text = s.connect("127.0.0.1", gw.smtp_port)
+    finally:
+        s.close()
+    assert code == 220, (code, text)
+    return text.decode()
+
+
+def test_advanced_mta_settings_in_the_browser(admin_gw, tmp_path):
+    """Settings → Integrated MTA → Advanced: a new banner is in the SMTP
+    greeting within 2 s; a per-client limit above the total is refused
+    next to its field, naming it, and nothing changes."""
+    banner = "mx.browser.test ESMTP ready"
+    assert _greeting(admin_gw) == "mx.postern.test ESMTP Postern"
+    scenario = Scenario(admin_gw, "advanced", tmp_path, BANNER=banner)
+    saved = scenario.wait_event("saved")
+    assert saved["banner"] == banner
+    start = time.monotonic()
+    while (seen := _greeting(admin_gw)) != banner:
+        assert time.monotonic() - start < 2.0, f"greeting still {seen!r} after 2 s"
+        time.sleep(0.05)
+    took = time.monotonic() - start
+    before = admin_gw.cli_ok("settings", "export").stdout
+    refused = scenario.wait_event("refused")
+    assert "mta.max_connections_per_client" in refused["text"], refused
+    assert "mta.max_connections (1000)" in refused["text"], refused
+    scenario.finish()
+    assert admin_gw.cli_ok("settings", "export").stdout == before, "the refused form changed settings"
+    assert _greeting(admin_gw) == banner
+    settings = json.loads(admin_gw.cli_ok("settings", "show", "--format", "json").stdout)
+    assert settings["mta"]["max_connections_per_client"] == 50
+    print(f"banner in the greeting after {took:.2f}s")
 
 
 def test_generated_certificate_selected_in_the_browser_is_served(admin_gw, tmp_path):

@@ -273,6 +273,8 @@ def test_rejections_in_mail_log(make_gateway):
 
 def test_total_connection_limit(make_gateway):
     gw = make_gateway(start=False)
+    # The per-client limit may not exceed the total (lowered first).
+    gw.set("mta.max_connections_per_client", "2")
     gw.set("mta.max_connections", "2")
     gw.start()
     a, b = gw.connect(), gw.connect()
@@ -435,6 +437,7 @@ def test_trusted_clients_keep_a_reserved_share(make_gateway):
     have filled their share. trusted_networks covers only 127.0.0.2; the
     flood comes from 127.0.0.1."""
     gw = make_gateway(trusted_networks=["127.0.0.2/32"], start=False)
+    gw.set("mta.max_connections_per_client", "10")
     gw.set("mta.max_connections", "10")
     gw.start()
     flood = []
@@ -448,6 +451,10 @@ def test_trusted_clients_keep_a_reserved_share(make_gateway):
         flood.append(extra)
         g = _greeting(extra)
         assert g.startswith(b"421 4.7.0"), f"untrusted connection past its share: {g!r}"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "reserved for smtp.trusted_networks" not in gw.log():
+            time.sleep(0.1)
+        assert "reserved for smtp.trusted_networks" in gw.log(), "refused for another reason"
         inside = _connect_from("127.0.0.2", gw.smtp_port)
         flood.append(inside)
         g = _greeting(inside)

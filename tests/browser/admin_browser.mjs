@@ -4,15 +4,17 @@
 //   node admin_browser.mjs SCENARIO
 //
 // Environment: POSTERN_ADMIN_URL (https://127.0.0.1:PORT), POSTERN_ADMIN_PASSWORD,
-// and per scenario MESSAGE_ID / CERT_NAME / DOMAIN / NEXT_HOP; optional
+// and per scenario MESSAGE_ID / CERT_NAME / DOMAIN / NEXT_HOP / NEW_PASSWORD / BANNER; optional
 // POSTERN_SCREENSHOTS (a directory: a PNG per step) and CHROMIUM (binary).
 //
 // It prints one JSON object per line ({"event": ...}); tests/test_admin_browser.py
 // reads them as they come (the SMTP check starts the moment "saved" arrives)
-// and checks the rest over SMTP and with openssl. Exit code 0 = every step
+// and checks the rest over SMTP and with openssl. Some scenarios wait for a
+// line on stdin from the test (a step done outside the browser). Exit code 0 = every step
 // found what it expected; on failure the message goes to stderr.
 
 import { mkdtempSync, rmSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -56,6 +58,23 @@ async function login(page) {
   await shot(page, "dashboard");
 }
 
+/// The next line the test sends on stdin (it signals a step it did, such
+/// as a password change); fails after `ms`.
+const stdinLines = createInterface({ input: process.stdin });
+const pendingLines = [];
+const lineWaiters = [];
+stdinLines.on("line", (line) => {
+  const waiter = lineWaiters.shift();
+  if (waiter) waiter(line); else pendingLines.push(line);
+});
+function nextLine(ms = 60000) {
+  if (pendingLines.length) return Promise.resolve(pendingLines.shift());
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no line on stdin within ${ms} ms`)), ms);
+    lineWaiters.push((line) => { clearTimeout(timer); resolve(line); });
+  });
+}
+
 /// Go to a section through the navigation, as a person would.
 async function open(page, link, heading) {
   await page.getByRole("navigation").getByRole("link", { name: link }).click();
@@ -63,9 +82,33 @@ async function open(page, link, heading) {
 }
 
 const scenarios = {
+  // Open the login page, let the test change the password with `postern
+  // admin passwd`, log in with the new one at once, wait past the
+  // gateway's password check (every 2 s), and still be logged in.
+  async "relogin-after-passwd"(page) {
+    await page.goto(base + "/login");
+    await page.getByLabel("Admin password").waitFor();
+    emit("ready");
+    const line = await nextLine();
+    check(line === "changed", `unexpected signal ${line}`);
+    await page.getByLabel("Admin password").fill(process.env.NEW_PASSWORD);
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    emit("logged-in-again");
+    await page.waitForTimeout(3500);
+    await page.reload();
+    check(new URL(page.url()).pathname === "/", `sent to ${page.url()} after the password change`);
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    // And the session works for a section page too.
+    await open(page, "TLS encryption", "TLS encryption");
+    emit("still-logged-in", { path: new URL(page.url()).pathname });
+    await shot(page, "still-logged-in");
+  },
+
   async login(page) {
     await login(page);
     for (const [link, heading] of [["TLS encryption", "TLS encryption"], ["Domains", "Domains"],
+      ["Advanced", "Advanced"],
       ["Certificates", "Certificates"], ["Queue", "Queue"], ["Message tracking", "Message tracking"],
       ["Dashboard", "Dashboard"]]) {
       await open(page, link, heading);
@@ -105,6 +148,46 @@ const scenarios = {
     await page.getByText(/^Saved\./).waitFor();
     emit("saved", { mode: await page.getByLabel("Server TLS security mode").inputValue() });
     await shot(page, "saved");
+  },
+
+  // Settings → Integrated MTA → Advanced: a new banner, then a refused
+  // combination (more connections per client than in total).
+  async advanced(page) {
+    await login(page);
+    await open(page, "Advanced", "Advanced");
+    const banner = page.getByLabel("Greeting banner");
+    check(await banner.inputValue() === "", "banner not empty at first");
+    const total = page.getByLabel("Connections in total");
+    check(await total.inputValue() === "1000", `max_connections shown as ${await total.inputValue()}`);
+    const perClient = page.getByLabel("Connections per client address");
+    check(await perClient.inputValue() === "50", "per-client limit not shown");
+    const sessionTimeout = page.getByLabel("Session timeout");
+    check(await sessionTimeout.inputValue() === "5m", `session timeout shown as ${await sessionTimeout.inputValue()}`);
+    const help = await page.locator('.field[data-key="mta.session_timeout"] .help').textContent();
+    check(/Allowed: between 1s and 1h\./.test(help) && /Default: 5m\./.test(help), `session timeout help: ${help}`);
+    const bannerHelp = await page.locator('.field[data-key="mta.banner"] .help').textContent();
+    check(/ESMTP Postern/.test(bannerHelp) && /400/.test(bannerHelp), `banner help: ${bannerHelp}`);
+    await shot(page, "advanced");
+
+    await banner.fill(process.env.BANNER);
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.getByText(/^Saved\./).waitFor();
+    check(await page.getByLabel("Greeting banner").inputValue() === process.env.BANNER, "banner not kept");
+    emit("saved", { banner: await page.getByLabel("Greeting banner").inputValue() });
+    await shot(page, "saved");
+
+    // A value the CLI refuses: refused here too, next to its field.
+    await page.getByLabel("Greeting banner").fill("not applied ESMTP");
+    await page.getByLabel("Connections per client address").fill("2000");
+    await page.getByRole("button", { name: "Save" }).click();
+    const error = page.locator('.field-error[data-field="mta.max_connections_per_client"]');
+    await error.waitFor();
+    const text = (await error.textContent()).trim();
+    check(await page.getByText(/Not saved/).count() === 1, "no 'not saved' banner");
+    // What was typed stays in the form, to be corrected.
+    check(await page.getByLabel("Connections per client address").inputValue() === "2000", "typed value lost");
+    emit("refused", { text });
+    await shot(page, "refused");
   },
 
   async "cert-select"(page) {
@@ -231,6 +314,7 @@ async function main() {
     process.stderr.write(`scenario ${scenario} failed at ${page.url()}: ${e.stack || e}\n`);
     process.exitCode = 1;
   } finally {
+    stdinLines.close();
     await context.close().catch(() => {});
     rmSync(profile, { recursive: true, force: true });
   }

@@ -10,9 +10,16 @@
 //! * A session is a random 256-bit id in a cookie, mapped server-side to
 //!   its CSRF token and times; it ends after [`SESSION_IDLE`] without use
 //!   or [`SESSION_LIFETIME`] after login. Every login makes a new id.
+//! * Each session remembers which password it was opened with (a
+//!   [`PasswordVersion`]: a digest of the stored hash it was verified
+//!   against). When the password changes, exactly the sessions of older
+//!   passwords end; one opened with the new password stays, however soon
+//!   after the change it was made. No clock is compared, so no race within
+//!   a second.
 //! * Login attempts are limited per client address and in total within a
 //!   sliding window; past the limit, even a correct password is refused
-//!   until the window has room again.
+//!   until the window has room again. An attempt is counted before its
+//!   password is checked, so concurrent attempts cannot overshoot.
 //!
 //! Every function that takes the time takes it as an argument, so the
 //! tests run on a clock of their own.
@@ -154,6 +161,19 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Which admin password a session was opened with: the SHA-256 of the
+/// stored PHC string (salted, so setting the same password again is a new
+/// version too). The hash itself is not kept in the session table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordVersion(String);
+
+impl PasswordVersion {
+    /// The version of the password stored as `phc_hash`.
+    pub fn of(phc_hash: &str) -> Self {
+        Self(token_hash(phc_hash))
+    }
+}
+
 /// What a valid session cookie gives a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -164,6 +184,7 @@ pub struct SessionInfo {
 
 struct SessionEntry {
     csrf: String,
+    password: PasswordVersion,
     created: Instant,
     last_seen: Instant,
 }
@@ -196,10 +217,16 @@ impl Sessions {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Start a new session (at login). `replaces` is the session the
-    /// browser had before, if any: it ends now, so an id planted before
-    /// login is worthless after it.
-    pub fn create(&self, replaces: Option<&str>, now: Instant) -> SessionInfo {
+    /// Start a new session (at login) for the password of version
+    /// `password` (the one the login was checked against). `replaces` is
+    /// the session the browser had before, if any: it ends now, so an id
+    /// planted before login is worthless after it.
+    pub fn create(
+        &self,
+        replaces: Option<&str>,
+        password: PasswordVersion,
+        now: Instant,
+    ) -> SessionInfo {
         let info = SessionInfo {
             id: random_hex(32),
             csrf: random_hex(32),
@@ -223,6 +250,7 @@ impl Sessions {
             info.id.clone(),
             SessionEntry {
                 csrf: info.csrf.clone(),
+                password,
                 created: now,
                 last_seen: now,
             },
@@ -256,9 +284,13 @@ impl Sessions {
         self.lock().remove(id);
     }
 
-    /// End every session (the password changed).
-    pub fn clear(&self) {
-        self.lock().clear();
+    /// The password changed to `current`: end every session opened with
+    /// another (older) password. Returns how many ended.
+    pub fn end_other_passwords(&self, current: &PasswordVersion) -> usize {
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|_, e| e.password == *current);
+        before - entries.len()
     }
 
     pub fn len(&self) -> usize {
@@ -334,41 +366,14 @@ impl LoginLimiter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `Ok` when `ip` may try to log in now; otherwise how long to wait.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let key = client_key(ip);
-        let window = self.window;
-        let mut state = self.lock();
-        expire(&mut state.all, now, window);
-        let wait = |queue: &VecDeque<Instant>, max: usize| -> Option<Duration> {
-            if queue.len() < max {
-                return None;
-            }
-            // Room again when the oldest counted failure leaves the window.
-            let oldest = queue.get(queue.len() - max).copied()?;
-            Some(
-                window
-                    .saturating_sub(now.saturating_duration_since(oldest))
-                    .max(Duration::from_secs(1)),
-            )
-        };
-        let mut retry = wait(&state.all, self.total);
-        if let Some(queue) = state.clients.get_mut(&key) {
-            expire(queue, now, window);
-            let client_wait = wait(queue, self.per_client);
-            retry = retry.max(client_wait);
-            if queue.is_empty() {
-                state.clients.remove(&key);
-            }
-        }
-        match retry {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
-    }
-
-    /// Count a failed attempt.
-    pub fn failure(&self, ip: IpAddr, now: Instant) {
+    /// Reserve a login attempt for `ip` now, or say how long to wait.
+    ///
+    /// The attempt counts from this moment, before the password is
+    /// checked: a burst of concurrent attempts gets exactly as many
+    /// checks as the limit allows, never one per connection that got in
+    /// before the first failure was recorded. A reservation that turns
+    /// out right is given back with [`LoginLimiter::success`].
+    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Result<Attempt, Duration> {
         let key = client_key(ip);
         let window = self.window;
         let mut state = self.lock();
@@ -379,19 +384,61 @@ impl LoginLimiter {
                 !q.is_empty()
             });
         }
-        state.clients.entry(key).or_default().push_back(now);
+        expire(&mut state.all, now, window);
+        let wait = |queue: &VecDeque<Instant>, max: usize| -> Option<Duration> {
+            if queue.len() < max {
+                return None;
+            }
+            // Room again when the oldest counted attempt leaves the window.
+            let oldest = queue.get(queue.len() - max).copied()?;
+            Some(
+                window
+                    .saturating_sub(now.saturating_duration_since(oldest))
+                    .max(Duration::from_secs(1)),
+            )
+        };
+        let mut retry = wait(&state.all, self.total);
+        let queue = state.clients.entry(key).or_default();
+        expire(queue, now, window);
+        retry = retry.max(wait(queue, self.per_client));
+        if let Some(wait) = retry {
+            if queue.is_empty() {
+                state.clients.remove(&key);
+            }
+            return Err(wait);
+        }
+        queue.push_back(now);
         state.all.push_back(now);
+        Ok(Attempt { key, at: now })
     }
 
-    /// A successful login clears the client's failures.
-    pub fn success(&self, ip: IpAddr) {
-        self.lock().clients.remove(&client_key(ip));
+    /// The reserved attempt succeeded: it does not count, and the client's
+    /// earlier failures are forgotten.
+    pub fn success(&self, attempt: Attempt) {
+        let mut state = self.lock();
+        state.clients.remove(&attempt.key);
+        if let Some(index) = state.all.iter().position(|t| *t == attempt.at) {
+            state.all.remove(index);
+        }
     }
+}
+
+/// A login attempt [`LoginLimiter::reserve`] counted. Dropping it leaves it
+/// counted (a failure).
+#[derive(Debug)]
+#[must_use = "a successful attempt must be given back with LoginLimiter::success"]
+pub struct Attempt {
+    key: IpAddr,
+    at: Instant,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v1() -> PasswordVersion {
+        PasswordVersion::of("$argon2id$v=19$first")
+    }
 
     #[test]
     fn password_hash_and_verify() {
@@ -453,7 +500,7 @@ mod tests {
     fn sessions_expire_when_idle_and_at_the_end_of_their_lifetime() {
         let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(300));
         let t0 = Instant::now();
-        let s = sessions.create(None, t0);
+        let s = sessions.create(None, v1(), t0);
         assert_eq!(s.id.len(), 64);
         assert_ne!(s.id, s.csrf);
         assert_eq!(
@@ -466,7 +513,7 @@ mod tests {
         assert!(sessions.get(&s.id, t0 + Duration::from_secs(141)).is_none());
         assert!(sessions.is_empty());
 
-        let s = sessions.create(None, t0);
+        let s = sessions.create(None, v1(), t0);
         for step in 1..=5 {
             let now = t0 + Duration::from_secs(step * 50);
             let alive = sessions.get(&s.id, now).is_some();
@@ -480,15 +527,15 @@ mod tests {
     fn login_makes_a_new_session_and_ends_the_old_one() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let before = sessions.create(None, now);
-        let after = sessions.create(Some(&before.id), now);
+        let before = sessions.create(None, v1(), now);
+        let after = sessions.create(Some(&before.id), v1(), now);
         assert_ne!(before.id, after.id);
         assert_ne!(before.csrf, after.csrf);
         assert!(sessions.get(&before.id, now).is_none(), "fixation");
         assert!(sessions.get(&after.id, now).is_some());
         // A planted id that was never issued is simply unknown.
         let planted = random_hex(32);
-        let fresh = sessions.create(Some(&planted), now);
+        let fresh = sessions.create(Some(&planted), v1(), now);
         assert_ne!(fresh.id, planted);
         sessions.remove(&fresh.id);
         assert!(sessions.get(&fresh.id, now).is_none());
@@ -498,10 +545,11 @@ mod tests {
     fn session_table_is_bounded() {
         let sessions = Sessions::default();
         let t0 = Instant::now();
-        let first = sessions.create(None, t0);
+        let first = sessions.create(None, v1(), t0);
         for i in 1..=MAX_SESSIONS {
             sessions.create(
                 None,
+                v1(),
                 t0 + Duration::from_millis(u64::try_from(i).unwrap_or(0)),
             );
         }
@@ -512,11 +560,28 @@ mod tests {
     }
 
     #[test]
+    fn a_password_change_ends_only_the_sessions_of_older_passwords() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let old = sessions.create(None, v1(), now);
+        let v2 = PasswordVersion::of("$argon2id$v=19$second");
+        assert_ne!(v1(), v2);
+        // Opened with the new password before the change was noticed.
+        let new = sessions.create(None, v2.clone(), now);
+        assert_eq!(sessions.end_other_passwords(&v2), 1);
+        assert!(sessions.get(&old.id, now).is_none(), "old session survived");
+        assert!(sessions.get(&new.id, now).is_some(), "new session ended");
+        // Noticing the same password again ends nothing.
+        assert_eq!(sessions.end_other_passwords(&v2), 0);
+        assert!(sessions.get(&new.id, now).is_some());
+    }
+
+    #[test]
     fn csrf_token_belongs_to_its_session() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let a = sessions.create(None, now);
-        let b = sessions.create(None, now);
+        let a = sessions.create(None, v1(), now);
+        let b = sessions.create(None, v1(), now);
         let a_seen = sessions.get(&a.id, now).expect("a");
         assert!(constant_time_eq(&a_seen.csrf, &a.csrf));
         assert!(!constant_time_eq(&a_seen.csrf, &b.csrf));
@@ -529,21 +594,47 @@ mod tests {
         let other: IpAddr = "192.0.2.2".parse().expect("ip");
         let t0 = Instant::now();
         for i in 0..5 {
-            assert!(limiter.check(ip, t0).is_ok(), "attempt {i}");
-            limiter.failure(ip, t0 + Duration::from_secs(i));
+            let attempt = limiter.reserve(ip, t0 + Duration::from_secs(i));
+            assert!(attempt.is_ok(), "attempt {i}");
         }
         let wait = limiter
-            .check(ip, t0 + Duration::from_secs(10))
+            .reserve(ip, t0 + Duration::from_secs(10))
             .expect_err("locked");
         assert_eq!(wait, Duration::from_secs(50));
         // Others are not affected.
-        assert!(limiter.check(other, t0 + Duration::from_secs(10)).is_ok());
-        // The oldest failure leaves the window at 60 s.
-        assert!(limiter.check(ip, t0 + Duration::from_secs(60)).is_ok());
+        assert!(limiter.reserve(other, t0 + Duration::from_secs(10)).is_ok());
+        // The oldest attempt leaves the window at 60 s.
+        assert!(limiter.reserve(ip, t0 + Duration::from_secs(60)).is_ok());
         // A success clears the client's record.
-        limiter.failure(ip, t0 + Duration::from_secs(61));
-        limiter.success(ip);
-        assert!(limiter.check(ip, t0 + Duration::from_secs(62)).is_ok());
+        let right = limiter
+            .reserve(ip, t0 + Duration::from_secs(61))
+            .expect("room at 61 s");
+        limiter.success(right);
+        for i in 0..5 {
+            let attempt = limiter.reserve(ip, t0 + Duration::from_secs(62));
+            assert!(attempt.is_ok(), "after success, attempt {i}");
+        }
+    }
+
+    #[test]
+    fn attempts_count_before_they_are_checked() {
+        // A burst: every attempt reserved before any finished.
+        let limiter = LoginLimiter::new(5, 30, Duration::from_secs(60));
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let t0 = Instant::now();
+        let granted: Vec<Attempt> = (0..120)
+            .filter_map(|_| limiter.reserve(ip, t0).ok())
+            .collect();
+        assert_eq!(granted.len(), 5);
+        // A success gives its own slot back, in total too.
+        let limiter = LoginLimiter::new(5, 2, Duration::from_secs(60));
+        let first = limiter.reserve(ip, t0).expect("first");
+        let _second = limiter
+            .reserve(IpAddr::from([192, 0, 2, 9]), t0)
+            .expect("second");
+        assert!(limiter.reserve(ip, t0).is_err(), "total reached");
+        limiter.success(first);
+        assert!(limiter.reserve(ip, t0).is_ok(), "slot given back");
     }
 
     #[test]
@@ -552,23 +643,23 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..5u8 {
             let ip = IpAddr::from([198, 51, 100, i]);
-            limiter.failure(ip, t0);
+            assert!(limiter.reserve(ip, t0).is_ok());
         }
         let fresh: IpAddr = "203.0.113.9".parse().expect("ip");
-        assert!(limiter.check(fresh, t0).is_err(), "global limit");
-        assert!(limiter.check(fresh, t0 + Duration::from_secs(60)).is_ok());
+        assert!(limiter.reserve(fresh, t0).is_err(), "global limit");
+        assert!(limiter.reserve(fresh, t0 + Duration::from_secs(60)).is_ok());
 
         let limiter = LoginLimiter::new(2, 100, Duration::from_secs(60));
         let a: IpAddr = "2001:db8::1".parse().expect("ip");
         let b: IpAddr = "2001:db8::2".parse().expect("ip");
         let far: IpAddr = "2001:db8:1::1".parse().expect("ip");
-        limiter.failure(a, t0);
-        limiter.failure(b, t0);
-        assert!(limiter.check(a, t0).is_err(), "same /64");
-        assert!(limiter.check(far, t0).is_ok());
+        assert!(limiter.reserve(a, t0).is_ok());
+        assert!(limiter.reserve(b, t0).is_ok());
+        assert!(limiter.reserve(a, t0).is_err(), "same /64");
+        assert!(limiter.reserve(far, t0).is_ok());
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
-        limiter.failure(mapped, t0);
-        limiter.failure(IpAddr::from([192, 0, 2, 7]), t0);
-        assert!(limiter.check(IpAddr::from([192, 0, 2, 7]), t0).is_err());
+        assert!(limiter.reserve(mapped, t0).is_ok());
+        assert!(limiter.reserve(IpAddr::from([192, 0, 2, 7]), t0).is_ok());
+        assert!(limiter.reserve(IpAddr::from([192, 0, 2, 7]), t0).is_err());
     }
 }

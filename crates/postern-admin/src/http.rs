@@ -12,6 +12,14 @@
 //!   `X-CSRF-Token` header, HTML forms in their `csrf` field (checked by
 //!   [`CsrfForm`] and the upload handler). Bearer calls are exempt: a
 //!   browser never adds that header by itself.
+//! * Every state-changing request without a Bearer token (the login forms
+//!   included) must also come from this site: a browser's
+//!   `Sec-Fetch-Site` must be `same-origin` (or `none`, typed by the user),
+//!   and an `Origin` header must be this listener's own
+//!   `https://<Host>`. A valid CSRF token on a request another site made
+//!   (a leaked token, a sibling app on another port) is still refused (403).
+//!   Clients that send neither header (curl, scripts) are judged by the
+//!   token alone.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -72,6 +80,7 @@ pub fn router(state: Shared) -> Router {
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(refuse_foreign_origin))
         .layer(middleware::from_fn(refuse_oversized))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
@@ -280,26 +289,23 @@ async fn require_auth(State(state): State<Shared>, mut request: Request, next: N
         Err(e) if is_api => return e.into_response(),
         Err(_) => return Redirect::to("/login").into_response(),
     };
+    // Forms check their `csrf` field themselves (CsrfForm); the origin
+    // was checked for every state-changing request (refuse_foreign_origin).
     if let Principal::Session(session) = &principal {
-        if is_state_changing(request.method()) {
-            if cross_site(request.headers()) {
-                return forbidden(is_api, "cross-site request refused");
-            }
-            if is_api {
-                let given = request
-                    .headers()
-                    .get(CSRF_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                if !auth::constant_time_eq(given, &session.csrf) {
-                    return ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "missing or wrong CSRF token: send the session's token in X-CSRF-Token \
-                         (GET /api/v1/session)",
-                    )
-                    .field("X-CSRF-Token")
-                    .into_response();
-                }
+        if is_api && is_state_changing(request.method()) {
+            let given = request
+                .headers()
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !auth::constant_time_eq(given, &session.csrf) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token: send the session's token in X-CSRF-Token \
+                     (GET /api/v1/session)",
+                )
+                .field("X-CSRF-Token")
+                .into_response();
             }
         }
     }
@@ -307,12 +313,58 @@ async fn require_auth(State(state): State<Shared>, mut request: Request, next: N
     next.run(request).await
 }
 
-/// A request a browser marked as coming from another site.
-fn cross_site(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("cross-site"))
+/// Why a state-changing browser request did not come from this site, if
+/// it did not. `Sec-Fetch-Site` cannot be set by a page's script, so when
+/// present it decides; `Origin` must then be ours or `null` (Chromium
+/// sends `null` on same-origin posts from pages with `Referrer-Policy:
+/// no-referrer`, as ours are). Without `Sec-Fetch-Site` (older browsers)
+/// an `Origin` must be ours; `null` is refused.
+pub fn foreign_origin(headers: &HeaderMap) -> Option<String> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("(not text)").trim().to_string())
+    };
+    let fetch_site = text("sec-fetch-site").map(|v| v.to_ascii_lowercase());
+    if let Some(site) = &fetch_site {
+        if site != "same-origin" && site != "none" {
+            return Some(format!(
+                "cross-site request refused (Sec-Fetch-Site: {site}); use the admin UI's own pages"
+            ));
+        }
+    }
+    let origin = text("origin")?;
+    if origin == "null" && fetch_site.is_some() {
+        return None;
+    }
+    let own = text("host").map(|host| format!("https://{}", host.to_ascii_lowercase()));
+    if own.as_deref() == Some(origin.to_ascii_lowercase().as_str()) {
+        return None;
+    }
+    Some(format!(
+        "cross-origin request refused: Origin {origin} is not this admin listener ({})",
+        own.as_deref().unwrap_or("no Host header")
+    ))
+}
+
+/// Refuse state-changing requests that other sites made (see the module
+/// documentation); Bearer calls are not ambient credentials and pass.
+async fn refuse_foreign_origin(request: Request, next: Next) -> Response {
+    if !is_state_changing(request.method()) || request.headers().contains_key(header::AUTHORIZATION)
+    {
+        return next.run(request).await;
+    }
+    match foreign_origin(request.headers()) {
+        Some(why) => {
+            tracing::warn!(
+                "admin: {why} ({} {})",
+                request.method(),
+                request.uri().path()
+            );
+            forbidden(request.uri().path().starts_with("/api/"), &why)
+        }
+        None => next.run(request).await,
+    }
 }
 
 fn forbidden(is_api: bool, message: &str) -> Response {
@@ -429,4 +481,53 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         };
         ApiError::invalid(field, e.inner().to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8025"));
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_our_own_origin_may_change_things() {
+        let ours: &[&[(&str, &str)]] = &[
+            &[],
+            &[("origin", "https://127.0.0.1:8025")],
+            &[("origin", "HTTPS://127.0.0.1:8025")],
+            &[("sec-fetch-site", "same-origin")],
+            &[("sec-fetch-site", "same-origin"), ("origin", "null")],
+            &[("sec-fetch-site", "none")],
+        ];
+        for pairs in ours {
+            assert_eq!(foreign_origin(&headers(pairs)), None, "{pairs:?}");
+        }
+        let foreign: &[&[(&str, &str)]] = &[
+            &[("origin", "https://evil.example")],
+            &[("origin", "null")],
+            &[("origin", "http://127.0.0.1:8025")],
+            &[("origin", "https://127.0.0.1:8026")],
+            &[("sec-fetch-site", "cross-site")],
+            &[("sec-fetch-site", "same-site")],
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "https://evil.example"),
+            ],
+        ];
+        for pairs in foreign {
+            let why = foreign_origin(&headers(pairs)).expect("refused");
+            assert!(why.contains("refused"), "{pairs:?}: {why}");
+        }
+        // No Host header: an Origin cannot be ours.
+        let mut map = HeaderMap::new();
+        map.insert("origin", HeaderValue::from_static("https://127.0.0.1:8025"));
+        assert!(foreign_origin(&map).is_some());
+    }
 }

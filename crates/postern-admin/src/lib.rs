@@ -120,26 +120,26 @@ impl AdminServer {
     }
 }
 
-/// End every session when the admin password changes (`postern admin
-/// passwd` in another process): checked every two seconds.
+/// When the admin password changes (`postern admin passwd` in another
+/// process), end the sessions opened with an older password; checked every
+/// two seconds. A session opened with the new password, even before this
+/// loop noticed the change, stays.
 async fn watch_password(state: Shared) {
-    let read = |state: &Shared| {
-        let store = state.store.clone();
-        tokio::task::spawn_blocking(move || store.admin_password_hash().ok().flatten())
-    };
-    let mut known = read(&state).await.ok().flatten();
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         ticker.tick().await;
-        let Ok(current) = read(&state).await else {
+        let store = state.store.clone();
+        let current = tokio::task::spawn_blocking(move || store.admin_password_hash()).await;
+        let Ok(Ok(Some(hash))) = current else {
             continue;
         };
-        if current.is_some() && current != known {
-            if known.is_some() {
-                tracing::info!("admin password changed: ending every admin session");
-                state.sessions.clear();
-            }
-            known = current;
+        let ended = state
+            .sessions
+            .end_other_passwords(&auth::PasswordVersion::of(&hash));
+        if ended > 0 {
+            tracing::info!(
+                "admin password changed: ended {ended} admin session(s) opened with an older password"
+            );
         }
     }
 }

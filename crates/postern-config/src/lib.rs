@@ -24,8 +24,9 @@ pub use node::{
 };
 pub use set::known_keys;
 pub use settings::{
-    ClientCertMode, InboundMode, InboundTls, MtaSettings, OutboundMode, OutboundTls, Settings,
-    TlsSettings, TlsVersion, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
+    bound, Bound, ClientCertMode, DomainChanges, InboundMode, InboundTls, MtaSettings,
+    OutboundMode, OutboundTls, Settings, TlsSettings, TlsVersion, Unit, DEFAULT_CERT_NAME,
+    DEFAULT_ECDSA_CERT_NAME, MAX_BANNER_CHARS, MTA_BOUNDS,
 };
 
 /// A configuration error that names what is wrong and where.

@@ -147,6 +147,24 @@ pub struct MtaSettings {
     pub limit_exempt_networks: Vec<ipnet::IpNet>,
 }
 
+impl MtaSettings {
+    /// The values [`MTA_BOUNDS`] limits, in its order.
+    fn bounded_values(&self) -> [u64; 10] {
+        [
+            self.max_message_size,
+            u64::from(self.max_recipients),
+            u64::from(self.max_connections),
+            u64::from(self.max_connections_per_client),
+            self.session_timeout.as_secs(),
+            self.queue_lifetime.as_secs(),
+            self.min_backoff.as_secs(),
+            self.max_backoff.as_secs(),
+            self.tracking_retention.as_secs(),
+            u64::try_from(self.limit_exempt_networks.len()).unwrap_or(u64::MAX),
+        ]
+    }
+}
+
 impl Default for MtaSettings {
     fn default() -> Self {
         Self {
@@ -165,9 +183,163 @@ impl Default for MtaSettings {
     }
 }
 
-/// Largest message size that may be configured (1 GiB): a typo of a few
-/// zeros must not let one client fill the disk.
-const MAX_MESSAGE_SIZE_LIMIT: u64 = 1 << 30;
+/// Longest `mta.banner`, in characters. An SMTP reply line may have 512
+/// octets (RFC 5321 §4.5.3.1.5); `220 `, the CRLF and room to spare leave
+/// 400 for the text.
+pub const MAX_BANNER_CHARS: usize = 400;
+
+/// Most entries in `mta.limit_exempt_networks` (each is checked per
+/// connection).
+pub const MAX_EXEMPT_NETWORKS: usize = 1000;
+
+/// What a bounded `[mta]` number counts, for messages and forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A plain count (recipients, connections).
+    Count,
+    /// Bytes.
+    Bytes,
+    /// Seconds, written as a [`Duration`] (`30s`, `5m`, `1h`, `5d`).
+    Seconds,
+}
+
+/// The allowed range of one numeric `[mta]` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+    pub unit: Unit,
+}
+
+impl Bound {
+    fn show(&self, value: u64) -> String {
+        match self.unit {
+            Unit::Count => value.to_string(),
+            Unit::Bytes => format!("{value} bytes"),
+            Unit::Seconds => Duration::from_secs(value).to_string(),
+        }
+    }
+
+    /// "between 1s and 1h", for error messages and forms.
+    pub fn range(&self) -> String {
+        format!(
+            "between {} and {}",
+            self.show(self.min),
+            self.show(self.max)
+        )
+    }
+
+    fn check(&self, value: u64) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&value) {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            self.key,
+            format!("must be {} (got {})", self.range(), self.show(value)),
+        ))
+    }
+}
+
+const DAY: u64 = 86_400;
+
+/// Every numeric `[mta]` setting with its range. The lower ends of the
+/// timers are short on purpose (tests run whole retry and expiry cycles
+/// in seconds); the upper ends stop a typo of a few zeros (a session
+/// timeout of `1000000000d` holds a connection slot for ever, a 1 TiB
+/// size limit lets one client fill the disk). `max_connections_per_client`
+/// is also at most `max_connections`.
+pub const MTA_BOUNDS: [Bound; 10] = [
+    Bound {
+        key: "mta.max_message_size",
+        min: 1024,
+        max: 1 << 30,
+        unit: Unit::Bytes,
+    },
+    Bound {
+        key: "mta.max_recipients",
+        min: 1,
+        max: 100_000,
+        unit: Unit::Count,
+    },
+    Bound {
+        key: "mta.max_connections",
+        min: 1,
+        max: 100_000,
+        unit: Unit::Count,
+    },
+    Bound {
+        key: "mta.max_connections_per_client",
+        min: 1,
+        max: 100_000,
+        unit: Unit::Count,
+    },
+    Bound {
+        key: "mta.session_timeout",
+        min: 1,
+        max: 3600,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.queue_lifetime",
+        min: 1,
+        max: 30 * DAY,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.min_backoff",
+        min: 1,
+        max: DAY,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.max_backoff",
+        min: 1,
+        max: DAY,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "mta.tracking_retention",
+        min: 3600,
+        max: 3650 * DAY,
+        unit: Unit::Seconds,
+    },
+    // Not a number of its own: the list's length.
+    Bound {
+        key: "mta.limit_exempt_networks",
+        min: 0,
+        max: MAX_EXEMPT_NETWORKS as u64,
+        unit: Unit::Count,
+    },
+];
+
+/// The bound of `key` (`mta.session_timeout`, ...), if it has one.
+pub fn bound(key: &str) -> Option<&'static Bound> {
+    MTA_BOUNDS.iter().find(|b| b.key == key)
+}
+
+/// Why a banner is refused, if it is: one line of at most
+/// [`MAX_BANNER_CHARS`] printable ASCII characters (RFC 5321's reply
+/// `textstring`, tabs aside), so every client reads it the same way.
+fn check_banner(banner: &str) -> Result<(), ConfigError> {
+    let refuse = |why: String| Err(ConfigError::new("mta.banner", why));
+    if banner.contains(['\r', '\n']) {
+        return refuse("must be a single line".into());
+    }
+    let chars = banner.chars().count();
+    if chars > MAX_BANNER_CHARS {
+        return refuse(format!(
+            "must be at most {MAX_BANNER_CHARS} characters (got {chars})"
+        ));
+    }
+    if let Some(bad) = banner.chars().find(|c| !(' '..='~').contains(c)) {
+        return refuse(format!(
+            "must be printable ASCII text (letters, digits, punctuation, spaces); {:?} (U+{:04X}) is not",
+            bad, u32::from(bad)
+        ));
+    }
+    Ok(())
+}
 
 impl Settings {
     /// Parse a TOML settings document; errors name the offending key.
@@ -175,14 +347,23 @@ impl Settings {
         let de = toml::Deserializer::parse(text)
             .map_err(|e| crate::toml_syntax::syntax_error(text, &e))?;
         let settings: Settings = serde_path_to_error::deserialize(de).map_err(path_error)?;
+        // The text parsed, so it is a table; a section given as an array
+        // (`tls = []`), which serde reads as all defaults, is refused here.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            if let Ok(value) = serde_json::to_value(table) {
+                check_shape(&value)?;
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }
 
     /// Parse a JSON settings document; errors name the offending key.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let settings: Settings = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new("settings", format!("not valid JSON: {e}")))?;
+        check_shape(&value)?;
+        let settings: Settings = serde_path_to_error::deserialize(value).map_err(path_error)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -198,6 +379,50 @@ impl Settings {
 
     /// Check everything that can be checked without the certificate table.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // A value out of its range is the first thing to say about it.
+        self.check_mta_bounds()?;
+        self.validate_consistency()
+    }
+
+    /// Parse settings as a store saved them: like [`Settings::from_json`],
+    /// except that values outside today's `[mta]` ranges (saved by an
+    /// older Postern with looser bounds) are returned beside the settings
+    /// instead of refusing them, so a gateway keeps running on what it ran
+    /// with before and `settings set` can repair it. Every save still
+    /// checks the ranges.
+    pub fn from_stored_json(text: &str) -> Result<(Self, Option<ConfigError>), ConfigError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new("settings", format!("not valid JSON: {e}")))?;
+        check_shape(&value)?;
+        let settings: Settings = serde_path_to_error::deserialize(value).map_err(path_error)?;
+        settings.validate_consistency()?;
+        let out_of_range = settings.check_mta_bounds().err();
+        Ok((settings, out_of_range))
+    }
+
+    /// The `[mta]` text and number ranges.
+    fn check_mta_bounds(&self) -> Result<(), ConfigError> {
+        let mta = &self.mta;
+        check_banner(&mta.banner)?;
+        for (bound, value) in MTA_BOUNDS.iter().zip(mta.bounded_values()) {
+            bound.check(value)?;
+        }
+        if mta.max_connections_per_client > mta.max_connections {
+            return Err(ConfigError::new(
+                "mta.max_connections_per_client",
+                format!(
+                    "must not be larger than mta.max_connections ({}), and is {}; lower it \
+                     first, or change both together (settings import, the Advanced page)",
+                    mta.max_connections, mta.max_connections_per_client
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything but the `[mta]` ranges: choices that only work together,
+    /// names, the retry order, the domain table.
+    fn validate_consistency(&self) -> Result<(), ConfigError> {
         let inbound = &self.tls.inbound;
         if inbound.certificate.trim().is_empty() {
             return Err(ConfigError::new(
@@ -231,35 +456,6 @@ impl Settings {
         let mta = &self.mta;
         if mta.banner.contains(['\r', '\n']) {
             return Err(ConfigError::new("mta.banner", "must be a single line"));
-        }
-        if mta.max_message_size == 0 || mta.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
-            return Err(ConfigError::new(
-                "mta.max_message_size",
-                format!("must be between 1 and {MAX_MESSAGE_SIZE_LIMIT} bytes"),
-            ));
-        }
-        for (key, value) in [
-            ("mta.max_recipients", mta.max_recipients),
-            ("mta.max_connections", mta.max_connections),
-            (
-                "mta.max_connections_per_client",
-                mta.max_connections_per_client,
-            ),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(key, "must be at least 1"));
-            }
-        }
-        for (key, value) in [
-            ("mta.session_timeout", mta.session_timeout),
-            ("mta.queue_lifetime", mta.queue_lifetime),
-            ("mta.min_backoff", mta.min_backoff),
-            ("mta.max_backoff", mta.max_backoff),
-            ("mta.tracking_retention", mta.tracking_retention),
-        ] {
-            if value.as_secs() == 0 {
-                return Err(ConfigError::new(key, "must be longer than 0s"));
-            }
         }
         if mta.max_backoff < mta.min_backoff {
             return Err(ConfigError::new(
@@ -391,6 +587,147 @@ impl Settings {
     /// Whether mail for this domain is accepted from any client.
     pub fn is_relay_domain(&self, domain: &str) -> bool {
         self.domain_entry(domain).is_some_and(|d| d.relay)
+    }
+}
+
+/// Refuse a document whose top level, sections or `[[domain]]` entries are
+/// not objects (tables). Serde would read a struct from an array too, so
+/// `[]` or `{"tls": []}` would silently mean "every default": a whole
+/// configuration wiped by a client that sent the wrong type.
+fn check_shape(document: &serde_json::Value) -> Result<(), ConfigError> {
+    let schema = serde_json::to_value(Settings::default()).unwrap_or_default();
+    check_object("settings", document, &schema)
+}
+
+fn type_name(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn check_object(
+    key: &str,
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+) -> Result<(), ConfigError> {
+    let Some(object) = value.as_object() else {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "must be an object (a table in TOML), not {}; nothing was changed",
+                type_name(value)
+            ),
+        ));
+    };
+    let child = |name: &str| {
+        if key == "settings" {
+            name.to_string()
+        } else {
+            format!("{key}.{name}")
+        }
+    };
+    for (name, inner) in object {
+        if key == "settings" && name == "domain" {
+            let Some(entries) = inner.as_array() else {
+                return Err(ConfigError::new(
+                    "domain",
+                    format!(
+                        "must be an array of objects ([[domain]] tables), not {}",
+                        type_name(inner)
+                    ),
+                ));
+            };
+            for (index, entry) in entries.iter().enumerate() {
+                if !entry.is_object() {
+                    return Err(ConfigError::new(
+                        format!("domain[{index}]"),
+                        format!(
+                            "must be an object with name, relay, next_hop, tls; not {}",
+                            type_name(entry)
+                        ),
+                    ));
+                }
+            }
+            continue;
+        }
+        // Unknown keys are refused by the deserializer, naming them.
+        if let Some(section) = schema.get(name).filter(|v| v.is_object()) {
+            check_object(&child(name), inner, section)?;
+        }
+    }
+    Ok(())
+}
+
+/// What replacing one settings document by another does to the
+/// `[[domain]]` table: entries and relay domains added and removed (names
+/// in lower case). Shown in API answers and logs, so that a change of who
+/// may relay never goes unnoticed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DomainChanges {
+    pub domains_added: Vec<String>,
+    pub domains_removed: Vec<String>,
+    pub relay_domains_added: Vec<String>,
+    pub relay_domains_removed: Vec<String>,
+    /// Every entry there was is gone (and there was at least one).
+    pub deletes_every_domain: bool,
+}
+
+impl DomainChanges {
+    pub fn between(before: &Settings, after: &Settings) -> Self {
+        use std::collections::BTreeSet;
+        let names = |s: &Settings, relay_only: bool| -> BTreeSet<String> {
+            s.domains
+                .iter()
+                .filter(|d| !relay_only || d.relay)
+                .map(|d| d.name.to_ascii_lowercase())
+                .collect()
+        };
+        let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
+            a.difference(b).cloned().collect()
+        };
+        let (old, new) = (names(before, false), names(after, false));
+        let (old_relay, new_relay) = (names(before, true), names(after, true));
+        Self {
+            domains_added: diff(&new, &old),
+            domains_removed: diff(&old, &new),
+            relay_domains_added: diff(&new_relay, &old_relay),
+            relay_domains_removed: diff(&old_relay, &new_relay),
+            deletes_every_domain: !before.domains.is_empty() && after.domains.is_empty(),
+        }
+    }
+
+    /// Whether the set of relay domains changes.
+    pub fn changes_relay_set(&self) -> bool {
+        !self.relay_domains_added.is_empty() || !self.relay_domains_removed.is_empty()
+    }
+
+    /// Sentences for an administrator, one per kind of risky change.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.deletes_every_domain {
+            out.push(format!(
+                "every [[domain]] entry is deleted ({}): mail for them is now refused unless the client is trusted",
+                self.domains_removed.join(", ")
+            ));
+        }
+        if !self.relay_domains_removed.is_empty() {
+            out.push(format!(
+                "no longer relay domains: {}",
+                self.relay_domains_removed.join(", ")
+            ));
+        }
+        if !self.relay_domains_added.is_empty() {
+            out.push(format!(
+                "new relay domains (mail for them accepted from anyone): {}",
+                self.relay_domains_added.join(", ")
+            ));
+        }
+        out
     }
 }
 
@@ -530,6 +867,196 @@ tls = "verify"
         let mut s = Settings::default();
         s.mta.banner = "evil\r\n250 ok".into();
         assert_eq!(s.validate().unwrap_err().key, "mta.banner");
+    }
+
+    /// Every bounded setting: good and bad rows side by side, the error
+    /// naming the key and the range.
+    #[test]
+    fn bounds_table() {
+        type Edit = fn(&mut MtaSettings);
+        let rows: &[(&str, Edit, Option<&str>)] = &[
+            ("defaults", |_| {}, None),
+            ("banner 400", |m| m.banner = "b".repeat(400), None),
+            ("banner 401", |m| m.banner = "b".repeat(401), Some("mta.banner: must be at most 400 characters (got 401)")),
+            ("banner 10 MiB", |m| m.banner = "b".repeat(10 << 20), Some("mta.banner: must be at most 400")),
+            ("banner LF", |m| m.banner = "a\nb".into(), Some("mta.banner: must be a single line")),
+            ("banner NUL", |m| m.banner = "a\0b".into(), Some("mta.banner: must be printable ASCII")),
+            ("banner tab", |m| m.banner = "a\tb".into(), Some("mta.banner: must be printable ASCII")),
+            ("banner DEL", |m| m.banner = "a\u{7f}".into(), Some("U+007F")),
+            ("banner bidi", |m| m.banner = "mx\u{202e}moc".into(), Some("U+202E")),
+            ("banner accents", |m| m.banner = "mx.café.example".into(), Some("U+00E9")),
+            ("banner typical", |m| m.banner = "mx.example.com ESMTP ready (no UCE)".into(), None),
+            ("size 1 KiB", |m| m.max_message_size = 1024, None),
+            ("size 1023", |m| m.max_message_size = 1023, Some("mta.max_message_size: must be between 1024 bytes and 1073741824 bytes (got 1023 bytes)")),
+            ("size 1 GiB", |m| m.max_message_size = 1 << 30, None),
+            ("size 1 GiB + 1", |m| m.max_message_size = (1 << 30) + 1, Some("mta.max_message_size: must be between")),
+            ("recipients 0", |m| m.max_recipients = 0, Some("mta.max_recipients: must be between 1 and 100000 (got 0)")),
+            ("recipients 100000", |m| m.max_recipients = 100_000, None),
+            ("recipients 100001", |m| m.max_recipients = 100_001, Some("mta.max_recipients: must be between 1 and 100000")),
+            ("connections 0", |m| m.max_connections = 0, Some("mta.max_connections: must be between 1 and 100000")),
+            ("connections huge", |m| m.max_connections = u32::MAX, Some("mta.max_connections: must be between 1 and 100000")),
+            ("per client 0", |m| m.max_connections_per_client = 0, Some("mta.max_connections_per_client: must be between 1 and 100000")),
+            ("per client = total", |m| m.max_connections_per_client = 1000, None),
+            ("per client > total", |m| m.max_connections_per_client = 1001, Some("mta.max_connections_per_client: must not be larger than mta.max_connections (1000)")),
+            ("per client > small total", |m| {
+                m.max_connections = 10;
+                m.max_connections_per_client = 50;
+            }, Some("mta.max_connections_per_client: must not be larger than mta.max_connections (10)")),
+            ("session 1s", |m| m.session_timeout = Duration::from_secs(1), None),
+            ("session 0s", |m| m.session_timeout = Duration::from_secs(0), Some("mta.session_timeout: must be between 1s and 1h (got 0s)")),
+            ("session 1h", |m| m.session_timeout = Duration::from_secs(3600), None),
+            ("session 1000000000d", |m| m.session_timeout = Duration::from_secs(1_000_000_000 * DAY), Some("mta.session_timeout: must be between 1s and 1h (got 1000000000d)")),
+            ("lifetime 30d", |m| m.queue_lifetime = Duration::from_secs(30 * DAY), None),
+            ("lifetime 31d", |m| m.queue_lifetime = Duration::from_secs(31 * DAY), Some("mta.queue_lifetime: must be between 1s and 30d (got 31d)")),
+            ("min backoff 0", |m| m.min_backoff = Duration::from_secs(0), Some("mta.min_backoff: must be between 1s and 1d")),
+            ("max backoff 2d", |m| m.max_backoff = Duration::from_secs(2 * DAY), Some("mta.max_backoff: must be between 1s and 1d (got 2d)")),
+            ("retention 59m", |m| m.tracking_retention = Duration::from_secs(59 * 60), Some("mta.tracking_retention: must be between 1h and 3650d (got 59m)")),
+            ("retention 3650d", |m| m.tracking_retention = Duration::from_secs(3650 * DAY), None),
+            ("retention 3651d", |m| m.tracking_retention = Duration::from_secs(3651 * DAY), Some("mta.tracking_retention: must be between 1h and 3650d")),
+            ("exempt 1000", |m| m.limit_exempt_networks = vec!["10.0.0.0/8".parse().expect("net"); 1000], None),
+            ("exempt 1001", |m| m.limit_exempt_networks = vec!["10.0.0.0/8".parse().expect("net"); 1001], Some("mta.limit_exempt_networks: must be between 0 and 1000 (got 1001)")),
+        ];
+        for (name, edit, want) in rows {
+            let mut s = Settings::default();
+            edit(&mut s.mta);
+            match (s.validate(), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(want)) => {
+                    assert!(
+                        e.to_string().starts_with(want) || e.to_string().contains(want),
+                        "{name}: {e}"
+                    )
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        // Every bound is named in the table, once.
+        for b in &MTA_BOUNDS {
+            assert_eq!(bound(b.key), Some(b));
+        }
+        assert_eq!(bound("mta.banner"), None);
+    }
+
+    #[test]
+    fn stored_settings_out_of_todays_ranges_still_load() {
+        // What an older Postern could save: per client above the total.
+        let mut old = Settings::default();
+        old.mta.max_connections = 20;
+        let text = old.to_json();
+        assert!(Settings::from_json(&text).is_err());
+        let (loaded, out_of_range) = Settings::from_stored_json(&text).expect("loads");
+        assert_eq!(loaded, old);
+        let e = out_of_range.expect("reported");
+        assert_eq!(e.key, "mta.max_connections_per_client");
+        // ... and is repaired with one `settings set`.
+        let fixed = loaded
+            .with("mta.max_connections_per_client", "20")
+            .expect("repaired");
+        assert_eq!(
+            Settings::from_stored_json(&fixed.to_json()).expect("ok").1,
+            None
+        );
+        // Inconsistent settings are still refused on load.
+        let bad = r#"{"tls": {"inbound": {"client_certificate": "require", "trusted_client_ca": ["A"]}}}"#;
+        assert!(Settings::from_stored_json(bad).is_err());
+        assert!(Settings::from_stored_json("[]").is_err());
+    }
+
+    #[test]
+    fn bounds_hold_through_toml_and_json() {
+        let err = Settings::from_toml("[mta]\nsession_timeout = \"1000000000d\"\n").unwrap_err();
+        assert_eq!(err.key, "mta.session_timeout");
+        assert!(err.message.contains("between 1s and 1h"), "{err}");
+        let err = Settings::from_json(
+            r#"{"mta": {"max_connections": 10, "max_connections_per_client": 11}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "mta.max_connections_per_client");
+        let err = Settings::default()
+            .with("mta.banner", &"x".repeat(401))
+            .unwrap_err();
+        assert_eq!(err.key, "mta.banner");
+    }
+
+    #[test]
+    fn documents_must_be_objects_where_the_schema_says_object() {
+        let rows: &[(&str, &str)] = &[
+            ("[]", "settings"),
+            ("null", "settings"),
+            ("\"tls\"", "settings"),
+            (r#"{"tls": []}"#, "tls"),
+            (r#"{"tls": null}"#, "tls"),
+            (r#"{"tls": {"inbound": []}}"#, "tls.inbound"),
+            (r#"{"tls": {"outbound": 3}}"#, "tls.outbound"),
+            (r#"{"mta": []}"#, "mta"),
+            (r#"{"mta": "x"}"#, "mta"),
+            (r#"{"domain": {}}"#, "domain"),
+            (r#"{"domain": [["a.example", true]]}"#, "domain[0]"),
+            (
+                r#"{"domain": [{"name": "a.example"}, "b.example"]}"#,
+                "domain[1]",
+            ),
+            (r#"{"colour": "red"}"#, "colour"),
+            (
+                r#"{"tls": {"inbound": {"mode": "offer", "colour": 1}}}"#,
+                "tls.inbound.colour",
+            ),
+        ];
+        for (text, key) in rows {
+            let err = Settings::from_json(text).expect_err(text);
+            assert_eq!(&err.key, key, "{text}: {err}");
+        }
+        let err = Settings::from_json("[]").unwrap_err();
+        assert!(err.message.contains("not an array"), "{err}");
+        // TOML: the same rules.
+        for (text, key) in [
+            ("tls = []\n", "tls"),
+            ("mta = 5\n", "mta"),
+            ("[tls]\ninbound = [1]\n", "tls.inbound"),
+            ("domain = [\"a.example\"]\n", "domain[0]"),
+            ("domain = \"a.example\"\n", "domain"),
+        ] {
+            let err = Settings::from_toml(text).expect_err(text);
+            assert!(err.key.starts_with(key), "{text}: {err}");
+        }
+        // Objects, even partial or empty, are fine.
+        assert_eq!(Settings::from_json("{}").expect("{}"), Settings::default());
+        assert!(Settings::from_json(r#"{"tls": {}, "mta": {}, "domain": []}"#).is_ok());
+        assert!(Settings::from_toml("").is_ok());
+    }
+
+    #[test]
+    fn domain_changes_name_what_changes() {
+        let before = Settings::from_toml(
+            "[[domain]]\nname = \"A.example\"\nrelay = true\n[[domain]]\nname = \"b.example\"\n",
+        )
+        .expect("before");
+        let same = DomainChanges::between(&before, &before);
+        assert_eq!(same, DomainChanges::default());
+        assert!(same.warnings().is_empty());
+
+        let wiped = DomainChanges::between(&before, &Settings::default());
+        assert!(wiped.deletes_every_domain);
+        assert_eq!(wiped.domains_removed, ["a.example", "b.example"]);
+        assert_eq!(wiped.relay_domains_removed, ["a.example"]);
+        assert!(wiped.changes_relay_set());
+        assert!(wiped.warnings()[0].contains("every [[domain]] entry is deleted"));
+
+        let mut after = before.clone();
+        after.domains[1].relay = true;
+        let more = DomainChanges::between(&before, &after);
+        assert!(!more.deletes_every_domain && more.domains_removed.is_empty());
+        assert_eq!(more.relay_domains_added, ["b.example"]);
+        assert!(
+            more.warnings()[0].contains("new relay domains"),
+            "{:?}",
+            more.warnings()
+        );
+        // Nothing to delete: not "deletes every domain".
+        assert!(
+            !DomainChanges::between(&Settings::default(), &Settings::default())
+                .deletes_every_domain
+        );
     }
 
     #[test]

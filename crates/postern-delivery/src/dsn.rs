@@ -18,6 +18,9 @@ use time::OffsetDateTime;
 const MAX_LINE: usize = 990;
 /// Preferred width for folded fields.
 const FOLD_AT: usize = 78;
+/// At most this much of the original is looked at for its header section:
+/// a bounce never carries (or reads) more of a large message than this.
+pub const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
 
 /// One recipient the bounce reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +49,9 @@ pub struct Bounce<'a> {
     /// When the bounce is written, unix seconds (`Date:`).
     pub date: i64,
     pub failed: &'a [FailedRecipient],
-    /// The original message's header section (or the whole message: only
-    /// the part before the first empty line is used).
+    /// The original message's header section (or its first bytes: only
+    /// the part before the first empty line, and at most
+    /// [`MAX_ORIGINAL_HEADERS`] of it in whole lines, is used).
     pub original_headers: &'a [u8],
 }
 
@@ -88,6 +92,19 @@ pub fn header_section(message: &[u8]) -> &[u8] {
         Some(end) => message.get(..end + 4).unwrap_or(message),
         None if message.starts_with(b"\r\n") => message.get(..2).unwrap_or(message),
         None => message,
+    }
+}
+
+/// At most [`MAX_ORIGINAL_HEADERS`] of `headers`, cut after a line end
+/// when it has to be cut.
+fn bounded_lines(headers: &[u8]) -> &[u8] {
+    if headers.len() <= MAX_ORIGINAL_HEADERS {
+        return headers;
+    }
+    let prefix = headers.get(..MAX_ORIGINAL_HEADERS).unwrap_or(headers);
+    match prefix.iter().rposition(|&b| b == b'\n') {
+        Some(end) => prefix.get(..=end).unwrap_or(prefix),
+        None => prefix,
     }
 }
 
@@ -183,7 +200,7 @@ impl Bounce<'_> {
 
         // 3. The original header section.
         out.line(&format!("--{boundary}"));
-        let headers = header_section(self.original_headers);
+        let headers = bounded_lines(header_section(self.original_headers));
         if headers.is_ascii() {
             out.field("Content-Type", "text/rfc822-headers");
         } else {
@@ -558,6 +575,29 @@ Subject: hello\r\nMessage-ID: <abc@example.test>\r\n\r\nBody text\r\n.\r\n";
             diagnostic_code("host[1.2.3.4]: refused"),
             "X-Postern; host[1.2.3.4]: refused"
         );
+    }
+
+    #[test]
+    fn original_headers_are_bounded() {
+        let failed = [FailedRecipient {
+            recipient: "bob@example.test".into(),
+            status: "5.1.1".into(),
+            diagnostic: "smtp; 550 5.1.1 no".into(),
+            remote_mta: None,
+        }];
+        let mut original = Vec::new();
+        for i in 0..20_000 {
+            original.extend_from_slice(format!("X-Filler-{i}: some header text\r\n").as_bytes());
+        }
+        original.extend_from_slice(b"\r\nbody\r\n");
+        assert!(original.len() > 4 * MAX_ORIGINAL_HEADERS);
+        let text = render(&failed, &original);
+        assert!(text.len() < MAX_ORIGINAL_HEADERS + 4096, "{}", text.len());
+        assert!(text.contains("X-Filler-0: some header text\r\n"));
+        assert!(!text.contains("X-Filler-19999"));
+        // Cut after a whole line: every filler line in the bounce is complete.
+        let last = text.lines().rfind(|l| l.starts_with("X-Filler-")).unwrap();
+        assert!(last.ends_with("some header text"), "{last:?}");
     }
 
     #[test]

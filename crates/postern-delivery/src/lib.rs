@@ -25,6 +25,7 @@
 //! only uses aws-lc-rs, and passes it explicitly.
 
 pub mod backoff;
+pub mod body;
 pub mod classify;
 pub mod client;
 pub mod dsn;
@@ -33,6 +34,7 @@ pub mod route;
 pub mod tls_client;
 
 pub use backoff::{backoff_delay, expired, next_attempt};
+pub use body::MessageBody;
 pub use classify::{
     classify, Classification, Failure, FailureKind, Fault, HostRef, MessageProblem, Permanence,
     Stage,

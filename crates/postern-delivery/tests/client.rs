@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use postern_config::OutboundMode;
 use postern_delivery::{
-    deliver, AttemptError, ClientTls, Connection, FailureKind, Fault, Outgoing, RecipientOutcome,
-    Stage, TlsPolicyFailure,
+    deliver, AttemptError, ClientTls, Connection, FailureKind, Fault, MessageBody, Outgoing,
+    RecipientOutcome, Stage, TlsPolicyFailure,
 };
 use rustls::HandshakeKind;
 use support::*;
@@ -46,7 +46,7 @@ async fn send_one(
         .send(&Outgoing {
             sender: "alice@example.test",
             recipients: &to,
-            message: &body,
+            message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
         })
         .await?;
@@ -337,7 +337,7 @@ async fn two_messages_on_one_connection() {
                 .send(&Outgoing {
                     sender: "alice@example.test",
                     recipients: &to,
-                    message: &body,
+                    message: &MessageBody::from_bytes(body.clone()),
                     smtputf8: false,
                 })
                 .await
@@ -375,7 +375,7 @@ async fn rcpt_5xx_is_per_recipient_and_permanent() {
             .send(&Outgoing {
                 sender: "alice@example.test",
                 recipients: &to,
-                message: &body,
+                message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
             })
             .await
@@ -405,7 +405,7 @@ async fn rcpt_5xx_is_per_recipient_and_permanent() {
             .send(&Outgoing {
                 sender: "alice@example.test",
                 recipients: &to,
-                message: &body,
+                message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
             })
             .await
@@ -417,7 +417,7 @@ async fn rcpt_5xx_is_per_recipient_and_permanent() {
             .send(&Outgoing {
                 sender: "alice@example.test",
                 recipients: &to,
-                message: &body,
+                message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
             })
             .await
@@ -439,7 +439,7 @@ async fn pipelining_when_advertised_only() {
         let outgoing = Outgoing {
             sender: "alice@example.test",
             recipients: &to,
-            message: &body,
+            message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
         };
 
@@ -499,7 +499,7 @@ async fn smtputf8_and_size_limits() {
         let utf8 = Outgoing {
             sender: "alice@example.test",
             recipients: &utf8_to,
-            message: &body,
+            message: &MessageBody::from_bytes(body.clone()),
             smtputf8: true,
         };
 
@@ -532,7 +532,7 @@ async fn smtputf8_and_size_limits() {
         let ascii = Outgoing {
             sender: "alice@example.test",
             recipients: &ascii_to,
-            message: &body,
+            message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
         };
         assert!(connection.send(&ascii).await.expect("send")[0].is_delivered());
@@ -577,13 +577,13 @@ async fn dot_stuffing_round_trips() {
                 Outgoing {
                     sender: "",
                     recipients: &to,
-                    message: &original,
+                    message: &MessageBody::from_bytes(original.clone()),
                     smtputf8: false,
                 },
                 Outgoing {
                     sender: "alice@example.test",
                     recipients: &to,
-                    message: &message("after"),
+                    message: &MessageBody::from_bytes(message("after")),
                     smtputf8: false,
                 },
             ],
@@ -802,7 +802,7 @@ async fn helo_fallback_and_421() {
         let outgoing = Outgoing {
             sender: "alice@example.test",
             recipients: &to,
-            message: &body,
+            message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
         };
         let outcomes = connection.send(&outgoing).await.expect("send");
@@ -909,7 +909,7 @@ async fn mail_and_data_end_failures() {
             .send(&Outgoing {
                 sender: "greylisted@example.test",
                 recipients: &to,
-                message: &body,
+                message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
             })
             .await
@@ -925,7 +925,7 @@ async fn mail_and_data_end_failures() {
             .send(&Outgoing {
                 sender: "alice@example.test",
                 recipients: &to,
-                message: &body,
+                message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
             })
             .await

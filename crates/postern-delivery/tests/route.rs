@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use postern_config::{DomainEntry, OutboundMode, Settings};
 use postern_delivery::{
-    deliver_via, resolve, Failure, FailureKind, Outgoing, Resolver, RouteError, Target,
+    deliver_via, resolve, Failure, FailureKind, MessageBody, Outgoing, Resolver, RouteError, Target,
 };
 use support::dns::{DnsServer, Rr};
 use support::*;
@@ -232,7 +232,7 @@ async fn every_mx_is_tried() {
         let messages = [Outgoing {
             sender: "alice@example.test",
             recipients: &to,
-            message: &body,
+            message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
         }];
         let delivery = deliver_via(

@@ -14,6 +14,8 @@
 
 use postern_proto::{BdatReceiver, DataOutcome};
 
+use crate::Received;
+
 use crate::{strict_crlf, Input, Splits};
 
 pub fn run(data: &[u8]) {
@@ -41,23 +43,24 @@ pub fn run(data: &[u8]) {
 
     let all: Vec<u8> = chunks.concat();
     let expected = if all.len() > max {
-        DataOutcome::TooBig
+        Received::TooBig
     } else if !strict_crlf(&all) {
-        DataOutcome::BareLineEnding
+        Received::BareLineEnding
     } else {
         let mut message = all;
         if !message.is_empty() && !message.ends_with(b"\r\n") {
             message.extend_from_slice(b"\r\n");
         }
-        DataOutcome::Complete(message)
+        Received::Complete(message)
     };
     assert_eq!(whole, expected);
 }
 
 /// Announce each chunk, then offer it (followed by a pipelined command)
 /// in reads of `piece(..)` bytes, as the session does.
-fn receive(max: usize, chunks: &[&[u8]], piece: &mut dyn FnMut(usize) -> usize) -> DataOutcome {
+fn receive(max: usize, chunks: &[&[u8]], piece: &mut dyn FnMut(usize) -> usize) -> Received {
     let mut receiver = BdatReceiver::new(max);
+    let mut out = Vec::new();
     for chunk in chunks {
         receiver.begin_chunk(chunk.len() as u64);
         let mut wire = chunk.to_vec();
@@ -72,16 +75,18 @@ fn receive(max: usize, chunks: &[&[u8]], piece: &mut dyn FnMut(usize) -> usize) 
                 .saturating_add(piece(wire.len() - offset))
                 .min(wire.len());
             let before = receiver.remaining();
-            let consumed = receiver.feed(&wire[offset..end]);
+            let consumed = receiver.feed(&wire[offset..end], &mut out);
             assert!(consumed <= end - offset);
             assert_eq!(receiver.remaining(), before - consumed as u64);
             offset += consumed;
         }
         assert_eq!(receiver.remaining(), 0, "chunk not complete");
         assert_eq!(offset, chunk.len(), "took bytes after the chunk");
-        assert_eq!(receiver.feed(b"BDAT 0 LAST\r\n"), 0);
+        assert_eq!(receiver.feed(b"BDAT 0 LAST\r\n", &mut out), 0);
+        assert!(out.len() <= max, "passed on more than the limit");
     }
-    receiver.finish()
+    let outcome = receiver.finish(&mut out);
+    Received::new(outcome, out)
 }
 
 /// `BDAT <huge>`: the announced size is trusted only within the limit; the
@@ -91,12 +96,14 @@ fn huge_chunk(max: usize, input: &mut Input<'_>) {
     let bytes = input.rest();
     let mut receiver = BdatReceiver::new(max);
     receiver.begin_chunk(announced);
-    let consumed = receiver.feed(bytes);
+    let mut out = Vec::new();
+    let consumed = receiver.feed(bytes, &mut out);
+    assert!(out.len() <= max, "passed on more than the limit");
     let expected = usize::try_from(announced).map_or(bytes.len(), |a| a.min(bytes.len()));
     assert_eq!(consumed, expected);
     assert_eq!(receiver.remaining(), announced - consumed as u64);
     assert_eq!(receiver.is_too_big(), consumed > max);
-    let outcome = receiver.finish();
+    let outcome = receiver.finish(&mut out);
     if announced > max as u64 {
         assert_eq!(outcome, DataOutcome::TooBig);
     }

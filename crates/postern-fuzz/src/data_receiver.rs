@@ -14,12 +14,12 @@
 //! complete message dot-stuffed again (as the outbound client does) reads
 //! back unchanged.
 
-use postern_proto::{DataOutcome, DataReceiver};
+use postern_proto::DataReceiver;
 
-use crate::{strict_crlf, Input, Splits};
+use crate::{strict_crlf, Input, Received, Splits};
 
 /// The session's view: the outcome and how many bytes it took.
-type Run = (Option<DataOutcome>, usize);
+type Run = (Option<Received>, usize);
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
@@ -41,7 +41,7 @@ pub fn run(data: &[u8]) {
     }
     check_reference(max, stream, &whole);
 
-    if let (Some(DataOutcome::Complete(message)), _) = &whole {
+    if let (Some(Received::Complete(message)), _) = &whole {
         assert!(message.len() <= max);
         assert!(strict_crlf(message));
         assert!(message.is_empty() || message.ends_with(b"\r\n"));
@@ -50,7 +50,7 @@ pub fn run(data: &[u8]) {
         let again = feed(max, &wire, &mut |_| wire.len());
         assert_eq!(
             again,
-            (Some(DataOutcome::Complete(message.clone())), wire.len()),
+            (Some(Received::Complete(message.clone())), wire.len()),
             "dot-stuffing round trip"
         );
     }
@@ -60,6 +60,7 @@ pub fn run(data: &[u8]) {
 /// bytes to the buffer, the receiver consumes some, the rest stays.
 fn feed(max: usize, stream: &[u8], piece: &mut dyn FnMut(usize) -> usize) -> Run {
     let mut receiver = DataReceiver::new(max);
+    let mut message = Vec::new();
     let mut buffer: Vec<u8> = Vec::new();
     let mut offset = 0;
     let mut taken = 0;
@@ -67,15 +68,18 @@ fn feed(max: usize, stream: &[u8], piece: &mut dyn FnMut(usize) -> usize) -> Run
         let n = piece(stream.len() - offset).clamp(1, stream.len() - offset);
         buffer.extend_from_slice(&stream[offset..offset + n]);
         offset += n;
-        let (consumed, outcome) = receiver.feed(&buffer);
+        let (consumed, outcome) = receiver.feed(&buffer, &mut message);
         assert!(consumed <= buffer.len(), "consumed more than given");
+        assert!(message.len() <= max, "passed on more than the limit");
         taken += consumed;
         buffer.drain(..consumed);
         if let Some(outcome) = outcome {
             // Spent: never a second outcome, never another byte.
-            assert_eq!(receiver.feed(&buffer), (0, None));
-            assert_eq!(receiver.feed(b"\r\n.\r\n"), (0, None));
-            return (Some(outcome), taken);
+            let before = message.len();
+            assert_eq!(receiver.feed(&buffer, &mut message), (0, None));
+            assert_eq!(receiver.feed(b"\r\n.\r\n", &mut message), (0, None));
+            assert_eq!(message.len(), before, "spent receiver passed bytes on");
+            return (Some(Received::new(outcome, message)), taken);
         }
         assert!(buffer.is_empty(), "bytes left over without an outcome");
     }
@@ -105,17 +109,17 @@ fn check_reference(max: usize, stream: &[u8], (outcome, taken): &Run) {
     if strict_crlf(body) {
         let message = unstuff(body);
         let expected = if message.len() > max {
-            DataOutcome::TooBig
+            Received::TooBig
         } else {
-            DataOutcome::Complete(message)
+            Received::Complete(message)
         };
         assert_eq!(*outcome, expected);
     } else if body.len() <= max {
-        assert_eq!(*outcome, DataOutcome::BareLineEnding);
+        assert_eq!(*outcome, Received::BareLineEnding);
     } else {
         assert!(matches!(
             outcome,
-            DataOutcome::BareLineEnding | DataOutcome::TooBig
+            Received::BareLineEnding | Received::TooBig
         ));
     }
 }

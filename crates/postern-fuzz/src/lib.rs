@@ -62,3 +62,22 @@ pub fn strict_crlf(bytes: &[u8]) -> bool {
         _ => true,
     })
 }
+
+/// A receiver's outcome together with the bytes it passed on (kept only
+/// for a complete message), as the targets compare them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Complete(Vec<u8>),
+    TooBig,
+    BareLineEnding,
+}
+
+impl Received {
+    pub fn new(outcome: postern_proto::DataOutcome, message: Vec<u8>) -> Self {
+        match outcome {
+            postern_proto::DataOutcome::Complete => Received::Complete(message),
+            postern_proto::DataOutcome::TooBig => Received::TooBig,
+            postern_proto::DataOutcome::BareLineEnding => Received::BareLineEnding,
+        }
+    }
+}

@@ -82,6 +82,8 @@ pub fn run(data: &[u8]) {
     let max_output = 8192 + 64 * stream.len();
     let mut actions = 0usize;
     let mut closed = false;
+    // The message begun and the bytes handed over for it so far.
+    let mut open: Option<(postern_session::Delivery, Vec<u8>)> = None;
     let mut splits = Splits::new(u64::from(seed));
     let piece_limit = 1 + usize::from(seed >> 8);
     let mut offset = 0;
@@ -114,7 +116,22 @@ pub fn run(data: &[u8]) {
                     session.tls_established(tls_info.clone());
                     assert!(!session.has_buffered_input());
                 }
-                Action::Enqueue(delivery) => {
+                Action::BeginMessage(delivery) => {
+                    assert!(open.is_none(), "message begun twice");
+                    open = Some((*delivery, Vec::new()));
+                }
+                Action::MessageData(bytes) => {
+                    assert!(bytes.len() <= 2 * postern_session::BODY_CHUNK);
+                    let (_, message) = open.as_mut().expect("data without a message");
+                    message.extend_from_slice(&bytes);
+                    assert!(message.len() as u64 <= MAX_SIZE, "passed on past the limit");
+                }
+                Action::DiscardMessage => {
+                    assert!(open.take().is_some(), "discard without a message");
+                }
+                Action::Enqueue(last) => {
+                    let (delivery, mut message) = open.take().expect("enqueue without a message");
+                    message.extend_from_slice(&last);
                     let tls = session.tls();
                     if require_tls {
                         assert!(tls.is_some(), "mail stored without TLS under require");
@@ -128,8 +145,8 @@ pub fn run(data: &[u8]) {
                     }
                     assert!(!delivery.recipients.is_empty());
                     assert!(delivery.recipients.len() <= MAX_RECIPIENTS as usize);
-                    assert!(delivery.message.len() as u64 <= MAX_SIZE + 2);
-                    assert!(strict_crlf(&delivery.message), "bare CR/LF stored");
+                    assert!(message.len() as u64 <= MAX_SIZE + 2);
+                    assert!(strict_crlf(&message), "bare CR/LF stored");
                     if !trusted {
                         for rcpt in &delivery.recipients {
                             let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
@@ -144,7 +161,7 @@ pub fn run(data: &[u8]) {
                         "mx.postern.test",
                         "Thu, 1 Jan 2026 00:00:00 +0000",
                     );
-                    let _ = postern_session::message_id(&delivery.message);
+                    let _ = postern_session::message_id(&message);
                     let result = if store_fails {
                         Err("disk full".to_string())
                     } else {
@@ -153,6 +170,7 @@ pub fn run(data: &[u8]) {
                     session.enqueued(result);
                 }
                 Action::Close => {
+                    assert!(open.is_none(), "closed with a message begun");
                     closed = true;
                     break;
                 }

@@ -48,11 +48,9 @@ pub fn run(data: &[u8]) {
     match (&full, &envelope) {
         (Ok(m), Ok(e)) => {
             assert_eq!(&m.envelope, e);
-            assert_eq!(
-                m.message.len() as u64,
-                e.size,
-                "size disagrees with the bytes"
-            );
+            assert_eq!(m.body.len(), e.size, "size disagrees with the bytes");
+            let bytes = m.body.read_to_vec().expect("read verified message");
+            assert_eq!(bytes.len() as u64, e.size, "size disagrees with the bytes");
             assert!(!e.envelope.recipients.is_empty());
             let addresses: Vec<&String> = e.recipients.iter().map(|r| &r.address).collect();
             let expected: Vec<&String> = e.envelope.recipients.iter().collect();

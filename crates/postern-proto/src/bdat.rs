@@ -5,8 +5,11 @@
 //!
 //! BDAT data is taken verbatim: there is no dot-stuffing and no terminator,
 //! only the announced byte counts.
+//!
+//! As with DATA, the receiver keeps no message: it appends the bytes to the
+//! caller's buffer, and stops appending once the message is refused.
 
-use crate::data::{reserve_within, DataOutcome};
+use crate::data::DataOutcome;
 
 #[derive(Debug)]
 pub struct BdatReceiver {
@@ -19,8 +22,8 @@ pub struct BdatReceiver {
     pending_cr: bool,
     /// A bare CR or LF was seen.
     bad: bool,
-    /// The message while it is still good and within `max_size`.
-    message: Vec<u8>,
+    /// The last byte received (a good message ends in CRLF iff it is LF).
+    last: Option<u8>,
 }
 
 impl BdatReceiver {
@@ -31,7 +34,7 @@ impl BdatReceiver {
             size: 0,
             pending_cr: false,
             bad: false,
-            message: Vec::new(),
+            last: None,
         }
     }
 
@@ -39,16 +42,9 @@ impl BdatReceiver {
     ///
     /// Any part of a previous chunk still outstanding is forgotten (the
     /// session only starts a chunk when the previous one is complete).
+    /// An announced chunk that cannot fit refuses the message at once.
     pub fn begin_chunk(&mut self, size: u64) {
         self.remaining = size;
-        if self.will_be_too_big() {
-            // The announced chunk cannot fit: stop storing now.
-            self.message = Vec::new();
-        } else if !self.bad {
-            // The peer's number is trusted only within the limit.
-            let additional = usize::try_from(size).unwrap_or(usize::MAX);
-            reserve_within(&mut self.message, additional, self.max_size);
-        }
     }
 
     /// Bytes of the current chunk still expected.
@@ -56,8 +52,10 @@ impl BdatReceiver {
         self.remaining
     }
 
-    /// Consume up to `remaining()` bytes of `input`; returns the number consumed.
-    pub fn feed(&mut self, input: &[u8]) -> usize {
+    /// Consume up to `remaining()` bytes of `input`, appending them to
+    /// `out` while the message can still be accepted; returns the number
+    /// consumed.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
         let take = usize::try_from(self.remaining).map_or(input.len(), |r| r.min(input.len()));
         let chunk = input.get(..take).unwrap_or_default();
         self.remaining -= take as u64;
@@ -65,35 +63,40 @@ impl BdatReceiver {
         if !self.bad {
             self.check_line_endings(chunk);
         }
-        if self.bad || self.is_too_big() || self.will_be_too_big() {
-            if self.message.capacity() > 0 {
-                self.message = Vec::new();
-            }
-        } else {
-            self.message.extend_from_slice(chunk);
+        if let Some(&byte) = chunk.last() {
+            self.last = Some(byte);
+        }
+        if !self.is_refused() {
+            out.extend_from_slice(chunk);
         }
         take
     }
 
-    /// After the chunk marked LAST is complete: the outcome of the whole message.
-    /// A message that does not end in CRLF is completed with one.
+    /// Whether the message is already certain to be refused: a bare CR or
+    /// LF, or more bytes received or announced than the limit allows.
+    pub fn is_refused(&self) -> bool {
+        self.bad || self.is_too_big() || self.will_be_too_big()
+    }
+
+    /// After the chunk marked LAST is complete: the outcome of the whole
+    /// message. A message that does not end in CRLF is completed with one,
+    /// appended to `out`.
     ///
     /// The added CRLF does not count against the size limit, and an empty
     /// message stays empty. Called early (bytes of the chunk still
     /// outstanding), it judges what has arrived, except that a chunk
     /// announced past the size limit already makes the message too big.
-    pub fn finish(self) -> DataOutcome {
+    pub fn finish(self, out: &mut Vec<u8>) -> DataOutcome {
         if self.will_be_too_big() {
             return DataOutcome::TooBig;
         }
         if self.bad || self.pending_cr {
             return DataOutcome::BareLineEnding;
         }
-        let mut message = self.message;
-        if !message.is_empty() && !message.ends_with(b"\r\n") {
-            message.extend_from_slice(b"\r\n");
+        if self.last.is_some_and(|b| b != b'\n') {
+            out.extend_from_slice(b"\r\n");
         }
-        DataOutcome::Complete(message)
+        DataOutcome::Complete
     }
 
     /// Whether the message so far is already over the size limit (the
@@ -140,12 +143,13 @@ impl BdatReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::tests::Rng;
+    use crate::data::tests::{got, Got, Rng};
 
     /// Receive `chunks` (each announced with its own size), each fed in
     /// pieces chosen by `rng` (or byte by byte when `rng` is None).
-    fn run(max: usize, chunks: &[&[u8]], mut rng: Option<&mut Rng>) -> DataOutcome {
+    fn run(max: usize, chunks: &[&[u8]], mut rng: Option<&mut Rng>) -> Got {
         let mut receiver = BdatReceiver::new(max);
+        let mut out = Vec::new();
         for chunk in chunks {
             receiver.begin_chunk(chunk.len() as u64);
             // Pipelined bytes after the chunk must never be taken.
@@ -158,24 +162,28 @@ mod tests {
                     None => 1,
                 };
                 let end = (offset + piece).min(wire.len());
-                let consumed = receiver.feed(&wire[offset..end]);
+                let consumed = receiver.feed(&wire[offset..end], &mut out);
                 offset += consumed;
             }
             assert_eq!(offset, chunk.len());
-            assert_eq!(receiver.feed(b"BDAT 0 LAST\r\n"), 0);
+            assert_eq!(receiver.feed(b"BDAT 0 LAST\r\n", &mut out), 0);
         }
-        receiver.finish()
+        let outcome = receiver.finish(&mut out);
+        got(outcome, out)
     }
 
-    fn check(max: usize, chunks: &[&[u8]]) -> DataOutcome {
+    fn check(max: usize, chunks: &[&[u8]]) -> Got {
         let whole = {
             let mut receiver = BdatReceiver::new(max);
+            let mut out = Vec::new();
             for chunk in chunks {
                 receiver.begin_chunk(chunk.len() as u64);
-                assert_eq!(receiver.feed(chunk), chunk.len());
+                assert_eq!(receiver.feed(chunk, &mut out), chunk.len());
                 assert_eq!(receiver.remaining(), 0);
             }
-            receiver.finish()
+            assert!(out.len() <= max, "appended past the limit");
+            let outcome = receiver.finish(&mut out);
+            got(outcome, out)
         };
         assert_eq!(run(max, chunks, None), whole, "byte by byte: {chunks:?}");
         let mut rng = Rng::new(chunks.len() as u64);
@@ -189,13 +197,13 @@ mod tests {
         whole
     }
 
-    fn complete(bytes: &[u8]) -> DataOutcome {
-        DataOutcome::Complete(bytes.to_vec())
+    fn complete(bytes: &[u8]) -> Got {
+        Got::Complete(bytes.to_vec())
     }
 
     #[test]
     fn chunks_table() {
-        let rows: &[(&[&[u8]], DataOutcome)] = &[
+        let rows: &[(&[&[u8]], Got)] = &[
             // good
             (&[], complete(b"")),
             (&[b""], complete(b"")),
@@ -210,19 +218,19 @@ mod tests {
             (&[b"..\r\n.\r\n", b"x\r\n"], complete(b"..\r\n.\r\nx\r\n")),
             (&[b"a\0b\r\n"], complete(b"a\0b\r\n")),
             // bare line endings, also across chunks
-            (&[b"a\nb\r\n"], DataOutcome::BareLineEnding),
-            (&[b"a\rb\r\n"], DataOutcome::BareLineEnding),
-            (&[b"a\r\r\n"], DataOutcome::BareLineEnding),
-            (&[b"a\r\n\n"], DataOutcome::BareLineEnding),
-            (&[b"a\r", b"b\r\n"], DataOutcome::BareLineEnding),
-            (&[b"a", b"\nb\r\n"], DataOutcome::BareLineEnding),
-            (&[b"a\r\n", b"\n"], DataOutcome::BareLineEnding),
-            (&[b"\n"], DataOutcome::BareLineEnding),
-            (&[b"a\r\n.\nb\r\n"], DataOutcome::BareLineEnding),
-            (&[b"a\r\n.\rb\r\n"], DataOutcome::BareLineEnding),
+            (&[b"a\nb\r\n"], Got::BareLineEnding),
+            (&[b"a\rb\r\n"], Got::BareLineEnding),
+            (&[b"a\r\r\n"], Got::BareLineEnding),
+            (&[b"a\r\n\n"], Got::BareLineEnding),
+            (&[b"a\r", b"b\r\n"], Got::BareLineEnding),
+            (&[b"a", b"\nb\r\n"], Got::BareLineEnding),
+            (&[b"a\r\n", b"\n"], Got::BareLineEnding),
+            (&[b"\n"], Got::BareLineEnding),
+            (&[b"a\r\n.\nb\r\n"], Got::BareLineEnding),
+            (&[b"a\r\n.\rb\r\n"], Got::BareLineEnding),
             // lone CR at the very end
-            (&[b"a\r"], DataOutcome::BareLineEnding),
-            (&[b"a\r\n", b"\r"], DataOutcome::BareLineEnding),
+            (&[b"a\r"], Got::BareLineEnding),
+            (&[b"a\r\n", b"\r"], Got::BareLineEnding),
         ];
         for (chunks, expected) in rows {
             assert_eq!(check(100, chunks), *expected, "{chunks:?}");
@@ -232,58 +240,62 @@ mod tests {
     #[test]
     fn size_limit() {
         assert_eq!(check(6, &[b"abc\r\n", b"d"]), complete(b"abc\r\nd\r\n"));
-        assert_eq!(check(5, &[b"abc\r\n", b"d"]), DataOutcome::TooBig);
+        assert_eq!(check(5, &[b"abc\r\n", b"d"]), Got::TooBig);
         assert_eq!(check(5, &[b"abc\r\n"]), complete(b"abc\r\n"));
-        assert_eq!(check(4, &[b"abc\r\n"]), DataOutcome::TooBig);
+        assert_eq!(check(4, &[b"abc\r\n"]), Got::TooBig);
         assert_eq!(check(0, &[b""]), complete(b""));
-        assert_eq!(check(0, &[b"x"]), DataOutcome::TooBig);
+        assert_eq!(check(0, &[b"x"]), Got::TooBig);
         // TooBig takes priority over bare line endings.
-        assert_eq!(check(3, &[b"a\nbcd"]), DataOutcome::TooBig);
-        assert_eq!(check(3, &[b"abcd\n"]), DataOutcome::TooBig);
+        assert_eq!(check(3, &[b"a\nbcd"]), Got::TooBig);
+        assert_eq!(check(3, &[b"abcd\n"]), Got::TooBig);
     }
 
     #[test]
     fn too_big_between_chunks() {
         let mut receiver = BdatReceiver::new(10);
+        let mut out = Vec::new();
         receiver.begin_chunk(8);
-        assert_eq!(receiver.feed(b"12345678"), 8);
+        assert_eq!(receiver.feed(b"12345678", &mut out), 8);
         assert!(!receiver.is_too_big());
         receiver.begin_chunk(8);
         assert!(
             !receiver.is_too_big(),
             "counts received bytes, not announced ones"
         );
-        assert_eq!(receiver.feed(b"1234"), 4);
+        assert!(receiver.is_refused(), "but refuses what cannot fit at once");
+        assert_eq!(receiver.feed(b"1234", &mut out), 4);
         assert!(receiver.is_too_big());
-        assert_eq!(receiver.message.capacity(), 0, "stops storing");
-        assert_eq!(receiver.feed(b"5678NOOP"), 4);
+        assert_eq!(out, b"12345678", "stops passing bytes on");
+        assert_eq!(receiver.feed(b"5678NOOP", &mut out), 4);
         assert_eq!(receiver.remaining(), 0);
-        assert_eq!(receiver.finish(), DataOutcome::TooBig);
+        assert_eq!(receiver.finish(&mut out), DataOutcome::TooBig);
+        assert_eq!(out, b"12345678");
     }
 
     #[test]
     fn huge_announced_chunk() {
         let mut receiver = BdatReceiver::new(1 << 20);
+        let mut out = Vec::new();
         receiver.begin_chunk(u64::MAX);
-        assert!(receiver.message.capacity() == 0);
-        assert_eq!(receiver.feed(b"abc"), 3);
+        assert!(receiver.is_refused());
+        assert_eq!(receiver.feed(b"abc", &mut out), 3);
         assert_eq!(receiver.remaining(), u64::MAX - 3);
         assert!(!receiver.is_too_big());
-        let mut receiver = BdatReceiver::new(1 << 20);
-        receiver.begin_chunk(1000);
-        assert!(receiver.message.capacity() >= 1000 && receiver.message.capacity() <= 1 << 20);
+        assert!(out.is_empty());
     }
 
     #[test]
     fn finish_early_judges_what_arrived() {
         let mut receiver = BdatReceiver::new(100);
+        let mut out = Vec::new();
         receiver.begin_chunk(10);
-        assert_eq!(receiver.feed(b"ab\r\n"), 4);
+        assert_eq!(receiver.feed(b"ab\r\n", &mut out), 4);
         assert_eq!(receiver.remaining(), 6);
-        assert_eq!(receiver.finish(), complete(b"ab\r\n"));
+        assert_eq!(receiver.finish(&mut out), DataOutcome::Complete);
+        assert_eq!(out, b"ab\r\n");
         let mut receiver = BdatReceiver::new(100);
         receiver.begin_chunk(101);
-        assert_eq!(receiver.feed(b"ab\r\n"), 4);
-        assert_eq!(receiver.finish(), DataOutcome::TooBig);
+        assert_eq!(receiver.feed(b"ab\r\n", &mut out), 4);
+        assert_eq!(receiver.finish(&mut out), DataOutcome::TooBig);
     }
 }

@@ -10,12 +10,19 @@
 //! is removed, so `..` keeps one dot (and a lone leading dot before other
 //! text, which a correct client never sends, is dropped too). NUL and other
 //! octets are plain data here; only CR and LF are framing.
+//!
+//! The receiver keeps no message: it appends the unstuffed bytes to the
+//! caller's buffer as they arrive, so the caller can stream them to disk
+//! and memory stays bounded whatever the message size. Once the message is
+//! known to be refused (bare line ending, over the limit) nothing more is
+//! appended; [`DataReceiver::is_refused`] says so at once.
 
 /// How the message ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataOutcome {
-    /// The unstuffed message, CRLF line ends, without the final `.CRLF`.
-    Complete(Vec<u8>),
+    /// Every byte appended to the output is the message: unstuffed, CRLF
+    /// line ends, without the final `.CRLF`.
+    Complete,
     /// More than `max_size` bytes: `552 5.3.4`.
     TooBig,
     /// A bare CR or bare LF was seen: `550 5.5.2`.
@@ -59,8 +66,6 @@ pub struct DataReceiver {
     bad: bool,
     /// The end of data was reached and the outcome returned.
     finished: bool,
-    /// The message while it is still good and within `max_size`.
-    message: Vec<u8>,
 }
 
 impl DataReceiver {
@@ -71,19 +76,19 @@ impl DataReceiver {
             size: 0,
             bad: false,
             finished: false,
-            message: Vec::new(),
         }
     }
 
-    /// Consume bytes from `input`. Returns how many bytes were consumed and
-    /// `Some(outcome)` when the end of data was reached (bytes after the
-    /// terminator are not consumed: they are the next pipelined command).
-    /// Once over `max_size` the receiver stops storing but keeps reading
-    /// to the terminator.
+    /// Consume bytes from `input`, appending the message bytes among them
+    /// to `out`. Returns how many bytes were consumed and `Some(outcome)`
+    /// when the end of data was reached (bytes after the terminator are not
+    /// consumed: they are the next pipelined command). Once the message is
+    /// refused (over `max_size`, bare line ending) nothing more is appended,
+    /// but the receiver keeps reading to the terminator.
     ///
     /// After the outcome has been returned the receiver is spent: further
     /// calls consume nothing and return `(0, None)`.
-    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<DataOutcome>) {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Option<DataOutcome>) {
         if self.finished {
             return (0, None);
         }
@@ -109,18 +114,18 @@ impl DataReceiver {
             match self.step(byte) {
                 Step::Keep => pos += 1,
                 Step::Drop => {
-                    self.emit(input.get(run..pos).unwrap_or_default());
+                    self.emit(input.get(run..pos).unwrap_or_default(), out);
                     pos += 1;
                     run = pos;
                 }
                 Step::End => {
-                    self.emit(input.get(run..pos).unwrap_or_default());
+                    self.emit(input.get(run..pos).unwrap_or_default(), out);
                     self.finished = true;
                     return (pos + 1, Some(self.outcome()));
                 }
             }
         }
-        self.emit(input.get(run..pos).unwrap_or_default());
+        self.emit(input.get(run..pos).unwrap_or_default(), out);
         (pos, None)
     }
 
@@ -186,49 +191,33 @@ impl DataReceiver {
         }
     }
 
-    /// Account for message bytes, storing them while the message can still
-    /// be delivered.
-    fn emit(&mut self, bytes: &[u8]) {
+    /// Whether the message is already certain to be refused (too big, or
+    /// a bare CR or LF): what was appended so far can be thrown away.
+    pub fn is_refused(&self) -> bool {
+        self.bad || self.size > self.max_size
+    }
+
+    /// Account for message bytes, passing them on while the message can
+    /// still be accepted.
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         if bytes.is_empty() {
             return;
         }
         self.size = self.size.saturating_add(bytes.len());
-        if self.bad || self.size > self.max_size {
-            if self.message.capacity() > 0 {
-                self.message = Vec::new();
-            }
-            return;
+        if !self.is_refused() {
+            out.extend_from_slice(bytes);
         }
-        reserve_within(&mut self.message, bytes.len(), self.max_size);
-        self.message.extend_from_slice(bytes);
     }
 
-    fn outcome(&mut self) -> DataOutcome {
+    fn outcome(&self) -> DataOutcome {
         if self.size > self.max_size {
             DataOutcome::TooBig
         } else if self.bad {
             DataOutcome::BareLineEnding
         } else {
-            DataOutcome::Complete(std::mem::take(&mut self.message))
+            DataOutcome::Complete
         }
     }
-}
-
-/// Grow `buf` for `additional` more bytes, doubling as `Vec` does but never
-/// past `limit` (the caller has checked `buf.len() + additional <= limit`),
-/// so a message of exactly the limit does not cost twice the limit.
-pub(crate) fn reserve_within(buf: &mut Vec<u8>, additional: usize, limit: usize) {
-    let needed = buf.len().saturating_add(additional);
-    if needed <= buf.capacity() {
-        return;
-    }
-    let target = buf
-        .capacity()
-        .saturating_mul(2)
-        .max(needed)
-        .max(4096)
-        .min(limit.max(needed));
-    buf.reserve_exact(target - buf.len());
 }
 
 #[cfg(test)]
@@ -263,23 +252,48 @@ pub(crate) mod tests {
         }
     }
 
+    /// A finished message as the tests compare it: the outcome together with
+    /// the bytes the receiver appended (only kept for a complete message).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Got {
+        Complete(Vec<u8>),
+        TooBig,
+        BareLineEnding,
+    }
+
+    pub(crate) fn got(outcome: DataOutcome, message: Vec<u8>) -> Got {
+        match outcome {
+            DataOutcome::Complete => Got::Complete(message),
+            DataOutcome::TooBig => Got::TooBig,
+            DataOutcome::BareLineEnding => Got::BareLineEnding,
+        }
+    }
+
     /// Feed `input` in pieces of the given lengths, the way a session does:
     /// unconsumed bytes stay in its buffer and come back with the next read.
     /// Returns the outcome and the bytes left unconsumed.
-    fn run(max: usize, input: &[u8], pieces: &[usize]) -> (Option<DataOutcome>, Vec<u8>) {
+    fn run(max: usize, input: &[u8], pieces: &[usize]) -> (Option<Got>, Vec<u8>) {
         let mut receiver = DataReceiver::new(max);
+        let mut message = Vec::new();
         let mut buffer = Vec::new();
         let mut offset = 0;
         for &n in pieces {
             buffer.extend_from_slice(&input[offset..offset + n]);
             offset += n;
-            let (consumed, outcome) = receiver.feed(&buffer);
+            let (consumed, outcome) = receiver.feed(&buffer, &mut message);
             assert!(consumed <= buffer.len());
+            assert!(message.len() <= max, "appended past the limit");
             buffer.drain(..consumed);
             if let Some(outcome) = outcome {
                 buffer.extend_from_slice(&input[offset..]);
-                assert_eq!(receiver.feed(b".\r\n"), (0, None), "spent receiver");
-                return (Some(outcome), buffer);
+                let before = message.len();
+                assert_eq!(
+                    receiver.feed(b".\r\n", &mut message),
+                    (0, None),
+                    "spent receiver"
+                );
+                assert_eq!(message.len(), before, "spent receiver appended");
+                return (Some(got(outcome, message)), buffer);
             }
             assert!(
                 buffer.is_empty(),
@@ -291,7 +305,7 @@ pub(crate) mod tests {
 
     /// Run `input` whole, byte by byte, and in many random splits; all must
     /// agree.
-    fn check(max: usize, input: &[u8]) -> (Option<DataOutcome>, Vec<u8>) {
+    fn check(max: usize, input: &[u8]) -> (Option<Got>, Vec<u8>) {
         let whole = run(max, input, &[input.len()]);
         let bytewise = run(max, input, &vec![1; input.len()]);
         assert_eq!(
@@ -314,17 +328,17 @@ pub(crate) mod tests {
         whole
     }
 
-    fn complete(bytes: &[u8]) -> Option<DataOutcome> {
-        Some(DataOutcome::Complete(bytes.to_vec()))
+    fn complete(bytes: &[u8]) -> Option<Got> {
+        Some(Got::Complete(bytes.to_vec()))
     }
 
-    const BAD: Option<DataOutcome> = Some(DataOutcome::BareLineEnding);
-    const BIG: Option<DataOutcome> = Some(DataOutcome::TooBig);
+    const BAD: Option<Got> = Some(Got::BareLineEnding);
+    const BIG: Option<Got> = Some(Got::TooBig);
 
     #[test]
     fn framing_table() {
         // (input, outcome, bytes left for the next command)
-        let rows: &[(&[u8], Option<DataOutcome>, &[u8])] = &[
+        let rows: &[(&[u8], Option<Got>, &[u8])] = &[
             // good
             (b".\r\n", complete(b""), b""),
             (b"a\r\n.\r\n", complete(b"a\r\n"), b""),
@@ -428,15 +442,37 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn over_limit_stops_storing() {
+    fn over_limit_stops_passing_bytes_on() {
         let mut receiver = DataReceiver::new(1024);
+        let mut out = Vec::new();
         let line = [b'x'; 1000];
         for _ in 0..100 {
-            assert_eq!(receiver.feed(&line), (1000, None));
-            assert_eq!(receiver.feed(b"\r\n"), (2, None));
+            assert_eq!(receiver.feed(&line, &mut out), (1000, None));
+            assert_eq!(receiver.feed(b"\r\n", &mut out), (2, None));
         }
-        assert!(receiver.message.capacity() <= 1024);
-        assert_eq!(receiver.feed(b".\r\nNOOP"), (3, BIG));
+        assert!(receiver.is_refused());
+        assert_eq!(out.len(), 1002, "only the bytes within the limit");
+        assert_eq!(
+            receiver.feed(b".\r\nNOOP", &mut out),
+            (3, Some(DataOutcome::TooBig))
+        );
+    }
+
+    #[test]
+    fn bare_line_ending_stops_passing_bytes_on() {
+        let mut receiver = DataReceiver::new(1 << 20);
+        let mut out = Vec::new();
+        assert_eq!(receiver.feed(b"ok\r\n", &mut out), (4, None));
+        assert!(!receiver.is_refused());
+        assert_eq!(receiver.feed(b"a\nb\r\nmore\r\n", &mut out), (11, None));
+        assert!(receiver.is_refused());
+        let appended = out.len();
+        assert_eq!(receiver.feed(b"later\r\n", &mut out), (7, None));
+        assert_eq!(out.len(), appended, "nothing after the bare LF");
+        assert_eq!(
+            receiver.feed(b".\r\n", &mut out),
+            (3, Some(DataOutcome::BareLineEnding))
+        );
     }
 
     #[test]
@@ -466,12 +502,12 @@ pub(crate) mod tests {
         for seed in 0..8 {
             let pieces = Rng::new(seed).pieces(wire.len(), 1 + 300 * seed as usize);
             let (outcome, rest) = run(max, &wire, &pieces);
-            assert_eq!(outcome, Some(DataOutcome::Complete(content.clone())));
+            assert_eq!(outcome, Some(Got::Complete(content.clone())));
             assert_eq!(rest, b"RSET\r\n");
         }
         assert_eq!(run(max - 1, &wire, &[wire.len()]).0, BIG);
         let (outcome, _) = run(max, &wire, &vec![1; wire.len()]);
-        assert_eq!(outcome, Some(DataOutcome::Complete(content)));
+        assert_eq!(outcome, Some(Got::Complete(content)));
     }
 
     #[test]
@@ -495,7 +531,7 @@ pub(crate) mod tests {
                 String::from_utf8_lossy(&input)
             );
             let clean = !has_bare_line_ending(&input[..expected_end]);
-            assert_eq!(matches!(outcome, Some(DataOutcome::Complete(_))), clean);
+            assert_eq!(matches!(outcome, Some(Got::Complete(_))), clean);
         }
     }
 
@@ -520,16 +556,5 @@ pub(crate) mod tests {
             (b == b'\r' && input.get(i + 1) != Some(&b'\n'))
                 || (b == b'\n' && (i == 0 || input[i - 1] != b'\r'))
         })
-    }
-
-    #[test]
-    fn reserve_within_limit() {
-        let mut buf = Vec::new();
-        reserve_within(&mut buf, 10, 100);
-        assert!(buf.capacity() >= 10 && buf.capacity() <= 100);
-        let mut buf = vec![0u8; 60];
-        buf.shrink_to_fit();
-        reserve_within(&mut buf, 40, 100);
-        assert!(buf.capacity() >= 100 && buf.capacity() < 120);
     }
 }

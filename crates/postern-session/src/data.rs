@@ -1,11 +1,14 @@
 //! DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030): receiving the message and
-//! handing it over for durable storage. The `250` comes only from
-//! [`Session::enqueued`], after the listener has stored the message.
+//! handing it over for durable storage as it arrives — `BeginMessage` when
+//! the body starts, `MessageData` per [`BODY_CHUNK`], then `Enqueue` with
+//! the last bytes, or `DiscardMessage` as soon as it is refused. The `250`
+//! comes only from [`Session::enqueued`], after the listener has stored the
+//! message durably.
 
 use postern_proto::{BdatReceiver, DataOutcome, DataReceiver, Reply};
 
 use crate::replies;
-use crate::session::{Action, Delivery, Phase, Session, SessionEvent};
+use crate::session::{Action, Delivery, Phase, Session, SessionEvent, BODY_CHUNK};
 
 impl Session {
     fn max_size(&self) -> usize {
@@ -36,6 +39,7 @@ impl Session {
             return self.error(replies::data_after_bdat());
         }
         self.reply(replies::start_data());
+        self.begin_message();
         self.phase = Phase::Data(DataReceiver::new(self.max_size()));
     }
 
@@ -52,6 +56,13 @@ impl Session {
             return;
         }
         let max = self.max_size();
+        let first = self
+            .transaction
+            .as_ref()
+            .is_some_and(|t| t.chunks.is_none());
+        if first {
+            self.begin_message();
+        }
         if let Some(transaction) = &mut self.transaction {
             let receiver = transaction
                 .chunks
@@ -63,6 +74,74 @@ impl Session {
             last,
             discard: None,
         };
+    }
+
+    /// Announce the message whose body starts now.
+    fn begin_message(&mut self) {
+        let Some(transaction) = &self.transaction else {
+            return;
+        };
+        let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
+        let delivery = Delivery {
+            protocol: protocol_name(esmtp, self.tls.is_some(), transaction.smtputf8),
+            sender: transaction.sender.clone(),
+            recipients: transaction.recipients.clone(),
+            helo: self
+                .helo
+                .as_ref()
+                .map(|h| h.name.clone())
+                .unwrap_or_default(),
+            peer: self.peer,
+            tls: self.tls.clone(),
+            body: transaction.body,
+            smtputf8: transaction.smtputf8,
+        };
+        self.body.clear();
+        self.message_open = true;
+        self.actions
+            .push_back(Action::BeginMessage(Box::new(delivery)));
+    }
+
+    /// Forget the message begun (refused or abandoned), once.
+    pub(crate) fn discard_body(&mut self) {
+        self.body = Vec::new();
+        if std::mem::take(&mut self.message_open) {
+            self.actions.push_back(Action::DiscardMessage);
+        }
+    }
+
+    /// After bytes were added to `body`: hand a full buffer over, or drop
+    /// everything once the message is certain to be refused.
+    fn after_feed(&mut self, refused: bool) {
+        if refused {
+            self.discard_body();
+        } else if self.body.len() >= BODY_CHUNK {
+            let data = std::mem::replace(&mut self.body, Vec::with_capacity(BODY_CHUNK));
+            self.actions.push_back(Action::MessageData(data));
+        }
+    }
+
+    /// Feed buffered input into the DATA receiver, at most [`BODY_CHUNK`]
+    /// at a time; false when more input is needed.
+    pub(crate) fn continue_data(&mut self) -> bool {
+        let Phase::Data(receiver) = &mut self.phase else {
+            return false;
+        };
+        let take = self.input.len().min(BODY_CHUNK);
+        let piece = self.input.get(..take).unwrap_or_default();
+        let (consumed, outcome) = receiver.feed(piece, &mut self.body);
+        let refused = receiver.is_refused();
+        self.input.drain(..consumed);
+        match outcome {
+            Some(outcome) => {
+                self.end_of_data(outcome);
+                true
+            }
+            None => {
+                self.after_feed(refused);
+                !self.input.is_empty() || !self.actions.is_empty()
+            }
+        }
     }
 
     /// Feed buffered input into the current chunk; false when more is needed.
@@ -98,20 +177,26 @@ impl Session {
             self.phase = Phase::Command;
             return true;
         };
-        let consumed = receiver.feed(&self.input);
+        let take = self.input.len().min(BODY_CHUNK);
+        let piece = self.input.get(..take).unwrap_or_default();
+        let consumed = receiver.feed(piece, &mut self.body);
+        let refused = receiver.is_refused();
+        let remaining = receiver.remaining();
+        let too_big = receiver.is_too_big();
         self.input.drain(..consumed);
-        if receiver.remaining() > 0 {
-            return false;
+        if remaining > 0 {
+            self.after_feed(refused);
+            return !self.input.is_empty();
         }
         self.phase = Phase::Command;
-        let too_big = receiver.is_too_big();
         if last || too_big {
             let outcome = match self.transaction.as_mut().and_then(|t| t.chunks.take()) {
-                Some(receiver) if !too_big => receiver.finish(),
+                Some(receiver) if !too_big => receiver.finish(&mut self.body),
                 _ => DataOutcome::TooBig,
             };
             self.end_of_data(outcome);
         } else {
+            self.after_feed(refused);
             self.reply(replies::chunk_ok(size));
         }
         true
@@ -121,43 +206,28 @@ impl Session {
     pub(crate) fn end_of_data(&mut self, outcome: DataOutcome) {
         self.phase = Phase::Command;
         let Some(transaction) = self.transaction.take() else {
+            self.discard_body();
             return self.error(replies::need_mail());
         };
-        let message = match outcome {
-            DataOutcome::Complete(message) => message,
-            DataOutcome::TooBig | DataOutcome::BareLineEnding => {
-                let reply = if outcome == DataOutcome::TooBig {
-                    replies::message_too_big()
-                } else {
-                    replies::bare_line_ending()
-                };
-                self.stats.rejected += 1;
-                self.log(SessionEvent::MessageRejected {
-                    sender: transaction.sender,
-                    recipients: transaction.recipients,
-                    reply: reply.clone(),
-                });
-                return self.reply(reply);
-            }
-        };
-        let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
-        let delivery = Delivery {
-            protocol: protocol_name(esmtp, self.tls.is_some(), transaction.smtputf8),
-            sender: transaction.sender,
-            recipients: transaction.recipients,
-            message,
-            helo: self
-                .helo
-                .as_ref()
-                .map(|h| h.name.clone())
-                .unwrap_or_default(),
-            peer: self.peer,
-            tls: self.tls.clone(),
-            body: transaction.body,
-            smtputf8: transaction.smtputf8,
-        };
+        if outcome != DataOutcome::Complete || !self.message_open {
+            self.discard_body();
+            let reply = match outcome {
+                DataOutcome::TooBig => replies::message_too_big(),
+                DataOutcome::BareLineEnding => replies::bare_line_ending(),
+                DataOutcome::Complete => replies::storage_failed(),
+            };
+            self.stats.rejected += 1;
+            self.log(SessionEvent::MessageRejected {
+                sender: transaction.sender,
+                recipients: transaction.recipients,
+                reply: reply.clone(),
+            });
+            return self.reply(reply);
+        }
+        self.message_open = false;
         self.phase = Phase::AwaitingStore;
-        self.actions.push_back(Action::Enqueue(Box::new(delivery)));
+        let last = std::mem::take(&mut self.body);
+        self.actions.push_back(Action::Enqueue(last));
     }
 
     /// The listener's answer to [`Action::Enqueue`]: the queue ID once the

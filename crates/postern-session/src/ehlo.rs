@@ -8,7 +8,7 @@ use crate::session::{Helo, Session};
 impl Session {
     pub(crate) fn ehlo(&mut self, name: String, esmtp: bool) {
         // A new EHLO resets the transaction (RFC 5321 §4.1.4).
-        self.transaction = None;
+        self.reset_transaction();
         if esmtp {
             let reply = self.capabilities(&name);
             self.reply(reply);

@@ -94,6 +94,10 @@ impl Session {
         let Some(transaction) = &self.transaction else {
             return self.error(replies::need_mail());
         };
+        if transaction.chunks.is_some() {
+            // The message is already being stored for the recipients so far.
+            return self.error(replies::rcpt_after_bdat());
+        }
         if let Some((name, _)) = params.other.first() {
             return self.error(replies::unsupported_parameter(name));
         }

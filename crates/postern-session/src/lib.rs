@@ -5,6 +5,10 @@
 //! [`Action`] is something the listener performs — write a reply, read more
 //! input, start TLS, store a message, close — and reports back where the
 //! outcome matters ([`Session::tls_established`], [`Session::enqueued`]).
+//! A message body is handed over in pieces as it arrives
+//! ([`Action::BeginMessage`], [`Action::MessageData`], [`Action::Enqueue`]
+//! or [`Action::DiscardMessage`]), so a session holds at most a bounded
+//! buffer of it, whatever the message size.
 //! That keeps every protocol rule testable as a dialog without a network
 //! (see `tests/dialog.rs`).
 //!
@@ -24,4 +28,5 @@ mod starttls;
 pub use received::{message_id, received_header};
 pub use session::{
     Action, ClientCert, Delivery, Session, SessionConfig, SessionEvent, SessionStats, TlsInfo,
+    BODY_CHUNK,
 };

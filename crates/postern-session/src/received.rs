@@ -106,7 +106,6 @@ mod tests {
         Delivery {
             sender: "a@example.com".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            message: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
             helo: "client.example (evil) ; x".into(),
             peer: "192.0.2.7:4000".parse().expect("addr"),
             tls,

@@ -99,6 +99,9 @@ pub(crate) fn need_rcpt() -> Reply {
 pub(crate) fn data_after_bdat() -> Reply {
     Reply::new(503, (5, 5, 1), "DATA not allowed after BDAT")
 }
+pub(crate) fn rcpt_after_bdat() -> Reply {
+    Reply::new(503, (5, 5, 1), "RCPT not allowed after BDAT")
+}
 pub(crate) fn must_starttls() -> Reply {
     Reply::new(530, (5, 7, 0), "Must issue a STARTTLS command first")
 }

@@ -17,6 +17,10 @@ pub const MAX_COMMAND_LINE: usize = 4096;
 pub const MAX_ERRORS: u32 = 10;
 /// NOOP/RSET/VRFY/HELP/EHLO beyond this count as errors (command floods).
 pub const MAX_JUNK_COMMANDS: u32 = 100;
+/// Message bytes handed to the listener at a time ([`Action::MessageData`]).
+/// The session never holds more than twice this of a message, whatever its
+/// size: the body goes to disk as it arrives.
+pub const BODY_CHUNK: usize = 64 * 1024;
 
 /// What the session needs to know about its listener and the settings.
 #[derive(Debug, Clone)]
@@ -48,14 +52,14 @@ pub struct ClientCert {
     pub verified: bool,
 }
 
-/// An accepted message, ready to be stored.
+/// The envelope of a message whose body is arriving: everything the
+/// listener needs to start storing it (the body follows in
+/// [`Action::MessageData`] and [`Action::Enqueue`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Empty for the null sender `<>`.
     pub sender: String,
     pub recipients: Vec<String>,
-    /// The message as received: CRLF line ends, dots unstuffed.
-    pub message: Vec<u8>,
     pub helo: String,
     pub peer: SocketAddr,
     pub tls: Option<TlsInfo>,
@@ -94,8 +98,18 @@ pub enum Action {
     /// handshake on the raw socket and call `tls_established`. Buffered
     /// plaintext has already been discarded.
     StartTls,
-    /// Store the message durably, then call `enqueued` with the outcome.
-    Enqueue(Box<Delivery>),
+    /// A message body starts (after `354`, or with the first BDAT chunk):
+    /// prepare to store a message with this envelope. Its bytes follow.
+    BeginMessage(Box<Delivery>),
+    /// The next bytes of the message begun (CRLF line ends, dots unstuffed),
+    /// about [`BODY_CHUNK`] at a time: append them to what is stored.
+    MessageData(Vec<u8>),
+    /// The message is complete; these are its last bytes (maybe none).
+    /// Store it durably, then call `enqueued` with the outcome.
+    Enqueue(Vec<u8>),
+    /// Forget the message begun: it is refused or abandoned, and nothing
+    /// of it was acknowledged.
+    DiscardMessage,
     /// Something for the mail log.
     Log(SessionEvent),
     /// Flush queued replies and close the connection.
@@ -160,6 +174,10 @@ pub struct Session {
     pub(crate) actions: VecDeque<Action>,
     pub(crate) stats: SessionStats,
     pub(crate) junk_commands: u32,
+    /// Message bytes not yet handed over (less than 2 × [`BODY_CHUNK`]).
+    pub(crate) body: Vec<u8>,
+    /// `BeginMessage` was sent, and neither `Enqueue` nor `DiscardMessage`.
+    pub(crate) message_open: bool,
 }
 
 impl Session {
@@ -181,6 +199,8 @@ impl Session {
             actions: VecDeque::new(),
             stats: SessionStats::default(),
             junk_commands: 0,
+            body: Vec::new(),
+            message_open: false,
         }
     }
 
@@ -256,16 +276,13 @@ impl Session {
                         return Action::NeedInput;
                     }
                 },
-                Phase::Data(receiver) => {
-                    let (consumed, outcome) = receiver.feed(&self.input);
-                    self.input.drain(..consumed);
-                    match outcome {
-                        Some(outcome) => self.end_of_data(outcome),
-                        None => return Action::NeedInput,
+                Phase::Data(_) => {
+                    if !self.continue_data() {
+                        return Action::NeedInput;
                     }
                 }
                 Phase::Chunk { .. } => {
-                    if !self.continue_chunk() {
+                    if !self.continue_chunk() && self.actions.is_empty() {
                         return Action::NeedInput;
                     }
                 }
@@ -319,7 +336,7 @@ impl Session {
             Command::StartTls => self.starttls(),
             Command::Rset => {
                 self.junk();
-                self.transaction = None;
+                self.reset_transaction();
                 self.reply(replies::ok());
             }
             Command::Noop => {
@@ -366,9 +383,16 @@ impl Session {
     }
 
     pub(crate) fn close(&mut self) {
+        self.discard_body();
         self.phase = Phase::Closed;
         self.input.clear();
         self.actions.push_back(Action::Close);
+    }
+
+    /// Forget the transaction and any message begun for it.
+    pub(crate) fn reset_transaction(&mut self) {
+        self.transaction = None;
+        self.discard_body();
     }
 
     pub(crate) fn log(&mut self, event: SessionEvent) {

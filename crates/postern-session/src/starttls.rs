@@ -33,7 +33,7 @@ impl Session {
     pub fn tls_established(&mut self, info: TlsInfo) {
         self.tls = Some(info);
         self.helo = None;
-        self.transaction = None;
+        self.reset_transaction();
         self.input.clear();
         self.phase = Phase::Command;
     }

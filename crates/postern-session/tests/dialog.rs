@@ -5,16 +5,35 @@ use std::sync::Arc;
 
 use postern_config::{ClientCertMode, DomainEntry, InboundMode, Settings};
 use postern_session::{
-    Action, ClientCert, Delivery, Session, SessionConfig, SessionEvent, TlsInfo,
+    Action, ClientCert, Delivery, Session, SessionConfig, SessionEvent, TlsInfo, BODY_CHUNK,
 };
 
 const TRUSTED: &str = "127.0.0.1:40000";
 const STRANGER: &str = "198.51.100.9:40000";
 
+/// A message as the listener stored it: the envelope and the bytes.
+struct Stored {
+    delivery: Delivery,
+    message: Vec<u8>,
+}
+
+impl std::ops::Deref for Stored {
+    type Target = Delivery;
+    fn deref(&self) -> &Delivery {
+        &self.delivery
+    }
+}
+
 /// Drives a session the way the listener does and records what it did.
 struct Dialog {
     session: Session,
-    stored: Vec<Delivery>,
+    stored: Vec<Stored>,
+    /// The message begun and not yet enqueued or discarded.
+    open: Option<Stored>,
+    /// Messages begun and then discarded.
+    discarded: usize,
+    /// The largest `MessageData` handed over.
+    largest_piece: usize,
     events: Vec<SessionEvent>,
     closed: bool,
     tls_requested: bool,
@@ -42,6 +61,9 @@ impl Dialog {
         Self {
             session,
             stored: Vec::new(),
+            open: None,
+            discarded: 0,
+            largest_piece: 0,
             events: Vec::new(),
             closed: false,
             tls_requested: false,
@@ -66,17 +88,36 @@ impl Dialog {
                     self.tls_requested = true;
                     break;
                 }
-                Action::Enqueue(delivery) => {
+                Action::BeginMessage(delivery) => {
+                    assert!(self.open.is_none(), "message begun twice");
+                    self.open = Some(Stored {
+                        delivery: *delivery,
+                        message: Vec::new(),
+                    });
+                }
+                Action::MessageData(bytes) => {
+                    self.largest_piece = self.largest_piece.max(bytes.len());
+                    let open = self.open.as_mut().expect("data without a message");
+                    open.message.extend_from_slice(&bytes);
+                }
+                Action::Enqueue(last) => {
+                    let mut message = self.open.take().expect("enqueue without a message");
+                    message.message.extend_from_slice(&last);
                     let result = if self.store_fails {
                         Err("disk full".to_string())
                     } else {
-                        self.stored.push(*delivery);
+                        self.stored.push(message);
                         Ok(format!("ID{}", self.stored.len()))
                     };
                     self.session.enqueued(result);
                 }
+                Action::DiscardMessage => {
+                    assert!(self.open.take().is_some(), "discard without a message");
+                    self.discarded += 1;
+                }
                 Action::Log(event) => self.events.push(event),
                 Action::Close => {
+                    assert!(self.open.is_none(), "closed with a message open");
                     self.closed = true;
                     break;
                 }
@@ -536,4 +577,131 @@ fn unsendable_recipients_refused_at_rcpt() {
             "first.last+tag@relay.test".to_string()
         ]
     );
+}
+
+/// A body of `lines` lines of 78 characters (80 with CRLF), some starting
+/// with a dot, and its dot-stuffed wire form.
+fn big_body(lines: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut content = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..lines {
+        let first = if i % 5 == 0 { '.' } else { 'x' };
+        content.extend_from_slice(format!("{first}{:077}\r\n", i).as_bytes());
+    }
+    let mut wire = Vec::new();
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    wire.extend_from_slice(b".\r\n");
+    (content, wire)
+}
+
+fn begin_transaction(d: &mut Dialog) {
+    d.send("EHLO c\r\n");
+    d.expect("MAIL FROM:<a@example.com>", "250");
+    d.expect("RCPT TO:<b@example.org>", "250");
+}
+
+#[test]
+fn large_message_is_handed_over_in_bounded_pieces() {
+    let (content, wire) = big_body(40_000); // 3.2 MB
+    for piece in [1000, 8192, 100_000, wire.len()] {
+        let mut d = Dialog::new(Settings::default(), TRUSTED);
+        begin_transaction(&mut d);
+        d.expect("DATA", "354");
+        assert!(d.open.is_some(), "the message is begun at 354");
+        let mut replies = Vec::new();
+        let mut sent = 0;
+        for chunk in wire.chunks(piece) {
+            replies.extend(d.send_bytes(chunk));
+            sent += chunk.len();
+            // Before the end, all but a bounded rest was handed over.
+            if replies.is_empty() {
+                let held = sent - d.open.as_ref().unwrap().message.len();
+                // Wire bytes include the stuffing dots: 1 per 5 lines.
+                assert!(
+                    held < 2 * BODY_CHUNK + sent / 400,
+                    "session holds {held} bytes"
+                );
+            }
+        }
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert!(replies[0].starts_with("250 2.0.0"), "{replies:?}");
+        assert!(d.largest_piece <= 2 * BODY_CHUNK, "{}", d.largest_piece);
+        assert_eq!(d.stored[0].message, content, "piece size {piece}");
+    }
+}
+
+#[test]
+fn large_bdat_message_is_handed_over_in_bounded_pieces() {
+    let (content, _) = big_body(20_000);
+    let mut d = Dialog::new(Settings::default(), TRUSTED);
+    begin_transaction(&mut d);
+    let (first, second) = content.split_at(700_001);
+    let r = d.send_bytes(&[format!("BDAT {}\r\n", first.len()).as_bytes(), first].concat());
+    assert_eq!(r, [format!("250 2.0.0 {} octets received", first.len())]);
+    let handed = d.open.as_ref().unwrap().message.len();
+    assert!(
+        first.len() - handed < 2 * BODY_CHUNK,
+        "held {}",
+        first.len() - handed
+    );
+    d.expect(
+        "RCPT TO:<late@example.org>",
+        "503 5.5.1 RCPT not allowed after BDAT",
+    );
+    let r = d.send_bytes(&[format!("BDAT {} LAST\r\n", second.len()).as_bytes(), second].concat());
+    assert!(r[0].starts_with("250 2.0.0 Ok: queued"), "{r:?}");
+    assert!(d.largest_piece <= 2 * BODY_CHUNK);
+    assert_eq!(d.stored[0].message, content);
+    assert_eq!(d.stored[0].recipients, ["b@example.org"]);
+}
+
+#[test]
+fn refused_or_abandoned_messages_are_discarded_at_once() {
+    let mut s = Settings::default();
+    s.mta.max_message_size = 200_000;
+    // Over the limit: discarded as soon as the limit is passed, long
+    // before the end of data; the 552 comes at the end.
+    let mut d = Dialog::new(s.clone(), TRUSTED);
+    begin_transaction(&mut d);
+    d.expect("DATA", "354");
+    let (_, wire) = big_body(10_000);
+    assert!(d.send_bytes(&wire[..300_000]).is_empty());
+    assert_eq!(d.discarded, 1);
+    let r = d.send_bytes(&wire[300_000..]);
+    assert!(r[0].starts_with("552 5.3.4"), "{r:?}");
+    assert!(d.stored.is_empty());
+    // A bare LF: discarded at once, refused at the end.
+    begin_transaction(&mut d);
+    d.expect("DATA", "354");
+    assert!(d.send("ok\r\nbare\nline\r\nmore\r\n").is_empty());
+    assert_eq!(d.discarded, 2);
+    let r = d.send(".\r\n");
+    assert!(r[0].starts_with("550 5.5.2"), "{r:?}");
+    // A BDAT chunk announced past the limit.
+    begin_transaction(&mut d);
+    d.send("BDAT 300000\r\nxx");
+    assert_eq!(d.discarded, 3);
+    assert!(d.open.is_none());
+    // RSET between chunks.
+    let mut d = Dialog::new(s.clone(), TRUSTED);
+    begin_transaction(&mut d);
+    d.send("BDAT 3\r\nab\n");
+    d.send("BDAT 4\r\nabc\n");
+    assert_eq!(d.discarded, 1, "bare LF across chunks");
+    begin_transaction(&mut d);
+    d.send("BDAT 4\r\nab\r\n");
+    d.expect("RSET", "250");
+    assert_eq!(d.discarded, 2);
+    assert!(d.stored.is_empty());
+    // QUIT between chunks: discarded before the close.
+    begin_transaction(&mut d);
+    d.send("BDAT 4\r\nab\r\n");
+    d.send("QUIT\r\n");
+    assert_eq!(d.discarded, 3);
+    assert!(d.closed);
+    assert!(d.stored.is_empty());
 }

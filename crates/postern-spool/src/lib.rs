@@ -8,12 +8,18 @@
 //!
 //! # Guarantees
 //!
-//! - **No acknowledgement before durability.** [`Spool::store`] returns `Ok`
-//!   only after the message file is written, fsync'd, renamed from `tmp/`
-//!   into `queue/`, and `queue/` itself is fsync'd (one directory fsync
-//!   shared by all writers that arrive together). A crash at any moment
-//!   loses no message that was acknowledged; an unacknowledged one is at most
-//!   a leftover in `tmp/`, removed by the next [`Spool::open`].
+//! - **No acknowledgement before durability.** A message is written while
+//!   it arrives ([`Spool::create_message`], [`MessageWriter`]) into a file
+//!   with no name in `queue/`; [`MessageWriter::commit`] (and
+//!   [`Spool::store`], for a message in memory) returns `Ok` only after the
+//!   file is fsync'd, named in `queue/`, and `queue/` itself is fsync'd
+//!   (one directory fsync shared by all writers that arrive together). A
+//!   crash at any moment loses no message that was acknowledged; an
+//!   unacknowledged one is at most a leftover in `tmp/`, removed by the
+//!   next [`Spool::open`].
+//! - **Bounded memory.** Neither writing nor reading holds a message: the
+//!   writer appends as bytes come, and [`Spool::load`] verifies the file
+//!   and returns a [`MessageFile`] to read from.
 //! - **Files check themselves.** Every file starts with a magic and version
 //!   line and ends with a CRC32 and an `END` marker; the length is checked
 //!   against the header. Truncation, bit flips, unknown versions and foreign
@@ -30,19 +36,23 @@
 //!
 //! All I/O is blocking `std::fs`; async callers use `spawn_blocking`.
 
+mod body;
 mod error;
 mod format;
 mod group_sync;
 mod id;
 mod spool;
 mod types;
+mod writer;
 
+pub use body::MessageFile;
 pub use error::SpoolError;
 pub use id::{InvalidQueueId, QueueId, QUEUE_ID_LEN};
 pub use spool::Spool;
 pub use types::{
     DeliveryState, Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport,
 };
+pub use writer::MessageWriter;
 
 #[cfg(test)]
 mod tests {

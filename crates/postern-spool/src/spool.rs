@@ -3,16 +3,19 @@
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use crate::body::MessageFile;
 use crate::error::SpoolError;
-use crate::format::{self, Body, DecodeError};
+use crate::format::{self, DecodeError, MessageHeader};
 use crate::group_sync::GroupSync;
 use crate::id::QueueId;
 use crate::types::{Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport};
+use crate::writer::{Dirs, MessageWriter, Place, NAME_ATTEMPTS};
 
 const TMP: &str = "tmp";
 const QUEUE: &str = "queue";
@@ -22,8 +25,6 @@ const STATE_SUFFIX: &str = ".state";
 const REASON_SUFFIX: &str = ".reason";
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
-/// Attempts at finding a free name before giving up.
-const NAME_ATTEMPTS: u32 = 16;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// A spool directory: `tmp/` (files being written), `queue/` (committed
@@ -38,9 +39,9 @@ pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
     /// Shared fsyncs of `queue/` (see [`GroupSync`]).
-    queue_sync: GroupSync,
+    queue_sync: Arc<GroupSync>,
     /// Set once unnamed files (`O_TMPFILE`) turned out not to work here.
-    unnamed_unsupported: AtomicBool,
+    unnamed_unsupported: Arc<AtomicBool>,
     corrupt: PathBuf,
     /// Held for the lifetime of a writable spool; `None` when read-only.
     _lock: Option<File>,
@@ -102,8 +103,8 @@ impl Spool {
             root: dir.to_path_buf(),
             tmp: dir.join(TMP),
             queue: dir.join(QUEUE),
-            queue_sync: GroupSync::new(&dir.join(QUEUE)),
-            unnamed_unsupported: AtomicBool::new(false),
+            queue_sync: Arc::new(GroupSync::new(&dir.join(QUEUE))),
+            unnamed_unsupported: Arc::new(AtomicBool::new(false)),
             corrupt: dir.join(CORRUPT),
             _lock: lock,
             read_only,
@@ -122,166 +123,71 @@ impl Spool {
         self.tmp_removed
     }
 
-    /// Durably store one message. Returns only after the file is fsync'd,
-    /// renamed into `queue/`, and `queue/` is fsync'd: then, and only then,
-    /// the gateway may answer 250. On any error nothing is left in `queue/`
-    /// and the client must be answered 451.
+    /// Durably store one message that is already in memory: the same as
+    /// [`Spool::create_message`] and [`MessageWriter::commit`] with all of
+    /// it. Returns only after the file and `queue/` are fsync'd; on any
+    /// error nothing is left in `queue/` and the client must be answered 451.
     pub fn store(&self, envelope: &Envelope, message: &[u8]) -> Result<QueueId, SpoolError> {
+        self.create_message(envelope)?.commit(message)
+    }
+
+    /// Start storing a message whose bytes are still arriving: write them
+    /// with [`MessageWriter::write`] as they come, then
+    /// [`MessageWriter::commit`]. Nothing appears in `queue/` before the
+    /// commit, and dropping the writer discards the message.
+    ///
+    /// The file is created without a name in `queue/` (`O_TMPFILE`) and
+    /// linked as `queue/<ID>` at commit. Unlike create-in-`tmp/` + rename,
+    /// creating the inode does not hold a directory lock, and no two
+    /// directories are locked for a rename: concurrent sessions do not
+    /// queue on `tmp/`. A crash before the link leaves no name at all.
+    /// Where this file system or kernel cannot (no `O_TMPFILE`, no
+    /// `/proc`), the file is `tmp/<ID>`, renamed at commit.
+    pub fn create_message(&self, envelope: &Envelope) -> Result<MessageWriter, SpoolError> {
         self.writable()?;
-        let encoded = format::encode_message(envelope, message)
+        let header = MessageHeader::new(envelope)
             .map_err(|reason| SpoolError::InvalidEnvelope { reason })?;
-        if !self.unnamed_unsupported.load(Ordering::Relaxed) {
-            match self.store_unnamed(&encoded, message)? {
-                Some(id) => return Ok(id),
-                None => self.unnamed_unsupported.store(true, Ordering::Relaxed),
-            }
-        }
-        let (id, tmp_path, file) = self.create_tmp_message()?;
-        let result = self.commit_message(&id, &tmp_path, file, &encoded, message);
-        if result.is_err() {
-            // Best effort: after a successful rename this finds nothing.
-            let _ = fs::remove_file(&tmp_path);
-        }
-        result.map(|()| id)
-    }
-
-    /// The fast path of [`Spool::store`]: the file is created without a name
-    /// in `queue/` (`O_TMPFILE`), written and fsync'd, and then linked as
-    /// `queue/<ID>` — a link never replaces an existing name, so a taken id
-    /// just means another try. Unlike create-in-`tmp/` + rename, creating
-    /// the inode does not hold a directory lock, and no two directories are
-    /// locked for a rename: concurrent sessions no longer queue on `tmp/`.
-    /// A crash before the link leaves no name at all. `Ok(None)`: this file
-    /// system or kernel cannot (no `O_TMPFILE`, no `/proc`); use `tmp/`.
-    fn store_unnamed(
-        &self,
-        encoded: &format::EncodedMessage,
-        message: &[u8],
-    ) -> Result<Option<QueueId>, SpoolError> {
-        use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
-        use rustix::io::Errno;
-        use std::os::fd::AsRawFd;
-
-        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
-        let fd = match openat(CWD, &self.queue, flags, Mode::from_raw_mode(FILE_MODE)) {
-            Ok(fd) => fd,
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS) => return Ok(None),
-            Err(e) => return Err(SpoolError::io("create (unnamed) in", &self.queue, e.into())),
+        let dirs = Dirs {
+            tmp: self.tmp.clone(),
+            queue: self.queue.clone(),
+            queue_sync: Arc::clone(&self.queue_sync),
+            unnamed_unsupported: Arc::clone(&self.unnamed_unsupported),
         };
-        let mut file = File::from(fd);
-        let mut parts = [
-            IoSlice::new(&encoded.header),
-            IoSlice::new(message),
-            IoSlice::new(&encoded.trailer),
-        ];
-        write_all_vectored(&mut file, &mut parts)
-            .map_err(|e| SpoolError::io("write (unnamed) in", &self.queue, e))?;
-        file.sync_all()
-            .map_err(|e| SpoolError::io("fsync (unnamed) in", &self.queue, e))?;
-        // Linking by descriptor needs CAP_DAC_READ_SEARCH (AT_EMPTY_PATH);
-        // through /proc it needs nothing.
-        let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let mut last_err = None;
-        for _ in 0..NAME_ATTEMPTS {
-            let id = QueueId::generate();
-            let final_path = self.queue.join(id.as_str());
-            match linkat(
-                CWD,
-                by_fd.as_str(),
-                CWD,
-                &final_path,
-                AtFlags::SYMLINK_FOLLOW,
-            ) {
-                Ok(()) => {
-                    if let Err(e) = self.queue_sync.sync() {
-                        // Not durable, so not acknowledged: take it back.
-                        let _ = fs::remove_file(&final_path);
-                        return Err(e);
-                    }
-                    return Ok(Some(id));
-                }
-                Err(Errno::EXIST) => last_err = Some(Errno::EXIST),
-                // No /proc, or it refuses us: the rename path needs neither.
-                Err(
-                    Errno::NOENT | Errno::ACCESS | Errno::PERM | Errno::XDEV | Errno::OPNOTSUPP,
-                ) => return Ok(None),
-                Err(e) => return Err(SpoolError::io("link into queue", final_path, e.into())),
+        if !self.unnamed_unsupported.load(Ordering::Relaxed) {
+            if let Some(file) = self.open_unnamed()? {
+                return Ok(MessageWriter::new(file, Place::Unnamed, dirs, header));
             }
+            self.unnamed_unsupported.store(true, Ordering::Relaxed);
         }
-        let e = last_err.map_or_else(
-            || io::Error::from(io::ErrorKind::AlreadyExists),
-            io::Error::from,
-        );
-        Err(SpoolError::io("find a free queue id in", &self.queue, e))
+        let (id, path, file) = crate::writer::create_tmp_message(&dirs)?;
+        Ok(MessageWriter::new(
+            file,
+            Place::Tmp { id, path },
+            dirs,
+            header,
+        ))
     }
 
-    /// Reserve a fresh id: `tmp/<ID>` created exclusively, and no `queue/<ID>`.
-    /// Holding `tmp/<ID>` keeps any other writer from taking the same id
-    /// until it is renamed into `queue/`.
-    fn create_tmp_message(&self) -> Result<(QueueId, PathBuf, File), SpoolError> {
-        let mut last_err = None;
-        for _ in 0..NAME_ATTEMPTS {
-            let id = QueueId::generate();
-            let tmp_path = self.tmp.join(id.as_str());
-            let file = match create_new(&tmp_path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    last_err = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(SpoolError::io("create", tmp_path, e)),
-            };
-            match fs::symlink_metadata(self.queue.join(id.as_str())) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((id, tmp_path, file)),
-                Ok(_) => last_err = Some(io::Error::from(io::ErrorKind::AlreadyExists)),
-                Err(e) => last_err = Some(e),
-            }
-            drop(file);
-            let _ = fs::remove_file(&tmp_path);
+    /// An unnamed file in `queue/`, or `None` where they are not supported.
+    /// Read-write, so that a file that cannot be linked can be copied.
+    fn open_unnamed(&self) -> Result<Option<File>, SpoolError> {
+        use rustix::fs::{openat, Mode, OFlags, CWD};
+        use rustix::io::Errno;
+
+        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+        match openat(CWD, &self.queue, flags, Mode::from_raw_mode(FILE_MODE)) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS) => Ok(None),
+            Err(e) => Err(SpoolError::io("create (unnamed) in", &self.queue, e.into())),
         }
-        let e = last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists));
-        Err(SpoolError::io("find a free queue id in", &self.tmp, e))
     }
 
-    fn commit_message(
-        &self,
-        id: &QueueId,
-        tmp_path: &Path,
-        mut file: File,
-        encoded: &format::EncodedMessage,
-        message: &[u8],
-    ) -> Result<(), SpoolError> {
-        let mut parts = [
-            IoSlice::new(&encoded.header),
-            IoSlice::new(message),
-            IoSlice::new(&encoded.trailer),
-        ];
-        write_all_vectored(&mut file, &mut parts)
-            .map_err(|e| SpoolError::io("write", tmp_path, e))?;
-        file.sync_all()
-            .map_err(|e| SpoolError::io("fsync", tmp_path, e))?;
-        drop(file);
-        let final_path = self.queue.join(id.as_str());
-        fs::rename(tmp_path, &final_path)
-            .map_err(|e| SpoolError::io("rename into queue", tmp_path, e))?;
-        if let Err(e) = self.queue_sync.sync() {
-            // Not durable, so not acknowledged: take it back, or a client
-            // retrying after our 451 would make a duplicate.
-            let _ = fs::remove_file(&final_path);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Read and verify one queued message: format version, checksum, END
-    /// marker, envelope, and its state file.
+    /// Read and verify one queued message (format version, checksum, END
+    /// marker, envelope, and its state file) and keep it open for reading
+    /// its bytes: the message itself is not held in memory.
     pub fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
-        let (decoded, path) = self.read_message(id, Body::Keep)?;
+        let (decoded, file) = self.read_message(id)?;
         let recipients = self.read_state(id, &decoded.envelope)?;
-        let message = decoded.message.ok_or_else(|| SpoolError::Corrupt {
-            path,
-            reason: "message bytes missing".to_owned(),
-        })?;
         Ok(QueuedMessage {
             envelope: QueuedEnvelope {
                 id: id.clone(),
@@ -289,7 +195,7 @@ impl Spool {
                 recipients,
                 size: decoded.size,
             },
-            message,
+            body: MessageFile::new(file, decoded.offset, decoded.size),
         })
     }
 
@@ -297,7 +203,7 @@ impl Spool {
     /// The whole file is still checksummed, but the message bytes are not
     /// kept in memory.
     pub fn load_envelope(&self, id: &QueueId) -> Result<QueuedEnvelope, SpoolError> {
-        let (decoded, _) = self.read_message(id, Body::Verify)?;
+        let (decoded, _) = self.read_message(id)?;
         let recipients = self.read_state(id, &decoded.envelope)?;
         Ok(QueuedEnvelope {
             id: id.clone(),
@@ -307,11 +213,8 @@ impl Spool {
         })
     }
 
-    fn read_message(
-        &self,
-        id: &QueueId,
-        body: Body,
-    ) -> Result<(format::DecodedMessage, PathBuf), SpoolError> {
+    /// Verify `queue/<id>`; returns what it holds and the open file.
+    fn read_message(&self, id: &QueueId) -> Result<(format::DecodedMessage, File), SpoolError> {
         let path = self.queue.join(id.as_str());
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -329,9 +232,9 @@ impl Spool {
                 reason: "not a regular file".to_owned(),
             });
         }
-        let mut reader = BufReader::with_capacity(READ_BUFFER, file);
-        match format::decode_message(&mut reader, meta.len(), body) {
-            Ok(decoded) => Ok((decoded, path)),
+        let mut reader = BufReader::with_capacity(READ_BUFFER, &file);
+        match format::decode_message(&mut reader, meta.len()) {
+            Ok(decoded) => Ok((decoded, file)),
             Err(DecodeError::Damage(d)) => Err(SpoolError::Corrupt {
                 path,
                 reason: d.to_string(),
@@ -450,7 +353,7 @@ impl Spool {
         recipients: &[RecipientState],
     ) -> Result<(), SpoolError> {
         self.writable()?;
-        let (decoded, _) = self.read_message(id, Body::Verify)?;
+        let (decoded, _) = self.read_message(id)?;
         check_matches(&decoded.envelope, recipients).map_err(|reason| {
             SpoolError::StateMismatch {
                 id: id.clone(),
@@ -739,7 +642,7 @@ fn ensure_private_dir(path: &Path) -> Result<bool, SpoolError> {
     Ok(false)
 }
 
-fn create_new(path: &Path) -> io::Result<File> {
+pub(crate) fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -774,20 +677,6 @@ fn write_reason(path: &Path, name: &OsStr, reason: &str) -> io::Result<()> {
     let mut file = create_new(path)?;
     file.write_all(line.as_bytes())?;
     file.sync_all()
-}
-
-/// Write every buffer, in as few `writev` calls as the kernel allows.
-fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match file.write_vectored(bufs) {
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -836,5 +725,47 @@ mod tests {
             assert!(spool.load(id).is_ok());
         }
         assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            sender: "a@example.test".into(),
+            recipients: vec!["b@example.test".into()],
+            received_at: 1,
+            client_addr: "192.0.2.1:25".into(),
+            helo: "client.example.test".into(),
+            tls: None,
+            body: "8BITMIME".into(),
+            smtputf8: false,
+            message_id: None,
+        }
+    }
+
+    /// Without `O_TMPFILE` the message streams into `tmp/<ID>`: committed
+    /// it moves to `queue/`, abandoned it is removed.
+    #[test]
+    fn tmp_fallback_streams_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.unnamed_unsupported.store(true, Ordering::Relaxed);
+        let mut writer = spool.create_message(&envelope()).unwrap();
+        writer.write(b"Subject: x\r\n\r\n").unwrap();
+        assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 1);
+        drop(writer);
+        assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
+        let mut writer = spool.create_message(&envelope()).unwrap();
+        writer.write(b"Subject: x\r\n\r\n").unwrap();
+        let id = writer.commit(b"body\r\n").unwrap();
+        assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
+        let loaded = spool.load(&id).unwrap();
+        assert_eq!(
+            loaded.body.read_to_vec().unwrap(),
+            b"Subject: x\r\n\r\nbody\r\n"
+        );
     }
 }

@@ -90,12 +90,13 @@ pub struct QueuedEnvelope {
     pub size: u64,
 }
 
-/// A queued message with its bytes, for delivery.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A queued message, verified and open for reading, for delivery.
+#[derive(Debug)]
 pub struct QueuedMessage {
     pub envelope: QueuedEnvelope,
-    /// The message exactly as received (CRLF line endings, dot-unstuffed).
-    pub message: Vec<u8>,
+    /// The message exactly as received (CRLF line endings, dot-unstuffed),
+    /// read from the queue file on demand.
+    pub body: crate::MessageFile,
 }
 
 /// What [`Spool::recover`](crate::Spool::recover) found.

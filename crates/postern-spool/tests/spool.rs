@@ -66,7 +66,8 @@ fn store_load_round_trip() -> TestResult {
     ] {
         let id = spool.store(&env, msg)?;
         let loaded = spool.load(&id)?;
-        assert_eq!(loaded.message, msg);
+        assert_eq!(loaded.body.read_to_vec()?, msg);
+        assert_eq!(loaded.body.len(), msg.len() as u64);
         assert_eq!(loaded.envelope.id, id);
         assert_eq!(loaded.envelope.envelope, env);
         assert_eq!(loaded.envelope.size, msg.len() as u64);
@@ -87,7 +88,8 @@ fn store_returns_after_file_is_complete_in_queue() -> TestResult {
     // Visible under its id, complete, in the documented format.
     let bytes = fs::read(dir.path().join("queue").join(id.as_str()))?;
     let json = serde_json::to_string(&envelope())?;
-    let mut expected = format!("POSTERN-SPOOL 1\n{json}\nSIZE {}\n", MESSAGE.len()).into_bytes();
+    let mut expected =
+        format!("POSTERN-SPOOL 2\n{json}\nSIZE {:020}\n", MESSAGE.len()).into_bytes();
     expected.extend_from_slice(MESSAGE);
     let crc = crc32fast::hash(&expected);
     expected.extend_from_slice(format!("\nEND {crc:08x}\n").as_bytes());
@@ -155,7 +157,7 @@ fn one_writer_per_directory() -> TestResult {
     // A read-only view works beside the writer and refuses writes.
     let ro = Spool::open_read_only(dir.path())?;
     assert_eq!(ro.list()?, vec![id.clone()]);
-    assert_eq!(ro.load(&id)?.message, MESSAGE);
+    assert_eq!(ro.load(&id)?.body.read_to_vec()?, MESSAGE);
     assert!(matches!(
         ro.store(&envelope(), MESSAGE),
         Err(SpoolError::ReadOnly { .. })
@@ -308,10 +310,10 @@ fn unknown_version_is_quarantined() -> TestResult {
     let spool = Spool::open(dir.path())?;
     let id = spool.store(&envelope(), MESSAGE)?;
     let good = fs::read(dir.path().join("queue").join(id.as_str()))?;
-    let v2 = [b"POSTERN-SPOOL 2".as_slice(), &good[15..]].concat();
-    plant(dir.path(), id.as_str(), &v2);
-    let reason = assert_quarantined(&spool, dir.path(), id.as_str(), &v2);
-    assert!(reason.contains("unknown format version \"2\""), "{reason}");
+    let v3 = [b"POSTERN-SPOOL 3".as_slice(), &good[15..]].concat();
+    plant(dir.path(), id.as_str(), &v3);
+    let reason = assert_quarantined(&spool, dir.path(), id.as_str(), &v3);
+    assert!(reason.contains("unknown format version \"3\""), "{reason}");
     Ok(())
 }
 
@@ -378,7 +380,7 @@ fn update_state_round_trip() -> TestResult {
     spool.update_state(&id, &second)?;
     let loaded = spool.load(&id)?;
     assert_eq!(loaded.envelope.recipients, second);
-    assert_eq!(loaded.message, MESSAGE);
+    assert_eq!(loaded.body.read_to_vec()?, MESSAGE);
     assert!(names(&dir.path().join("tmp")).is_empty());
     let state_file = fs::read_to_string(dir.path().join("queue").join(format!("{id}.state")))?;
     assert!(state_file.starts_with("POSTERN-STATE 1\n"));
@@ -600,5 +602,91 @@ fn errors_name_the_file() -> TestResult {
     let text = err.to_string();
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(text.contains("truncated"), "{text}");
+    Ok(())
+}
+
+/// A queue file as the previous release (format version 1) wrote it.
+fn version_1_file(envelope: &Envelope, message: &[u8]) -> Vec<u8> {
+    let json = serde_json::to_string(envelope).expect("json");
+    let mut bytes = format!("POSTERN-SPOOL 1\n{json}\nSIZE {}\n", message.len()).into_bytes();
+    bytes.extend_from_slice(message);
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(format!("\nEND {crc:08x}\n").as_bytes());
+    bytes
+}
+
+#[test]
+fn version_1_files_still_load() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    let name = "01JZ3K5Q8M0ABCDE";
+    plant(dir.path(), name, &version_1_file(&envelope(), MESSAGE));
+    let report = spool.recover()?;
+    assert!(report.quarantined.is_empty(), "{report:?}");
+    let id: QueueId = name.parse()?;
+    assert_eq!(report.ok, vec![id.clone()]);
+    let loaded = spool.load(&id)?;
+    assert_eq!(loaded.envelope.envelope, envelope());
+    assert_eq!(loaded.envelope.size, MESSAGE.len() as u64);
+    assert_eq!(loaded.body.read_to_vec()?, MESSAGE);
+    // Its state is written as usual, and a damaged version-1 file is
+    // still caught.
+    let states: Vec<RecipientState> = vec![
+        deferred("bob@example.net", 1),
+        deferred("carol@example.net", 1),
+    ];
+    spool.update_state(&id, &states)?;
+    assert_eq!(spool.load_envelope(&id)?.recipients, states);
+    let mut bad = version_1_file(&envelope(), MESSAGE);
+    let at = bad.len() - 20;
+    bad[at] ^= 0x01;
+    let other = "01JZ3K5Q8M0ABCDF";
+    plant(dir.path(), other, &bad);
+    let report = spool.recover()?;
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    assert!(
+        report.quarantined[0].1.contains("checksum mismatch"),
+        "{report:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn streamed_message_is_stored_like_one_in_memory() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    let message: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let whole = spool.store(&envelope(), &message)?;
+    let mut writer = spool.create_message(&envelope())?;
+    // Before the commit, nothing in queue/ or tmp/ shows it.
+    for piece in message[..2_900_000].chunks(65_536) {
+        writer.write(piece)?;
+    }
+    assert_eq!(writer.size(), 2_900_000);
+    assert_eq!(names(&dir.path().join("queue")), vec![whole.to_string()]);
+    assert!(names(&dir.path().join("tmp")).is_empty());
+    let streamed = writer.commit(&message[2_900_000..])?;
+    let read = |id: &QueueId| fs::read(dir.path().join("queue").join(id.as_str()));
+    assert_eq!(read(&whole)?, read(&streamed)?, "same bytes either way");
+    let loaded = spool.load(&streamed)?;
+    assert_eq!(loaded.body.len(), message.len() as u64);
+    let mut buf = vec![0u8; 100];
+    assert_eq!(loaded.body.read_at(2_999_950, &mut buf)?, 50);
+    assert_eq!(&buf[..50], &message[2_999_950..]);
+    assert_eq!(loaded.body.read_at(3_000_000, &mut buf)?, 0);
+    assert_eq!(loaded.body.read_to_vec()?, message);
+    Ok(())
+}
+
+#[test]
+fn abandoned_writer_leaves_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    let mut writer = spool.create_message(&envelope())?;
+    writer.write(&vec![b'x'; 1 << 20])?;
+    drop(writer);
+    assert!(names(&dir.path().join("queue")).is_empty());
+    assert!(names(&dir.path().join("tmp")).is_empty());
+    assert!(spool.list()?.is_empty());
     Ok(())
 }

@@ -73,8 +73,10 @@ pub fn validate_certificate_name(name: &str) -> Result<(), StoreError> {
             "longer than {MAX_CERTIFICATE_NAME_CHARS} characters"
         ));
     }
-    if name.chars().any(char::is_control) {
-        return bad("must not contain control characters");
+    // Control, bidirectional and invisible characters: one rule for every
+    // name an administrator reads (postern-tls).
+    if let Err(why) = postern_tls::check_name_chars(name) {
+        return bad(&why);
     }
     if name.contains(['/', '\\']) {
         return bad("must not contain '/' or '\\'");

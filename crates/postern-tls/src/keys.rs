@@ -132,6 +132,13 @@ pub fn generate_self_signed(
             detail: "a common name is at most 64 characters (RFC 5280)".into(),
         });
     }
+    if let Err(detail) = crate::check_name_chars(cn) {
+        return Err(TlsError::InvalidName {
+            // Escaped: the message must not itself carry the character.
+            name: cn.escape_debug().to_string(),
+            detail: format!("the common name (CN) {detail}"),
+        });
+    }
     let names: Vec<&str> = if sans.is_empty() {
         vec![cn]
     } else {

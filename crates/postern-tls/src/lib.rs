@@ -42,7 +42,10 @@ use rustls::crypto::CryptoProvider;
 
 pub use describe::{describe, describe_der, CertInfo};
 pub use keys::{generate_self_signed, Generated, KeyKind};
-pub use names::{cipher_suite_name, negotiated, protocol_name, NegotiatedTls};
+pub use names::{
+    check_name_chars, cipher_suite_name, forbidden_name_char, negotiated, protocol_name,
+    NegotiatedTls,
+};
 pub use pem::{parse_chain, parse_key, validate_entry};
 pub use server::{CertKeyPem, ClientCertStatus, InboundTlsParams, ServerTls};
 

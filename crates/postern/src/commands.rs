@@ -26,10 +26,18 @@ pub fn settings(ctx: &Context, command: SettingsCommand) -> Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let settings = parse_settings_file(&file, &text)
                 .map_err(|e| anyhow!("{}: {e}; nothing was changed", file.display()))?;
+            // What the import does to the domain table, said after it.
+            let before = store.settings().ok();
             store
                 .put_settings(&settings)
                 .map_err(|e| anyhow!("{e}; nothing was changed"))?;
             eprintln!("settings imported from {}", file.display());
+            if let Some(before) = before {
+                for warning in postern_config::DomainChanges::between(&before, &settings).warnings()
+                {
+                    eprintln!("warning: {warning}");
+                }
+            }
         }
         SettingsCommand::Set { key, value } => {
             // Read-modify-write in one locked transaction: no lost updates.

@@ -3,7 +3,8 @@
 //! Layout: `cli.rs` (arguments), `context.rs` (config, store, Default
 //! Cert), `commands.rs` (settings/cert/queue/trace/check), `gateway/`
 //! (listeners, connections, reload, shutdown), `maillog.rs` (the mail log),
-//! `tracker.rs` (tracking events, written in batches).
+//! `tracker.rs` (tracking events, written in batches), `systemd.rs`
+//! (readiness notification).
 
 mod cli;
 mod commands;
@@ -12,6 +13,7 @@ mod gateway;
 mod maillog;
 mod privilege;
 mod queue;
+mod systemd;
 mod tracker;
 
 use std::process::ExitCode;

@@ -66,7 +66,9 @@ pub fn generate(
         .filter(|s| !s.is_empty())
         .collect();
     let generated = postern_tls::generate_self_signed(kind, cn, &sans).map_err(|e| match e {
-        postern_tls::TlsError::InvalidName { .. } if !sans.is_empty() => {
+        postern_tls::TlsError::InvalidName { ref detail, .. }
+            if !sans.is_empty() && !detail.starts_with("the common name") =>
+        {
             ApiError::invalid("sans", e.to_string())
         }
         other => ApiError::from_tls(other),

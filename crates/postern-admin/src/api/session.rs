@@ -33,9 +33,11 @@ pub async fn attempt(
     previous: Option<String>,
     password: String,
 ) -> Result<SessionInfo, LoginError> {
-    state
+    // Counted before the check (so a burst gets no more than the limit),
+    // then at most `password_checks` argon2 runs at once.
+    let reserved = state
         .limiter
-        .check(ip, Instant::now())
+        .reserve(ip, Instant::now())
         .map_err(LoginError::Limited)?;
     let _permit = state
         .password_checks
@@ -43,21 +45,26 @@ pub async fn attempt(
         .await
         .map_err(|e| LoginError::Internal(e.to_string()))?;
     let store = state.store.clone();
-    let ok = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+    // The version of the hash the password was checked against: the
+    // session belongs to that password, not to whatever is stored later.
+    let verified = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let hash = store.admin_password_hash().map_err(|e| e.to_string())?;
-        Ok(hash.is_some_and(|h| auth::verify_password(&h, &password)))
+        Ok(hash
+            .filter(|h| auth::verify_password(h, &password))
+            .map(|h| auth::PasswordVersion::of(&h)))
     })
     .await
     .map_err(|e| LoginError::Internal(e.to_string()))?
     .map_err(LoginError::Internal)?;
-    if !ok {
-        state.limiter.failure(ip, Instant::now());
+    let Some(version) = verified else {
         tracing::warn!("admin login failed from {ip}");
         return Err(LoginError::Wrong);
-    }
-    state.limiter.success(ip);
+    };
+    state.limiter.success(reserved);
     tracing::info!("admin login from {ip}");
-    Ok(state.sessions.create(previous.as_deref(), Instant::now()))
+    Ok(state
+        .sessions
+        .create(previous.as_deref(), version, Instant::now()))
 }
 
 /// The `Set-Cookie` value for a new session.

@@ -3,6 +3,7 @@
 //! (post/redirect/get), a refused change shows the form again with the
 //! message next to the field.
 
+pub mod advanced;
 pub mod certificates;
 pub mod dashboard;
 pub mod domains;
@@ -27,6 +28,10 @@ pub fn routes() -> Router<Shared> {
         .route("/logout", post(login::logout))
         .route("/settings/tls", get(tls::page).post(tls::save))
         .route("/settings/domains", get(domains::page).post(domains::add))
+        .route(
+            "/settings/advanced",
+            get(advanced::page).post(advanced::save),
+        )
         .route("/settings/domains/{name}/edit", get(domains::edit_page))
         .route("/settings/domains/{name}", post(domains::update))
         .route("/settings/domains/{name}/delete", post(domains::delete))
@@ -49,6 +54,7 @@ pub enum Section {
     Dashboard,
     Tls,
     Domains,
+    Advanced,
     Certificates,
     Queue,
     Tracking,
@@ -58,6 +64,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Dashboard, "/", "Dashboard"),
     (Section::Tls, "/settings/tls", "TLS encryption"),
     (Section::Domains, "/settings/domains", "Domains"),
+    (Section::Advanced, "/settings/advanced", "Advanced"),
     (Section::Certificates, "/certificates", "Certificates"),
     (Section::Queue, "/queue", "Queue"),
     (Section::Tracking, "/tracking", "Message tracking"),
@@ -93,7 +100,7 @@ pub fn layout(title: &str, section: Section, principal: &Principal, content: Mar
                                 @if *s == Section::Tls {
                                     li.group { "Settings → Integrated MTA" }
                                 }
-                                li.sub[matches!(s, Section::Tls | Section::Domains)] {
+                                li.sub[matches!(s, Section::Tls | Section::Domains | Section::Advanced)] {
                                     @if *s == section {
                                         a href=(href) aria-current="page" { (label) }
                                     } @else {

@@ -400,6 +400,13 @@ pub struct Done {
     ok: Option<String>,
 }
 
+impl Done {
+    /// The notice code after a redirect (`?ok=saved`).
+    pub fn ok(&self) -> Option<&str> {
+        self.ok.as_deref()
+    }
+}
+
 pub async fn page(
     State(state): State<Shared>,
     Extension(principal): Extension<Principal>,

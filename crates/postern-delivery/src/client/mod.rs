@@ -54,6 +54,7 @@ use tokio::time::timeout;
 use self::starttls::{describe_outcome, io_reason, starttls, Upgrade};
 use self::stream::Io;
 pub use self::stream::Stream;
+use crate::body::MessageBody;
 use crate::classify::{Failure, FailureKind, HostRef, Stage};
 use crate::policy::{after_handshake, decide, Plan, TlsPolicyFailure, Verdict};
 use crate::route::Target;
@@ -217,8 +218,9 @@ pub struct Outgoing<'a> {
     pub sender: &'a str,
     /// Forward paths, without brackets.
     pub recipients: &'a [String],
-    /// The message: CRLF line ends, not dot-stuffed (as the spool keeps it).
-    pub message: &'a [u8],
+    /// The message: CRLF line ends, not dot-stuffed (as the spool keeps it),
+    /// read from the queue file while it is sent.
+    pub message: &'a MessageBody,
     /// The message arrived with SMTPUTF8 (its headers may be UTF-8).
     pub smtputf8: bool,
 }

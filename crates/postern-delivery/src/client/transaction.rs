@@ -1,12 +1,14 @@
 //! One mail transaction on an open connection: local checks (addresses,
 //! SMTPUTF8, SIZE), MAIL and RCPT (pipelined when offered, RFC 2920), DATA
-//! with dot-stuffing (RFC 5321 §4.5.2), and per-recipient outcomes.
+//! with dot-stuffing (RFC 5321 §4.5.2), and per-recipient outcomes. The
+//! body streams from the queue file in bounded chunks, never whole.
 
 use std::time::Duration;
 
 use postern_proto::Reply;
 
 use super::{AttemptError, Connection, Outgoing, RecipientOutcome, RecipientResult};
+use crate::body::{MessageBody, READ_CHUNK};
 use crate::classify::{Failure, FailureKind, MessageProblem, Stage};
 use crate::dsn::header_section;
 
@@ -54,7 +56,7 @@ impl Connection {
         if needs_smtputf8(message) && !self.caps.smtputf8 {
             return Some(MessageProblem::SmtpUtf8NotOffered);
         }
-        let size = message.message.len() as u64;
+        let size = message.message.len();
         if let Some(limit) = self.caps.size.filter(|limit| *limit > 0) {
             if size > limit {
                 return Some(MessageProblem::TooBig { size, limit });
@@ -155,7 +157,7 @@ impl Connection {
         if self.caps.size.is_some() {
             command.push_str(&format!(" SIZE={}", message.message.len()));
         }
-        if self.caps.eight_bit_mime && message.message.iter().any(|b| *b >= 0x80) {
+        if self.caps.eight_bit_mime && message.message.has_8bit() {
             command.push_str(" BODY=8BITMIME");
         }
         if self.caps.smtputf8 && (message.smtputf8 || needs_smtputf8(message)) {
@@ -197,18 +199,37 @@ impl Connection {
         Ok(())
     }
 
-    /// The message, dot-stuffed, then the end-of-data marker.
-    async fn write_body(&mut self, message: &[u8]) -> Result<(), FailureKind> {
-        const CHUNK: usize = 64 * 1024;
+    /// The message, dot-stuffed, then the end-of-data marker. The message
+    /// is read a bounded chunk at a time; a read error ends the attempt
+    /// before the final dot, so the server never takes a partial message.
+    async fn write_body(&mut self, message: &MessageBody) -> Result<(), FailureKind> {
         let limit = self.timeouts.command;
-        let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+        let mut out = Vec::with_capacity(READ_CHUNK + READ_CHUNK / 8);
         let mut at_line_start = true;
-        for chunk in message.chunks(CHUNK) {
-            dot_stuff(chunk, &mut at_line_start, &mut out);
+        let mut pos = 0u64;
+        // The last two bytes sent, to know whether the message ends in CRLF.
+        let mut tail = [0u8; 2];
+        loop {
+            let piece = match message.next_piece(pos).await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(FailureKind::Local(format!(
+                        "reading the queued message failed: {e}"
+                    )))
+                }
+            };
+            pos += piece.len() as u64;
+            match piece.as_slice() {
+                [.., a, b] => tail = [*a, *b],
+                [b] => tail = [tail[1], *b],
+                [] => {}
+            }
+            dot_stuff(&piece, &mut at_line_start, &mut out);
             self.io.write(&out, limit, Stage::DataEnd).await?;
             out.clear();
         }
-        if !message.is_empty() && !message.ends_with(b"\r\n") {
+        if !message.is_empty() && tail != *b"\r\n" {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
@@ -259,7 +280,7 @@ fn finish(recipients: &[String], outcomes: Vec<Option<RecipientResult>>) -> Vec<
 fn needs_smtputf8(message: &Outgoing<'_>) -> bool {
     !message.sender.is_ascii()
         || message.recipients.iter().any(|r| !r.is_ascii())
-        || (message.smtputf8 && !header_section(message.message).is_ascii())
+        || (message.smtputf8 && !header_section(message.message.head()).is_ascii())
 }
 
 /// The null sender, or a mailbox in the grammar the inbound side accepts

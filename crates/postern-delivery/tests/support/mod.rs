@@ -83,18 +83,32 @@ impl ServerOptions {
     }
 }
 
+/// A message the receiver accepted: the envelope and the bytes.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub delivery: Delivery,
+    pub message: Vec<u8>,
+}
+
+impl std::ops::Deref for Stored {
+    type Target = Delivery;
+    fn deref(&self) -> &Delivery {
+        &self.delivery
+    }
+}
+
 /// What the receiver saw.
 #[derive(Default)]
 pub struct Seen {
     pub connections: AtomicUsize,
-    pub deliveries: Mutex<Vec<Delivery>>,
+    pub deliveries: Mutex<Vec<Stored>>,
     /// Every chunk read from a client, in order (plaintext and TLS).
     pub reads: Mutex<Vec<Vec<u8>>>,
     pub tls_sessions: Mutex<Vec<(TlsInfo, HandshakeKind)>>,
 }
 
 impl Seen {
-    pub fn deliveries(&self) -> Vec<Delivery> {
+    pub fn deliveries(&self) -> Vec<Stored> {
         self.deliveries.lock().expect("lock").clone()
     }
 
@@ -278,14 +292,32 @@ where
 {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
+    let mut open: Option<Stored> = None;
     loop {
         match session.poll() {
             Action::Reply(reply) => hide_capabilities(reply, &options.hide).write_to(&mut out),
             Action::Log(_) => {}
-            Action::Enqueue(delivery) => {
+            Action::BeginMessage(delivery) => {
+                open = Some(Stored {
+                    delivery: *delivery,
+                    message: Vec::new(),
+                })
+            }
+            Action::MessageData(bytes) => {
+                if let Some(open) = &mut open {
+                    open.message.extend_from_slice(&bytes);
+                }
+            }
+            Action::DiscardMessage => open = None,
+            Action::Enqueue(last) => {
+                let Some(mut stored) = open.take() else {
+                    session.enqueued(Err("no message".into()));
+                    continue;
+                };
+                stored.message.extend_from_slice(&last);
                 let id = {
                     let mut deliveries = seen.deliveries.lock().expect("lock");
-                    deliveries.push(*delivery);
+                    deliveries.push(stored);
                     format!("TEST{}", deliveries.len())
                 };
                 session.enqueued(Ok(id));

@@ -23,7 +23,7 @@ pub fn run(ctx: &Context, command: AdminCommand) -> Result<()> {
             auth::check_new_password(&password).map_err(|e| anyhow!("{e}; nothing was changed"))?;
             let hash = auth::hash_password(&password)?;
             store.set_admin_password_hash(&hash)?;
-            eprintln!("admin password changed (a running gateway ends open admin sessions within seconds)");
+            eprintln!("admin password changed (a running gateway ends the admin sessions opened with the old password within seconds)");
         }
         AdminCommand::Token(TokenCommand::Create { name }) => {
             let name = name.unwrap_or_else(|| format!("token-{}", auth::random_hex(4)));

@@ -13,7 +13,7 @@ use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::enqueue::enqueue;
+use super::enqueue::Incoming;
 use super::limits::ConnectionSlot;
 use super::Shared;
 
@@ -177,6 +177,9 @@ where
     // connection alive (slowloris).
     let mut deadline = Instant::now() + idle;
     let mut data_since_progress = 0usize;
+    // The message being received; dropped (and so discarded) on every way
+    // out of here that did not commit it.
+    let mut incoming: Option<Incoming> = None;
     loop {
         match session.poll() {
             Action::Reply(reply) => {
@@ -185,10 +188,22 @@ where
                 data_since_progress = 0;
             }
             Action::Log(event) => log_event(shared, session, event),
-            Action::Enqueue(delivery) => {
-                let result = enqueue(shared, *delivery).await;
+            Action::BeginMessage(delivery) => {
+                incoming = Some(Incoming::begin(shared, *delivery));
+            }
+            Action::MessageData(bytes) => {
+                if let Some(message) = &mut incoming {
+                    message.write(shared, bytes).await;
+                }
+            }
+            Action::Enqueue(last) => {
+                let result = match incoming.take() {
+                    Some(message) => message.commit(shared, last).await,
+                    None => Err("no message was begun".to_string()),
+                };
                 session.enqueued(result);
             }
+            Action::DiscardMessage => incoming = None,
             Action::StartTls => {
                 return match flush(stream, &mut out, idle).await {
                     Ok(()) => End::StartTls,

@@ -10,6 +10,8 @@ use postern_delivery::{ClientTls, TrustSources};
 use postern_store::Store;
 use postern_tls::{CertKeyPem, InboundTlsParams, ServerTls};
 
+use crate::systemd::Notifier;
+
 /// One consistent snapshot; connections keep the one they started with.
 pub struct Live {
     pub settings: Arc<Settings>,
@@ -159,16 +161,30 @@ impl LiveConfig {
 
 /// Poll the store's generation and reload on change: a settings or
 /// certificate change reaches new connections within about a second.
-pub async fn reload_loop(live: Arc<LiveConfig>, store: Arc<dyn Store>) {
+/// SIGHUP (`systemctl reload`) reloads at once, even when the generation did
+/// not change, and tells systemd the reload started and ended.
+pub async fn reload_loop(
+    live: Arc<LiveConfig>,
+    store: Arc<dyn Store>,
+    mut hangup: tokio::signal::unix::Signal,
+    systemd: Arc<Notifier>,
+) {
     let mut failed_generation = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
-        ticker.tick().await;
+        let forced = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = hangup.recv() => true,
+        };
+        if forced {
+            tracing::info!("SIGHUP: re-reading settings and certificates from the store");
+            systemd.reloading();
+        }
         let current = live.get().generation;
         let store = Arc::clone(&store);
         let loaded = tokio::task::spawn_blocking(move || -> Result<Option<Live>> {
             let generation = store.generation()?;
-            if generation == current {
+            if generation == current && !forced {
                 return Ok(None);
             }
             Live::load(store.as_ref()).map(Some)
@@ -182,14 +198,18 @@ pub async fn reload_loop(live: Arc<LiveConfig>, store: Arc<dyn Store>) {
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                // Log each distinct failure once, not every half second.
+                // Log each distinct failure once, not every half second; a
+                // reload asked for by SIGHUP always answers.
                 let text = format!("{e:#}");
-                if failed_generation.as_deref() != Some(text.as_str()) {
+                if forced || failed_generation.as_deref() != Some(text.as_str()) {
                     tracing::error!("new settings not applied, keeping the previous ones: {text}");
                     failed_generation = Some(text);
                 }
             }
             Err(e) => tracing::error!("settings reload task failed: {e}"),
+        }
+        if forced {
+            systemd.ready("Accepting mail (reloaded)");
         }
     }
 }

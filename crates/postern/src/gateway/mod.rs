@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::context::Context;
 use crate::maillog::MailLog;
 use crate::queue::{control, Courier, QueueRunner};
+use crate::systemd::Notifier;
 use limits::ConnectionLimits;
 use live::Live;
 pub use live::{build_client_tls, build_server_tls};
@@ -106,6 +107,10 @@ pub async fn run(ctx: Context) -> Result<()> {
     });
 
     let mut signals = StopSignals::install()?;
+    // SIGHUP reloads; caught from here on, so it never ends the gateway.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let systemd = Arc::new(Notifier::from_env());
     let mut bound = Vec::new();
     for (addrs, implicit_tls) in [
         (&node.smtp.listen, false),
@@ -141,7 +146,12 @@ pub async fn run(ctx: Context) -> Result<()> {
         .collect();
     let admin = admin::serve(admin_server, admin_listener);
     let store: Arc<dyn Store> = ctx.store.clone();
-    let reloader = tokio::spawn(live::reload_loop(Arc::clone(&shared.live), store));
+    let reloader = tokio::spawn(live::reload_loop(
+        Arc::clone(&shared.live),
+        store,
+        hangup,
+        Arc::clone(&systemd),
+    ));
     let delivery = if node.delivery.paused {
         tracing::warn!("delivery is paused ([delivery] paused = true): mail stays queued");
         tokio::spawn(async {})
@@ -161,8 +171,10 @@ pub async fn run(ctx: Context) -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         ctx.hostname
     );
+    systemd.ready("Accepting mail");
 
     signals.wait().await;
+    systemd.stopping();
     tracing::info!(
         "shutting down: no new connections; sessions get {} to finish",
         node.smtp.shutdown_grace

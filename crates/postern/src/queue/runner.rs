@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use postern_admin::{Metrics, Outcome};
 use postern_delivery::{
-    expired, next_attempt, should_bounce, AttemptRecord, Bounce, FailedRecipient, Outgoing,
-    RecipientResult,
+    expired, next_attempt, should_bounce, AttemptRecord, Bounce, FailedRecipient, MessageBody,
+    Outgoing, RecipientResult,
 };
 use postern_spool::{
-    DeliveryState, Envelope, QueueId, QueuedMessage, RecipientState, Spool, SpoolError,
+    DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState, Spool, SpoolError,
 };
 use postern_store::TrackingEvent;
 use tokio::sync::{Notify, Semaphore};
@@ -278,7 +278,7 @@ impl QueueRunner {
     async fn attempt(&self, id: QueueId) -> Option<i64> {
         let spool = Arc::clone(&self.spool);
         let id2 = id.clone();
-        let queued = match tokio::task::spawn_blocking(move || spool.load(&id2)).await {
+        let queued = match tokio::task::spawn_blocking(move || Loaded::open(&spool, &id2)).await {
             Ok(Ok(queued)) => queued,
             Ok(Err(SpoolError::NotFound { .. })) => return None,
             Ok(Err(SpoolError::Corrupt { reason, .. })) => {
@@ -322,7 +322,7 @@ impl QueueRunner {
             let outgoing = Outgoing {
                 sender: &envelope.sender,
                 recipients: &recipients,
-                message: &queued.message,
+                message: &queued.body,
                 smtputf8: envelope.smtputf8,
             };
             let report = self
@@ -407,7 +407,7 @@ impl QueueRunner {
     async fn conclude(
         &self,
         id: QueueId,
-        queued: QueuedMessage,
+        queued: Loaded,
         states: Vec<RecipientState>,
         bounced: Vec<FailedRecipient>,
     ) -> Option<i64> {
@@ -421,7 +421,7 @@ impl QueueRunner {
                 arrival_date: envelope.received_at,
                 date: unix_now(),
                 failed: &bounced,
-                original_headers: &queued.message,
+                original_headers: queued.body.head(),
             }
             .render()
         });
@@ -603,4 +603,28 @@ fn domain_of(address: &str) -> String {
         .rsplit_once('@')
         .map_or("", |(_, d)| d)
         .to_ascii_lowercase()
+}
+
+/// A queued message opened for delivery: verified, its body read from the
+/// file in bounded chunks while it is sent.
+struct Loaded {
+    envelope: QueuedEnvelope,
+    body: MessageBody,
+}
+
+impl Loaded {
+    /// Blocking: call from `spawn_blocking`.
+    fn open(spool: &Spool, id: &QueueId) -> Result<Loaded, SpoolError> {
+        let queued = spool.load(id)?;
+        let (file, offset, len) = queued.body.into_parts();
+        let body = MessageBody::from_file(file, offset, len).map_err(|source| SpoolError::Io {
+            action: "read queued message",
+            path: spool.path().join("queue").join(id.as_str()),
+            source,
+        })?;
+        Ok(Loaded {
+            envelope: queued.envelope,
+            body,
+        })
+    }
 }
