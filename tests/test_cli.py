@@ -257,3 +257,112 @@ def test_import_rsa_pkcs1_key(make_gateway, tmp_path):
     gw.cli_ok("cert", "import", "--name", "RSA PKCS1", "--cert", str(crt), "--key", str(pkcs1))
     show = gw.cli_ok("cert", "show", "RSA PKCS1").stdout
     assert "2048" in show and "rsa-import.postern.test" in show, show
+
+
+def _check(config, cwd) -> tuple[int, str]:
+    p = run([str(postern_bin()), "--config", str(config), "check"], timeout=60, cwd=cwd)
+    return p.returncode, (p.stdout + p.stderr).decode()
+
+
+def test_check_points_at_a_toml_syntax_error(tmp_path):
+    """issue 10 item 3: an unclosed array on line 4 is reported at line 4 with
+    its key, not where the parser noticed it (line 5, column 1)."""
+    conf = tmp_path / "postern.toml"
+    conf.write_text('hostname = "mx.example.test"\ndata_dir = "data"\n[smtp]\n'
+                    'listen = ["127.0.0.1:25"\ntrusted_networks = ["127.0.0.0/8"]\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc != 0, out
+    first = out.strip().splitlines()[0]
+    assert str(conf) in first and "smtp.listen" in first, out
+    assert re.search(r"\bline 4\b", first), out
+    assert "line 5, column 1:" not in first, out
+    assert "TOML syntax error" in first, out
+
+    # A wrong value still names the key and the allowed values.
+    conf.write_text('data_dir = "data"\nstore = "mysql"\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc != 0 and "store" in out and '"sqlite"' in out, out
+
+
+def test_settings_import_points_at_a_toml_syntax_error(make_gateway, tmp_path):
+    """The same helper serves `settings import`: the line of the faulty
+    construct and its key; nothing changes."""
+    gw = make_gateway(start=False)
+    before = gw.cli_ok("settings", "show").stdout
+    bad = tmp_path / "s.toml"
+    bad.write_text('[mta]\nmax_recipients = 10\n\n[tls.outbound]\ntrusted_ca = ["system",\n'
+                   '  "Partner CA"\nmode = "verify"\n')
+    r = gw.cli("settings", "import", str(bad))
+    assert r.rc != 0, r
+    assert "tls.outbound.trusted_ca" in r.stderr and re.search(r"\bline 5\b", r.stderr), r
+    assert "nothing was changed" in r.stderr, r
+    assert gw.cli_ok("settings", "show").stdout == before
+
+
+def _listing(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*")) if d.exists() else None
+
+
+def test_check_changes_nothing(tmp_path):
+    """issue 16 item 6: `check` only reads. A failing check (unknown user, a
+    10,000-character hostname, an empty data_dir) leaves the data directory
+    as it was (here: absent), each error names its key; a passing check on a
+    fresh config says the store would be created and creates nothing; on an
+    existing store it opens it read-only (no -wal/-shm left behind)."""
+    data = tmp_path / "data"
+    conf = tmp_path / "postern.toml"
+    long_name = "a" * 10_000
+    cases = [
+        ('data_dir = "data"\nuser = "nosuchuser"\n', "user:", "nosuchuser"),
+        (f'data_dir = "data"\nhostname = "{long_name}"\n', "hostname:", "not a host name"),
+        ('data_dir = "data"\nhostname = "mx.example.test"\nuser = "-x"\n', "user:", "not a user name"),
+        ('data_dir = ""\n', "data_dir:", "is empty"),
+    ]
+    for text, key, why in cases:
+        conf.write_text(text)
+        rc, out = _check(conf, tmp_path)
+        assert rc != 0, out
+        assert key in out and why in out, out
+        assert "certificate name" not in out, out
+        assert len(out) < 1000, f"the error quotes too much: {out[:300]}"
+        assert _listing(data) is None, f"check created {_listing(data)} for {text[:60]!r}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["postern.toml"], list(tmp_path.iterdir())
+
+    conf.write_text('data_dir = "data"\nhostname = "mx.example.test"\nuser = "root"\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc == 0, out
+    assert "does not exist yet" in out and "mx.example.test" in out, out
+    assert _listing(data) is None, _listing(data)
+
+    # Once the store exists (any other command creates it), check reads it
+    # read-only and leaves every file as it was.
+    p = run([str(postern_bin()), "--config", str(conf), "settings", "show"], timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr.decode()
+    before = {f: (data / f).stat().st_mtime_ns for f in _listing(data)}
+    assert "postern.db" in before, before
+    rc, out = _check(conf, tmp_path)
+    assert rc == 0 and "config and settings are valid" in out, out
+    assert {f: (data / f).stat().st_mtime_ns for f in _listing(data)} == before
+
+
+def test_check_refuses_an_open_relay(tmp_path):
+    """issue 16 item 4 (part): trusted_networks covering the whole internet
+    is refused with the reason, unless smtp.allow_open_relay = true."""
+    conf = tmp_path / "postern.toml"
+    for nets in ('["0.0.0.0/0"]', '["127.0.0.0/8", "::/0"]'):
+        conf.write_text(f'data_dir = "data"\nuser = "root"\n[smtp]\ntrusted_networks = {nets}\n')
+        rc, out = _check(conf, tmp_path)
+        assert rc != 0, out
+        assert "smtp.trusted_networks" in out and "open relay" in out, out
+        assert "smtp.allow_open_relay = true" in out, out
+        # `run` refuses it the same way instead of starting.
+        p = run([str(postern_bin()), "--config", str(conf), "run"], timeout=30, cwd=tmp_path)
+        assert p.returncode != 0 and "open relay" in (p.stdout + p.stderr).decode()
+        conf.write_text(f'data_dir = "data"\nuser = "root"\n[smtp]\ntrusted_networks = {nets}\n'
+                        'allow_open_relay = true\n')
+        rc, out = _check(conf, tmp_path)
+        assert rc == 0, out
+    conf.write_text('data_dir = "data"\nuser = "root"\n[smtp]\n'
+                    'trusted_networks = ["10.0.0.0/8", "fc00::/7"]\n')
+    rc, out = _check(conf, tmp_path)
+    assert rc == 0, out

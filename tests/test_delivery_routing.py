@@ -305,3 +305,40 @@ def test_verify_ip_literal_next_hop_checks_ip_san(dns_server, make_downstream, m
     assert err.startswith("127.0.0.5[127.0.0.5]: certificate verification failed"), err
     assert "127.0.0.5" in err.split(": ", 1)[1], f"the reason should name the expected IP: {err}"
     assert dns_only.messages() == []
+
+
+def test_postfix_style_bracketed_next_hop(dns_server, make_downstream, make_gateway, tls_ca):
+    """next_hop = "[relay.brk.test]:PORT", as a Postfix admin writes it
+    (issue 10 item 1): the name is looked up by A (never MX: the domain's MX
+    points at 127.0.0.3), and `verify` checks the certificate against that
+    name. A second bracketed hop whose name resolves to the same server but
+    is not on its certificate is deferred for the name, proving the check
+    uses the hop's name and not the address."""
+    mx_port = free_port("127.0.0.3", "127.0.0.6")
+    hop_port = free_port("127.0.0.6")
+    by_mx = make_downstream("brk-mx", "127.0.0.3", mx_port, domains=["brk.test", "brk2.test"])
+    by_hop = make_downstream("brk-hop", "127.0.0.6", hop_port, domains=["brk.test", "brk2.test"],
+                             hostname="relay.brk.test", tls="ca")
+    dns_server.set_records(zone(mx_zone("brk.test", "127.0.0.3"), mx_zone("brk2.test", "127.0.0.3"),
+                                {"relay.brk.test": {"A": "127.0.0.6"}},
+                                {"alias.brk.test": {"A": "127.0.0.6"}}))
+    gw = delivery_gateway(make_gateway, dns_server, mx_port, ca=tls_ca, trusted_ca="Test CA",
+                          domains=[{"name": "brk.test", "next_hop": f"[relay.brk.test]:{hop_port}",
+                                    "tls": "verify"},
+                                   {"name": "brk2.test", "next_hop": f"[alias.brk.test]:{hop_port}",
+                                    "tls": "verify"}])
+    exported = gw.cli_ok("settings", "export").stdout
+    assert f'next_hop = "[relay.brk.test]:{hop_port}"' in exported, "kept as the admin wrote it"
+    q_ok = submit(gw, "bob@brk.test", "bracketed next hop")
+    q_bad = submit(gw, "bob@brk2.test", "bracketed, wrong name")
+    ok = wait_outcome(gw, q_ok)
+    assert ok["event"] == "delivered", ok["line"]
+    assert ok["relay"] == f"relay.brk.test[127.0.0.6]:{hop_port}" and ok["verified"] == "true", ok["line"]
+    [m] = by_hop.wait_for_messages(1)
+    assert delivered_to(m) == "bob@brk.test" and arrived_over_tls(m)
+    bad = wait_outcome(gw, q_bad)
+    assert bad["event"] == "deferred", bad["line"]
+    err = wait_rcpt_state(gw, q_bad, "bob@brk2.test", "deferred")["last_error"]
+    assert err.startswith("alias.brk.test[127.0.0.6]: certificate verification failed"), err
+    assert by_mx.messages() == []
+    assert "connect from" not in by_mx.log()

@@ -36,14 +36,14 @@ def account():
 
 
 def status_ids(pid: int) -> dict[str, list[int] | str]:
-    """Uid, Gid (real, effective, saved, filesystem), Groups and CapEff of a
+    """Uid, Gid (real, effective, saved, filesystem), Groups, CapEff and NoNewPrivs of a
     process or thread from /proc/<pid>/status."""
     fields: dict[str, list[int] | str] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("Uid", "Gid", "Groups"):
             fields[key] = [int(v) for v in value.split()]
-        elif key in ("CapEff", "CapPrm"):
+        elif key in ("CapEff", "CapPrm", "NoNewPrivs"):
             fields[key] = value.strip()
     return fields
 
@@ -215,3 +215,19 @@ def test_default_user_with_unreachable_data_dir_runs_as_root_with_warning(tmp_pa
         assert gw.send_raw(token="default-user-fallback")
     finally:
         gw.stop()
+
+
+def test_no_new_privs_on_every_thread(make_gateway, account):
+    """issue 16 item 7: PR_SET_NO_NEW_PRIVS is set, on the process and every
+    thread (the flag is per thread: it is set before the runtime starts
+    them), both after dropping root and when started unprivileged."""
+    gw = make_gateway(user=GATEWAY_USER)
+    pid = gw.proc.pid
+    tasks = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    assert len(tasks) > 1, "expected a multi-threaded runtime"
+    assert status_ids(pid)["NoNewPrivs"] == "1", status_ids(pid)
+    for task in tasks:
+        ids = status_ids(task)
+        assert ids["NoNewPrivs"] == "1", f"thread {task}: {ids}"
+        assert ids["Uid"] == [account.pw_uid] * 4, f"thread {task}: {ids}"
+    assert gw.send_raw(token="no-new-privs")

@@ -353,3 +353,115 @@ def test_trickling_client_times_out(make_gateway):
         for c in conns.values():
             c.close()
     assert gw.queue() == []
+
+
+def _connection_per_message(port: int, rounds: int, token: str) -> list[str]:
+    """One client thread: `rounds` times connect, send one message, QUIT,
+    reconnect at once after the 221. Returns every greeting that was not 220."""
+    bad = []
+    body = (f"Subject: {token}\r\n\r\nconnection per message\r\n.").encode()
+    for i in range(rounds):
+        with SmtpConn(port, timeout=30) as c:
+            r = c.read_reply()
+            if r.code != 220:
+                bad.append(f"{token} round {i}: {r}")
+                continue
+            assert c.ehlo().code == 250
+            assert c.cmd("MAIL FROM:<load@client.test>").code == 250
+            assert c.cmd("RCPT TO:<bob@partner.test>").code == 250
+            assert c.cmd("DATA").code == 354
+            assert c.cmd(body).code == 250
+            assert c.cmd("QUIT").code == 221
+    return bad
+
+
+def test_no_421_at_the_per_client_limit(make_gateway):
+    """issue 10 item 5: 50 clients from 127.0.0.1 (exactly the default
+    mta.max_connections_per_client), each reconnecting right after 221 for
+    every message (50 x 20 messages): never a 421. The slot of a session is
+    given back before its 221 is written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = make_gateway()
+    clients, rounds = 50, 20
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        futures = [pool.submit(_connection_per_message, gw.smtp_port, rounds, f"c{i}")
+                   for i in range(clients)]
+        bad = [line for f in futures for line in f.result(timeout=600)]
+    assert bad == [], f"{len(bad)} refused greetings, e.g. {bad[:3]}"
+    assert len(gw.queue_ids()) == clients * rounds
+    refused = [l for l in gw.log().splitlines() if l.split(" ")[1:2] == ["refused"]]
+    assert refused == [], refused[:3]
+
+
+def test_limit_exempt_networks(make_gateway):
+    """mta.limit_exempt_networks: clients in it are exempt from the
+    per-client limit (not from the total); others get 421 past it."""
+    for exempt, third_code in (("127.0.0.0/8", 220), ("10.0.0.0/8", 421)):
+        gw = make_gateway(f"gw-{third_code}", start=False)
+        gw.set("mta.max_connections_per_client", "2")
+        gw.set("mta.limit_exempt_networks", exempt)
+        gw.start()
+        held = [gw.connect(), gw.connect()]
+        try:
+            with SmtpConn(gw.smtp_port) as third:
+                r = third.read_reply()
+                assert r.code == third_code, f"exempt {exempt}: {r}"
+        finally:
+            for c in held:
+                c.close()
+        gw.stop()
+
+
+def _connect_from(source: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def _greeting(s: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = s.recv(512)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_trusted_clients_keep_a_reserved_share(make_gateway):
+    """issue 16 item 7: untrusted clients may take max_connections minus a
+    reserve (10%, at least 1); a trusted client still gets 220 when they
+    have filled their share. trusted_networks covers only 127.0.0.2; the
+    flood comes from 127.0.0.1."""
+    gw = make_gateway(trusted_networks=["127.0.0.2/32"], start=False)
+    gw.set("mta.max_connections_per_client", "10")
+    gw.set("mta.max_connections", "10")
+    gw.start()
+    flood = []
+    try:
+        for i in range(9):
+            s = _connect_from("127.0.0.1", gw.smtp_port)
+            flood.append(s)
+            g = _greeting(s)
+            assert g.startswith(b"220 "), f"untrusted connection {i + 1} of 9: {g!r}"
+        extra = _connect_from("127.0.0.1", gw.smtp_port)
+        flood.append(extra)
+        g = _greeting(extra)
+        assert g.startswith(b"421 4.7.0"), f"untrusted connection past its share: {g!r}"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "reserved for smtp.trusted_networks" not in gw.log():
+            time.sleep(0.1)
+        assert "reserved for smtp.trusted_networks" in gw.log(), "refused for another reason"
+        inside = _connect_from("127.0.0.2", gw.smtp_port)
+        flood.append(inside)
+        g = _greeting(inside)
+        assert g.startswith(b"220 "), f"trusted client locked out by the flood: {g!r}"
+        more = _connect_from("127.0.0.2", gw.smtp_port)
+        flood.append(more)
+        assert _greeting(more).startswith(b"421"), "the total cap still holds for trusted clients"
+    finally:
+        for s in flood:
+            s.close()

@@ -79,7 +79,11 @@ impl DomainPattern<'_> {
     }
 }
 
-/// A static route: `host`, `host:port`, `[192.0.2.1]:25` or `[2001:db8::1]:25`.
+/// A static route, in the forms a Postfix administrator writes: `host`,
+/// `host:port`, `[host]`, `[host]:port`, `[192.0.2.1]:25` or
+/// `[2001:db8::1]:25`. Brackets around a name are Postfix's "no MX lookup";
+/// Postern never looks up MX for a next hop, so both spellings of a name
+/// mean the same: its A/AAAA records, verified by that name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHop {
     pub host: NextHopHost,
@@ -99,36 +103,40 @@ impl NextHop {
         let text = text.trim();
         let bad = || {
             format!(
-                "\"{text}\" is not a next hop; expected \"host\", \"host:port\" or \"[ip]:port\""
+                "\"{text}\" is not a next hop; expected \"host\", \"host:port\", \"[host]:port\" or \"[ip]:port\""
             )
         };
-        if let Some(rest) = text.strip_prefix('[') {
-            let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
-            let ip: IpAddr = ip.parse().map_err(|_| bad())?;
-            let port = match after {
-                "" => 25,
-                _ => parse_port(after.strip_prefix(':').ok_or_else(bad)?).ok_or_else(bad)?,
-            };
+        let (host, port, bracketed) = match text.strip_prefix('[') {
+            Some(rest) => {
+                let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+                let port = match after {
+                    "" => 25,
+                    _ => parse_port(after.strip_prefix(':').ok_or_else(bad)?).ok_or_else(bad)?,
+                };
+                (host, port, true)
+            }
+            None => match text.rsplit_once(':') {
+                Some((host, port)) => (host, parse_port(port).ok_or_else(bad)?, false),
+                None => (text, 25, false),
+            },
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if !bracketed {
+                return Err(format!(
+                    "{}: write IP addresses in brackets, e.g. \"[{host}]:{port}\"",
+                    bad()
+                ));
+            }
             return Ok(Self {
                 host: NextHopHost::Ip(ip),
                 port,
             });
         }
-        let (host, port) = match text.rsplit_once(':') {
-            Some((host, port)) => (host, parse_port(port).ok_or_else(bad)?),
-            None => (text, 25),
-        };
-        if host.parse::<IpAddr>().is_ok() {
-            return Err(format!(
-                "{}: write IP addresses in brackets, e.g. \"[{host}]:{port}\"",
-                bad()
-            ));
-        }
         if !is_domain_name(host) {
             return Err(bad());
         }
         Ok(Self {
-            host: NextHopHost::Name(host.to_ascii_lowercase()),
+            host: NextHopHost::Name(host.trim_end_matches('.').to_ascii_lowercase()),
             port,
         })
     }
@@ -148,7 +156,7 @@ fn parse_port(text: &str) -> Option<u16> {
 }
 
 /// LDH labels (and underscores, seen in the wild), 1..=63 bytes each, 253 in all.
-fn is_domain_name(name: &str) -> bool {
+pub(crate) fn is_domain_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253
@@ -169,28 +177,50 @@ mod tests {
 
     #[test]
     fn next_hop_forms() {
-        let ok = [
-            ("relay.corp.example", "relay.corp.example:25"),
-            ("Relay.corp.example:2525", "relay.corp.example:2525"),
-            ("[10.0.0.5]:25", "[10.0.0.5]:25"),
-            ("[10.0.0.5]", "[10.0.0.5]:25"),
-            ("[2001:db8::1]:587", "[2001:db8::1]:587"),
+        // (written, Ok(shown) or Err(part of the message))
+        let rows: [(&str, Result<&str, &str>); 22] = [
+            ("relay.corp.example", Ok("relay.corp.example:25")),
+            ("Relay.corp.example:2525", Ok("relay.corp.example:2525")),
+            ("[mx.partner.test]:2525", Ok("mx.partner.test:2525")),
+            ("[MX.Partner.test]", Ok("mx.partner.test:25")),
+            ("[mx.partner.test.]:26", Ok("mx.partner.test:26")),
+            (" [relay]:587 ", Ok("relay:587")),
+            ("[10.0.0.5]:25", Ok("[10.0.0.5]:25")),
+            ("[10.0.0.5]", Ok("[10.0.0.5]:25")),
+            ("[2001:db8::1]:587", Ok("[2001:db8::1]:587")),
+            ("", Err("is not a next hop")),
+            ("10.0.0.5:25", Err("write IP addresses in brackets")),
+            ("2001:db8::1", Err("is not a next hop")),
+            ("[10.0.0.5:25", Err("is not a next hop")),
+            ("[mx.partner.test:2525", Err("is not a next hop")),
+            ("[mx.partner.test]2525", Err("is not a next hop")),
+            ("[mx.partner.test]:", Err("is not a next hop")),
+            ("[]:25", Err("is not a next hop")),
+            ("[[mx.partner.test]]:25", Err("is not a next hop")),
+            ("host:0", Err("is not a next hop")),
+            ("host:99999", Err("is not a next hop")),
+            ("a b", Err("is not a next hop")),
+            ("[10.0.0.5]x", Err("is not a next hop")),
         ];
-        for (text, shown) in ok {
-            assert_eq!(NextHop::parse(text).expect(text).to_string(), shown);
+        for (text, want) in rows {
+            match (NextHop::parse(text), want) {
+                (Ok(hop), Ok(shown)) => {
+                    assert_eq!(hop.to_string(), shown, "{text:?}");
+                    assert_eq!(NextHop::parse(&hop.to_string()), Ok(hop), "{text:?}");
+                }
+                (Err(message), Err(part)) => {
+                    assert!(message.contains(part), "{text:?}: {message}");
+                }
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
         }
-        for bad in [
-            "",
-            "10.0.0.5:25",
-            "[10.0.0.5:25",
-            "[nope]:25",
-            "host:0",
-            "host:99999",
-            "a b",
-            "[10.0.0.5]x",
-        ] {
-            assert!(NextHop::parse(bad).is_err(), "{bad} accepted");
-        }
+    }
+
+    #[test]
+    fn bracketed_name_is_a_name_not_an_ip() {
+        let hop = NextHop::parse("[mx.partner.test]:2525").expect("bracketed name");
+        assert_eq!(hop.host, NextHopHost::Name("mx.partner.test".into()));
+        assert_eq!(hop.port, 2525);
     }
 
     #[test]

@@ -15,10 +15,13 @@ mod duration;
 mod node;
 mod set;
 mod settings;
+mod toml_syntax;
 
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
 pub use duration::Duration;
-pub use node::{AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode, DEFAULT_USER};
+pub use node::{
+    check_host_name, AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode, DEFAULT_USER,
+};
 pub use set::known_keys;
 pub use settings::{
     bound, Bound, ClientCertMode, DomainChanges, InboundMode, InboundTls, MtaSettings,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::toml_syntax::syntax_error;
 use crate::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub struct SmtpNode {
     pub trusted_networks: Vec<IpNet>,
     /// How long a shutting-down gateway lets sessions finish.
     pub shutdown_grace: crate::Duration,
+    /// Allows `trusted_networks` to cover every address (`0.0.0.0/0`,
+    /// `::/0`): anyone on the internet could then relay through us.
+    pub allow_open_relay: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +100,24 @@ impl Default for SmtpNode {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
             shutdown_grace: crate::Duration::from_secs(10),
+            allow_open_relay: false,
         }
+    }
+}
+
+impl SmtpNode {
+    /// A trusted network that covers all of IPv4 or IPv6 — or so much of it
+    /// that no organisation owns it: wider than an IPv4 /8 or an IPv6 /7
+    /// (`fc00::/7`, the unique-local range, is the widest private one), or
+    /// every IPv4-mapped address — if there is one.
+    pub fn open_relay_network(&self) -> Option<&IpNet> {
+        let mapped: IpNet = IpNet::V6(
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).ok()?,
+        );
+        self.trusted_networks.iter().find(|net| match net {
+            IpNet::V4(v4) => v4.prefix_len() < 8,
+            IpNet::V6(v6) => v6.prefix_len() < 7 || net.contains(&mapped),
+        })
     }
 }
 
@@ -123,10 +144,12 @@ impl NodeConfig {
     /// `base` (the directory of the config file), so the gateway finds its
     /// data wherever it is started from.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
         let mut config: NodeConfig = serde_path_to_error::deserialize(de)
             .map_err(|err| ConfigError::new(err.path().to_string(), err.inner().to_string()))?;
+        // Checked before the join below, which would turn "" into the
+        // config file's own directory.
+        check_data_dir(&config.data_dir)?;
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
@@ -147,16 +170,7 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.hostname {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-            {
-                return Err(ConfigError::new(
-                    "hostname",
-                    format!("\"{name}\" is not a host name"),
-                ));
-            }
+            check_host_name("hostname", name)?;
         }
         if let Some(name) = &self.node_name {
             if name.is_empty()
@@ -171,6 +185,7 @@ impl NodeConfig {
                 ));
             }
         }
+        check_data_dir(&self.data_dir)?;
         if let Some(user) = &self.user {
             if !is_user_name(user) {
                 return Err(ConfigError::new(
@@ -196,6 +211,19 @@ impl NodeConfig {
                 "smtp.listen",
                 "at least one of smtp.listen and smtp.listen_implicit_tls must be set",
             ));
+        }
+        if let Some(everyone) = self.smtp.open_relay_network() {
+            if !self.smtp.allow_open_relay {
+                return Err(ConfigError::new(
+                    "smtp.trusted_networks",
+                    format!(
+                        "{everyone} covers all or much of the internet: every client \
+                         there could relay mail anywhere (an open relay, blocklisted within hours). \
+                         List your own networks instead; to run an open relay anyway, \
+                         also set smtp.allow_open_relay = true"
+                    ),
+                ));
+            }
         }
         if self.delivery.mx_port == 0 {
             return Err(ConfigError::new(
@@ -223,6 +251,41 @@ impl NodeConfig {
     pub fn mail_log_path(&self) -> PathBuf {
         self.data_dir.join("mail.log")
     }
+}
+
+/// A host name for the banner, EHLO and the Default Cert: LDH labels of at
+/// most 63 characters, 253 in all. `key` names where it came from.
+pub fn check_host_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if crate::domain::is_domain_name(name) {
+        return Ok(());
+    }
+    // Quote at most a readable prefix of a huge value.
+    let shown: String = name.chars().take(64).collect();
+    let shown = if shown.len() < name.len() {
+        format!("\"{shown}…\" ({} characters)", name.chars().count())
+    } else {
+        format!("\"{shown}\"")
+    };
+    Err(ConfigError::new(
+        key,
+        format!(
+            "{shown} is not a host name: use letters, digits, '-' and '_' in labels of \
+             1 to 63 characters separated by dots, at most 253 characters in all \
+             (e.g. \"mx.example.com\")"
+        ),
+    ))
+}
+
+fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
+    if dir.as_os_str().is_empty() {
+        return Err(ConfigError::new(
+            "data_dir",
+            "is empty: give the directory for the store, spool and mail log \
+             (e.g. \"/var/lib/postern\"; a relative path is taken from the config \
+             file's directory)",
+        ));
+    }
+    Ok(())
 }
 
 /// The user a gateway started as root runs as unless `user` says otherwise.
@@ -289,6 +352,82 @@ listen = "127.0.0.1:8025"
         assert_eq!(c.hostname.as_deref(), Some("mx.example.test"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/postern"));
         assert_eq!(c.delivery.mx_port, 2526);
+    }
+
+    #[test]
+    fn syntax_error_names_the_line_and_key_of_the_fault() {
+        let text =
+            "hostname = \"mx.test\"\n\n[smtp]\nlisten = [\"127.0.0.1:25\"\ntrusted_networks = []\n";
+        let err = NodeConfig::from_toml(text, Path::new(".")).unwrap_err();
+        assert_eq!(err.key, "smtp.listen", "{err}");
+        assert!(err.message.starts_with("line 4 "), "{err}");
+    }
+
+    #[test]
+    fn hostname_and_data_dir_are_checked() {
+        let long = format!("{}.example", "a".repeat(10_000));
+        let rows: [(&str, &str); 7] = [
+            ("hostname = \"\"\n", "hostname"),
+            ("hostname = \"mx example\"\n", "hostname"),
+            ("hostname = \"-mx.example\"\n", "hostname"),
+            ("hostname = \"mx..example\"\n", "hostname"),
+            (&format!("hostname = \"{long}\"\n"), "hostname"),
+            ("hostname = \"mx.example\"\ndata_dir = \"\"\n", "data_dir"),
+            ("data_dir = \"\"\n", "data_dir"),
+        ];
+        for (text, key) in rows {
+            let err = NodeConfig::from_toml(text, Path::new("/etc/postern")).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(
+                err.to_string().len() < 400,
+                "the message quotes too much: {err}"
+            );
+        }
+        let ok = NodeConfig::from_toml(
+            &format!("hostname = \"{}.example\"\n", "a".repeat(63)),
+            Path::new("."),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = NodeConfig::from_toml(
+            &format!("hostname = \"{}.example\"\n", "a".repeat(64)),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "hostname");
+    }
+
+    #[test]
+    fn open_relay_needs_the_flag() {
+        for nets in [
+            "[\"0.0.0.0/0\"]",
+            "[\"10.0.0.0/8\", \"::/0\"]",
+            "[\"::ffff:0:0/96\"]",
+            "[\"0.0.0.0/0\", \"::/0\"]",
+            "[\"0.0.0.0/1\"]",
+            "[\"2000::/3\"]",
+        ] {
+            let text = format!("[smtp]\ntrusted_networks = {nets}\n");
+            let err = NodeConfig::from_toml(&text, Path::new(".")).unwrap_err();
+            assert_eq!(err.key, "smtp.trusted_networks", "{nets}: {err}");
+            assert!(err.message.contains("open relay"), "{err}");
+            assert!(err.message.contains("smtp.allow_open_relay"), "{err}");
+            let allowed = format!("{text}allow_open_relay = true\n");
+            assert!(
+                NodeConfig::from_toml(&allowed, Path::new(".")).is_ok(),
+                "{nets}"
+            );
+        }
+        for nets in [
+            "[]",
+            "[\"10.0.0.0/8\", \"2001:db8::/32\"]",
+            "[\"127.0.0.0/8\", \"::1/128\", \"fc00::/7\", \"192.168.0.0/16\"]",
+        ] {
+            let text = format!("[smtp]\ntrusted_networks = {nets}\n");
+            assert!(
+                NodeConfig::from_toml(&text, Path::new(".")).is_ok(),
+                "{nets}"
+            );
+        }
     }
 
     #[test]

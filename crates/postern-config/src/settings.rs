@@ -344,8 +344,8 @@ fn check_banner(banner: &str) -> Result<(), ConfigError> {
 impl Settings {
     /// Parse a TOML settings document; errors name the offending key.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("toml", e.to_string()))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| crate::toml_syntax::syntax_error(text, &e))?;
         let settings: Settings = serde_path_to_error::deserialize(de).map_err(path_error)?;
         // The text parsed, so it is a table; a section given as an array
         // (`tls = []`), which serde reads as all defaults, is refused here.

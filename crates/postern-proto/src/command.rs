@@ -9,7 +9,8 @@
 //! parameters, any printable EHLO argument.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::address::{parse_mailbox, valid_domain};
 
 /// A mailbox `local@domain`. The domain is kept as sent (the caller
 /// lower-cases for comparisons); `local` may be quoted-string content
@@ -165,10 +166,7 @@ const EXPECT_VRFY: &str = "VRFY user-or-mailbox";
 const EXPECT_EXPN: &str = "EXPN list";
 const EXPECT_BDAT: &str = "BDAT size [LAST]";
 
-/// RFC 5321 §4.5.3.1: limits in octets.
-const MAX_LOCAL_PART: usize = 64;
-const MAX_DOMAIN: usize = 255;
-/// Including the angle brackets and any source route.
+/// RFC 5321 §4.5.3.1: including the angle brackets and any source route.
 const MAX_PATH: usize = 256;
 /// `u64::MAX` has 20 digits.
 const MAX_DIGITS: usize = 20;
@@ -453,107 +451,6 @@ fn strip_source_route(inner: &str) -> Option<&str> {
     }
 }
 
-/// `Local-part "@" ( Domain / address-literal )`.
-fn parse_mailbox(mailbox: &str) -> Option<Address> {
-    let at = if mailbox.starts_with('"') {
-        // The closing quote of the quoted string, then '@'.
-        quoted_end(mailbox)?
-    } else {
-        mailbox.find('@')?
-    };
-    let (local, domain) = mailbox.split_at(at);
-    let domain = domain.strip_prefix('@')?;
-    if local.len() > MAX_LOCAL_PART || !(valid_dot_atom(local) || valid_quoted(local)) {
-        return None;
-    }
-    if !valid_domain(domain) {
-        return None;
-    }
-    Some(Address {
-        local: local.to_string(),
-        domain: domain.to_string(),
-    })
-}
-
-/// The length of the quoted string at the start of `s`.
-fn quoted_end(s: &str) -> Option<usize> {
-    let mut escaped = false;
-    for (i, b) in s.bytes().enumerate().skip(1) {
-        match (escaped, b) {
-            (true, _) => escaped = false,
-            (false, b'\\') => escaped = true,
-            (false, b'"') => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Non-ASCII (RFC 6531 UTF8-non-ascii) except Unicode controls and spaces.
-fn valid_non_ascii(c: char) -> bool {
-    !c.is_ascii() && !c.is_control() && !c.is_whitespace()
-}
-
-/// `Dot-string`: atoms of atext separated by single dots.
-fn valid_dot_atom(s: &str) -> bool {
-    s.split('.').all(|atom| {
-        !atom.is_empty()
-            && atom.chars().all(|c| {
-                c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || valid_non_ascii(c)
-            })
-    })
-}
-
-/// `Quoted-string` with its quotes: qtextSMTP and quoted-pairSMTP.
-fn valid_quoted(s: &str) -> bool {
-    let Some(content) = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) else {
-        return false;
-    };
-    let mut chars = content.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(' '..='~') => {}
-                _ => return false,
-            },
-            '"' => return false,
-            ' '..='~' => {}
-            c if valid_non_ascii(c) => {}
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// A host name of LDH labels (U-labels allowed, RFC 6531) or an address
-/// literal `[1.2.3.4]` / `[IPv6:...]`.
-fn valid_domain(domain: &str) -> bool {
-    if domain.is_empty() || domain.len() > MAX_DOMAIN {
-        return false;
-    }
-    if let Some(literal) = domain.strip_prefix('[') {
-        return literal.strip_suffix(']').is_some_and(valid_address_literal);
-    }
-    domain.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || valid_non_ascii(c))
-    })
-}
-
-fn valid_address_literal(literal: &str) -> bool {
-    match literal.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => literal
-            .get(5..)
-            .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok()),
-        _ => literal.parse::<Ipv4Addr>().is_ok(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,8 +639,9 @@ mod tests {
                 mail("\"john smith\"", "b.example"),
             ),
             (
+                // `>` in a quoted local part: refused (see `address`).
                 b"MAIL FROM:<\"a>b@c\"@b.example>",
-                mail("\"a>b@c\"", "b.example"),
+                Err(SyntaxError::Address { sender: true }),
             ),
             (
                 b"MAIL FROM:<\"a\\\"b\"@b.example>",
@@ -1009,6 +907,11 @@ mod tests {
             (b"RCPT TO:<postmaster2>", BAD_RCPT),
             (b"RCPT TO:<a@b..example>", BAD_RCPT),
             (b"RCPT TO:<a@>", BAD_RCPT),
+            // What the outbound client cannot send is refused here, not
+            // bounced later (issue 16 item 3).
+            (b"RCPT TO:<\"x<y>\"@relay.test>", BAD_RCPT),
+            (b"RCPT TO:<\"x\\>\"@relay.test>", BAD_RCPT),
+            (b"RCPT TO:<@relay.test:\"<\"@relay.test>", BAD_RCPT),
         ]);
     }
 

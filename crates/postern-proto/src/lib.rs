@@ -4,6 +4,8 @@
 //! tokio, so every rule can be tested (and fuzzed) as plain data:
 //!
 //! * [`line`] — splitting the input into CRLF-terminated command lines.
+//! * [`address`] — the mailbox grammar, shared by the command parser and
+//!   the outbound client (what one accepts, the other can send).
 //! * [`command`] — a command line into a typed [`Command`], or a
 //!   [`SyntaxError`] that says what was expected.
 //! * [`reply`] — [`Reply`] values with enhanced status codes, rendered to
@@ -12,6 +14,7 @@
 //!   bare CR or LF is never end of data: no SMTP smuggling), size limit.
 //! * [`bdat`] — the CHUNKING (BDAT) receiver with the same rules.
 
+pub mod address;
 pub mod bdat;
 pub mod command;
 pub mod data;

@@ -544,6 +544,41 @@ fn helo_is_plain_smtp() {
     assert_eq!(d.stored[0].protocol, "SMTP");
 }
 
+#[test]
+fn unsendable_recipients_refused_at_rcpt() {
+    // issue 16 item 3: what the outbound client would refuse is refused
+    // here, so nothing is accepted that could only bounce (backscatter).
+    let mut s = Settings::default();
+    s.domains.push(DomainEntry {
+        name: "relay.test".into(),
+        relay: true,
+        next_hop: None,
+        tls: None,
+    });
+    let mut d = Dialog::new(s, STRANGER);
+    d.send("EHLO c\r\n");
+    d.expect("MAIL FROM:<forged@elsewhere.test>", "250");
+    d.expect("RCPT TO:<\"x<y>\"@relay.test>", "501 5.1.3");
+    d.expect("RCPT TO:<\"x\\>\"@relay.test>", "501 5.1.3");
+    let long = format!("RCPT TO:<{}@relay.test>", "a".repeat(65));
+    d.expect(&long, "501 5.1.3");
+    d.expect("RCPT TO:<a@relay.test@elsewhere.test>", "501 5.1.3");
+    d.expect("DATA", "554");
+    // Unusual but sendable forms still go through.
+    d.expect("RCPT TO:<\"john doe\"@relay.test>", "250");
+    d.expect("RCPT TO:<first.last+tag@relay.test>", "250");
+    d.expect("DATA", "354");
+    d.send("Subject: x\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(d.stored.len(), 1);
+    assert_eq!(
+        d.stored[0].recipients,
+        vec![
+            "\"john doe\"@relay.test".to_string(),
+            "first.last+tag@relay.test".to_string()
+        ]
+    );
+}
+
 /// A body of `lines` lines of 78 characters (80 with CRLF), some starting
 /// with a dot, and its dot-stuffed wire form.
 fn big_body(lines: usize) -> (Vec<u8>, Vec<u8>) {

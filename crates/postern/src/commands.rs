@@ -364,14 +364,46 @@ pub fn trace(ctx: &Context, id: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn check(ctx: &Context) -> Result<()> {
-    let settings = ctx.store.settings()?;
+/// `postern check`: validate the config file and the stored settings
+/// without changing anything. The store is opened read-only; when it does
+/// not exist yet, check says what `postern run` would create instead of
+/// creating it (and its Default Cert).
+pub fn check(config: Option<&Path>) -> Result<()> {
+    let node = crate::context::load_node(config)?;
+    let hostname = crate::context::host_name(&node)?;
+    crate::privilege::check_user(&node).map_err(|e| anyhow!("user: {e:#}"))?;
+    let data_dir = &node.data_dir;
+    if data_dir.exists() && !data_dir.is_dir() {
+        bail!("data_dir: {} is not a directory", data_dir.display());
+    }
+    if node.store != "sqlite" {
+        // Opening a cluster store migrates its schema and may create the
+        // installation's Default Cert: not what `check` may do.
+        Settings::default().validate()?;
+        println!(
+            "ok: config is valid; the cluster store is not opened by check \
+             (`postern cluster status` shows whether every node reaches it)"
+        );
+        return Ok(());
+    }
+    let store_path = node.store_path();
+    if !store_path.exists() {
+        Settings::default().validate()?;
+        println!(
+            "ok: config is valid; the store {} does not exist yet: `postern run` creates it \
+             with the default settings and a self-signed Default Cert for {hostname}",
+            store_path.display()
+        );
+        return Ok(());
+    }
+    let store = postern_store::SqliteStore::open_read_only(&store_path, &hostname)
+        .with_context(|| format!("opening the store {} read-only", store_path.display()))?;
+    let settings = store.settings()?;
     settings.validate()?;
-    crate::gateway::build_server_tls(&settings, ctx.store.as_ref())?;
-    crate::privilege::check_user(&ctx.node)?;
+    crate::gateway::build_server_tls(&settings, &store)?;
     println!(
         "ok: config and settings are valid (data in {})",
-        ctx.node.data_dir.display()
+        data_dir.display()
     );
     Ok(())
 }

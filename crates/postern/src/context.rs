@@ -21,11 +21,8 @@ pub struct Context {
 
 impl Context {
     pub fn open(config: Option<&Path>) -> Result<Self> {
-        let node = match config {
-            Some(path) => NodeConfig::load(path)?,
-            None => NodeConfig::default(),
-        };
-        let hostname = node.hostname.clone().unwrap_or_else(system_hostname);
+        let node = load_node(config)?;
+        let hostname = host_name(&node)?;
         // Private: the data directory holds keys and mail.
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -62,6 +59,27 @@ impl Context {
             store,
         })
     }
+}
+
+/// The node config file, or the embedded defaults without one.
+pub fn load_node(config: Option<&Path>) -> Result<NodeConfig> {
+    Ok(match config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    })
+}
+
+/// `hostname`, or the system's host name, which must be one too: it names
+/// the banner, EHLO and the Default Cert.
+pub fn host_name(node: &NodeConfig) -> Result<String> {
+    if let Some(name) = &node.hostname {
+        return Ok(name.clone());
+    }
+    let name = system_hostname();
+    postern_config::check_host_name("hostname", &name).map_err(|e| {
+        anyhow::anyhow!("{e} (hostname is not set, so the system's host name is used: set it)")
+    })?;
+    Ok(name)
 }
 
 /// Generate one of the default certificates at first start (never again,

@@ -63,23 +63,30 @@ fn describe_error(error: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Context::open(cli.config.as_deref())?;
+    let config = cli.config.as_deref();
+    // Every command but `check` opens the store (creating it and the
+    // Default Cert on first use); `check` only reads.
+    let open = || Context::open(config);
     match cli.command {
         Command::Run => {
+            let ctx = open()?;
+            // Before any runtime thread exists: they all inherit it.
+            privilege::forbid_new_privileges()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(gateway::run(ctx))
         }
-        Command::Check => commands::check(&ctx),
-        Command::Settings(command) => commands::settings(&ctx, command),
-        Command::Cert(command) => commands::cert(&ctx, command),
-        Command::Queue(command) => commands::queue(&ctx, command),
-        Command::Trace { id } => commands::trace(&ctx, &id),
-        Command::Admin(command) => commands::admin::run(&ctx, command),
-        Command::Cluster(command) => commands::cluster::run(&ctx, command),
-        Command::Store(command) => commands::cluster::store(&ctx, command),
+        Command::Check => commands::check(config),
+        Command::Settings(command) => commands::settings(&open()?, command),
+        Command::Cert(command) => commands::cert(&open()?, command),
+        Command::Queue(command) => commands::queue(&open()?, command),
+        Command::Trace { id } => commands::trace(&open()?, &id),
+        Command::Admin(command) => commands::admin::run(&open()?, command),
+        Command::Cluster(command) => commands::cluster::run(&open()?, command),
+        Command::Store(command) => commands::cluster::store(&open()?, command),
         Command::Probe { domain } => {
+            let ctx = open()?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

@@ -25,7 +25,9 @@
 //! * **All privileges go**: supplementary groups are replaced by the user's
 //!   primary group, then gid, then uid are set (real, effective and saved,
 //!   for every thread), and the switch is verified — getting root back must
-//!   fail, or the gateway refuses to run.
+//!   fail, or the gateway refuses to run. `PR_SET_NO_NEW_PRIVS` is set on
+//!   every thread (before the runtime starts them, see
+//!   [`forbid_new_privileges`]), so no later `execve` can gain privileges.
 //! * **The data directory must be reachable** by the user: every parent
 //!   directory needs search permission for it (`/var/lib/postern` is fine, a
 //!   directory under `/root` is not). Otherwise the start fails with a
@@ -147,6 +149,15 @@ fn reachable_by(user: &User, path: &Path) -> bool {
     })
 }
 
+/// Set `PR_SET_NO_NEW_PRIVS`: no `execve` of this process (or of anything
+/// it starts) can gain privileges again — no setuid binaries, no file
+/// capabilities. Called by `postern run` before its runtime starts any
+/// thread, because the flag is per thread and inherited only by threads
+/// created afterwards; it does not stop the later switch away from root.
+pub fn forbid_new_privileges() -> Result<()> {
+    nix::sys::prctl::set_no_new_privs().context("setting PR_SET_NO_NEW_PRIVS")
+}
+
 /// For `postern check`: whether `postern run`, started by the current
 /// user, could switch to the configured user.
 pub fn check_user(node: &NodeConfig) -> Result<()> {
@@ -211,6 +222,9 @@ fn verify_dropped(user: &User) -> Result<()> {
     }
     if setuid(Uid::from_raw(0)).is_ok() {
         bail!("privileges were not dropped: root could be regained");
+    }
+    if !nix::sys::prctl::get_no_new_privs().context("reading PR_GET_NO_NEW_PRIVS")? {
+        bail!("PR_SET_NO_NEW_PRIVS is not set: an exec could regain privileges");
     }
     Ok(())
 }

@@ -283,12 +283,11 @@ fn needs_smtputf8(message: &Outgoing<'_>) -> bool {
         || (message.smtputf8 && !header_section(message.message.head()).is_ascii())
 }
 
-/// No line breaks, no NUL, no angle brackets: nothing that could end or
-/// extend a command line.
+/// The null sender, or a mailbox in the grammar the inbound side accepts
+/// (so nothing it accepted bounces here): no line breaks, NUL or angle
+/// brackets, nothing that could end or extend a command line.
 fn is_clean_address(address: &str) -> bool {
-    !address
-        .chars()
-        .any(|c| c.is_control() || c == '<' || c == '>')
+    address.is_empty() || postern_proto::address::is_sendable(address)
 }
 
 #[cfg(test)]
@@ -335,5 +334,9 @@ mod tests {
         assert!(is_clean_address("\"john doe\"@example.test"));
         assert!(!is_clean_address("a@b>\r\nRCPT TO:<c@d"));
         assert!(!is_clean_address("a@b\0"));
+        // The inbound grammar: what RCPT refuses is never sent either.
+        assert!(!is_clean_address("\"x<y>\"@relay.test"));
+        assert!(!is_clean_address("a@relay.test@other.test"));
+        assert!(!is_clean_address(&format!("{}@relay.test", "a".repeat(65))));
     }
 }

@@ -63,6 +63,17 @@ impl SqliteStore {
         })
     }
 
+    /// Open an existing store read-only: nothing is created, migrated or
+    /// written (`postern check`). Writes through it fail.
+    pub fn open_read_only(path: &Path, node_name: &str) -> Result<SqliteStore, StoreError> {
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            node_name: node_name.to_string(),
+            main: Mutex::new(schema::connect_read_only(path)?),
+            events: Mutex::new(schema::connect_read_only(path)?),
+        })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

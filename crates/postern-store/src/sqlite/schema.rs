@@ -164,6 +164,52 @@ pub(crate) fn connect(path: &Path, durability: Durability) -> Result<Connection,
     Ok(conn)
 }
 
+/// Open an existing store without changing it (for `postern check`): no
+/// file is created, nothing is migrated, and a schema other than this
+/// build's is reported instead of upgraded.
+pub(crate) fn connect_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let conn = if Path::new(&wal).exists() {
+        // Someone has it open (or it was not closed cleanly): read through
+        // its WAL like any reader.
+        Connection::open_with_flags(path, flags)?
+    } else {
+        // Nobody has it open: a reader of a WAL database would create the
+        // -wal and -shm files, so read the file as it is instead.
+        Connection::open_with_flags(immutable_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)?
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "trusted_schema", "OFF")?;
+    check_application_id(&conn)?;
+    let version = user_version(&conn)?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "{}: schema version {version}, this Postern's is {SCHEMA_VERSION}; \
+             `postern run` upgrades it",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// `file:` URI opening `path` read-only and immutable, the path
+/// percent-encoded so `?`, `#` and `%` in it stay part of the name.
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    uri
+}
+
 /// Bring the schema up to [`SCHEMA_VERSION`].
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     check_application_id(conn)?;

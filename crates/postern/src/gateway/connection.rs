@@ -81,7 +81,7 @@ pub async fn serve(
                 let mut session = Session::new(config, peer, Some(info));
                 let greeting = session.greeting().to_bytes();
                 let end = match write_all(&mut stream, &greeting, idle).await {
-                    Ok(()) => drive(&shared, &mut stream, &mut session, idle).await,
+                    Ok(()) => drive(&shared, &mut stream, &mut session, idle, &slot).await,
                     Err(e) => e,
                 };
                 (end, session)
@@ -100,14 +100,14 @@ pub async fn serve(
         let mut session = Session::new(config, peer, None);
         let greeting = session.greeting().to_bytes();
         let end = match write_all(&mut tcp, &greeting, idle).await {
-            Ok(()) => drive(&shared, &mut tcp, &mut session, idle).await,
+            Ok(()) => drive(&shared, &mut tcp, &mut session, idle, &slot).await,
             Err(e) => e,
         };
         match (end, live.tls.clone()) {
             (End::StartTls, Some(server_tls)) => match handshake(&server_tls, tcp, idle).await {
                 Ok((mut stream, info)) => {
                     session.tls_established(info);
-                    let end = drive(&shared, &mut stream, &mut session, idle).await;
+                    let end = drive(&shared, &mut stream, &mut session, idle, &slot).await;
                     (end, session)
                 }
                 Err(reason) => {
@@ -164,6 +164,7 @@ async fn drive<S>(
     stream: &mut S,
     session: &mut Session,
     idle: Duration,
+    slot: &ConnectionSlot,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -210,6 +211,9 @@ where
                 };
             }
             Action::Close => {
+                // The session is over: free its slot before the client
+                // reads the final reply and reconnects.
+                slot.release();
                 let result = flush(stream, &mut out, idle).await;
                 let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
                 return result.err().unwrap_or(End::Closed);

@@ -234,12 +234,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, implicit_tls: b
         };
         // Replies are small and latency matters (SPEC §7: delayed-ACK stalls).
         let _ = tcp.set_nodelay(true);
-        let mta = shared.live.get().settings.mta.clone();
-        match shared.limits.try_acquire(
-            peer.ip(),
-            mta.max_connections,
-            mta.max_connections_per_client,
-        ) {
+        let live = shared.live.get();
+        let mta = &live.settings.mta;
+        let ip = peer.ip().to_canonical();
+        let request = limits::Request {
+            ip,
+            max_total: mta.max_connections,
+            max_per_client: mta.max_connections_per_client,
+            trusted: shared.trusted_networks.iter().any(|n| n.contains(&ip)),
+            per_client_exempt: mta.limit_exempt_networks.iter().any(|n| n.contains(&ip)),
+        };
+        match shared.limits.try_acquire(request) {
             Ok(slot) => {
                 tokio::spawn(connection::serve(
                     Arc::clone(&shared),
