@@ -179,9 +179,15 @@ pub fn classify(kind: &FailureKind) -> Classification {
             TlsPolicyFailure::StartTlsNotOffered | TlsPolicyFailure::StartTlsRefused(_) => {
                 (Temporary, PeerIncompatible, (4, 7, 4))
             }
-            TlsPolicyFailure::HandshakeFailed(_) | TlsPolicyFailure::CertificateUnverified(_) => {
-                (Temporary, PeerIncompatible, (4, 7, 5))
+            TlsPolicyFailure::HandshakeFailed(_)
+            | TlsPolicyFailure::CertificateUnverified(_)
+            | TlsPolicyFailure::MxNotInPolicy { .. } => (Temporary, PeerIncompatible, (4, 7, 5)),
+            // RFC 8689 §5: X.7.30, REQUIRETLS support required.
+            TlsPolicyFailure::RequireTlsNotOffered
+            | TlsPolicyFailure::RouteNotAuthenticated { .. } => {
+                (Temporary, PeerIncompatible, (4, 7, 30))
             }
+            TlsPolicyFailure::DaneLookupFailed(_) => (Temporary, Network, (4, 7, 5)),
         },
         FailureKind::Reply { stage, reply } => {
             let class = reply.code / 100;
@@ -368,6 +374,7 @@ fn describe(kind: &FailureKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{CertFault, CertProblem};
 
     fn host() -> Option<HostRef> {
         Some(HostRef::new("mx1.partner.test", "127.0.0.2".parse().ok()))
@@ -453,9 +460,10 @@ mod tests {
                 "4.7.4",
             ),
             (
-                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(
-                    "unknown issuer".into(),
-                )),
+                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(CertProblem {
+                    fault: CertFault::NotTrusted,
+                    detail: "unknown issuer".into(),
+                })),
                 Temporary,
                 Fault::PeerIncompatible,
                 "4.7.5",
@@ -568,9 +576,10 @@ mod tests {
                 "mx1.partner.test[127.0.0.2]: TLS required but STARTTLS not offered",
             ),
             (
-                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(
-                    "certificate not issued by a trusted CA".into(),
-                )),
+                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(CertProblem {
+                    fault: CertFault::NotTrusted,
+                    detail: "certificate not issued by a trusted CA".into(),
+                })),
                 "mx1.partner.test[127.0.0.2]: certificate verification failed: \
                  certificate not issued by a trusted CA",
             ),

@@ -9,8 +9,9 @@
 //! * [`route`] — where mail for a domain goes: `[[domain]] next_hop`, MX
 //!   records in preference order, the A/AAAA fallback, null MX (RFC 5321
 //!   §5.1, RFC 7505), over a [`Resolver`] built from `[dns] nameservers`.
-//! * [`policy`] — the outbound TLS policy as two pure functions over the
-//!   mode and what the peer offered: [`decide`] and [`after_handshake`].
+//! * [`policy`] — the outbound TLS policy engine: [`requirement`] forms one
+//!   typed [`Requirement`] from every policy source; [`decide`],
+//!   [`after_handshake`] and [`after_tls_failure`] apply it to a connection.
 //! * [`tls_client`] — the shared rustls client configurations
 //!   ([`ClientTls`]): verifying and accepting, with session resumption.
 //! * [`client`] — the SMTP client (RFC 5321, 3207, 2920, 1870, 6152, 6531):
@@ -43,7 +44,8 @@ pub use client::{
 };
 pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
 pub use policy::{
-    after_handshake, decide, Fallback, HandshakeOutcome, Plan, TlsPolicyFailure, Verdict,
+    after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertFault,
+    CertProblem, Inputs, Plan, Requirement, ResultType, Source, TlsFailure, TlsPolicyFailure,
 };
 pub use route::{resolve, Resolver, ResolverError, RouteError, Target};
 pub use tls_client::{ClientTls, ServerCheck, TlsSetupError, TrustSources};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use postern_config::OutboundMode;
 use postern_delivery::{
     deliver, AttemptError, ClientTls, Connection, FailureKind, Fault, Outgoing, RecipientOutcome,
-    Stage, TlsPolicyFailure,
+    Requirement, Source, Stage, TlsPolicyFailure,
 };
 use rustls::HandshakeKind;
 use support::*;
@@ -29,7 +29,12 @@ async fn open(
     tls: &ClientTls,
     mode: OutboundMode,
 ) -> Result<Connection, AttemptError> {
-    Connection::open(host, server, tls, mode, HELO, &timeouts()).await
+    Connection::open(host, server, tls, &at(mode, host), HELO, &timeouts()).await
+}
+
+/// The requirement the global mode alone gives for `host`.
+fn at(mode: OutboundMode, host: &str) -> Requirement {
+    Requirement::at(mode, Source::Global, host)
 }
 
 /// Open, send one message to bob@partner.test, quit.
@@ -448,7 +453,7 @@ async fn pipelining_when_advertised_only() {
             MX_NAME,
             server.addr,
             &tls,
-            OutboundMode::None,
+            &at(OutboundMode::None, MX_NAME),
             HELO,
             &timeouts(),
             &[outgoing],
@@ -570,7 +575,7 @@ async fn dot_stuffing_round_trips() {
             MX_NAME,
             server.addr,
             &tls,
-            OutboundMode::Opportunistic,
+            &at(OutboundMode::Opportunistic, MX_NAME),
             HELO,
             &timeouts(),
             &[
@@ -710,9 +715,16 @@ async fn connection_failures_are_temporary() {
         let open_failing = |addr| {
             let (tls, quick) = (&tls, &quick);
             async move {
-                Connection::open(MX_NAME, addr, tls, OutboundMode::Opportunistic, HELO, quick)
-                    .await
-                    .unwrap_err()
+                Connection::open(
+                    MX_NAME,
+                    addr,
+                    tls,
+                    &at(OutboundMode::Opportunistic, MX_NAME),
+                    HELO,
+                    quick,
+                )
+                .await
+                .unwrap_err()
             }
         };
 

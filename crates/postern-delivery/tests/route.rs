@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use postern_config::{DomainEntry, OutboundMode, Settings};
 use postern_delivery::{
-    deliver_via, resolve, Failure, FailureKind, Outgoing, Resolver, RouteError, Target,
+    deliver_via, resolve, Base, Failure, FailureKind, Outgoing, Resolver, RouteError, Target,
 };
 use support::dns::{DnsServer, Rr};
 use support::*;
@@ -238,7 +238,10 @@ async fn every_mx_is_tried() {
         let delivery = deliver_via(
             &targets,
             &tls,
-            OutboundMode::Opportunistic,
+            &Base {
+                global: OutboundMode::Opportunistic,
+                domain: None,
+            },
             "gw.example.test",
             &timeouts(),
             &messages,

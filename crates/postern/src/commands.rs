@@ -370,7 +370,7 @@ pub fn check(ctx: &Context) -> Result<()> {
 /// `postern probe DOMAIN`: what delivery to this domain would see.
 pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
     use postern_config::OutboundMode;
-    use postern_delivery::{resolve, Connection, Resolver, Timeouts};
+    use postern_delivery::{resolve, Connection, Requirement, Resolver, Source, Timeouts};
     use std::time::Duration;
 
     let settings = ctx.store.settings()?;
@@ -402,7 +402,7 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
                 &target.host,
                 addr,
                 &client_tls,
-                OutboundMode::Opportunistic,
+                &Requirement::at(OutboundMode::Opportunistic, Source::Global, &target.host),
                 &ctx.hostname,
                 &timeouts,
             )

@@ -51,11 +51,14 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use self::starttls::{describe_outcome, io_reason, starttls, Upgrade};
+use self::starttls::{io_reason, starttls, Upgrade};
 use self::stream::Io;
 pub use self::stream::Stream;
 use crate::classify::{Failure, FailureKind, HostRef, Stage};
-use crate::policy::{after_handshake, decide, Plan, TlsPolicyFailure, Verdict};
+use crate::policy::{
+    after_handshake, after_tls_failure, decide, requirement, Base, Fallback, Inputs, Plan,
+    Requirement, TlsFailure,
+};
 use crate::route::Target;
 use crate::tls_client::ClientTls;
 
@@ -102,6 +105,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub enhanced_status_codes: bool,
     pub chunking: bool,
+    /// RFC 8689 (only meaningful over TLS).
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -126,6 +131,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "CHUNKING" => caps.chunking = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 _ => {}
             }
         }
@@ -272,7 +278,8 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connect to `addr`, greet, and apply the TLS policy for `mode`.
+    /// Connect to `addr`, greet, and apply `requirement` (see
+    /// [`crate::policy`]).
     ///
     /// `host` is the target's name: it is verified against the certificate
     /// and sent as SNI (not for IP literals). `helo` is our host name.
@@ -280,11 +287,11 @@ impl Connection {
         host: &str,
         addr: SocketAddr,
         tls: &ClientTls,
-        mode: OutboundMode,
+        requirement: &Requirement,
         helo: &str,
         timeouts: &Timeouts,
     ) -> Result<Connection, AttemptError> {
-        let mut record = AttemptRecord::new(host, addr, mode);
+        let mut record = AttemptRecord::new(host, addr, requirement.level);
         let host_ref = HostRef::new(host, Some(addr.ip()));
         let fail = |record: &AttemptRecord, kind: FailureKind| AttemptError {
             failure: Failure::new(Some(host_ref.clone()), kind),
@@ -309,66 +316,58 @@ impl Connection {
             usable: true,
         };
 
-        let verify = match decide(mode, caps.starttls) {
+        let verifier = match decide(requirement, &caps) {
             Plan::Plaintext => return Ok(connection(io, caps, record)),
             Plan::Defer(reason) => {
                 io.quit_quietly(timeouts).await;
                 return Err(fail(&record, FailureKind::TlsPolicy(reason)));
             }
-            Plan::StartTls { verify, .. } => verify,
+            Plan::StartTls => match tls.config_for(requirement) {
+                Ok(verifier) => verifier,
+                Err(e) => {
+                    io.quit_quietly(timeouts).await;
+                    return Err(fail(&record, FailureKind::Local(e.to_string())));
+                }
+            },
         };
 
-        let upgrade = match starttls(io, host, tls, verify, timeouts, &mut record).await {
-            Ok(upgrade) => upgrade,
-            Err(kind) => return Err(fail(&record, kind)),
-        };
-        let verdict = after_handshake(mode, upgrade.outcome());
-        match (upgrade, verdict) {
-            (Upgrade::Established { mut io, .. }, Verdict::Proceed) => {
+        match starttls(io, host, tls, verifier, timeouts, &mut record).await {
+            Err(kind) => Err(fail(&record, kind)),
+            Ok(Upgrade::Established {
+                mut io,
+                certificate,
+            }) => {
                 // RFC 3207 §4.2: forget the plaintext EHLO, ask again.
-                match ehlo(&mut io, helo, timeouts, &mut record).await {
-                    Ok(caps) => Ok(connection(io, caps, record)),
-                    Err(kind) => Err(fail(&record, kind)),
+                let caps = match ehlo(&mut io, helo, timeouts, &mut record).await {
+                    Ok(caps) => caps,
+                    Err(kind) => return Err(fail(&record, kind)),
+                };
+                match after_handshake(requirement, &certificate, &caps) {
+                    Ok(()) => Ok(connection(io, caps, record)),
+                    Err(reason) => {
+                        io.quit_quietly(timeouts).await;
+                        Err(fail(&record, FailureKind::TlsPolicy(reason)))
+                    }
                 }
             }
-            (Upgrade::Refused { io, .. }, Verdict::FallBackToPlaintext) => {
-                record.tls_fallback_plaintext = true;
-                Ok(connection(io, caps, record))
+            Ok(Upgrade::Refused { mut io, reply }) => {
+                match after_tls_failure(requirement, &TlsFailure::Refused(reply.to_string())) {
+                    Fallback::Plaintext => {
+                        record.tls_fallback_plaintext = true;
+                        Ok(connection(io, caps, record))
+                    }
+                    Fallback::Defer(reason) => {
+                        io.quit_quietly(timeouts).await;
+                        Err(fail(&record, FailureKind::TlsPolicy(reason)))
+                    }
+                }
             }
-            (
-                Upgrade::Established { mut io, .. } | Upgrade::Refused { mut io, .. },
-                Verdict::Defer(reason),
-            ) => {
-                io.quit_quietly(timeouts).await;
-                Err(fail(&record, FailureKind::TlsPolicy(reason)))
-            }
-            (Upgrade::Failed { .. }, Verdict::Defer(reason)) => {
-                Err(fail(&record, FailureKind::TlsPolicy(reason)))
-            }
-            (Upgrade::Established { mut io, .. }, Verdict::FallBackToPlaintext) => {
-                // Not a verdict the policy gives for an established session;
-                // be safe and treat it as a failed handshake.
-                io.quit_quietly(timeouts).await;
-                reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
-            }
-            (Upgrade::Failed { .. }, Verdict::FallBackToPlaintext) => {
-                reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
-            }
-            (Upgrade::Failed { outcome }, Verdict::Proceed) => {
-                // Cannot happen (a failed handshake never proceeds).
-                let reason = describe_outcome(&outcome);
-                Err(fail(
-                    &record,
-                    FailureKind::TlsPolicy(TlsPolicyFailure::HandshakeFailed(reason)),
-                ))
-            }
-            (Upgrade::Refused { mut io, reply, .. }, Verdict::Proceed) => {
-                io.quit_quietly(timeouts).await;
-                Err(fail(
-                    &record,
-                    FailureKind::TlsPolicy(TlsPolicyFailure::StartTlsRefused(reply.to_string())),
-                ))
-            }
+            Ok(Upgrade::Failed(failure)) => match after_tls_failure(requirement, &failure) {
+                Fallback::Plaintext => {
+                    reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
+                }
+                Fallback::Defer(reason) => Err(fail(&record, FailureKind::TlsPolicy(reason))),
+            },
         }
     }
 
@@ -413,12 +412,13 @@ pub async fn deliver(
     target_host: &str,
     addr: SocketAddr,
     tls: &ClientTls,
-    mode: OutboundMode,
+    requirement: &Requirement,
     helo: &str,
     timeouts: &Timeouts,
     messages: &[Outgoing<'_>],
 ) -> Result<BatchReport, AttemptError> {
-    let mut connection = Connection::open(target_host, addr, tls, mode, helo, timeouts).await?;
+    let mut connection =
+        Connection::open(target_host, addr, tls, requirement, helo, timeouts).await?;
     let mut results = Vec::with_capacity(messages.len());
     let mut stopped: Option<AttemptError> = None;
     for message in messages {
@@ -455,15 +455,26 @@ pub async fn deliver(
 pub async fn deliver_via(
     targets: &[Target],
     tls: &ClientTls,
-    mode: OutboundMode,
+    base: &Base,
     helo: &str,
     timeouts: &Timeouts,
     messages: &[Outgoing<'_>],
 ) -> RouteDelivery {
     let mut failed_attempts = Vec::new();
     for target in targets {
+        let requirement = requirement(&Inputs::base_only(base, &target.host));
         for addr in target.socket_addrs() {
-            match deliver(&target.host, addr, tls, mode, helo, timeouts, messages).await {
+            match deliver(
+                &target.host,
+                addr,
+                tls,
+                &requirement,
+                helo,
+                timeouts,
+                messages,
+            )
+            .await
+            {
                 Ok(report) => {
                     return RouteDelivery {
                         failed_attempts,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use postern_config::{OutboundMode, Settings};
 use postern_delivery::{
-    resolve, AttemptRecord, ClientTls, Connection, Failure, FailureKind, HostRef, Outgoing,
-    RecipientOutcome, RecipientResult, Resolver, Timeouts,
+    requirement, resolve, AttemptRecord, Base, ClientTls, Connection, Failure, FailureKind,
+    HostRef, Inputs, Outgoing, RecipientOutcome, RecipientResult, Resolver, Timeouts,
 };
 
 /// How long an idle connection is kept for the next message to the same host.
@@ -66,7 +66,7 @@ impl Courier {
         message: &Outgoing<'_>,
     ) -> DomainReport {
         let mut attempts = Vec::new();
-        let mode = settings.outbound_mode(domain);
+        let base = Base::from_settings(settings, domain);
         let targets = match resolve(domain, settings, &self.resolver, self.mx_port).await {
             Ok(targets) => targets,
             Err(route) => {
@@ -81,6 +81,8 @@ impl Courier {
         let mut last_failure = None;
         // Every MX in preference order, every address of each (SPEC §6).
         for target in &targets {
+            let requirement = requirement(&Inputs::base_only(&base, &target.host));
+            let mode = requirement.level;
             for addr in target.socket_addrs() {
                 let key = (target.host.clone(), addr, mode, generation);
                 let pooled = self.take_idle(&key);
@@ -91,7 +93,7 @@ impl Courier {
                         &target.host,
                         addr,
                         tls,
-                        mode,
+                        &requirement,
                         &self.helo,
                         &self.timeouts,
                     )
@@ -123,7 +125,7 @@ impl Courier {
                             &target.host,
                             addr,
                             tls,
-                            mode,
+                            &requirement,
                             &self.helo,
                             &self.timeouts,
                         )
