@@ -2,7 +2,8 @@
 //!
 //! Everything between "a queued message for a recipient domain" and "the
 //! next hop said 250" — as clean functions and types that the queue runner
-//! in the binary drives; this crate keeps no queue and no schedule.
+//! in the binary drives; this crate keeps no queue and no schedule (only the
+//! courier's idle connections).
 //!
 //! Layout, one step per module:
 //!
@@ -17,6 +18,9 @@
 //! * [`client`] — the SMTP client (RFC 5321, 3207, 2920, 1870, 6152, 6531):
 //!   a [`Connection`] carries one or more messages to one host, and records
 //!   each attempt ([`AttemptRecord`]).
+//! * [`courier`] — one message's recipients for one domain: route, the
+//!   requirement per host, every MX and address in order, connection
+//!   reuse; and `postern probe` over the same path.
 //! * [`classify`] — the single temporary/permanent decision for every
 //!   failure, with who is at fault and the `last_error` text.
 //! * [`dsn`] — RFC 3464 bounces.
@@ -28,6 +32,7 @@
 pub mod backoff;
 pub mod classify;
 pub mod client;
+pub mod courier;
 pub mod dsn;
 pub mod policy;
 pub mod route;
@@ -39,9 +44,10 @@ pub use classify::{
     Stage,
 };
 pub use client::{
-    deliver, deliver_via, AttemptError, AttemptRecord, BatchReport, Capabilities, Connection,
-    Outgoing, RecipientOutcome, RecipientResult, RouteDelivery, Timeouts,
+    deliver, AttemptError, AttemptRecord, BatchReport, Capabilities, Connection, Outgoing,
+    RecipientOutcome, RecipientResult, Timeouts,
 };
+pub use courier::{Courier, DomainReport, ProbedAddress, ProbedHost};
 pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
 pub use policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertFault,

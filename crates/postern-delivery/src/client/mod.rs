@@ -56,10 +56,9 @@ use self::stream::Io;
 pub use self::stream::Stream;
 use crate::classify::{Failure, FailureKind, HostRef, Stage};
 use crate::policy::{
-    after_handshake, after_tls_failure, decide, requirement, Base, Fallback, Inputs, Plan,
-    Requirement, TlsFailure,
+    after_handshake, after_tls_failure, decide, CertProblem, Fallback, Plan, Requirement,
+    TlsFailure,
 };
-use crate::route::Target;
 use crate::tls_client::ClientTls;
 
 pub use transaction::dot_stuff;
@@ -160,6 +159,12 @@ pub struct AttemptRecord {
     pub cert_verified: Option<bool>,
     /// Why it did not verify.
     pub verify_error: Option<String>,
+    /// The same, with its RFC 8460 category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_problem: Option<CertProblem>,
+    /// The names (SANs) of the server's certificate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cert_names: Vec<String>,
     /// The certificates the server presented, leaf first:
     /// `subject (issuer ..., until ...)`.
     pub cert_chain: Vec<String>,
@@ -185,6 +190,8 @@ impl AttemptRecord {
             cipher: None,
             cert_verified: None,
             verify_error: None,
+            cert_problem: None,
+            cert_names: Vec::new(),
             cert_chain: Vec::new(),
             tls_error: None,
             tls_fallback_plaintext: false,
@@ -440,64 +447,6 @@ pub async fn deliver(
         record,
         messages: results,
     })
-}
-
-/// Try each target and each of its addresses in order (SPEC §6: every MX
-/// before deferring) until a connection opens, then send the whole batch
-/// there with [`deliver`].
-///
-/// Hosts that could not be used are reported in
-/// [`RouteDelivery::failed_attempts`] (record each one); when none could,
-/// `report` is `None` and the messages stay queued — the last failure says
-/// why (all of them are temporary: connection-level failures never bounce).
-/// A connection that fails in the middle of the batch is not retried on the
-/// next host: the affected messages carry the error in the report.
-pub async fn deliver_via(
-    targets: &[Target],
-    tls: &ClientTls,
-    base: &Base,
-    helo: &str,
-    timeouts: &Timeouts,
-    messages: &[Outgoing<'_>],
-) -> RouteDelivery {
-    let mut failed_attempts = Vec::new();
-    for target in targets {
-        let requirement = requirement(&Inputs::base_only(base, &target.host));
-        for addr in target.socket_addrs() {
-            match deliver(
-                &target.host,
-                addr,
-                tls,
-                &requirement,
-                helo,
-                timeouts,
-                messages,
-            )
-            .await
-            {
-                Ok(report) => {
-                    return RouteDelivery {
-                        failed_attempts,
-                        report: Some(report),
-                    }
-                }
-                Err(error) => failed_attempts.push(error),
-            }
-        }
-    }
-    RouteDelivery {
-        failed_attempts,
-        report: None,
-    }
-}
-
-/// What [`deliver_via`] did.
-#[derive(Debug, Clone)]
-pub struct RouteDelivery {
-    /// Connections that failed before any message was sent, in order.
-    pub failed_attempts: Vec<AttemptError>,
-    /// The batch as sent through the first usable host.
-    pub report: Option<BatchReport>,
 }
 
 /// What [`deliver`] did.

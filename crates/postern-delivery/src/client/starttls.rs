@@ -80,6 +80,7 @@ pub(super) async fn starttls(
             if let Some(problem) = certificate_rejection(&e) {
                 record.cert_verified = Some(false);
                 record.verify_error = Some(problem.detail.clone());
+                record.cert_problem = Some(problem.clone());
                 record.tls_error = Some(format!("certificate verification failed: {problem}"));
                 return Ok(Upgrade::Failed(TlsFailure::CertificateRejected(problem)));
             }
@@ -107,6 +108,12 @@ pub(super) async fn starttls(
             },
         )
         .collect();
+    record.cert_names = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| postern_tls::describe_der(std::slice::from_ref(leaf)).ok())
+        .map(|info| info.sans)
+        .unwrap_or_default();
     let certificate = if verifies {
         // The verifying configuration checked chain and name in the handshake.
         Ok(())
@@ -115,6 +122,7 @@ pub(super) async fn starttls(
     };
     record.cert_verified = Some(certificate.is_ok());
     record.verify_error = certificate.as_ref().err().map(|p| p.detail.clone());
+    record.cert_problem = certificate.as_ref().err().cloned();
     Ok(Upgrade::Established {
         io: Io::new(Stream::Tls(Box::new(stream))),
         certificate,

@@ -62,7 +62,7 @@ pub enum Authenticity {
 }
 
 /// One TLSA record (RFC 6698 §2.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 pub struct Tlsa {
     pub usage: u8,
     pub selector: u8,
@@ -102,7 +102,7 @@ pub enum DaneInput {
 }
 
 /// `mode` of an MTA-STS policy (RFC 8461 §3.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum MtaStsMode {
     Enforce,

@@ -64,7 +64,7 @@ impl fmt::Display for Source {
 }
 
 /// How the server certificate must be authenticated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum CertAuth {
     /// Not required (the certificate is still checked and the result
@@ -79,7 +79,7 @@ pub enum CertAuth {
 }
 
 /// Which MX hosts may be used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum MxRule {
     /// Every host of the route.
@@ -91,7 +91,7 @@ pub enum MxRule {
 }
 
 /// Whether the requirement is applied or only evaluated and recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum Enforcement {
     Enforce,
@@ -99,14 +99,14 @@ pub enum Enforcement {
 }
 
 /// The MTA-STS policy a requirement came from (recorded per attempt).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 pub struct StsRef {
     pub id: String,
     pub mode: MtaStsMode,
 }
 
 /// What one delivery to one host requires (SPEC §10).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 pub struct Requirement {
     /// `none` < `opportunistic` < `require` < `verify`.
     pub level: OutboundMode,

@@ -60,7 +60,7 @@ pub enum TlsFailure {
 }
 
 /// What is wrong with a certificate, by RFC 8460 category.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum CertFault {
     /// No chain to a trusted root.
@@ -75,7 +75,7 @@ pub enum CertFault {
 }
 
 /// A certificate that did not authenticate: the category and the words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 pub struct CertProblem {
     pub fault: CertFault,
     /// e.g. `certificate does not match mx.partner.test (it names mx.other.test)`.
@@ -106,7 +106,7 @@ pub enum ResultType {
 }
 
 /// Why a TLS requirement was not met. Always a temporary failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 #[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
 pub enum TlsPolicyFailure {
     StartTlsNotOffered,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use postern_admin::{Metrics, Outcome};
 use postern_delivery::{
-    expired, next_attempt, should_bounce, AttemptRecord, Bounce, FailedRecipient, Outgoing,
-    RecipientResult,
+    expired, next_attempt, should_bounce, AttemptRecord, Bounce, Courier, FailedRecipient,
+    Outgoing, RecipientResult,
 };
 use postern_spool::{
     DeliveryState, Envelope, QueueId, QueuedMessage, RecipientState, Spool, SpoolError,
@@ -18,7 +18,6 @@ use postern_spool::{
 use postern_store::TrackingEvent;
 use tokio::sync::{Notify, Semaphore};
 
-use super::courier::Courier;
 use crate::context::unix_now;
 use crate::gateway::LiveConfig;
 use crate::maillog::MailLog;
