@@ -25,6 +25,8 @@
 //!   failure, with who is at fault and the `last_error` text.
 //! * [`dsn`] — RFC 3464 bounces.
 //! * [`backoff`] — retry times and queue lifetime.
+//! * [`transition`] — what an attempt's result does to a recipient
+//!   (delivered, deferred, bounced), with the clock passed in.
 //!
 //! Call [`postern_tls::install_crypto_provider`] at startup; this crate
 //! only uses aws-lc-rs, and passes it explicitly.
@@ -37,6 +39,7 @@ pub mod dsn;
 pub mod policy;
 pub mod route;
 pub mod tls_client;
+pub mod transition;
 
 pub use backoff::{backoff_delay, expired, next_attempt};
 pub use classify::{
@@ -55,3 +58,4 @@ pub use policy::{
 };
 pub use route::{resolve, Resolver, ResolverError, RouteError, Target};
 pub use tls_client::{ClientTls, ServerCheck, TlsSetupError, TrustSources};
+pub use transition::{transition, RetryPolicy, Transition};

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use postern_admin::{Metrics, Outcome};
 use postern_delivery::{
-    expired, next_attempt, should_bounce, AttemptRecord, Bounce, Courier, FailedRecipient,
-    Outgoing, RecipientResult,
+    should_bounce, transition, AttemptRecord, Bounce, Courier, FailedRecipient, Outgoing,
+    RetryPolicy, Transition,
 };
 use postern_spool::{
     DeliveryState, Envelope, QueueId, QueuedMessage, RecipientState, Spool, SpoolError,
@@ -384,11 +384,11 @@ impl QueueRunner {
         let now = unix_now();
         let envelope = &queued.envelope.envelope;
         let mut states = queued.envelope.recipients.clone();
-        let lifetime_over = expired(
-            envelope.received_at,
-            settings.mta.queue_lifetime.to_std(),
-            now,
-        );
+        let retry = RetryPolicy {
+            queue_lifetime: settings.mta.queue_lifetime.to_std(),
+            min_backoff: settings.mta.min_backoff.to_std(),
+            max_backoff: settings.mta.max_backoff.to_std(),
+        };
 
         let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in states
@@ -426,59 +426,50 @@ impl QueueRunner {
                     continue;
                 };
                 state.attempts += 1;
-                match outcome.result {
-                    RecipientResult::Delivered { reply } => {
+                let result = transition(
+                    &state.address,
+                    &outcome.result,
+                    state.attempts,
+                    envelope.received_at,
+                    now,
+                    &retry,
+                );
+                match result {
+                    Transition::Delivered { reply } => {
                         state.state = DeliveryState::Delivered;
                         state.next_attempt = None;
                         state.last_error = None;
                         self.log_outcome("delivered", &id, envelope, &state.address, relay, &reply);
                     }
-                    RecipientResult::Failed(failure) => {
-                        let reason = failure.last_error();
-                        state.last_error = Some(reason.clone());
-                        if failure.is_permanent() || lifetime_over {
-                            state.state = DeliveryState::Bounced;
-                            state.next_attempt = None;
-                            let diagnostic = if failure.is_permanent() {
-                                failure.diagnostic_code()
-                            } else {
-                                format!("X-Postern; queue lifetime expired; last error: {reason}")
-                            };
-                            bounced.push(FailedRecipient {
-                                recipient: state.address.clone(),
-                                status: if failure.is_permanent() {
-                                    failure.status()
-                                } else {
-                                    "4.4.7".into()
-                                },
-                                diagnostic,
-                                remote_mta: failure.host.as_ref().map(|h| h.name.clone()),
-                            });
-                            self.log_outcome(
-                                "bounced",
-                                &id,
-                                envelope,
-                                &state.address,
-                                relay,
-                                &reason,
-                            );
-                        } else {
-                            state.state = DeliveryState::Deferred;
-                            state.next_attempt = Some(next_attempt(
-                                state.attempts,
-                                settings.mta.min_backoff.to_std(),
-                                settings.mta.max_backoff.to_std(),
-                                now,
-                            ));
-                            self.log_outcome(
-                                "deferred",
-                                &id,
-                                envelope,
-                                &state.address,
-                                relay,
-                                &reason,
-                            );
-                        }
+                    Transition::Deferred {
+                        next_attempt,
+                        last_error,
+                    } => {
+                        state.state = DeliveryState::Deferred;
+                        state.next_attempt = Some(next_attempt);
+                        self.log_outcome(
+                            "deferred",
+                            &id,
+                            envelope,
+                            &state.address,
+                            relay,
+                            &last_error,
+                        );
+                        state.last_error = Some(last_error);
+                    }
+                    Transition::Bounced { last_error, dsn } => {
+                        state.state = DeliveryState::Bounced;
+                        state.next_attempt = None;
+                        self.log_outcome(
+                            "bounced",
+                            &id,
+                            envelope,
+                            &state.address,
+                            relay,
+                            &last_error,
+                        );
+                        state.last_error = Some(last_error);
+                        bounced.push(dsn);
                     }
                 }
             }
