@@ -163,6 +163,8 @@ def _check_deferred(gw, peers, name, qid, addr, entry, reason_rx):
     assert r["attempts"] >= 1 and r["next_attempt"], r
     err = r["last_error"] or ""
     assert err.startswith(f"mx.{name}.test[{ip}]: "), err
+    # ... then the requirement that was not met and who set it (issue 11)
+    assert re.match(rf"mx\.{name}\.test\[{re.escape(ip)}\]: global (require|verify): ", err), err
     assert re.search(reason_rx, err, re.I), err
     assert re.search(reason_rx, entry.get("reason", ""), re.I), entry["line"]
     # nothing arrived at the peer, in TLS or otherwise
@@ -266,7 +268,7 @@ def test_starttls_refused_by_the_peer(mode, delivered, dns_server, make_peer, ma
     else:
         assert entry["event"] == "deferred", entry["line"]
         err = wait_rcpt_state(gw, q, "bob@refuse.test", "deferred")["last_error"]
-        assert err.startswith("mx.refuse.test[127.0.0.6]: TLS required but STARTTLS refused"), err
+        assert err.startswith("mx.refuse.test[127.0.0.6]: global require: TLS required but STARTTLS refused"), err
         assert "454" in err, err
         assert peer.messages == []
 

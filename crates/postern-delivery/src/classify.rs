@@ -272,11 +272,25 @@ impl fmt::Display for HostRef {
 pub struct Failure {
     pub host: Option<HostRef>,
     pub kind: FailureKind,
+    /// For a TLS policy failure: the requirement that was not met, as
+    /// [`crate::Requirement::label`] names it (`domain verify`, `MTA-STS
+    /// enforce`).
+    pub policy: Option<String>,
 }
 
 impl Failure {
     pub fn new(host: Option<HostRef>, kind: FailureKind) -> Self {
-        Self { host, kind }
+        Self {
+            host,
+            kind,
+            policy: None,
+        }
+    }
+
+    /// Name the requirement a TLS policy failure is about.
+    pub fn under(mut self, policy: String) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     pub fn classification(&self) -> Classification {
@@ -330,11 +344,17 @@ impl Failure {
 }
 
 impl fmt::Display for Failure {
+    /// `host[ip]: what failed`; a TLS policy failure also names the
+    /// requirement: `mx1.partner.test[192.0.2.2]: domain verify: certificate
+    /// verification failed: ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            Some(host) => write!(f, "{host}: {}", describe(&self.kind)),
-            None => f.write_str(&describe(&self.kind)),
+        if let Some(host) = &self.host {
+            write!(f, "{host}: ")?;
         }
+        if let Some(policy) = &self.policy {
+            write!(f, "{policy}: ")?;
+        }
+        f.write_str(&describe(&self.kind))
     }
 }
 
@@ -603,6 +623,19 @@ mod tests {
             let failure = Failure::new(host(), kind);
             assert_eq!(failure.last_error(), text);
         }
+        let policy = Failure::new(
+            host(),
+            FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(CertProblem {
+                fault: CertFault::NotTrusted,
+                detail: "certificate not issued by a trusted CA".into(),
+            })),
+        )
+        .under("MTA-STS enforce".into());
+        assert_eq!(
+            policy.last_error(),
+            "mx1.partner.test[127.0.0.2]: MTA-STS enforce: certificate verification failed: \
+             certificate not issued by a trusted CA"
+        );
         let route = Failure::new(
             None,
             FailureKind::Route(RouteError::NullMx {

@@ -113,10 +113,10 @@ impl Courier {
             let requirement = Self::requirement_for(&base, &target.host);
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
-                last_failure = Some(Failure::new(
-                    Some(host),
-                    FailureKind::TlsPolicy(refusal.clone()),
-                ));
+                last_failure = Some(
+                    Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
+                        .under(requirement.label()),
+                );
                 continue;
             }
             for addr in target.socket_addrs() {

@@ -224,7 +224,7 @@ async fn policy_failures_name_host_and_reason() {
             .unwrap_err();
         assert_eq!(
             error.failure.last_error(),
-            "mx.partner.test[127.0.0.1]: TLS required but STARTTLS not offered"
+            "mx.partner.test[127.0.0.1]: global require: TLS required but STARTTLS not offered"
         );
         assert_eq!(error.failure.fault(), Fault::PeerIncompatible);
         assert!(!error.record.starttls_offered);
@@ -236,7 +236,9 @@ async fn policy_failures_name_host_and_reason() {
             .unwrap_err();
         let text = error.failure.last_error();
         assert!(
-            text.starts_with("mx.partner.test[127.0.0.1]: certificate verification failed: "),
+            text.starts_with(
+                "mx.partner.test[127.0.0.1]: global verify: certificate verification failed: "
+            ),
             "{text}"
         );
         assert_eq!(error.record.cert_verified, Some(false));
@@ -255,8 +257,8 @@ async fn policy_failures_name_host_and_reason() {
         );
         assert!(
             error.failure.last_error().starts_with(
-                "mx.partner.test[127.0.0.1]: TLS required but the handshake failed: \
-                 the server did not speak TLS"
+                "mx.partner.test[127.0.0.1]: global require: TLS required but the handshake \
+                 failed: the server did not speak TLS"
             ),
             "{error}"
         );
@@ -884,7 +886,7 @@ async fn starttls_refused() {
             .unwrap_err();
         assert_eq!(
             error.failure.last_error(),
-            "mx.partner.test[127.0.0.1]: TLS required but STARTTLS refused: 454 4.7.0 TLS not available"
+            "mx.partner.test[127.0.0.1]: global verify: TLS required but STARTTLS refused: 454 4.7.0 TLS not available"
         );
         assert!(!error.failure.is_permanent());
     })

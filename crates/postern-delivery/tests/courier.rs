@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use postern_config::{DomainEntry, OutboundMode, Settings};
 use postern_delivery::{
-    Courier, FailureKind, Outgoing, RecipientResult, Resolver, Source, TlsPolicyFailure,
+    Courier, FailureKind, Outgoing, RecipientResult, Resolver, ResultType, Source, TlsPolicyFailure,
 };
 use support::dns::{DnsServer, Rr};
 use support::*;
@@ -200,10 +200,18 @@ async fn domain_rule_sets_the_requirement() {
             "{failure}"
         );
         assert!(!failure.is_permanent());
+        // The deferral reason names host, requirement and what failed.
         assert_eq!(
-            report.attempts.last().map(|a| a.mode),
-            Some(OutboundMode::Require)
+            failure.last_error(),
+            "mx2.partner.test[127.0.0.3]: domain require: TLS required but STARTTLS not offered"
         );
+        let last = report.attempts.last().expect("attempts");
+        assert_eq!(last.mode, OutboundMode::Require);
+        assert_eq!(
+            (last.source, last.requirement.as_str()),
+            (Source::Domain, "domain require")
+        );
+        assert_eq!(last.result_type, Some(ResultType::StarttlsNotSupported));
         assert!(server.seen.deliveries().is_empty());
 
         let hosts = courier

@@ -57,7 +57,7 @@ pub use self::stream::Stream;
 use crate::classify::{Failure, FailureKind, HostRef, Stage};
 use crate::policy::{
     after_handshake, after_tls_failure, decide, CertProblem, Fallback, Plan, Requirement,
-    TlsFailure,
+    ResultType, Source, TlsFailure,
 };
 use crate::tls_client::ClientTls;
 
@@ -146,8 +146,15 @@ pub struct AttemptRecord {
     pub host: String,
     pub ip: IpAddr,
     pub port: u16,
-    /// The outbound TLS mode that applied.
+    /// The outbound TLS level that applied.
     pub mode: OutboundMode,
+    /// The requirement as deferral reasons name it (`domain verify`).
+    pub requirement: String,
+    /// The policy source that set it (`global`, `domain`, `dane`, ...).
+    pub source: Source,
+    /// For a TLS policy failure: its RFC 8460 result type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_type: Option<ResultType>,
     /// Whether the server advertised STARTTLS (plaintext EHLO).
     pub starttls_offered: bool,
     /// `TLSv1.3`, `TLSv1.2` when TLS was used.
@@ -179,12 +186,15 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
-    fn new(host: &str, addr: SocketAddr, mode: OutboundMode) -> Self {
+    fn new(host: &str, addr: SocketAddr, requirement: &Requirement) -> Self {
         Self {
             host: host.to_string(),
             ip: addr.ip(),
             port: addr.port(),
-            mode,
+            mode: requirement.level,
+            requirement: requirement.label(),
+            source: requirement.source,
+            result_type: None,
             starttls_offered: false,
             tls_version: None,
             cipher: None,
@@ -298,11 +308,16 @@ impl Connection {
         helo: &str,
         timeouts: &Timeouts,
     ) -> Result<Connection, AttemptError> {
-        let mut record = AttemptRecord::new(host, addr, requirement.level);
+        let mut record = AttemptRecord::new(host, addr, requirement);
         let host_ref = HostRef::new(host, Some(addr.ip()));
-        let fail = |record: &AttemptRecord, kind: FailureKind| AttemptError {
-            failure: Failure::new(Some(host_ref.clone()), kind),
-            record: record.clone(),
+        let fail = |record: &AttemptRecord, kind: FailureKind| {
+            let mut record = record.clone();
+            let mut failure = Failure::new(Some(host_ref.clone()), kind);
+            if let FailureKind::TlsPolicy(policy) = &failure.kind {
+                record.result_type = Some(policy.result_type());
+                failure = failure.under(requirement.label());
+            }
+            AttemptError { failure, record }
         };
         if !is_clean_token(helo) {
             let kind = FailureKind::Local(format!("invalid EHLO name \"{}\"", helo.escape_debug()));
