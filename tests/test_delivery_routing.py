@@ -302,7 +302,7 @@ def test_verify_ip_literal_next_hop_checks_ip_san(dns_server, make_downstream, m
     bad = wait_outcome(gw, q_bad)
     assert bad["event"] == "deferred", bad["line"]
     err = wait_rcpt_state(gw, q_bad, "bob@ipname.test", "deferred")["last_error"]
-    assert err.startswith("127.0.0.5[127.0.0.5]: certificate verification failed"), err
+    assert err.startswith("127.0.0.5[127.0.0.5]: domain verify: certificate verification failed"), err
     assert "127.0.0.5" in err.split(": ", 1)[1], f"the reason should name the expected IP: {err}"
     assert dns_only.messages() == []
 

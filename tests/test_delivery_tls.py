@@ -163,6 +163,8 @@ def _check_deferred(gw, peers, name, qid, addr, entry, reason_rx):
     assert r["attempts"] >= 1 and r["next_attempt"], r
     err = r["last_error"] or ""
     assert err.startswith(f"mx.{name}.test[{ip}]: "), err
+    # ... then the requirement that was not met and who set it (issue 11)
+    assert re.match(rf"mx\.{name}\.test\[{re.escape(ip)}\]: global (require|verify): ", err), err
     assert re.search(reason_rx, err, re.I), err
     assert re.search(reason_rx, entry.get("reason", ""), re.I), entry["line"]
     # nothing arrived at the peer, in TLS or otherwise
@@ -218,16 +220,21 @@ def test_probe_reports_each_peer(peers, dns_server, make_gateway, tls_ca):
     for name in ("selfsigned", "ca", "mismatch"):
         assert field(name, "STARTTLS offered") == "true"
         assert re.match(r"TLSv1\.[23] \S+", field(name, "TLS")), out[name]
-    assert field("ca", "certificate").startswith("yes"), out["ca"]
+    # Issue 10 item 2: in words a script can grep.
+    assert field("ca", "certificate") == "verified", out["ca"]
     assert field("ca", "with this mode") == "deliver over verified TLS"
     # The presented chain, leaf first: issued for the MX host by the test CA.
     chain0 = field("ca", r"chain\[0\]")
     assert "mx.ca.test" in chain0 and "issuer" in chain0, out["ca"]
     assert not re.search(r"^\s*chain\[", out["plain"], re.M), out["plain"]
-    assert field("selfsigned", "certificate").startswith("no"), out["selfsigned"]
+    assert field("selfsigned", "certificate") == "not verified: certificate is self-signed", \
+        out["selfsigned"]
     assert field("selfsigned", "with this mode").startswith("defer")
     mm = field("mismatch", "certificate")
-    assert mm.startswith("no") and "mx.mismatch.test" in mm, out["mismatch"]
+    assert mm.startswith("not verified: name mismatch: certificate is for mx.other.test"), mm
+    assert "mx.mismatch.test" in mm, out["mismatch"]
+    # The requirement the policy engine forms, and who set it.
+    assert field("ca", "requirement") == "global verify (set by global)", out["ca"]
     assert field("broken", "STARTTLS offered") == "true", out["broken"]
     assert field("broken", "TLS failure"), out["broken"]
     assert field("broken", "with this mode").startswith("defer")
@@ -261,7 +268,7 @@ def test_starttls_refused_by_the_peer(mode, delivered, dns_server, make_peer, ma
     else:
         assert entry["event"] == "deferred", entry["line"]
         err = wait_rcpt_state(gw, q, "bob@refuse.test", "deferred")["last_error"]
-        assert err.startswith("mx.refuse.test[127.0.0.6]: TLS required but STARTTLS refused"), err
+        assert err.startswith("mx.refuse.test[127.0.0.6]: global require: TLS required but STARTTLS refused"), err
         assert "454" in err, err
         assert peer.messages == []
 

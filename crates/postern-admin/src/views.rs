@@ -275,6 +275,12 @@ pub struct Hop {
     pub tls_fallback_plaintext: bool,
     /// Outbound: the TLS mode that applied.
     pub mode: Option<String>,
+    /// Outbound: the requirement (`domain verify`) and the source that set
+    /// it (`domain`); absent in events recorded before the policy engine.
+    pub requirement: Option<String>,
+    pub source: Option<String>,
+    /// Outbound: the RFC 8460 result type of a TLS policy failure.
+    pub result_type: Option<String>,
     /// Outbound: the server's last reply.
     pub reply: Option<String>,
 }
@@ -409,6 +415,9 @@ fn inbound_hop(event: &TrackingEvent) -> Hop {
         tls_error: None,
         tls_fallback_plaintext: false,
         mode: None,
+        requirement: None,
+        source: None,
+        result_type: None,
         reply: None,
     }
 }
@@ -456,6 +465,9 @@ fn outbound_hop(event: &TrackingEvent) -> Hop {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         mode: text(&a, "/mode"),
+        requirement: text(&a, "/requirement"),
+        source: text(&a, "/source"),
+        result_type: text(&a, "/result_type"),
         reply: text(&a, "/reply"),
     }
 }
@@ -775,6 +787,9 @@ mod tests {
         assert_eq!(d.hops[0].verification, "no client certificate");
         assert_eq!(d.hops[1].peer, "mx.b.test 192.0.2.1:25");
         assert_eq!(d.hops[1].cert_verified, Some(false));
+        // An event from before the policy engine: no requirement, still shown.
+        assert_eq!(d.hops[1].requirement, None);
+        assert_eq!(d.hops[1].mode.as_deref(), Some("verify"));
         assert_eq!(
             d.hops[1].verification,
             "certificate not verified: unknown issuer"
@@ -798,6 +813,29 @@ mod tests {
             ..MessageQuery::default()
         };
         assert_eq!(q.bounds().unwrap_err().0, "since");
+    }
+
+    #[test]
+    fn attempts_show_requirement_and_source() {
+        let events = vec![
+            received("Q2", 100, false),
+            ev(
+                "Q2",
+                110,
+                "delivery_attempt",
+                json!({"domain": "b.test", "attempt": {
+                    "host": "mx.b.test", "ip": "192.0.2.1", "port": 25, "mode": "verify",
+                    "requirement": "domain verify", "source": "domain",
+                    "result_type": "certificate-not-trusted",
+                    "starttls_offered": true, "tls_version": null, "cert_verified": false,
+                    "verify_error": "certificate is self-signed", "reply": "220 go ahead"}}),
+            ),
+        ];
+        let d = detail("Q2", events);
+        let hop = &d.hops[1];
+        assert_eq!(hop.requirement.as_deref(), Some("domain verify"));
+        assert_eq!(hop.source.as_deref(), Some("domain"));
+        assert_eq!(hop.result_type.as_deref(), Some("certificate-not-trusted"));
     }
 
     #[test]

@@ -179,9 +179,15 @@ pub fn classify(kind: &FailureKind) -> Classification {
             TlsPolicyFailure::StartTlsNotOffered | TlsPolicyFailure::StartTlsRefused(_) => {
                 (Temporary, PeerIncompatible, (4, 7, 4))
             }
-            TlsPolicyFailure::HandshakeFailed(_) | TlsPolicyFailure::CertificateUnverified(_) => {
-                (Temporary, PeerIncompatible, (4, 7, 5))
+            TlsPolicyFailure::HandshakeFailed(_)
+            | TlsPolicyFailure::CertificateUnverified(_)
+            | TlsPolicyFailure::MxNotInPolicy { .. } => (Temporary, PeerIncompatible, (4, 7, 5)),
+            // RFC 8689 §5: X.7.30, REQUIRETLS support required.
+            TlsPolicyFailure::RequireTlsNotOffered
+            | TlsPolicyFailure::RouteNotAuthenticated { .. } => {
+                (Temporary, PeerIncompatible, (4, 7, 30))
             }
+            TlsPolicyFailure::DaneLookupFailed(_) => (Temporary, Network, (4, 7, 5)),
         },
         FailureKind::Reply { stage, reply } => {
             let class = reply.code / 100;
@@ -266,11 +272,25 @@ impl fmt::Display for HostRef {
 pub struct Failure {
     pub host: Option<HostRef>,
     pub kind: FailureKind,
+    /// For a TLS policy failure: the requirement that was not met, as
+    /// [`crate::Requirement::label`] names it (`domain verify`, `MTA-STS
+    /// enforce`).
+    pub policy: Option<String>,
 }
 
 impl Failure {
     pub fn new(host: Option<HostRef>, kind: FailureKind) -> Self {
-        Self { host, kind }
+        Self {
+            host,
+            kind,
+            policy: None,
+        }
+    }
+
+    /// Name the requirement a TLS policy failure is about.
+    pub fn under(mut self, policy: String) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     pub fn classification(&self) -> Classification {
@@ -324,11 +344,17 @@ impl Failure {
 }
 
 impl fmt::Display for Failure {
+    /// `host[ip]: what failed`; a TLS policy failure also names the
+    /// requirement: `mx1.partner.test[192.0.2.2]: domain verify: certificate
+    /// verification failed: ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            Some(host) => write!(f, "{host}: {}", describe(&self.kind)),
-            None => f.write_str(&describe(&self.kind)),
+        if let Some(host) = &self.host {
+            write!(f, "{host}: ")?;
         }
+        if let Some(policy) = &self.policy {
+            write!(f, "{policy}: ")?;
+        }
+        f.write_str(&describe(&self.kind))
     }
 }
 
@@ -368,6 +394,7 @@ fn describe(kind: &FailureKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{CertFault, CertProblem};
 
     fn host() -> Option<HostRef> {
         Some(HostRef::new("mx1.partner.test", "127.0.0.2".parse().ok()))
@@ -453,9 +480,10 @@ mod tests {
                 "4.7.4",
             ),
             (
-                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(
-                    "unknown issuer".into(),
-                )),
+                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(CertProblem {
+                    fault: CertFault::NotTrusted,
+                    detail: "unknown issuer".into(),
+                })),
                 Temporary,
                 Fault::PeerIncompatible,
                 "4.7.5",
@@ -568,9 +596,10 @@ mod tests {
                 "mx1.partner.test[127.0.0.2]: TLS required but STARTTLS not offered",
             ),
             (
-                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(
-                    "certificate not issued by a trusted CA".into(),
-                )),
+                FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(CertProblem {
+                    fault: CertFault::NotTrusted,
+                    detail: "certificate not issued by a trusted CA".into(),
+                })),
                 "mx1.partner.test[127.0.0.2]: certificate verification failed: \
                  certificate not issued by a trusted CA",
             ),
@@ -594,6 +623,19 @@ mod tests {
             let failure = Failure::new(host(), kind);
             assert_eq!(failure.last_error(), text);
         }
+        let policy = Failure::new(
+            host(),
+            FailureKind::TlsPolicy(TlsPolicyFailure::CertificateUnverified(CertProblem {
+                fault: CertFault::NotTrusted,
+                detail: "certificate not issued by a trusted CA".into(),
+            })),
+        )
+        .under("MTA-STS enforce".into());
+        assert_eq!(
+            policy.last_error(),
+            "mx1.partner.test[127.0.0.2]: MTA-STS enforce: certificate verification failed: \
+             certificate not issued by a trusted CA"
+        );
         let route = Failure::new(
             None,
             FailureKind::Route(RouteError::NullMx {

@@ -2,24 +2,31 @@
 //!
 //! Everything between "a queued message for a recipient domain" and "the
 //! next hop said 250" — as clean functions and types that the queue runner
-//! in the binary drives; this crate keeps no queue and no schedule.
+//! in the binary drives; this crate keeps no queue and no schedule (only the
+//! courier's idle connections).
 //!
 //! Layout, one step per module:
 //!
 //! * [`route`] — where mail for a domain goes: `[[domain]] next_hop`, MX
 //!   records in preference order, the A/AAAA fallback, null MX (RFC 5321
 //!   §5.1, RFC 7505), over a [`Resolver`] built from `[dns] nameservers`.
-//! * [`policy`] — the outbound TLS policy as two pure functions over the
-//!   mode and what the peer offered: [`decide`] and [`after_handshake`].
+//! * [`policy`] — the outbound TLS policy engine: [`requirement`] forms one
+//!   typed [`Requirement`] from every policy source; [`decide`],
+//!   [`after_handshake`] and [`after_tls_failure`] apply it to a connection.
 //! * [`tls_client`] — the shared rustls client configurations
 //!   ([`ClientTls`]): verifying and accepting, with session resumption.
 //! * [`client`] — the SMTP client (RFC 5321, 3207, 2920, 1870, 6152, 6531):
 //!   a [`Connection`] carries one or more messages to one host, and records
 //!   each attempt ([`AttemptRecord`]).
+//! * [`courier`] — one message's recipients for one domain: route, the
+//!   requirement per host, every MX and address in order, connection
+//!   reuse; and `postern probe` over the same path.
 //! * [`classify`] — the single temporary/permanent decision for every
 //!   failure, with who is at fault and the `last_error` text.
 //! * [`dsn`] — RFC 3464 bounces.
 //! * [`backoff`] — retry times and queue lifetime.
+//! * [`transition`] — what an attempt's result does to a recipient
+//!   (delivered, deferred, bounced), with the clock passed in.
 //!
 //! Call [`postern_tls::install_crypto_provider`] at startup; this crate
 //! only uses aws-lc-rs, and passes it explicitly.
@@ -28,10 +35,12 @@ pub mod backoff;
 pub mod body;
 pub mod classify;
 pub mod client;
+pub mod courier;
 pub mod dsn;
 pub mod policy;
 pub mod route;
 pub mod tls_client;
+pub mod transition;
 
 pub use backoff::{backoff_delay, expired, next_attempt};
 pub use body::MessageBody;
@@ -40,12 +49,15 @@ pub use classify::{
     Stage,
 };
 pub use client::{
-    deliver, deliver_via, AttemptError, AttemptRecord, BatchReport, Capabilities, Connection,
-    Outgoing, RecipientOutcome, RecipientResult, RouteDelivery, Timeouts,
+    deliver, AttemptError, AttemptRecord, BatchReport, Capabilities, Connection, Outgoing,
+    RecipientOutcome, RecipientResult, Timeouts,
 };
+pub use courier::{Courier, DomainReport, ProbedAddress, ProbedHost};
 pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
 pub use policy::{
-    after_handshake, decide, Fallback, HandshakeOutcome, Plan, TlsPolicyFailure, Verdict,
+    after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertFault,
+    CertProblem, Inputs, Plan, Requirement, ResultType, Source, TlsFailure, TlsPolicyFailure,
 };
 pub use route::{resolve, Resolver, ResolverError, RouteError, Target};
 pub use tls_client::{ClientTls, ServerCheck, TlsSetupError, TrustSources};
+pub use transition::{transition, RetryPolicy, Transition};

@@ -33,6 +33,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::policy::{CertAuth, CertFault, CertProblem, Requirement};
+
 /// Where trust for `verify` comes from (`tls.outbound.trusted_ca`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustSources {
@@ -157,21 +159,47 @@ impl ClientTls {
         }
     }
 
+    /// The one place a connection's verifier is chosen: what the
+    /// requirement's [`CertAuth`] asks for. PKIX uses the shared verifying
+    /// configuration (its session cache too); no authentication the
+    /// accepting one, whose result is checked afterwards and recorded.
+    /// `Ok(verifies)` says whether the handshake itself authenticates.
+    pub fn config_for(
+        &self,
+        requirement: &Requirement,
+    ) -> Result<(Arc<ClientConfig>, bool), TlsSetupError> {
+        match &requirement.auth {
+            CertAuth::None => Ok((self.accepting.clone(), false)),
+            CertAuth::Pkix { .. } => Ok((self.verifying.clone(), true)),
+            // No lookup produces DANE requirements yet (SPEC §10 item 2 is
+            // the next step); never fall back to PKIX or to no check.
+            CertAuth::Dane { .. } => Err(TlsSetupError::Config(
+                "DANE authentication is not available in this version".into(),
+            )),
+        }
+    }
+
     /// Whether `chain` (as the server sent it) verifies for `host` against
     /// the trusted roots; the reason in words when it does not.
     pub fn check_certificate(
         &self,
         chain: Option<&[CertificateDer<'_>]>,
         host: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), CertProblem> {
         let Some((end_entity, intermediates)) = chain.and_then(|c| c.split_first()) else {
-            return Err("the server sent no certificate".into());
+            return Err(CertProblem {
+                fault: CertFault::Other,
+                detail: "the server sent no certificate".into(),
+            });
         };
-        let name = server_name(host).map_err(|e| e.to_string())?;
+        let name = server_name(host).map_err(|e| CertProblem {
+            fault: CertFault::HostMismatch,
+            detail: e.to_string(),
+        })?;
         self.trust
             .verify(end_entity, intermediates, &name, UnixTime::now())
             .map(|_| ())
-            .map_err(|e| certificate_reason(&e))
+            .map_err(|e| certificate_problem(&e))
     }
 }
 
@@ -228,11 +256,23 @@ impl Trust {
         name: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.webpki {
+        let result = match &self.webpki {
             Some(webpki) => webpki.verify_server_cert(end_entity, intermediates, name, &[], now),
             None => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(NoTrustAnchors)),
             ))),
+        };
+        match result {
+            // Say "self-signed" rather than "unknown issuer" when that is
+            // what it is: the first thing an administrator needs to know.
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+                if intermediates.is_empty() && is_self_issued(end_entity) =>
+            {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(SelfSigned)),
+                )))
+            }
+            other => other,
         }
     }
 }
@@ -248,6 +288,23 @@ impl fmt::Display for NoTrustAnchors {
 }
 
 impl std::error::Error for NoTrustAnchors {}
+
+/// A certificate issued by itself and not a trust anchor.
+#[derive(Debug)]
+struct SelfSigned;
+
+impl fmt::Display for SelfSigned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("certificate is self-signed (not issued by a trusted CA)")
+    }
+}
+
+impl std::error::Error for SelfSigned {}
+
+fn is_self_issued(der: &CertificateDer<'_>) -> bool {
+    postern_tls::describe_der(std::slice::from_ref(der))
+        .is_ok_and(|info| info.subject == info.issuer)
+}
 
 /// The outbound server-certificate check. With trust anchors (`verify`):
 /// chain and name, or the handshake fails. Without (`require`,
@@ -334,7 +391,39 @@ fn presented_name(debug: &str) -> &str {
     debug
 }
 
-pub fn certificate_reason(error: &rustls::Error) -> String {
+/// Why a server certificate did not authenticate: the RFC 8460 category
+/// and the words for `last_error`.
+pub fn certificate_problem(error: &rustls::Error) -> CertProblem {
+    let fault = match error {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                CertFault::NotTrusted
+            }
+            CertificateError::Other(other) if other.0.downcast_ref::<SelfSigned>().is_some() => {
+                CertFault::SelfSigned
+            }
+            CertificateError::Other(other)
+                if other.0.downcast_ref::<NoTrustAnchors>().is_some() =>
+            {
+                CertFault::NotTrusted
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                CertFault::Expired
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                CertFault::HostMismatch
+            }
+            _ => CertFault::Other,
+        },
+        _ => CertFault::Other,
+    };
+    CertProblem {
+        fault,
+        detail: certificate_reason(error),
+    }
+}
+
+fn certificate_reason(error: &rustls::Error) -> String {
     let rustls::Error::InvalidCertificate(error) = error else {
         return match error {
             rustls::Error::General(text) => text.clone(),
@@ -449,9 +538,13 @@ mod tests {
     #[test]
     fn verification_without_anchors_explains_itself() {
         let tls = ClientTls::new(TrustSources::default(), None).expect("builds");
+        let detail = |r: Result<(), CertProblem>| r.map_err(|p| (p.fault, p.detail));
         assert_eq!(
-            tls.check_certificate(None, "mx.partner.test"),
-            Err("the server sent no certificate".to_string())
+            detail(tls.check_certificate(None, "mx.partner.test")),
+            Err((
+                CertFault::Other,
+                "the server sent no certificate".to_string()
+            ))
         );
         let generated = postern_tls::generate_self_signed(
             postern_tls::KeyKind::EcdsaP256,
@@ -461,10 +554,13 @@ mod tests {
         .expect("cert");
         let chain = postern_tls::parse_chain(&generated.chain_pem).expect("chain");
         assert_eq!(
-            tls.check_certificate(Some(&chain), "mx.partner.test"),
-            Err("no trusted CA is configured (tls.outbound.trusted_ca)".to_string())
+            detail(tls.check_certificate(Some(&chain), "mx.partner.test")),
+            Err((
+                CertFault::NotTrusted,
+                "no trusted CA is configured (tls.outbound.trusted_ca)".to_string()
+            ))
         );
-        // With public roots only, a self-signed certificate has an unknown issuer.
+        // With public roots only, a self-signed certificate says so.
         let public = ClientTls::new(
             TrustSources {
                 system: true,
@@ -474,8 +570,11 @@ mod tests {
         )
         .expect("builds");
         assert_eq!(
-            public.check_certificate(Some(&chain), "mx.partner.test"),
-            Err("certificate not issued by a trusted CA".to_string())
+            detail(public.check_certificate(Some(&chain), "mx.partner.test")),
+            Err((
+                CertFault::SelfSigned,
+                "certificate is self-signed (not issued by a trusted CA)".to_string()
+            ))
         );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use postern_config::OutboundMode;
 use postern_delivery::{
     deliver, AttemptError, ClientTls, Connection, FailureKind, Fault, MessageBody, Outgoing,
-    RecipientOutcome, Stage, TlsPolicyFailure,
+    RecipientOutcome, Requirement, Source, Stage, TlsPolicyFailure,
 };
 use rustls::HandshakeKind;
 use support::*;
@@ -29,7 +29,12 @@ async fn open(
     tls: &ClientTls,
     mode: OutboundMode,
 ) -> Result<Connection, AttemptError> {
-    Connection::open(host, server, tls, mode, HELO, &timeouts()).await
+    Connection::open(host, server, tls, &at(mode, host), HELO, &timeouts()).await
+}
+
+/// The requirement the global mode alone gives for `host`.
+fn at(mode: OutboundMode, host: &str) -> Requirement {
+    Requirement::at(mode, Source::Global, host)
 }
 
 /// Open, send one message to bob@partner.test, quit.
@@ -219,7 +224,7 @@ async fn policy_failures_name_host_and_reason() {
             .unwrap_err();
         assert_eq!(
             error.failure.last_error(),
-            "mx.partner.test[127.0.0.1]: TLS required but STARTTLS not offered"
+            "mx.partner.test[127.0.0.1]: global require: TLS required but STARTTLS not offered"
         );
         assert_eq!(error.failure.fault(), Fault::PeerIncompatible);
         assert!(!error.record.starttls_offered);
@@ -231,7 +236,9 @@ async fn policy_failures_name_host_and_reason() {
             .unwrap_err();
         let text = error.failure.last_error();
         assert!(
-            text.starts_with("mx.partner.test[127.0.0.1]: certificate verification failed: "),
+            text.starts_with(
+                "mx.partner.test[127.0.0.1]: global verify: certificate verification failed: "
+            ),
             "{text}"
         );
         assert_eq!(error.record.cert_verified, Some(false));
@@ -250,8 +257,8 @@ async fn policy_failures_name_host_and_reason() {
         );
         assert!(
             error.failure.last_error().starts_with(
-                "mx.partner.test[127.0.0.1]: TLS required but the handshake failed: \
-                 the server did not speak TLS"
+                "mx.partner.test[127.0.0.1]: global require: TLS required but the handshake \
+                 failed: the server did not speak TLS"
             ),
             "{error}"
         );
@@ -448,7 +455,7 @@ async fn pipelining_when_advertised_only() {
             MX_NAME,
             server.addr,
             &tls,
-            OutboundMode::None,
+            &at(OutboundMode::None, MX_NAME),
             HELO,
             &timeouts(),
             &[outgoing],
@@ -570,7 +577,7 @@ async fn dot_stuffing_round_trips() {
             MX_NAME,
             server.addr,
             &tls,
-            OutboundMode::Opportunistic,
+            &at(OutboundMode::Opportunistic, MX_NAME),
             HELO,
             &timeouts(),
             &[
@@ -710,9 +717,16 @@ async fn connection_failures_are_temporary() {
         let open_failing = |addr| {
             let (tls, quick) = (&tls, &quick);
             async move {
-                Connection::open(MX_NAME, addr, tls, OutboundMode::Opportunistic, HELO, quick)
-                    .await
-                    .unwrap_err()
+                Connection::open(
+                    MX_NAME,
+                    addr,
+                    tls,
+                    &at(OutboundMode::Opportunistic, MX_NAME),
+                    HELO,
+                    quick,
+                )
+                .await
+                .unwrap_err()
             }
         };
 
@@ -872,7 +886,7 @@ async fn starttls_refused() {
             .unwrap_err();
         assert_eq!(
             error.failure.last_error(),
-            "mx.partner.test[127.0.0.1]: TLS required but STARTTLS refused: 454 4.7.0 TLS not available"
+            "mx.partner.test[127.0.0.1]: global verify: TLS required but STARTTLS refused: 454 4.7.0 TLS not available"
         );
         assert!(!error.failure.is_permanent());
     })

@@ -7,10 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use postern_config::{DomainEntry, OutboundMode, Settings};
-use postern_delivery::{
-    deliver_via, resolve, Failure, FailureKind, MessageBody, Outgoing, Resolver, RouteError, Target,
-};
+use postern_config::{DomainEntry, Settings};
+use postern_delivery::{resolve, Failure, FailureKind, Resolver, RouteError, Target};
 use support::dns::{DnsServer, Rr};
 use support::*;
 
@@ -208,64 +206,6 @@ async fn next_hop_overrides_mx() {
             .unwrap_err();
         assert!(matches!(error, RouteError::NoAddress { .. }), "{error:?}");
         assert!(!Failure::new(None, FailureKind::Route(error)).is_permanent());
-    })
-    .await;
-}
-
-/// MX lookup, then delivery: mx1 (127.0.0.2) is down, mx2 (127.0.0.3)
-/// takes the message; both attempts are reported.
-#[tokio::test]
-async fn every_mx_is_tried() {
-    bounded(async {
-        let dns = zone().await;
-        // mx2 listens on 127.0.0.3; find a port that is free on 127.0.0.2 too.
-        let server = TestServer::start_on("127.0.0.3:0", ServerOptions::new(TlsLayer::Off)).await;
-        let port = server.addr.port();
-        let targets = resolve("partner.test", &Settings::default(), &resolver(&dns), port)
-            .await
-            .expect("routes");
-        assert_eq!(targets.len(), 2);
-
-        let tls = client_tls(&[]);
-        let to = vec!["bob@partner.test".to_string()];
-        let body = message("mx");
-        let messages = [Outgoing {
-            sender: "alice@example.test",
-            recipients: &to,
-            message: &MessageBody::from_bytes(body.clone()),
-            smtputf8: false,
-        }];
-        let delivery = deliver_via(
-            &targets,
-            &tls,
-            OutboundMode::Opportunistic,
-            "gw.example.test",
-            &timeouts(),
-            &messages,
-        )
-        .await;
-        assert_eq!(
-            delivery.failed_attempts.len(),
-            1,
-            "{:?}",
-            delivery.failed_attempts
-        );
-        let first = &delivery.failed_attempts[0];
-        assert!(
-            first
-                .failure
-                .last_error()
-                .starts_with("mx1.partner.test[127.0.0.2]: connection failed"),
-            "{}",
-            first.failure
-        );
-        let report = delivery.report.expect("delivered via mx2");
-        assert_eq!(report.record.host, "mx2.partner.test");
-        assert_eq!(report.record.ip.to_string(), "127.0.0.3");
-        assert!(report.messages[0]
-            .as_ref()
-            .is_ok_and(|o| o[0].is_delivered()));
-        assert_eq!(server.seen.deliveries().len(), 1);
     })
     .await;
 }

@@ -408,94 +408,94 @@ pub fn check(config: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// `postern probe DOMAIN`: what delivery to this domain would see.
+/// `postern probe DOMAIN`: what delivery to this domain would see and do —
+/// the courier's own route and requirement, connecting without sending mail.
 pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
-    use postern_config::OutboundMode;
-    use postern_delivery::{resolve, Connection, Resolver, Timeouts};
+    use postern_delivery::{CertFault, Courier, Resolver, Timeouts};
     use std::time::Duration;
 
     let settings = ctx.store.settings()?;
     let client_tls = crate::gateway::build_client_tls(&settings, ctx.store.as_ref())?;
     let resolver = Resolver::new(&ctx.node.dns.nameservers)?;
-    let mode = settings.outbound_mode(domain);
-    println!("domain:        {domain}");
-    println!(
-        "outbound mode: {}",
-        serde_json::to_value(mode)?.as_str().unwrap_or_default()
-    );
-    let targets = resolve(domain, &settings, &resolver, ctx.node.delivery.mx_port)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
     let timeouts = Timeouts {
         connect: Duration::from_secs(10),
         greeting: Duration::from_secs(20),
         command: Duration::from_secs(20),
         ..Timeouts::default()
     };
-    for target in &targets {
+    let courier = Courier::new(
+        resolver,
+        ctx.hostname.clone(),
+        ctx.node.delivery.mx_port,
+        timeouts,
+    );
+    let mode = settings.outbound_mode(domain);
+    println!("domain:        {domain}");
+    println!(
+        "outbound mode: {}",
+        serde_json::to_value(mode)?.as_str().unwrap_or_default()
+    );
+    let hosts = courier
+        .probe(&settings, &client_tls, domain)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    for host in &hosts {
+        let target = &host.target;
         println!(
             "\nhost {} (preference {}, port {})",
             target.host, target.preference, target.port
         );
-        for addr in target.socket_addrs() {
-            // Opportunistic: learn everything the peer offers without failing early.
-            match Connection::open(
-                &target.host,
-                addr,
-                &client_tls,
-                OutboundMode::Opportunistic,
-                &ctx.hostname,
-                &timeouts,
-            )
-            .await
-            {
-                Err(e) => println!("  {addr}: {}", e.failure),
-                Ok(connection) => {
-                    let r = connection.record().clone();
-                    connection.quit().await;
-                    println!("  {addr}: {}", r.reply);
-                    println!("    STARTTLS offered:  {}", r.starttls_offered);
-                    println!(
-                        "    TLS:               {} {}",
-                        r.tls_version.as_deref().unwrap_or("none"),
-                        r.cipher.as_deref().unwrap_or("")
-                    );
-                    if let Some(error) = &r.tls_error {
-                        println!("    TLS failure:       {error}");
-                    }
-                    let verified = match (r.cert_verified, &r.verify_error) {
-                        (Some(true), _) => {
-                            "yes (chain to trusted_ca and host name match)".to_string()
-                        }
-                        (Some(false), Some(why)) => format!("no: {why}"),
-                        (Some(false), None) => "no".to_string(),
-                        (None, _) => "no certificate seen".to_string(),
-                    };
-                    for (depth, cert) in r.cert_chain.iter().enumerate() {
-                        println!("    chain[{depth}]:          {cert}");
-                    }
-                    println!("    certificate:       {verified}");
-                    let outcome = match mode {
-                        OutboundMode::None => "deliver in plaintext",
-                        OutboundMode::Opportunistic if r.tls_version.is_some() => {
-                            "deliver over TLS"
-                        }
-                        OutboundMode::Opportunistic => "deliver in plaintext (no TLS possible)",
-                        OutboundMode::Require | OutboundMode::Verify if !r.starttls_offered => {
-                            "defer: TLS required but STARTTLS not offered"
-                        }
-                        OutboundMode::Require | OutboundMode::Verify if r.tls_version.is_none() => {
-                            "defer: TLS required but the handshake failed"
-                        }
-                        OutboundMode::Require => "deliver over TLS",
-                        OutboundMode::Verify if r.cert_verified == Some(true) => {
-                            "deliver over verified TLS"
-                        }
-                        OutboundMode::Verify => "defer: certificate does not verify",
-                    };
-                    println!("    with this mode:    {outcome}");
+        println!(
+            "  requirement:     {} (set by {})",
+            host.requirement.label(),
+            host.requirement.source
+        );
+        if let Some(refusal) = &host.requirement.refusal {
+            println!("  not used:        {refusal}");
+        }
+        for probed in &host.addresses {
+            let r = match &probed.seen {
+                Err(e) => {
+                    println!("  {}: {}", probed.addr, e.failure);
+                    continue;
                 }
+                Ok(record) => record,
+            };
+            println!("  {}: {}", probed.addr, r.reply);
+            println!("    STARTTLS offered:  {}", r.starttls_offered);
+            println!(
+                "    TLS:               {} {}",
+                r.tls_version.as_deref().unwrap_or("none"),
+                r.cipher.as_deref().unwrap_or("")
+            );
+            if let Some(error) = &r.tls_error {
+                println!("    TLS failure:       {error}");
             }
+            for (depth, cert) in r.cert_chain.iter().enumerate() {
+                println!("    chain[{depth}]:          {cert}");
+            }
+            let certificate = match (r.cert_verified, &r.cert_problem) {
+                (Some(true), _) => "verified".to_string(),
+                (_, Some(problem)) => match problem.fault {
+                    CertFault::SelfSigned => "not verified: certificate is self-signed".into(),
+                    CertFault::HostMismatch if !r.cert_names.is_empty() => format!(
+                        "not verified: name mismatch: certificate is for {} (not {})",
+                        r.cert_names.join(", "),
+                        target.host
+                    ),
+                    _ => format!("not verified: {}", problem.detail),
+                },
+                (Some(false), None) => "not verified".to_string(),
+                (None, _) => "not verified: no certificate seen".to_string(),
+            };
+            println!("    certificate:       {certificate}");
+            let outcome = match &probed.verdict {
+                Err(failure) => format!("defer: {failure}"),
+                Ok(()) if !r.is_tls() => "deliver in plaintext".to_string(),
+                Ok(()) if r.cert_verified == Some(true) => "deliver over verified TLS".to_string(),
+                Ok(()) => "deliver over TLS".to_string(),
+            };
+            println!("    with this mode:    {outcome}");
         }
     }
     Ok(())

@@ -103,6 +103,8 @@ fn hop_markup(hop: &Hop) -> Markup {
                 }
                 @if let Some(p) = &hop.protocol { dt { "Protocol" } dd { (p) } }
                 @if let Some(mode) = &hop.mode { dt { "TLS mode" } dd { (mode) } }
+                @if let Some(r) = &hop.requirement { dt { "Requirement" } dd.requirement { (r) @if let Some(src) = &hop.source { " (set by " (src) ")" } } }
+                @if let Some(t) = &hop.result_type { dt { "Policy failure" } dd.result-type { (t) } }
                 dt { "TLS version" } dd.tls-version { (hop.tls_version.as_deref().unwrap_or("none (plaintext)")) }
                 dt { "Cipher" } dd.cipher { (hop.cipher.as_deref().unwrap_or("—")) }
                 dt { "Verification" } dd.verification { (hop.verification) }

@@ -51,13 +51,15 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use self::starttls::{describe_outcome, io_reason, starttls, Upgrade};
+use self::starttls::{io_reason, starttls, Upgrade};
 use self::stream::Io;
 pub use self::stream::Stream;
 use crate::body::MessageBody;
 use crate::classify::{Failure, FailureKind, HostRef, Stage};
-use crate::policy::{after_handshake, decide, Plan, TlsPolicyFailure, Verdict};
-use crate::route::Target;
+use crate::policy::{
+    after_handshake, after_tls_failure, decide, CertProblem, Fallback, Plan, Requirement,
+    ResultType, Source, TlsFailure,
+};
 use crate::tls_client::ClientTls;
 
 pub use transaction::dot_stuff;
@@ -103,6 +105,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub enhanced_status_codes: bool,
     pub chunking: bool,
+    /// RFC 8689 (only meaningful over TLS).
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -127,6 +131,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "CHUNKING" => caps.chunking = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 _ => {}
             }
         }
@@ -142,8 +147,15 @@ pub struct AttemptRecord {
     pub host: String,
     pub ip: IpAddr,
     pub port: u16,
-    /// The outbound TLS mode that applied.
+    /// The outbound TLS level that applied.
     pub mode: OutboundMode,
+    /// The requirement as deferral reasons name it (`domain verify`).
+    pub requirement: String,
+    /// The policy source that set it (`global`, `domain`, `dane`, ...).
+    pub source: Source,
+    /// For a TLS policy failure: its RFC 8460 result type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_type: Option<ResultType>,
     /// Whether the server advertised STARTTLS (plaintext EHLO).
     pub starttls_offered: bool,
     /// `TLSv1.3`, `TLSv1.2` when TLS was used.
@@ -155,6 +167,12 @@ pub struct AttemptRecord {
     pub cert_verified: Option<bool>,
     /// Why it did not verify.
     pub verify_error: Option<String>,
+    /// The same, with its RFC 8460 category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_problem: Option<CertProblem>,
+    /// The names (SANs) of the server's certificate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cert_names: Vec<String>,
     /// The certificates the server presented, leaf first:
     /// `subject (issuer ..., until ...)`.
     pub cert_chain: Vec<String>,
@@ -169,17 +187,22 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
-    fn new(host: &str, addr: SocketAddr, mode: OutboundMode) -> Self {
+    fn new(host: &str, addr: SocketAddr, requirement: &Requirement) -> Self {
         Self {
             host: host.to_string(),
             ip: addr.ip(),
             port: addr.port(),
-            mode,
+            mode: requirement.level,
+            requirement: requirement.label(),
+            source: requirement.source,
+            result_type: None,
             starttls_offered: false,
             tls_version: None,
             cipher: None,
             cert_verified: None,
             verify_error: None,
+            cert_problem: None,
+            cert_names: Vec::new(),
             cert_chain: Vec::new(),
             tls_error: None,
             tls_fallback_plaintext: false,
@@ -274,7 +297,8 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connect to `addr`, greet, and apply the TLS policy for `mode`.
+    /// Connect to `addr`, greet, and apply `requirement` (see
+    /// [`crate::policy`]).
     ///
     /// `host` is the target's name: it is verified against the certificate
     /// and sent as SNI (not for IP literals). `helo` is our host name.
@@ -282,15 +306,20 @@ impl Connection {
         host: &str,
         addr: SocketAddr,
         tls: &ClientTls,
-        mode: OutboundMode,
+        requirement: &Requirement,
         helo: &str,
         timeouts: &Timeouts,
     ) -> Result<Connection, AttemptError> {
-        let mut record = AttemptRecord::new(host, addr, mode);
+        let mut record = AttemptRecord::new(host, addr, requirement);
         let host_ref = HostRef::new(host, Some(addr.ip()));
-        let fail = |record: &AttemptRecord, kind: FailureKind| AttemptError {
-            failure: Failure::new(Some(host_ref.clone()), kind),
-            record: record.clone(),
+        let fail = |record: &AttemptRecord, kind: FailureKind| {
+            let mut record = record.clone();
+            let mut failure = Failure::new(Some(host_ref.clone()), kind);
+            if let FailureKind::TlsPolicy(policy) = &failure.kind {
+                record.result_type = Some(policy.result_type());
+                failure = failure.under(requirement.label());
+            }
+            AttemptError { failure, record }
         };
         if !is_clean_token(helo) {
             let kind = FailureKind::Local(format!("invalid EHLO name \"{}\"", helo.escape_debug()));
@@ -311,66 +340,58 @@ impl Connection {
             usable: true,
         };
 
-        let verify = match decide(mode, caps.starttls) {
+        let verifier = match decide(requirement, &caps) {
             Plan::Plaintext => return Ok(connection(io, caps, record)),
             Plan::Defer(reason) => {
                 io.quit_quietly(timeouts).await;
                 return Err(fail(&record, FailureKind::TlsPolicy(reason)));
             }
-            Plan::StartTls { verify, .. } => verify,
+            Plan::StartTls => match tls.config_for(requirement) {
+                Ok(verifier) => verifier,
+                Err(e) => {
+                    io.quit_quietly(timeouts).await;
+                    return Err(fail(&record, FailureKind::Local(e.to_string())));
+                }
+            },
         };
 
-        let upgrade = match starttls(io, host, tls, verify, timeouts, &mut record).await {
-            Ok(upgrade) => upgrade,
-            Err(kind) => return Err(fail(&record, kind)),
-        };
-        let verdict = after_handshake(mode, upgrade.outcome());
-        match (upgrade, verdict) {
-            (Upgrade::Established { mut io, .. }, Verdict::Proceed) => {
+        match starttls(io, host, tls, verifier, timeouts, &mut record).await {
+            Err(kind) => Err(fail(&record, kind)),
+            Ok(Upgrade::Established {
+                mut io,
+                certificate,
+            }) => {
                 // RFC 3207 §4.2: forget the plaintext EHLO, ask again.
-                match ehlo(&mut io, helo, timeouts, &mut record).await {
-                    Ok(caps) => Ok(connection(io, caps, record)),
-                    Err(kind) => Err(fail(&record, kind)),
+                let caps = match ehlo(&mut io, helo, timeouts, &mut record).await {
+                    Ok(caps) => caps,
+                    Err(kind) => return Err(fail(&record, kind)),
+                };
+                match after_handshake(requirement, &certificate, &caps) {
+                    Ok(()) => Ok(connection(io, caps, record)),
+                    Err(reason) => {
+                        io.quit_quietly(timeouts).await;
+                        Err(fail(&record, FailureKind::TlsPolicy(reason)))
+                    }
                 }
             }
-            (Upgrade::Refused { io, .. }, Verdict::FallBackToPlaintext) => {
-                record.tls_fallback_plaintext = true;
-                Ok(connection(io, caps, record))
+            Ok(Upgrade::Refused { mut io, reply }) => {
+                match after_tls_failure(requirement, &TlsFailure::Refused(reply.to_string())) {
+                    Fallback::Plaintext => {
+                        record.tls_fallback_plaintext = true;
+                        Ok(connection(io, caps, record))
+                    }
+                    Fallback::Defer(reason) => {
+                        io.quit_quietly(timeouts).await;
+                        Err(fail(&record, FailureKind::TlsPolicy(reason)))
+                    }
+                }
             }
-            (
-                Upgrade::Established { mut io, .. } | Upgrade::Refused { mut io, .. },
-                Verdict::Defer(reason),
-            ) => {
-                io.quit_quietly(timeouts).await;
-                Err(fail(&record, FailureKind::TlsPolicy(reason)))
-            }
-            (Upgrade::Failed { .. }, Verdict::Defer(reason)) => {
-                Err(fail(&record, FailureKind::TlsPolicy(reason)))
-            }
-            (Upgrade::Established { mut io, .. }, Verdict::FallBackToPlaintext) => {
-                // Not a verdict the policy gives for an established session;
-                // be safe and treat it as a failed handshake.
-                io.quit_quietly(timeouts).await;
-                reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
-            }
-            (Upgrade::Failed { .. }, Verdict::FallBackToPlaintext) => {
-                reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
-            }
-            (Upgrade::Failed { outcome }, Verdict::Proceed) => {
-                // Cannot happen (a failed handshake never proceeds).
-                let reason = describe_outcome(&outcome);
-                Err(fail(
-                    &record,
-                    FailureKind::TlsPolicy(TlsPolicyFailure::HandshakeFailed(reason)),
-                ))
-            }
-            (Upgrade::Refused { mut io, reply, .. }, Verdict::Proceed) => {
-                io.quit_quietly(timeouts).await;
-                Err(fail(
-                    &record,
-                    FailureKind::TlsPolicy(TlsPolicyFailure::StartTlsRefused(reply.to_string())),
-                ))
-            }
+            Ok(Upgrade::Failed(failure)) => match after_tls_failure(requirement, &failure) {
+                Fallback::Plaintext => {
+                    reconnect_plaintext(addr, helo, timeouts, record, connection, &fail).await
+                }
+                Fallback::Defer(reason) => Err(fail(&record, FailureKind::TlsPolicy(reason))),
+            },
         }
     }
 
@@ -415,12 +436,13 @@ pub async fn deliver(
     target_host: &str,
     addr: SocketAddr,
     tls: &ClientTls,
-    mode: OutboundMode,
+    requirement: &Requirement,
     helo: &str,
     timeouts: &Timeouts,
     messages: &[Outgoing<'_>],
 ) -> Result<BatchReport, AttemptError> {
-    let mut connection = Connection::open(target_host, addr, tls, mode, helo, timeouts).await?;
+    let mut connection =
+        Connection::open(target_host, addr, tls, requirement, helo, timeouts).await?;
     let mut results = Vec::with_capacity(messages.len());
     let mut stopped: Option<AttemptError> = None;
     for message in messages {
@@ -442,53 +464,6 @@ pub async fn deliver(
         record,
         messages: results,
     })
-}
-
-/// Try each target and each of its addresses in order (SPEC §6: every MX
-/// before deferring) until a connection opens, then send the whole batch
-/// there with [`deliver`].
-///
-/// Hosts that could not be used are reported in
-/// [`RouteDelivery::failed_attempts`] (record each one); when none could,
-/// `report` is `None` and the messages stay queued — the last failure says
-/// why (all of them are temporary: connection-level failures never bounce).
-/// A connection that fails in the middle of the batch is not retried on the
-/// next host: the affected messages carry the error in the report.
-pub async fn deliver_via(
-    targets: &[Target],
-    tls: &ClientTls,
-    mode: OutboundMode,
-    helo: &str,
-    timeouts: &Timeouts,
-    messages: &[Outgoing<'_>],
-) -> RouteDelivery {
-    let mut failed_attempts = Vec::new();
-    for target in targets {
-        for addr in target.socket_addrs() {
-            match deliver(&target.host, addr, tls, mode, helo, timeouts, messages).await {
-                Ok(report) => {
-                    return RouteDelivery {
-                        failed_attempts,
-                        report: Some(report),
-                    }
-                }
-                Err(error) => failed_attempts.push(error),
-            }
-        }
-    }
-    RouteDelivery {
-        failed_attempts,
-        report: None,
-    }
-}
-
-/// What [`deliver_via`] did.
-#[derive(Debug, Clone)]
-pub struct RouteDelivery {
-    /// Connections that failed before any message was sent, in order.
-    pub failed_attempts: Vec<AttemptError>,
-    /// The batch as sent through the first usable host.
-    pub report: Option<BatchReport>,
 }
 
 /// What [`deliver`] did.

@@ -3,65 +3,48 @@
 //! (version, cipher, verification).
 
 use std::io;
+use std::sync::Arc;
 
 use postern_proto::Reply;
+use rustls::ClientConfig;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use super::stream::{Io, Stream};
 use super::{AttemptRecord, Timeouts};
 use crate::classify::{Failure, FailureKind, Stage};
-use crate::policy::HandshakeOutcome;
-use crate::tls_client::{certificate_reason, server_name, ClientTls};
+use crate::policy::{CertProblem, TlsFailure};
+use crate::tls_client::{certificate_problem, server_name, ClientTls};
 
 /// How STARTTLS went, with the connection when there still is one.
 pub(super) enum Upgrade {
-    /// TLS is up (the record holds version, cipher, verification).
-    Established { io: Io, outcome: HandshakeOutcome },
-    /// The server refused STARTTLS; the plaintext session goes on.
-    Refused {
+    /// TLS is up (the record holds version, cipher, verification);
+    /// `certificate` says whether it authenticated as PKIX for the host.
+    Established {
         io: Io,
-        reply: Reply,
-        outcome: HandshakeOutcome,
+        certificate: Result<(), CertProblem>,
     },
+    /// The server refused STARTTLS; the plaintext session goes on.
+    Refused { io: Io, reply: Reply },
     /// The handshake failed; the connection is gone.
-    Failed { outcome: HandshakeOutcome },
+    Failed(TlsFailure),
 }
 
-impl Upgrade {
-    pub(super) fn outcome(&self) -> &HandshakeOutcome {
-        match self {
-            Upgrade::Established { outcome, .. }
-            | Upgrade::Refused { outcome, .. }
-            | Upgrade::Failed { outcome } => outcome,
-        }
-    }
-}
-
-pub(super) fn describe_outcome(outcome: &HandshakeOutcome) -> String {
-    match outcome {
-        HandshakeOutcome::Established { .. } => "established".into(),
-        HandshakeOutcome::Refused(reason)
-        | HandshakeOutcome::CertificateRejected(reason)
-        | HandshakeOutcome::Failed(reason) => reason.clone(),
-    }
-}
-
-/// STARTTLS and the handshake. `Err` only for a protocol violation that
+/// STARTTLS and the handshake with `config`; `verifies` says whether that
+/// configuration authenticates the certificate itself (else it is checked
+/// afterwards, for the record). `Err` only for a protocol violation that
 /// rules out both TLS and plaintext (bytes injected after the `220`).
 pub(super) async fn starttls(
     mut io: Io,
     host: &str,
     tls: &ClientTls,
-    verify: bool,
+    (config, verifies): (Arc<ClientConfig>, bool),
     timeouts: &Timeouts,
     record: &mut AttemptRecord,
 ) -> Result<Upgrade, FailureKind> {
     let failed = |record: &mut AttemptRecord, reason: String| {
         record.tls_error = Some(format!("TLS handshake failed: {reason}"));
-        Upgrade::Failed {
-            outcome: HandshakeOutcome::Failed(reason),
-        }
+        Upgrade::Failed(TlsFailure::Failed(reason))
     };
     let reply = match io
         .command("STARTTLS\r\n", timeouts.command, Stage::StartTls)
@@ -75,11 +58,7 @@ pub(super) async fn starttls(
     record.reply = reply.to_string();
     if reply.code != 220 {
         record.tls_error = Some(format!("STARTTLS refused: {reply}"));
-        return Ok(Upgrade::Refused {
-            io,
-            outcome: HandshakeOutcome::Refused(reply.to_string()),
-            reply,
-        });
+        return Ok(Upgrade::Refused { io, reply });
     }
     if !io.buf.is_empty() {
         let reason = "the server sent data after its 220 reply to STARTTLS \
@@ -94,17 +73,16 @@ pub(super) async fn starttls(
         Ok(name) => name,
         Err(e) => return Ok(failed(record, e.to_string())),
     };
-    let connector = TlsConnector::from(tls.config(verify));
+    let connector = TlsConnector::from(config);
     let stream = match timeout(timeouts.command, connector.connect(name, tcp)).await {
         Err(_) => return Ok(failed(record, "timeout".into())),
         Ok(Err(e)) => {
-            if let Some(reason) = certificate_rejection(&e) {
+            if let Some(problem) = certificate_rejection(&e) {
                 record.cert_verified = Some(false);
-                record.verify_error = Some(reason.clone());
-                record.tls_error = Some(format!("certificate verification failed: {reason}"));
-                return Ok(Upgrade::Failed {
-                    outcome: HandshakeOutcome::CertificateRejected(reason),
-                });
+                record.verify_error = Some(problem.detail.clone());
+                record.cert_problem = Some(problem.clone());
+                record.tls_error = Some(format!("certificate verification failed: {problem}"));
+                return Ok(Upgrade::Failed(TlsFailure::CertificateRejected(problem)));
             }
             return Ok(failed(record, handshake_reason(&e)));
         }
@@ -130,30 +108,33 @@ pub(super) async fn starttls(
             },
         )
         .collect();
-    let verified = if verify {
+    record.cert_names = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| postern_tls::describe_der(std::slice::from_ref(leaf)).ok())
+        .map(|info| info.sans)
+        .unwrap_or_default();
+    let certificate = if verifies {
         // The verifying configuration checked chain and name in the handshake.
         Ok(())
     } else {
         tls.check_certificate(connection.peer_certificates(), host)
     };
-    record.cert_verified = Some(verified.is_ok());
-    record.verify_error = verified.as_ref().err().cloned();
-    let outcome = HandshakeOutcome::Established {
-        cert_verified: verified.is_ok(),
-        verify_error: verified.err(),
-    };
+    record.cert_verified = Some(certificate.is_ok());
+    record.verify_error = certificate.as_ref().err().map(|p| p.detail.clone());
+    record.cert_problem = certificate.as_ref().err().cloned();
     Ok(Upgrade::Established {
         io: Io::new(Stream::Tls(Box::new(stream))),
-        outcome,
+        certificate,
     })
 }
 
-/// The certificate reason when the handshake failed because our verifier
-/// rejected the server's certificate.
-fn certificate_rejection(error: &io::Error) -> Option<String> {
+/// What is wrong with the certificate when the handshake failed because
+/// our verifier rejected it.
+fn certificate_rejection(error: &io::Error) -> Option<CertProblem> {
     let inner = error.get_ref()?.downcast_ref::<rustls::Error>()?;
     match inner {
-        rustls::Error::InvalidCertificate(_) => Some(certificate_reason(inner)),
+        rustls::Error::InvalidCertificate(_) => Some(certificate_problem(inner)),
         _ => None,
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::maillog::MailLog;
-use crate::queue::{control, Courier, QueueRunner};
+use crate::queue::{control, QueueRunner};
 use crate::systemd::Notifier;
 use limits::ConnectionLimits;
 use live::Live;
@@ -83,7 +83,12 @@ pub async fn run(ctx: Context) -> Result<()> {
         )
         .context("starting the tracking-event writer")?,
     );
-    let courier = Courier::new(resolver, ctx.hostname.clone(), node.delivery.mx_port);
+    let courier = postern_delivery::Courier::new(
+        resolver,
+        ctx.hostname.clone(),
+        node.delivery.mx_port,
+        postern_delivery::Timeouts::default(),
+    );
     let metrics = Arc::new(Metrics::new());
     let runner = Arc::new(QueueRunner::new(
         Arc::clone(&spool),

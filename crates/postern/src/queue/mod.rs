@@ -1,9 +1,8 @@
-//! Delivery: the queue runner, the courier that talks to next hops, and
-//! the control socket for `postern queue retry|delete`.
+//! Delivery scheduling: the queue runner (when each message is tried; the
+//! courier in `postern-delivery` does the trying) and the control socket
+//! for `postern queue retry|delete`.
 
 pub mod control;
-mod courier;
 mod runner;
 
-pub use courier::Courier;
 pub use runner::QueueRunner;

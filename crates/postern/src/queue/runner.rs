@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use postern_admin::{Metrics, Outcome};
 use postern_delivery::{
-    expired, next_attempt, should_bounce, AttemptRecord, Bounce, FailedRecipient, MessageBody,
-    Outgoing, RecipientResult,
+    should_bounce, transition, AttemptRecord, Bounce, Courier, FailedRecipient, MessageBody,
+    Outgoing, RetryPolicy, Transition,
 };
 use postern_spool::{
     DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState, Spool, SpoolError,
@@ -18,7 +18,6 @@ use postern_spool::{
 use postern_store::TrackingEvent;
 use tokio::sync::{Notify, Semaphore};
 
-use super::courier::Courier;
 use crate::context::unix_now;
 use crate::gateway::LiveConfig;
 use crate::maillog::MailLog;
@@ -36,6 +35,17 @@ struct Schedule {
     in_flight: HashSet<QueueId>,
     /// Deleted by the administrator while an attempt was running.
     deleted: HashSet<QueueId>,
+    /// `queue retry` while an attempt was running: applied after it.
+    retry_after: HashSet<QueueId>,
+}
+
+/// Whether `queue retry` may edit a message's state now.
+enum Claim {
+    /// Taken out of the schedule and marked in flight: no attempt can
+    /// start until [`QueueRunner::finish`].
+    Claimed,
+    /// An attempt is running; the retry is applied when it ends.
+    Running,
 }
 
 pub struct QueueRunner {
@@ -138,7 +148,17 @@ impl QueueRunner {
                 };
                 let runner = Arc::clone(&self);
                 tokio::spawn(async move {
-                    let again = runner.attempt(id.clone()).await;
+                    let mut again = runner.attempt(id.clone()).await;
+                    // A `queue retry` that came during the attempt: applied
+                    // now, while the message is still in flight, so it edits
+                    // the state the attempt wrote rather than racing it.
+                    if runner.take_retry_request(&id) {
+                        match runner.reset_deferred(&id).await {
+                            Ok(true) => again = Some(0),
+                            Ok(false) => again = None,
+                            Err(e) => tracing::error!("queue retry of {id} failed: {e}"),
+                        }
+                    }
                     // Out of the in-flight set first, so it can be scheduled again.
                     if runner.finish(&id) {
                         if let Some(due) = again {
@@ -187,6 +207,9 @@ impl QueueRunner {
         let deleted = match self.schedule.lock() {
             Ok(mut s) => {
                 s.in_flight.remove(id);
+                if s.deleted.contains(id) {
+                    s.retry_after.remove(id);
+                }
                 s.deleted.remove(id)
             }
             Err(_) => false,
@@ -201,6 +224,13 @@ impl QueueRunner {
     }
 
     /// `postern queue retry [ID]`: deferred recipients are due now.
+    ///
+    /// The state file is only ever edited by whoever holds the message "in
+    /// flight": a message being delivered gets its retry when the attempt
+    /// ends (its outcome written first), any other is claimed for the edit
+    /// so no attempt can start meanwhile. Without that, a retry could read
+    /// `deferred`, an attempt conclude `delivered`, and the retry write the
+    /// old `deferred` back — a duplicate delivery.
     pub async fn retry(&self, id: Option<QueueId>) -> Result<usize, String> {
         let spool = Arc::clone(&self.spool);
         let ids = match id {
@@ -212,30 +242,84 @@ impl QueueRunner {
         };
         let mut count = 0;
         for id in ids {
-            let spool = Arc::clone(&self.spool);
-            let id2 = id.clone();
-            let reset = tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
-                let queued = spool.load_envelope(&id2)?;
-                let mut states = queued.recipients;
-                for r in states
-                    .iter_mut()
-                    .filter(|r| r.state == DeliveryState::Deferred)
-                {
-                    r.next_attempt = None;
+            let old_due = match self.claim(&id) {
+                None => return Err("queue unavailable".into()),
+                Some((Claim::Running, _)) => {
+                    count += 1;
+                    continue;
                 }
-                spool.update_state(&id2, &states)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+                Some((Claim::Claimed, old_due)) => old_due,
+            };
+            let reset = self.reset_deferred(&id).await;
+            let kept = self.finish(&id);
             match reset {
-                Ok(()) => {
+                Ok(true) if kept => {
                     self.schedule(id, 0);
                     count += 1;
                 }
-                Err(e) => return Err(e.to_string()),
+                // Delivered or deleted meanwhile: nothing to retry.
+                Ok(_) => {}
+                Err(e) => {
+                    if let (true, Some(due)) = (kept, old_due) {
+                        self.schedule(id, due);
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(count)
+    }
+
+    /// Take `id` for a state edit, or note a retry for its running attempt.
+    /// `None` when the schedule is unusable. With `Claimed` comes the due
+    /// time it had, to restore when the edit fails.
+    fn claim(&self, id: &QueueId) -> Option<(Claim, Option<i64>)> {
+        let mut s = self.schedule.lock().ok()?;
+        if s.in_flight.contains(id) {
+            s.retry_after.insert(id.clone());
+            return Some((Claim::Running, None));
+        }
+        let old_due = s.when.remove(id);
+        if let Some(due) = old_due {
+            s.due.remove(&(due, id.clone()));
+        }
+        s.in_flight.insert(id.clone());
+        Some((Claim::Claimed, old_due))
+    }
+
+    fn take_retry_request(&self, id: &QueueId) -> bool {
+        self.schedule
+            .lock()
+            .is_ok_and(|mut s| s.retry_after.remove(id))
+    }
+
+    /// Make every deferred recipient of `id` due now. The caller holds the
+    /// message in flight. `Ok(false)` when the message is gone.
+    async fn reset_deferred(&self, id: &QueueId) -> Result<bool, String> {
+        let spool = Arc::clone(&self.spool);
+        let id = id.clone();
+        let reset = tokio::task::spawn_blocking(move || -> Result<bool, SpoolError> {
+            let queued = match spool.load_envelope(&id) {
+                Ok(queued) => queued,
+                Err(SpoolError::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let mut states = queued.recipients;
+            for r in states
+                .iter_mut()
+                .filter(|r| r.state == DeliveryState::Deferred)
+            {
+                r.next_attempt = None;
+            }
+            match spool.update_state(&id, &states) {
+                Ok(()) => Ok(true),
+                Err(SpoolError::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        reset.map_err(|e| e.to_string())
     }
 
     /// `postern queue delete ID`: gone now, or as soon as a running attempt ends.
@@ -300,11 +384,11 @@ impl QueueRunner {
         let now = unix_now();
         let envelope = &queued.envelope.envelope;
         let mut states = queued.envelope.recipients.clone();
-        let lifetime_over = expired(
-            envelope.received_at,
-            settings.mta.queue_lifetime.to_std(),
-            now,
-        );
+        let retry = RetryPolicy {
+            queue_lifetime: settings.mta.queue_lifetime.to_std(),
+            min_backoff: settings.mta.min_backoff.to_std(),
+            max_backoff: settings.mta.max_backoff.to_std(),
+        };
 
         let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in states
@@ -342,59 +426,50 @@ impl QueueRunner {
                     continue;
                 };
                 state.attempts += 1;
-                match outcome.result {
-                    RecipientResult::Delivered { reply } => {
+                let result = transition(
+                    &state.address,
+                    &outcome.result,
+                    state.attempts,
+                    envelope.received_at,
+                    now,
+                    &retry,
+                );
+                match result {
+                    Transition::Delivered { reply } => {
                         state.state = DeliveryState::Delivered;
                         state.next_attempt = None;
                         state.last_error = None;
                         self.log_outcome("delivered", &id, envelope, &state.address, relay, &reply);
                     }
-                    RecipientResult::Failed(failure) => {
-                        let reason = failure.last_error();
-                        state.last_error = Some(reason.clone());
-                        if failure.is_permanent() || lifetime_over {
-                            state.state = DeliveryState::Bounced;
-                            state.next_attempt = None;
-                            let diagnostic = if failure.is_permanent() {
-                                failure.diagnostic_code()
-                            } else {
-                                format!("X-Postern; queue lifetime expired; last error: {reason}")
-                            };
-                            bounced.push(FailedRecipient {
-                                recipient: state.address.clone(),
-                                status: if failure.is_permanent() {
-                                    failure.status()
-                                } else {
-                                    "4.4.7".into()
-                                },
-                                diagnostic,
-                                remote_mta: failure.host.as_ref().map(|h| h.name.clone()),
-                            });
-                            self.log_outcome(
-                                "bounced",
-                                &id,
-                                envelope,
-                                &state.address,
-                                relay,
-                                &reason,
-                            );
-                        } else {
-                            state.state = DeliveryState::Deferred;
-                            state.next_attempt = Some(next_attempt(
-                                state.attempts,
-                                settings.mta.min_backoff.to_std(),
-                                settings.mta.max_backoff.to_std(),
-                                now,
-                            ));
-                            self.log_outcome(
-                                "deferred",
-                                &id,
-                                envelope,
-                                &state.address,
-                                relay,
-                                &reason,
-                            );
-                        }
+                    Transition::Deferred {
+                        next_attempt,
+                        last_error,
+                    } => {
+                        state.state = DeliveryState::Deferred;
+                        state.next_attempt = Some(next_attempt);
+                        self.log_outcome(
+                            "deferred",
+                            &id,
+                            envelope,
+                            &state.address,
+                            relay,
+                            &last_error,
+                        );
+                        state.last_error = Some(last_error);
+                    }
+                    Transition::Bounced { last_error, dsn } => {
+                        state.state = DeliveryState::Bounced;
+                        state.next_attempt = None;
+                        self.log_outcome(
+                            "bounced",
+                            &id,
+                            envelope,
+                            &state.address,
+                            relay,
+                            &last_error,
+                        );
+                        state.last_error = Some(last_error);
+                        bounced.push(dsn);
                     }
                 }
             }
