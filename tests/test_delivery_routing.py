@@ -339,6 +339,6 @@ def test_postfix_style_bracketed_next_hop(dns_server, make_downstream, make_gate
     bad = wait_outcome(gw, q_bad)
     assert bad["event"] == "deferred", bad["line"]
     err = wait_rcpt_state(gw, q_bad, "bob@brk2.test", "deferred")["last_error"]
-    assert err.startswith("alias.brk.test[127.0.0.6]: certificate verification failed"), err
+    assert err.startswith("alias.brk.test[127.0.0.6]: domain verify: certificate verification failed"), err
     assert by_mx.messages() == []
     assert "connect from" not in by_mx.log()
