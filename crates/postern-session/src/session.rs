@@ -52,6 +52,18 @@ pub struct ClientCert {
     pub verified: bool,
 }
 
+impl ClientCert {
+    /// How the mail log shows it: `CN=client (verified)`.
+    pub fn log_label(&self) -> String {
+        let verified = if self.verified {
+            "verified"
+        } else {
+            "not verified"
+        };
+        format!("{} ({verified})", self.subject)
+    }
+}
+
 /// The envelope of a message whose body is arriving: everything the
 /// listener needs to start storing it (the body follows in
 /// [`Action::MessageData`] and [`Action::Enqueue`]).

@@ -726,25 +726,6 @@ mod tests {
         }
         assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
     }
-}
-
-#[cfg(test)]
-mod fallback_tests {
-    use super::*;
-
-    fn envelope() -> Envelope {
-        Envelope {
-            sender: "a@example.test".into(),
-            recipients: vec!["b@example.test".into()],
-            received_at: 1,
-            client_addr: "192.0.2.1:25".into(),
-            helo: "client.example.test".into(),
-            tls: None,
-            body: "8BITMIME".into(),
-            smtputf8: false,
-            message_id: None,
-        }
-    }
 
     /// Without `O_TMPFILE` the message streams into `tmp/<ID>`: committed
     /// it moves to `queue/`, abandoned it is removed.

@@ -294,17 +294,10 @@ fn tls_fields(session: &Session) -> (String, String, String) {
     match session.tls() {
         None => (String::new(), String::new(), String::new()),
         Some(tls) => {
-            let cert = tls.client_cert.as_ref().map_or(String::new(), |c| {
-                format!(
-                    "{} ({})",
-                    c.subject,
-                    if c.verified {
-                        "verified"
-                    } else {
-                        "not verified"
-                    }
-                )
-            });
+            let cert = tls
+                .client_cert
+                .as_ref()
+                .map_or(String::new(), |c| c.log_label());
             (tls.version.clone(), tls.cipher.clone(), cert)
         }
     }

@@ -196,17 +196,9 @@ impl Incoming {
         let (cipher, cert) = match &delivery.tls {
             Some(t) => (
                 t.cipher.clone(),
-                t.client_cert.as_ref().map_or(String::new(), |c| {
-                    format!(
-                        "{} ({})",
-                        c.subject,
-                        if c.verified {
-                            "verified"
-                        } else {
-                            "not verified"
-                        }
-                    )
-                }),
+                t.client_cert
+                    .as_ref()
+                    .map_or(String::new(), |c| c.log_label()),
             ),
             None => (String::new(), String::new()),
         };
