@@ -22,6 +22,17 @@ pub struct DomainEntry {
     /// Overrides `tls.outbound.mode` for this domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<OutboundMode>,
+    /// `false` ignores the domain's MTA-STS policy (a broken partner).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub mta_sts: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl DomainEntry {

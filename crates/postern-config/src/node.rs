@@ -53,6 +53,8 @@ pub struct SmtpNode {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryNode {
     pub mx_port: u16,
+    /// Port for MTA-STS policy fetches (and later TLS-RPT https reports).
+    pub https_port: u16,
     /// Hold all mail in the queue and deliver nothing (maintenance, or
     /// testing the receiving side). Mail is still accepted.
     pub paused: bool,
@@ -125,6 +127,7 @@ impl Default for DeliveryNode {
     fn default() -> Self {
         Self {
             mx_port: 25,
+            https_port: 443,
             paused: false,
         }
     }
@@ -231,6 +234,12 @@ impl NodeConfig {
                 "must be between 1 and 65535",
             ));
         }
+        if self.delivery.https_port == 0 {
+            return Err(ConfigError::new(
+                "delivery.https_port",
+                "must be between 1 and 65535",
+            ));
+        }
         Ok(())
     }
 
@@ -314,8 +323,22 @@ mod tests {
             vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
         );
         assert_eq!(c.delivery.mx_port, 25);
+        assert_eq!(c.delivery.https_port, 443);
         assert_eq!(c.user, None);
         assert_eq!(c.run_as(), "postern");
+    }
+
+    #[test]
+    fn https_port_bounds() {
+        let c = NodeConfig::from_toml("[delivery]\nhttps_port = 8443\n", Path::new("."))
+            .expect("parses");
+        assert_eq!(c.delivery.https_port, 8443);
+        for bad in ["0", "65536", "\"443\""] {
+            let err =
+                NodeConfig::from_toml(&format!("[delivery]\nhttps_port = {bad}\n"), Path::new("."))
+                    .expect_err(bad);
+            assert_eq!(err.key, "delivery.https_port", "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct OutboundTls {
     pub mode: OutboundMode,
     pub trusted_ca: Vec<String>,
     pub client_certificate: String,
+    /// Honour recipient domains' MTA-STS policies (RFC 8461, SPEC §10).
+    pub mta_sts: bool,
 }
 
 impl Default for OutboundTls {
@@ -120,6 +122,7 @@ impl Default for OutboundTls {
             mode: OutboundMode::Opportunistic,
             trusted_ca: vec!["system".to_string()],
             client_certificate: String::new(),
+            mta_sts: true,
         }
     }
 }
@@ -1092,5 +1095,25 @@ tls = "verify"
         )
         .unwrap_err();
         assert_eq!(err.key, "domain[1].name");
+    }
+
+    #[test]
+    fn mta_sts_switches() {
+        let s = Settings::default();
+        assert!(s.tls.outbound.mta_sts, "on by default (SPEC §10)");
+        let s = s.with("tls.outbound.mta_sts", "false").expect("settable");
+        assert!(!s.tls.outbound.mta_sts);
+        let err = s.with("tls.outbound.mta_sts", "maybe").unwrap_err();
+        assert_eq!(err.key, "tls.outbound.mta_sts");
+
+        let s = Settings::from_toml(
+            "[[domain]]\nname = \"a.example\"\n[[domain]]\nname = \"b.example\"\nmta_sts = false\n",
+        )
+        .expect("parses");
+        assert!(s.domains[0].mta_sts, "per-domain default is true");
+        assert!(!s.domains[1].mta_sts);
+        let err = Settings::from_toml("[[domain]]\nname = \"a.example\"\nmta_sts = \"no\"\n")
+            .unwrap_err();
+        assert!(err.key.contains("mta_sts"), "{err}");
     }
 }

@@ -9,19 +9,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postern_config::Settings;
 
 use crate::classify::{Failure, FailureKind, HostRef};
+use crate::client::ReportOnlyVerdict;
 use crate::client::{
     AttemptError, AttemptRecord, Capabilities, Connection, Outgoing, RecipientOutcome,
     RecipientResult, Timeouts,
 };
+use crate::mta_sts::{MtaSts, StsStatus};
 use crate::policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertProblem, Fallback, Inputs,
-    Plan, Requirement, TlsFailure, TlsPolicyFailure,
+    MtaStsPolicy, Plan, Requirement, TlsFailure, TlsPolicyFailure,
 };
 use crate::route::{resolve, Resolver, RouteError, Target};
 use crate::tls_client::ClientTls;
@@ -66,6 +68,7 @@ pub struct Courier {
     mx_port: u16,
     timeouts: Timeouts,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    mta_sts: Option<Arc<MtaSts>>,
 }
 
 impl Courier {
@@ -78,12 +81,42 @@ impl Courier {
             mx_port,
             timeouts,
             idle: Mutex::new(HashMap::new()),
+            mta_sts: None,
         }
     }
 
+    /// Look up recipient domains' MTA-STS policies with `mta_sts`.
+    pub fn with_mta_sts(mut self, mta_sts: Arc<MtaSts>) -> Self {
+        self.mta_sts = Some(mta_sts);
+        self
+    }
+
     /// The requirement for `host` of `domain` from the sources fed so far.
-    fn requirement_for(base: &Base, host: &str) -> Requirement {
-        requirement(&Inputs::base_only(base, host))
+    fn requirement_for(base: &Base, host: &str, sts: Option<&MtaStsPolicy>) -> Requirement {
+        let mut inputs = Inputs::base_only(base, host);
+        inputs.mta_sts = sts;
+        requirement(&inputs)
+    }
+
+    /// What MTA-STS says for `domain`, when it is consulted: on globally
+    /// and for the domain, and the domain routed by MX (a static next hop
+    /// is the administrator's own route).
+    pub async fn mta_sts_status(
+        &self,
+        settings: &Settings,
+        tls: &ClientTls,
+        base: &Base,
+        domain: &str,
+    ) -> Option<StsStatus> {
+        let sts = self.mta_sts.as_ref()?;
+        let off_for_domain = base
+            .domain
+            .as_ref()
+            .is_some_and(|rule| !rule.mta_sts || rule.static_route);
+        if !settings.tls.outbound.mta_sts || off_for_domain || domain.starts_with('[') {
+            return None;
+        }
+        Some(sts.status(&self.resolver, tls, domain).await)
     }
 
     /// Deliver `message` (whose recipients are all in `domain`).
@@ -108,9 +141,11 @@ impl Courier {
             }
         };
         let base = Base::from_settings(settings, domain);
+        let sts = self.mta_sts_status(settings, tls, &base, domain).await;
+        let policy = sts.as_ref().and_then(StsStatus::policy);
         let mut last_failure = None;
         for target in &targets {
-            let requirement = Self::requirement_for(&base, &target.host);
+            let requirement = Self::requirement_for(&base, &target.host, policy.as_ref());
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
                 last_failure = Some(
@@ -126,7 +161,10 @@ impl Courier {
                     requirement: requirement.clone(),
                     generation,
                 };
-                match self.send_to(key, tls, message, &mut attempts).await {
+                let first = attempts.len();
+                let sent = self.send_to(key, tls, message, &mut attempts).await;
+                annotate(&mut attempts[first..], &requirement, sts.as_ref());
+                match sent {
                     Ok(outcomes) => return DomainReport { outcomes, attempts },
                     Err(failure) => last_failure = Some(failure),
                 }
@@ -252,12 +290,14 @@ impl Courier {
         settings: &Settings,
         tls: &ClientTls,
         domain: &str,
-    ) -> Result<Vec<ProbedHost>, RouteError> {
+    ) -> Result<Probe, RouteError> {
         let targets = resolve(domain, settings, &self.resolver, self.mx_port).await?;
         let base = Base::from_settings(settings, domain);
+        let mta_sts = self.mta_sts_status(settings, tls, &base, domain).await;
+        let policy = mta_sts.as_ref().and_then(StsStatus::policy);
         let mut hosts = Vec::with_capacity(targets.len());
         for target in targets {
-            let requirement = Self::requirement_for(&base, &target.host);
+            let requirement = Self::requirement_for(&base, &target.host, policy.as_ref());
             let looking = Requirement::at(
                 postern_config::OutboundMode::Opportunistic,
                 requirement.source,
@@ -300,7 +340,40 @@ impl Courier {
                 addresses,
             });
         }
-        Ok(hosts)
+        Ok(Probe { mta_sts, hosts })
+    }
+}
+
+/// What `postern probe` found for a domain.
+#[derive(Debug)]
+pub struct Probe {
+    /// The MTA-STS TXT record and policy, when MTA-STS is consulted.
+    pub mta_sts: Option<StsStatus>,
+    pub hosts: Vec<ProbedHost>,
+}
+
+/// Record with each attempt what MTA-STS said and which report-only
+/// requirements (MTA-STS `testing`, `monitor` rules) it would have failed.
+fn annotate(records: &mut [AttemptRecord], requirement: &Requirement, sts: Option<&StsStatus>) {
+    for record in records {
+        record.mta_sts = sts.cloned();
+        let caps = Capabilities {
+            starttls: record.starttls_offered,
+            ..Capabilities::default()
+        };
+        record.would_fail = requirement
+            .report_only
+            .iter()
+            .filter_map(|strict| {
+                let verdict = match &strict.refusal {
+                    Some(refusal) => Err(refusal.clone()),
+                    None => would_deliver(strict, record, &caps),
+                };
+                verdict
+                    .err()
+                    .map(|failure| ReportOnlyVerdict::new(strict, &failure))
+            })
+            .collect();
     }
 }
 

@@ -18,6 +18,10 @@
 //! * [`client`] — the SMTP client (RFC 5321, 3207, 2920, 1870, 6152, 6531):
 //!   a [`Connection`] carries one or more messages to one host, and records
 //!   each attempt ([`AttemptRecord`]).
+//! * [`mta_sts`] — the recipient domain's MTA-STS policy (RFC 8461):
+//!   TXT discovery, the HTTPS fetch, the strict parser, the cache.
+//! * [`https`] — one bounded HTTPS GET (no redirects, size and time
+//!   limits) on the outbound trust anchors.
 //! * [`courier`] — one message's recipients for one domain: route, the
 //!   requirement per host, every MX and address in order, connection
 //!   reuse; and `postern probe` over the same path.
@@ -37,6 +41,8 @@ pub mod classify;
 pub mod client;
 pub mod courier;
 pub mod dsn;
+pub mod https;
+pub mod mta_sts;
 pub mod policy;
 pub mod route;
 pub mod tls_client;
@@ -50,9 +56,9 @@ pub use classify::{
 };
 pub use client::{
     deliver, AttemptError, AttemptRecord, BatchReport, Capabilities, Connection, Outgoing,
-    RecipientOutcome, RecipientResult, Timeouts,
+    RecipientOutcome, RecipientResult, ReportOnlyVerdict, Timeouts,
 };
-pub use courier::{Courier, DomainReport, ProbedAddress, ProbedHost};
+pub use courier::{Courier, DomainReport, Probe, ProbedAddress, ProbedHost};
 pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
 pub use policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertFault,

@@ -207,6 +207,41 @@ impl Resolver {
         Ok(Some(records))
     }
 
+    /// TXT records of `name`, each record's strings joined (RFC 7208 §3.3
+    /// style, as MTA-STS and TLS-RPT read them). `Ok(empty)` when the name
+    /// or the records do not exist; `Err` (words) when the lookup failed.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.inner.txt_lookup(fqdn(name)).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if negative(&e).is_some() => Ok(Vec::new()),
+            Err(e) => Err(format!(
+                "TXT lookup of {name} failed: {}",
+                lookup_detail(&e)
+            )),
+        }
+    }
+
+    /// A and AAAA addresses of `host` (for HTTPS fetches), in words on
+    /// failure.
+    pub async fn host_addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        self.addresses(host).await.map_err(|failure| match failure {
+            AddressFailure::Negative(_) => format!("{host} has no address record"),
+            AddressFailure::Lookup(detail) => format!("address lookup of {host} failed: {detail}"),
+        })
+    }
+
     /// A and AAAA addresses of `host`, IPv4 first.
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, AddressFailure> {
         match self.inner.lookup_ip(fqdn(host)).await {

@@ -85,6 +85,9 @@ pub enum TlsSetupError {
 pub struct ClientTls {
     verifying: Arc<ClientConfig>,
     accepting: Arc<ClientConfig>,
+    /// For HTTPS fetches (MTA-STS policies): the same trust anchors and
+    /// name check as `verifying`, no client certificate, HTTP/1.1 ALPN.
+    https: Arc<ClientConfig>,
     trust: Arc<Trust>,
 }
 
@@ -143,9 +146,20 @@ impl ClientTls {
             algorithms: provider.signature_verification_algorithms,
         }))?;
         let accepting = build(Arc::new(ServerCheck::accept_any(&provider)))?;
+        let mut https = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsSetupError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerCheck {
+                trust: Some(trust.clone()),
+                algorithms: provider.signature_verification_algorithms,
+            }))
+            .with_no_client_auth();
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ClientTls {
             verifying,
             accepting,
+            https: Arc::new(https),
             trust,
         })
     }
@@ -157,6 +171,11 @@ impl ClientTls {
         } else {
             self.accepting.clone()
         }
+    }
+
+    /// The configuration for HTTPS fetches ([`crate::https`]).
+    pub fn https_config(&self) -> Arc<ClientConfig> {
+        self.https.clone()
     }
 
     /// The one place a connection's verifier is chosen: what the

@@ -184,6 +184,7 @@ async fn domain_rule_sets_the_requirement() {
                 relay: false,
                 next_hop: None,
                 tls: Some(OutboundMode::Require),
+                mta_sts: true,
             }],
             ..Settings::default()
         };
@@ -218,7 +219,8 @@ async fn domain_rule_sets_the_requirement() {
         let hosts = courier
             .probe(&settings, &tls, "partner.test")
             .await
-            .expect("route");
+            .expect("route")
+            .hosts;
         assert_eq!(hosts.len(), 2);
         let mx2 = &hosts[1];
         assert_eq!(mx2.target.host, "mx2.partner.test");

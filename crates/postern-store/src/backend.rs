@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::{ApiToken, CertificateRecord, EventQuery, NodeStatus, StoreError, TrackingEvent};
+use crate::{
+    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent,
+};
 
 /// Credential kinds in the `admin_credentials` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +118,13 @@ pub trait Backend: Send + Sync {
     fn put_node(&self, node: &NodeStatus) -> Result<(), StoreError>;
     /// Every node of the registry, by name.
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
+
+    /// Insert or replace the cached MTA-STS policy of its domain.
+    fn put_mta_sts(&self, record: &MtaStsRecord) -> Result<(), StoreError>;
+    /// The cached MTA-STS policy of `domain` (expired or not).
+    fn mta_sts(&self, domain: &str) -> Result<Option<MtaStsRecord>, StoreError>;
+    /// Every cached MTA-STS policy, by domain.
+    fn mta_sts_list(&self) -> Result<Vec<MtaStsRecord>, StoreError>;
 
     /// Human-readable location (file path, or URL without password).
     fn describe(&self) -> String;

@@ -22,8 +22,8 @@ use crate::backend;
 use crate::certificates::generated_flag;
 use crate::copy::{read_installation, Installation};
 use crate::{
-    settings, ApiToken, CertificateRecord, EventQuery, NodeStatus, PgStore, Store, StoreError,
-    TrackingEvent,
+    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store,
+    StoreError, TrackingEvent,
 };
 
 /// How often a node that started without its store tries to connect.
@@ -423,6 +423,20 @@ impl Store for CachedPgStore {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         self.write(|s| s.nodes())
+    }
+
+    // The policy cache is not in the local copy: while the cluster store is
+    // unreachable, the gateway's in-memory cache carries on.
+    fn put_mta_sts_policy(&self, record: &MtaStsRecord) -> Result<(), StoreError> {
+        self.write(|s| s.put_mta_sts_policy(record))
+    }
+
+    fn mta_sts_policy(&self, domain: &str) -> Result<Option<MtaStsRecord>, StoreError> {
+        self.write(|s| s.mta_sts_policy(domain))
+    }
+
+    fn mta_sts_policies(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
+        self.write(|s| s.mta_sts_policies())
     }
 
     fn location(&self) -> String {

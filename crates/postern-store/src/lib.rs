@@ -34,6 +34,7 @@ mod cached;
 mod certificates;
 mod copy;
 mod events;
+mod mta_sts;
 mod nodes;
 mod postgres;
 mod rules;
@@ -50,6 +51,7 @@ pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};
 pub use events::{event_kind, EventQuery, TrackingEvent};
+pub use mta_sts::MtaStsRecord;
 pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
 pub use postgres::conninfo::is_postgres_url;
 pub use postgres::PgStore;
@@ -173,6 +175,18 @@ pub trait Store: Send + Sync {
 
     /// The node registry, by name.
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
+
+    /// Insert or replace the cached MTA-STS policy of `record.domain`
+    /// (SPEC §9: the cache is shared by a cluster). The domain is stored
+    /// lower-case.
+    fn put_mta_sts_policy(&self, record: &MtaStsRecord) -> Result<(), StoreError>;
+
+    /// The cached MTA-STS policy of `domain` (any case), expired or not:
+    /// the caller applies `expires_at`.
+    fn mta_sts_policy(&self, domain: &str) -> Result<Option<MtaStsRecord>, StoreError>;
+
+    /// Every cached MTA-STS policy, by domain.
+    fn mta_sts_policies(&self) -> Result<Vec<MtaStsRecord>, StoreError>;
 
     /// Where the store is, for messages: a file path, or a URL without its
     /// password.

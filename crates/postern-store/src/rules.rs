@@ -7,8 +7,8 @@ use postern_config::Settings;
 
 use crate::backend::{self, Backend, CredentialKind, Transaction};
 use crate::{
-    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, NodeStatus,
-    Store, StoreError, TrackingEvent,
+    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord,
+    NodeStatus, Store, StoreError, TrackingEvent,
 };
 
 /// How long a write waits for another writer (a CLI command, another node).
@@ -227,6 +227,25 @@ impl<B: Backend> Store for B {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         Backend::nodes(self)
+    }
+
+    fn put_mta_sts_policy(&self, record: &MtaStsRecord) -> Result<(), StoreError> {
+        let mut record = record.clone();
+        record.domain = record.domain.trim_end_matches('.').to_ascii_lowercase();
+        if record.domain.is_empty() {
+            return Err(StoreError::BadName(
+                "an MTA-STS policy needs a domain".to_string(),
+            ));
+        }
+        self.put_mta_sts(&record)
+    }
+
+    fn mta_sts_policy(&self, domain: &str) -> Result<Option<MtaStsRecord>, StoreError> {
+        self.mta_sts(&domain.trim_end_matches('.').to_ascii_lowercase())
+    }
+
+    fn mta_sts_policies(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
+        self.mta_sts_list()
     }
 
     fn location(&self) -> String {

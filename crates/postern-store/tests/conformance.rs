@@ -16,8 +16,8 @@ use postern_config::{
     ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
 };
 use postern_store::{
-    event_kind, CertificateRecord, CopyReport, NodeState, NodeStatus, SqliteStore, Store,
-    StoreError, StoreLocation, TrackingEvent,
+    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore,
+    Store, StoreError, StoreLocation, TrackingEvent,
 };
 use serde_json::json;
 
@@ -107,6 +107,7 @@ conformance!(
     node_registry_round_trip_and_states,
     events_name_the_recording_node,
     copy_fills_an_empty_store_and_refuses_one_in_use,
+    mta_sts_policies_are_shared_replaced_and_listed,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -844,6 +845,7 @@ fn copy_fills_an_empty_store_and_refuses_one_in_use(h: &dyn Harness) {
         relay: true,
         next_hop: None,
         tls: None,
+        mta_sts: true,
     }];
     source.put_settings(&settings).unwrap();
     source.set_admin_password_hash("$argon2id$pw").unwrap();
@@ -892,4 +894,47 @@ fn copy_fills_an_empty_store_and_refuses_one_in_use(h: &dyn Harness) {
     assert_eq!(target.generation().unwrap(), generation);
     assert_eq!(target.certificates().unwrap().len(), 2);
     assert_eq!(target.recent_events(100_000).unwrap().len(), 12_000);
+}
+
+fn sts(domain: &str, id: &str, fetched_at: i64) -> MtaStsRecord {
+    MtaStsRecord {
+        domain: domain.into(),
+        id: id.into(),
+        mode: "enforce".into(),
+        max_age: 86_400,
+        mx: vec!["mx1.partner.test".into(), "*.mx.partner.test".into()],
+        policy: "version: STSv1\r\nmode: enforce\r\nmx: mx1.partner.test\r\n".into(),
+        fetched_at,
+        expires_at: fetched_at + 86_400,
+    }
+}
+
+fn mta_sts_policies_are_shared_replaced_and_listed(h: &dyn Harness) {
+    let node1 = h.open();
+    let node2 = h.open();
+    assert_eq!(node1.mta_sts_policy("partner.test").unwrap(), None);
+    assert!(node1.mta_sts_policies().unwrap().is_empty());
+
+    // Stored lower-case, found in any case, seen by another connection.
+    node1
+        .put_mta_sts_policy(&sts("Partner.Test.", "20260101", 1_000))
+        .unwrap();
+    let want = sts("partner.test", "20260101", 1_000);
+    assert_eq!(node2.mta_sts_policy("PARTNER.test").unwrap(), Some(want));
+
+    // A refetch replaces the row: one per domain.
+    node2
+        .put_mta_sts_policy(&sts("partner.test", "20260202", 2_000))
+        .unwrap();
+    node1
+        .put_mta_sts_policy(&sts("a.test", "1", 3_000))
+        .unwrap();
+    let all = node1.mta_sts_policies().unwrap();
+    let listed: Vec<(&str, &str)> = all.iter().map(|p| (&*p.domain, &*p.id)).collect();
+    assert_eq!(listed, [("a.test", "1"), ("partner.test", "20260202")]);
+    assert_eq!(all[1].expires_at, 2_000 + 86_400);
+    assert_eq!(all[1].mx.len(), 2);
+
+    let error = node1.put_mta_sts_policy(&sts(".", "1", 1)).unwrap_err();
+    assert!(error.to_string().contains("needs a domain"), "{error}");
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cluster;
+mod probe_sts;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -428,18 +429,23 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
         ctx.hostname.clone(),
         ctx.node.delivery.mx_port,
         timeouts,
-    );
+    )
+    .with_mta_sts(crate::sts_cache::mta_sts(
+        &ctx.store,
+        ctx.node.delivery.https_port,
+    ));
     let mode = settings.outbound_mode(domain);
     println!("domain:        {domain}");
     println!(
         "outbound mode: {}",
         serde_json::to_value(mode)?.as_str().unwrap_or_default()
     );
-    let hosts = courier
+    let probe = courier
         .probe(&settings, &client_tls, domain)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    for host in &hosts {
+    probe_sts::print(probe.mta_sts.as_ref());
+    for host in &probe.hosts {
         let target = &host.target;
         println!(
             "\nhost {} (preference {}, port {})",
@@ -453,6 +459,7 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
         if let Some(refusal) = &host.requirement.refusal {
             println!("  not used:        {refusal}");
         }
+        probe_sts::print_report_only(&host.requirement);
         for probed in &host.addresses {
             let r = match &probed.seen {
                 Err(e) => {

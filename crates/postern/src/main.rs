@@ -17,6 +17,7 @@ mod maillog;
 mod privilege;
 mod queue;
 mod registry;
+mod sts_cache;
 mod systemd;
 mod tracker;
 

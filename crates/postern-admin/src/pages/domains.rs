@@ -63,6 +63,7 @@ impl DomainForm {
             relay: self.relay,
             next_hop: (!self.next_hop.is_empty()).then(|| self.next_hop.clone()),
             tls: parse_mode(&self.tls)?,
+            mta_sts: true,
         })
     }
 }

@@ -58,7 +58,7 @@ use crate::body::MessageBody;
 use crate::classify::{Failure, FailureKind, HostRef, Stage};
 use crate::policy::{
     after_handshake, after_tls_failure, decide, CertProblem, Fallback, Plan, Requirement,
-    ResultType, Source, TlsFailure,
+    ResultType, Source, TlsFailure, TlsPolicyFailure,
 };
 use crate::tls_client::ClientTls;
 
@@ -184,6 +184,37 @@ pub struct AttemptRecord {
     pub tls_fallback_plaintext: bool,
     /// The last reply from the server, as one line.
     pub reply: String,
+    /// What the domain's MTA-STS policy said (set by the courier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mta_sts: Option<crate::mta_sts::StsStatus>,
+    /// Report-only requirements this attempt would have failed (set by
+    /// the courier).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_fail: Vec<ReportOnlyVerdict>,
+}
+
+/// A report-only requirement (MTA-STS `testing`, a `monitor` rule, a
+/// learned level in `monitor`) that an attempt did not meet: recorded,
+/// not enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportOnlyVerdict {
+    /// As deferral reasons name it (`MTA-STS testing`).
+    pub requirement: String,
+    pub source: Source,
+    pub result_type: ResultType,
+    /// What would have failed.
+    pub failure: String,
+}
+
+impl ReportOnlyVerdict {
+    pub fn new(requirement: &Requirement, failure: &TlsPolicyFailure) -> Self {
+        ReportOnlyVerdict {
+            requirement: requirement.label(),
+            source: requirement.source,
+            result_type: failure.result_type(),
+            failure: failure.to_string(),
+        }
+    }
 }
 
 impl AttemptRecord {
@@ -207,6 +238,8 @@ impl AttemptRecord {
             tls_error: None,
             tls_fallback_plaintext: false,
             reply: String::new(),
+            mta_sts: None,
+            would_fail: Vec::new(),
         }
     }
 

@@ -26,7 +26,7 @@ impl Base {
                 tls: e.tls,
                 // Not yet in the settings: the SPEC §10 defaults.
                 monitor: false,
-                mta_sts: true,
+                mta_sts: e.mta_sts,
                 dane: true,
                 static_route: e.next_hop().is_some(),
             }),

@@ -20,6 +20,7 @@
 
 pub mod conninfo;
 mod events;
+mod mta_sts;
 mod schema;
 mod tls;
 mod tx;
@@ -34,7 +35,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 
 use crate::backend::{Backend, TxBody};
-use crate::{EventQuery, NodeStatus, StoreError, TrackingEvent};
+use crate::{EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent};
 use conninfo::{ChannelBinding, ConnInfo, Host, SslMode};
 use tx::PgTx;
 
@@ -471,6 +472,19 @@ impl Backend for PgStore {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         self.with(&self.events, events::nodes)
+    }
+
+    fn put_mta_sts(&self, record: &MtaStsRecord) -> Result<(), StoreError> {
+        self.check_writable()?;
+        self.with(&self.events, |client| mta_sts::put(client, record))
+    }
+
+    fn mta_sts(&self, domain: &str) -> Result<Option<MtaStsRecord>, StoreError> {
+        self.with(&self.events, |client| mta_sts::get(client, domain))
+    }
+
+    fn mta_sts_list(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
+        self.with(&self.events, mta_sts::list)
     }
 
     fn describe(&self) -> String {

@@ -71,6 +71,19 @@ const MIGRATIONS: &[&str] = &[
         queue_deferred     BIGINT NOT NULL
     );
     ",
+    "
+    -- mtasts: the MTA-STS policy cache, one row per recipient domain.
+    CREATE TABLE mta_sts_policies (
+        domain     TEXT PRIMARY KEY,
+        id         TEXT NOT NULL,
+        mode       TEXT NOT NULL,
+        max_age    BIGINT NOT NULL,
+        mx         TEXT NOT NULL,
+        policy     TEXT NOT NULL,
+        fetched_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build creates and understands.

@@ -10,6 +10,7 @@
 
 mod events;
 mod meta;
+mod mta_sts;
 mod nodes;
 pub(crate) mod schema;
 mod tx;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::backend::{Backend, TxBody};
-use crate::{EventQuery, NodeStatus, StoreError, TrackingEvent};
+use crate::{EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent};
 use schema::{Durability, BUSY_TIMEOUT};
 use tx::SqliteTx;
 
@@ -165,6 +166,20 @@ impl Backend for SqliteStore {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         nodes::list(&self.events())
+    }
+
+    // On the events connection too: a cache, refetched if a power cut
+    // loses the last write.
+    fn put_mta_sts(&self, record: &MtaStsRecord) -> Result<(), StoreError> {
+        mta_sts::put(&self.events(), record)
+    }
+
+    fn mta_sts(&self, domain: &str) -> Result<Option<MtaStsRecord>, StoreError> {
+        mta_sts::get(&self.events(), domain)
+    }
+
+    fn mta_sts_list(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
+        mta_sts::list(&self.events())
     }
 
     fn describe(&self) -> String {

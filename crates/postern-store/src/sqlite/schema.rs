@@ -85,6 +85,19 @@ const MIGRATIONS: &[&str] = &[
         queue_deferred     INTEGER NOT NULL
     );
     ",
+    "
+    -- mtasts: the MTA-STS policy cache, one row per recipient domain.
+    CREATE TABLE mta_sts_policies (
+        domain     TEXT PRIMARY KEY NOT NULL,
+        id         TEXT NOT NULL,
+        mode       TEXT NOT NULL,
+        max_age    INTEGER NOT NULL,
+        mx         TEXT NOT NULL,
+        policy     TEXT NOT NULL,
+        fetched_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build creates and understands.

@@ -88,7 +88,11 @@ pub async fn run(ctx: Context) -> Result<()> {
         ctx.hostname.clone(),
         node.delivery.mx_port,
         postern_delivery::Timeouts::default(),
-    );
+    )
+    .with_mta_sts(crate::sts_cache::mta_sts(
+        &ctx.store,
+        node.delivery.https_port,
+    ));
     let metrics = Arc::new(Metrics::new());
     let runner = Arc::new(QueueRunner::new(
         Arc::clone(&spool),
