@@ -134,14 +134,7 @@ fn describe(error: &reqwest::Error) -> FetchError {
     let mut certificate = None;
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(cause) = source {
-        // rustls errors come wrapped in io::Error, whose source() skips them.
-        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
+        if let Some(tls) = rustls_error(cause) {
             certificate = Some(match tls {
                 rustls::Error::InvalidCertificate(_) => {
                     crate::tls_client::certificate_problem(tls).detail
@@ -160,4 +153,17 @@ fn describe(error: &reqwest::Error) -> FetchError {
         Some(detail) => FetchError::Certificate(detail),
         None => FetchError::Transport(text),
     }
+}
+
+/// The rustls error behind `error`: it comes wrapped in an io::Error
+/// (twice, by tokio-rustls and hyper-rustls), whose `source()` skips it.
+fn rustls_error<'a>(mut error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    for _ in 0..4 {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+        error = inner;
+    }
+    None
 }
