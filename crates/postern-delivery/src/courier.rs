@@ -23,6 +23,7 @@ use crate::policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertProblem, Fallback, Inputs,
     Plan, Requirement, TlsFailure, TlsPolicyFailure,
 };
+use crate::requiretls;
 use crate::route::{resolve, Resolver, RouteError, Target};
 use crate::tls_client::ClientTls;
 
@@ -86,6 +87,18 @@ impl Courier {
         requirement(&Inputs::base_only(base, host))
     }
 
+    /// The requirement for `host` and this message: its REQUIRETLS and
+    /// `TLS-Required: No` flags on top of the other sources.
+    fn message_requirement(base: &Base, host: &str, message: &Outgoing<'_>) -> Requirement {
+        let mut inputs = Inputs::base_only(base, host);
+        inputs.requiretls = message.requiretls;
+        inputs.tls_required_no = message.tls_required_no && !message.requiretls;
+        // `mx_authenticated` comes with the DNSSEC status of MX answers;
+        // until then only a static `tls = "verify"` next hop (seen in
+        // `base`) or an enforced MTA-STS policy authenticates a route.
+        requirement(&inputs)
+    }
+
     /// Deliver `message` (whose recipients are all in `domain`).
     pub async fn deliver(
         &self,
@@ -110,13 +123,12 @@ impl Courier {
         let base = Base::from_settings(settings, domain);
         let mut last_failure = None;
         for target in &targets {
-            let requirement = Self::requirement_for(&base, &target.host);
+            let requirement = Self::message_requirement(&base, &target.host, message);
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
-                last_failure = Some(
-                    Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
-                        .under(requirement.label()),
-                );
+                let failure = Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
+                    .under(requirement.label());
+                last_failure = requiretls::report(last_failure, failure, message.requiretls);
                 continue;
             }
             for addr in target.socket_addrs() {
@@ -128,7 +140,9 @@ impl Courier {
                 };
                 match self.send_to(key, tls, message, &mut attempts).await {
                     Ok(outcomes) => return DomainReport { outcomes, attempts },
-                    Err(failure) => last_failure = Some(failure),
+                    Err(failure) => {
+                        last_failure = requiretls::report(last_failure, failure, message.requiretls)
+                    }
                 }
             }
         }
