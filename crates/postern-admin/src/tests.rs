@@ -66,6 +66,8 @@ fn queued() -> QueuedEnvelope {
             body: "7BIT".into(),
             smtputf8: false,
             message_id: Some("<m1@example.test>".into()),
+            requiretls: false,
+            tls_required_no: false,
         },
         recipients: vec![RecipientState {
             address: "bob@corp.example".into(),

@@ -15,6 +15,7 @@ mod duration;
 mod node;
 mod set;
 mod settings;
+mod tlsrpt;
 mod toml_syntax;
 
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
@@ -28,6 +29,7 @@ pub use settings::{
     OutboundMode, OutboundTls, Settings, TlsSettings, TlsVersion, Unit, DEFAULT_CERT_NAME,
     DEFAULT_ECDSA_CERT_NAME, MAX_BANNER_CHARS, MTA_BOUNDS,
 };
+pub use tlsrpt::{dkim_key_name, TlsRptSettings};
 
 /// A configuration error that names what is wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

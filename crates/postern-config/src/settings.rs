@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainEntry;
 use crate::duration::Duration;
+use crate::tlsrpt::TlsRptSettings;
 use crate::ConfigError;
 
 /// Name of the self-signed certificate generated at first start.
@@ -19,6 +20,7 @@ pub const DEFAULT_ECDSA_CERT_NAME: &str = "Default Cert ECDSA";
 pub struct Settings {
     pub tls: TlsSettings,
     pub mta: MtaSettings,
+    pub tlsrpt: TlsRptSettings,
     #[serde(rename = "domain", skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<DomainEntry>,
 }
@@ -148,6 +150,9 @@ pub struct MtaSettings {
     /// Postfix (`$mynetworks`), a trusted network is not exempt on its own,
     /// so one runaway internal host cannot take every connection slot.
     pub limit_exempt_networks: Vec<ipnet::IpNet>,
+    /// Advertise REQUIRETLS (RFC 8689) after STARTTLS and accept
+    /// `MAIL FROM:<..> REQUIRETLS` in TLS sessions.
+    pub requiretls: bool,
 }
 
 impl MtaSettings {
@@ -182,6 +187,7 @@ impl Default for MtaSettings {
             max_backoff: Duration::from_secs(3600),
             tracking_retention: Duration::from_secs(30 * 86_400),
             limit_exempt_networks: Vec::new(),
+            requiretls: true,
         }
     }
 }
@@ -469,6 +475,8 @@ impl Settings {
                 ),
             ));
         }
+
+        self.tlsrpt.validate()?;
 
         let mut seen = std::collections::HashSet::new();
         for (index, entry) in self.domains.iter().enumerate() {
@@ -775,6 +783,22 @@ mod tests {
     }
 
     #[test]
+    fn requiretls_defaults_on_and_is_a_boolean() {
+        assert!(Settings::default().mta.requiretls);
+        let off = Settings::from_toml("[mta]\nrequiretls = false\n").expect("false");
+        assert!(!off.mta.requiretls);
+        let err = Settings::from_toml("[mta]\nrequiretls = \"yes\"\n").unwrap_err();
+        assert_eq!(err.key, "mta.requiretls");
+        assert!(
+            !Settings::default()
+                .with("mta.requiretls", "false")
+                .expect("set")
+                .mta
+                .requiretls
+        );
+    }
+
+    #[test]
     fn defaults_are_valid_and_round_trip() {
         let s = Settings::default();
         s.validate().expect("defaults valid");
@@ -810,6 +834,7 @@ min_backoff = "5m"
 max_backoff = "1h"
 tracking_retention = "30d"
 limit_exempt_networks = []
+requiretls = true
 
 [[domain]]
 name = "corp.example"

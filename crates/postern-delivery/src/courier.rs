@@ -25,6 +25,7 @@ use crate::policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertProblem, Fallback, Inputs,
     MtaStsPolicy, Plan, Requirement, TlsFailure, TlsPolicyFailure,
 };
+use crate::requiretls;
 use crate::route::{resolve, Resolver, RouteError, Target};
 use crate::tls_client::ClientTls;
 
@@ -119,6 +120,25 @@ impl Courier {
         Some(sts.status(&self.resolver, tls, domain).await)
     }
 
+    /// The requirement for `host` and this message: the sources of
+    /// [`Self::requirement_for`] plus its REQUIRETLS and `TLS-Required: No`
+    /// flags.
+    fn message_requirement(
+        base: &Base,
+        host: &str,
+        sts: Option<&MtaStsPolicy>,
+        message: &Outgoing<'_>,
+    ) -> Requirement {
+        let mut inputs = Inputs::base_only(base, host);
+        inputs.mta_sts = sts;
+        inputs.requiretls = message.requiretls;
+        inputs.tls_required_no = message.tls_required_no && !message.requiretls;
+        // `mx_authenticated` comes with the DNSSEC status of MX answers;
+        // until then only a static `tls = "verify"` next hop (seen in
+        // `base`) or an enforced MTA-STS policy authenticates a route.
+        requirement(&inputs)
+    }
+
     /// Deliver `message` (whose recipients are all in `domain`).
     pub async fn deliver(
         &self,
@@ -145,13 +165,13 @@ impl Courier {
         let policy = sts.as_ref().and_then(StsStatus::policy);
         let mut last_failure = None;
         for target in &targets {
-            let requirement = Self::requirement_for(&base, &target.host, policy.as_ref());
+            let requirement =
+                Self::message_requirement(&base, &target.host, policy.as_ref(), message);
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
-                last_failure = Some(
-                    Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
-                        .under(requirement.label()),
-                );
+                let failure = Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
+                    .under(requirement.label());
+                last_failure = requiretls::report(last_failure, failure, message.requiretls);
                 continue;
             }
             for addr in target.socket_addrs() {
@@ -166,7 +186,9 @@ impl Courier {
                 annotate(&mut attempts[first..], &requirement, sts.as_ref());
                 match sent {
                     Ok(outcomes) => return DomainReport { outcomes, attempts },
-                    Err(failure) => last_failure = Some(failure),
+                    Err(failure) => {
+                        last_failure = requiretls::report(last_failure, failure, message.requiretls)
+                    }
                 }
             }
         }

@@ -28,6 +28,8 @@
 //! * [`classify`] — the single temporary/permanent decision for every
 //!   failure, with who is at fault and the `last_error` text.
 //! * [`dsn`] — RFC 3464 bounces.
+//! * [`requiretls`] — which failures of a REQUIRETLS message are definitive
+//!   (RFC 8689: bounce with 5.7.30) and which only defer.
 //! * [`backoff`] — retry times and queue lifetime.
 //! * [`transition`] — what an attempt's result does to a recipient
 //!   (delivered, deferred, bounced), with the clock passed in.
@@ -44,6 +46,7 @@ pub mod dsn;
 pub mod https;
 pub mod mta_sts;
 pub mod policy;
+pub mod requiretls;
 pub mod route;
 pub mod tls_client;
 pub mod transition;

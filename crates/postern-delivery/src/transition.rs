@@ -2,14 +2,17 @@
 //! deferred until the next backoff time, or bounced — at once for a
 //! permanent failure, or because the queue lifetime is over. A pure
 //! function of the result, the recipient's attempt count, the message's
-//! arrival time, `now` and the retry settings; the queue runner applies it
-//! and writes the state.
+//! arrival time, `now`, the retry settings and whether the message came
+//! with REQUIRETLS (then a definitive TLS policy failure of every host
+//! bounces at once with `5.7.30`, RFC 8689 §5); the queue runner applies
+//! it and writes the state.
 
 use std::time::Duration;
 
 use crate::backoff::{expired, next_attempt};
 use crate::client::RecipientResult;
 use crate::dsn::FailedRecipient;
+use crate::requiretls;
 
 /// `mta.queue_lifetime`, `mta.min_backoff`, `mta.max_backoff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +39,8 @@ pub enum Transition {
     },
 }
 
-/// One recipient's transition. `attempts` counts this attempt too.
+/// One recipient's transition. `attempts` counts this attempt too;
+/// `requiretls` is the message's REQUIRETLS flag.
 pub fn transition(
     recipient: &str,
     result: &RecipientResult,
@@ -44,6 +48,7 @@ pub fn transition(
     received_at: i64,
     now: i64,
     retry: &RetryPolicy,
+    requiretls: bool,
 ) -> Transition {
     let failure = match result {
         RecipientResult::Delivered { reply } => {
@@ -54,14 +59,17 @@ pub fn transition(
         RecipientResult::Failed(failure) => failure,
     };
     let last_error = failure.last_error();
-    let permanent = failure.is_permanent();
+    let unmet_requiretls = requiretls && requiretls::is_definitive(failure);
+    let permanent = failure.is_permanent() || unmet_requiretls;
     if !permanent && !expired(received_at, retry.queue_lifetime, now) {
         return Transition::Deferred {
             next_attempt: next_attempt(attempts, retry.min_backoff, retry.max_backoff, now),
             last_error,
         };
     }
-    let (status, diagnostic) = if permanent {
+    let (status, diagnostic) = if unmet_requiretls {
+        (requiretls::STATUS.to_string(), failure.diagnostic_code())
+    } else if permanent {
         (failure.status(), failure.diagnostic_code())
     } else {
         (
@@ -85,6 +93,7 @@ pub fn transition(
 mod tests {
     use super::*;
     use crate::classify::{Failure, FailureKind, HostRef, Stage};
+    use crate::policy::TlsPolicyFailure;
     use postern_proto::{EnhancedCode, Reply};
 
     const HOUR: u64 = 3600;
@@ -125,6 +134,7 @@ mod tests {
                 received,
                 now,
                 &retry(),
+                false,
             )
         };
         let delivered = RecipientResult::Delivered {
@@ -172,6 +182,94 @@ mod tests {
                 assert_eq!(dsn.status, "5.1.1");
                 assert_eq!(dsn.diagnostic, "smtp; 550 5.1.1 no");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn policy_failed(policy: TlsPolicyFailure) -> RecipientResult {
+        RecipientResult::Failed(
+            Failure::new(
+                Some(HostRef::new("mx.partner.test", "192.0.2.2".parse().ok())),
+                FailureKind::TlsPolicy(policy),
+            )
+            .under("REQUIRETLS".into()),
+        )
+    }
+
+    /// What a REQUIRETLS message's failures do (SPEC §10 item 5): a
+    /// definitive policy failure bounces at once with 5.7.30, transient
+    /// trouble defers as usual, and the same failures of a message without
+    /// REQUIRETLS only defer.
+    #[test]
+    fn requiretls_rows() {
+        use crate::policy::{CertFault, CertProblem};
+        let received = 1_000_000;
+        let now = received + 10;
+        let cert = |fault| {
+            policy_failed(TlsPolicyFailure::CertificateUnverified(CertProblem {
+                fault,
+                detail: "certificate is self-signed".into(),
+            }))
+        };
+        let timeout = RecipientResult::Failed(Failure::new(
+            Some(HostRef::new("mx.partner.test", "192.0.2.2".parse().ok())),
+            FailureKind::Timeout(Stage::Connect),
+        ));
+        #[rustfmt::skip]
+        let rows: Vec<(&str, RecipientResult, bool, Option<&str>)> = vec![
+            // (name, result, requiretls, bounce status or None for deferred)
+            ("no REQUIRETLS offered", policy_failed(TlsPolicyFailure::RequireTlsNotOffered), true, Some("5.7.30")),
+            ("self-signed", cert(CertFault::SelfSigned), true, Some("5.7.30")),
+            ("unauthenticated MX", policy_failed(TlsPolicyFailure::RouteNotAuthenticated { host: "mx.partner.test".into() }), true, Some("5.7.30")),
+            ("no STARTTLS", policy_failed(TlsPolicyFailure::StartTlsNotOffered), true, Some("5.7.30")),
+            ("expired certificate waits", cert(CertFault::Expired), true, None),
+            ("handshake cut short", policy_failed(TlsPolicyFailure::HandshakeFailed("reset".into())), true, None),
+            ("STARTTLS 454", policy_failed(TlsPolicyFailure::StartTlsRefused("454 4.7.0 later".into())), true, None),
+            ("receiver down", timeout.clone(), true, None),
+            ("4xx", failed(451, (4, 3, 2)), true, None),
+            ("5xx keeps its own status", failed(550, (5, 1, 1)), true, Some("5.1.1")),
+            ("no REQUIRETLS flag: defer", policy_failed(TlsPolicyFailure::RequireTlsNotOffered), false, None),
+            ("no REQUIRETLS flag: self-signed defers", cert(CertFault::SelfSigned), false, None),
+        ];
+        for (name, result, requiretls, want) in rows {
+            let got = transition(
+                "bob@partner.test",
+                &result,
+                1,
+                received,
+                now,
+                &retry(),
+                requiretls,
+            );
+            match (got, want) {
+                (Transition::Deferred { next_attempt, .. }, None) => {
+                    assert_eq!(next_attempt, now + 300, "{name}")
+                }
+                (Transition::Bounced { dsn, last_error }, Some(status)) => {
+                    assert_eq!(dsn.status, status, "{name}");
+                    assert!(
+                        last_error.starts_with("mx.partner.test[192.0.2.2]: "),
+                        "{name}: {last_error}"
+                    );
+                    if status == "5.7.30" {
+                        assert!(dsn.diagnostic.starts_with("X-Postern; "), "{name}: {dsn:?}");
+                        assert!(last_error.contains("REQUIRETLS: "), "{name}: {last_error}");
+                    }
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        // Transient trouble until the lifetime ends: 4.4.7, as for any message.
+        match transition(
+            "bob@partner.test",
+            &timeout,
+            30,
+            received,
+            received + 5 * DAY,
+            &retry(),
+            true,
+        ) {
+            Transition::Bounced { dsn, .. } => assert_eq!(dsn.status, "4.4.7"),
             other => panic!("{other:?}"),
         }
     }

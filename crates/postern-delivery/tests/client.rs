@@ -53,6 +53,8 @@ async fn send_one(
             recipients: &to,
             message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
+            requiretls: false,
+            tls_required_no: false,
         })
         .await?;
     let record = connection.record().clone();
@@ -346,6 +348,8 @@ async fn two_messages_on_one_connection() {
                     recipients: &to,
                     message: &MessageBody::from_bytes(body.clone()),
                     smtputf8: false,
+                    requiretls: false,
+                    tls_required_no: false,
                 })
                 .await
                 .expect("send");
@@ -384,6 +388,8 @@ async fn rcpt_5xx_is_per_recipient_and_permanent() {
                 recipients: &to,
                 message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
+                requiretls: false,
+                tls_required_no: false,
             })
             .await
             .expect("send");
@@ -414,6 +420,8 @@ async fn rcpt_5xx_is_per_recipient_and_permanent() {
                 recipients: &to,
                 message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
+                requiretls: false,
+                tls_required_no: false,
             })
             .await
             .expect("send");
@@ -426,6 +434,8 @@ async fn rcpt_5xx_is_per_recipient_and_permanent() {
                 recipients: &to,
                 message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
+                requiretls: false,
+                tls_required_no: false,
             })
             .await
             .expect("send");
@@ -448,6 +458,8 @@ async fn pipelining_when_advertised_only() {
             recipients: &to,
             message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
+            requiretls: false,
+            tls_required_no: false,
         };
 
         let server = TestServer::start(ServerOptions::new(TlsLayer::Off)).await;
@@ -508,6 +520,8 @@ async fn smtputf8_and_size_limits() {
             recipients: &utf8_to,
             message: &MessageBody::from_bytes(body.clone()),
             smtputf8: true,
+            requiretls: false,
+            tls_required_no: false,
         };
 
         // Offered: delivered with SMTPUTF8.
@@ -541,6 +555,8 @@ async fn smtputf8_and_size_limits() {
             recipients: &ascii_to,
             message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
+            requiretls: false,
+            tls_required_no: false,
         };
         assert!(connection.send(&ascii).await.expect("send")[0].is_delivered());
         connection.quit().await;
@@ -586,12 +602,16 @@ async fn dot_stuffing_round_trips() {
                     recipients: &to,
                     message: &MessageBody::from_bytes(original.clone()),
                     smtputf8: false,
+                    requiretls: false,
+                    tls_required_no: false,
                 },
                 Outgoing {
                     sender: "alice@example.test",
                     recipients: &to,
                     message: &MessageBody::from_bytes(message("after")),
                     smtputf8: false,
+                    requiretls: false,
+                    tls_required_no: false,
                 },
             ],
         )
@@ -818,6 +838,8 @@ async fn helo_fallback_and_421() {
             recipients: &to,
             message: &MessageBody::from_bytes(body.clone()),
             smtputf8: false,
+            requiretls: false,
+            tls_required_no: false,
         };
         let outcomes = connection.send(&outgoing).await.expect("send");
         assert!(outcomes[0].is_delivered(), "{outcomes:?}");
@@ -925,6 +947,8 @@ async fn mail_and_data_end_failures() {
                 recipients: &to,
                 message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
+                requiretls: false,
+                tls_required_no: false,
             })
             .await
             .expect("send");
@@ -941,6 +965,8 @@ async fn mail_and_data_end_failures() {
                 recipients: &to,
                 message: &MessageBody::from_bytes(body.clone()),
                 smtputf8: false,
+                requiretls: false,
+                tls_required_no: false,
             })
             .await
             .expect("send");

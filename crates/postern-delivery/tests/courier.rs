@@ -44,6 +44,8 @@ fn outgoing<'a>(to: &'a [String], body: &'a MessageBody) -> Outgoing<'a> {
         recipients: to,
         message: body,
         smtputf8: false,
+        requiretls: false,
+        tls_required_no: false,
     }
 }
 

@@ -1,6 +1,6 @@
 //! SMTP commands (RFC 5321 §4.1) and their ESMTP parameters (RFC 1870
 //! SIZE, RFC 6152 8BITMIME, RFC 3030 CHUNKING/BINARYMIME, RFC 6531
-//! SMTPUTF8).
+//! SMTPUTF8, RFC 8689 REQUIRETLS).
 //!
 //! The parser is strict where ambiguity could be abused (control
 //! characters, angle brackets, address syntax and lengths) and tolerant
@@ -58,6 +58,8 @@ pub struct MailParams {
     pub body: Option<Body>,
     /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `REQUIRETLS` (RFC 8689 §4): the sender asks for TLS at every hop.
+    pub requiretls: bool,
     /// Anything else, upper-cased keyword and raw value; the session refuses
     /// what it does not support (`555 5.5.4`).
     pub other: Vec<(String, Option<String>)>,
@@ -269,7 +271,8 @@ fn parse_mail(args: &str) -> Result<Command, SyntaxError> {
                 parsed.body = Some(parse_body(value).ok_or(arguments(EXPECT_MAIL))?);
             }
             ("SMTPUTF8", None) if !parsed.smtputf8 => parsed.smtputf8 = true,
-            ("SIZE" | "BODY" | "SMTPUTF8", _) => return Err(arguments(EXPECT_MAIL)),
+            ("REQUIRETLS", None) if !parsed.requiretls => parsed.requiretls = true,
+            ("SIZE" | "BODY" | "SMTPUTF8" | "REQUIRETLS", _) => return Err(arguments(EXPECT_MAIL)),
             _ => parsed.other.push((keyword, value.map(str::to_string))),
         }
     }
@@ -820,6 +823,7 @@ mod tests {
                     size: Some(5),
                     body: Some(Body::EightBitMime),
                     smtputf8: true,
+                    requiretls: false,
                     other: vec![
                         ("RET".into(), Some("HDRS".into())),
                         ("ENVID".into(), Some("QQ314159".into())),
@@ -847,6 +851,16 @@ mod tests {
             (b"MAIL FROM:<a@b.example> BODY=7BIT BODY=7BIT", args(EXPECT_MAIL)),
             (b"MAIL FROM:<a@b.example> SMTPUTF8=yes", args(EXPECT_MAIL)),
             (b"MAIL FROM:<a@b.example> SMTPUTF8 SMTPUTF8", args(EXPECT_MAIL)),
+            (
+                b"MAIL FROM:<a@b.example> REQUIRETLS",
+                mail_params(MailParams { requiretls: true, ..MailParams::default() }),
+            ),
+            (
+                b"MAIL FROM:<a@b.example> SIZE=9 requiretls",
+                mail_params(MailParams { size: Some(9), requiretls: true, ..MailParams::default() }),
+            ),
+            (b"MAIL FROM:<a@b.example> REQUIRETLS=yes", args(EXPECT_MAIL)),
+            (b"MAIL FROM:<a@b.example> REQUIRETLS REQUIRETLS", args(EXPECT_MAIL)),
             (b"MAIL FROM:<a@b.example> =x", args(EXPECT_MAIL)),
             (b"MAIL FROM:<a@b.example> -X=1", args(EXPECT_MAIL)),
             (b"MAIL FROM:<a@b.example> X_Y=1", args(EXPECT_MAIL)),

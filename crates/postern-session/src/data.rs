@@ -95,6 +95,7 @@ impl Session {
             tls: self.tls.clone(),
             body: transaction.body,
             smtputf8: transaction.smtputf8,
+            requiretls: transaction.requiretls,
         };
         self.body.clear();
         self.message_open = true;

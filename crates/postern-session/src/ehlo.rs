@@ -33,7 +33,17 @@ impl Session {
         }
         lines.push("SMTPUTF8".to_string());
         lines.push("CHUNKING".to_string());
+        if self.offers_requiretls() {
+            lines.push("REQUIRETLS".to_string());
+        }
         Reply::plain(250, lines)
+    }
+
+    /// RFC 8689 §2: only inside TLS, so a man in the middle cannot strip
+    /// the advertisement without also stripping STARTTLS (which the sender
+    /// of REQUIRETLS mail refuses to do without).
+    pub(crate) fn offers_requiretls(&self) -> bool {
+        self.tls.is_some() && self.config.settings.mta.requiretls
     }
 
     pub(crate) fn offers_starttls(&self) -> bool {

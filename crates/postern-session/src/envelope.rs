@@ -47,7 +47,17 @@ impl Session {
         if let Some((name, _)) = params.other.first() {
             return self.error(replies::unsupported_parameter(name));
         }
-        if !esmtp && (params.size.is_some() || params.body.is_some() || params.smtputf8) {
+        if params.requiretls {
+            if let Some(reply) = self.requiretls_refusal() {
+                return self.error(reply);
+            }
+        }
+        if !esmtp
+            && (params.size.is_some()
+                || params.body.is_some()
+                || params.smtputf8
+                || params.requiretls)
+        {
             return self.error(replies::unsupported_parameter(
                 "(ESMTP parameters need EHLO)",
             ));
@@ -81,10 +91,27 @@ impl Session {
             sender,
             body,
             smtputf8: params.smtputf8,
+            requiretls: params.requiretls,
             recipients: Vec::new(),
             chunks: None,
         });
         self.reply(replies::sender_ok());
+    }
+
+    /// Why `MAIL FROM:<..> REQUIRETLS` cannot be accepted, if it cannot:
+    /// the promise of TLS on every hop means nothing if this hop is
+    /// plaintext (RFC 8689 §4.1), and without `mta.requiretls` we do not
+    /// offer the extension at all.
+    fn requiretls_refusal(&self) -> Option<Reply> {
+        if self.tls.is_none() {
+            return Some(replies::requiretls_needs_tls());
+        }
+        if !self.config.settings.mta.requiretls {
+            return Some(replies::unsupported_parameter(
+                "REQUIRETLS (not offered: mta.requiretls = false)",
+            ));
+        }
+        None
     }
 
     pub(crate) fn rcpt(&mut self, to: Address, params: RcptParams) {

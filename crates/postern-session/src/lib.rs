@@ -25,7 +25,7 @@ mod replies;
 mod session;
 mod starttls;
 
-pub use received::{message_id, received_header};
+pub use received::{message_id, received_header, tls_required_no};
 pub use session::{
     Action, ClientCert, Delivery, Session, SessionConfig, SessionEvent, SessionStats, TlsInfo,
     BODY_CHUNK,

@@ -60,15 +60,31 @@ fn sanitize(text: &str) -> String {
 
 /// The value of the `Message-ID:` header, if the message has one.
 pub fn message_id(message: &[u8]) -> Option<String> {
+    let value = header_value(message, b"message-id")?;
+    (!value.is_empty()).then_some(value)
+}
+
+/// Whether the header section in `message` (the first piece of a message,
+/// as for [`message_id`]) has `TLS-Required: No` (RFC 8689 §5): the sender
+/// asks that recipient-published TLS policies be ignored. A header beyond
+/// the first piece is not seen, which errs on the safe side: the message
+/// then keeps every policy.
+pub fn tls_required_no(message: &[u8]) -> bool {
+    header_value(message, b"tls-required").is_some_and(|v| v.eq_ignore_ascii_case("no"))
+}
+
+/// The unfolded, trimmed value of the first header field called `name` in
+/// the header section at the start of `message`.
+fn header_value(message: &[u8], name: &[u8]) -> Option<String> {
     let headers_end = find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
     let headers = message.get(..headers_end)?;
     let mut lines = headers.split(|&b| b == b'\n').peekable();
     while let Some(line) = lines.next() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some((name, value)) = split_header(line) else {
+        let Some((field, value)) = split_header(line) else {
             continue;
         };
-        if !name.eq_ignore_ascii_case(b"message-id") {
+        if !field.eq_ignore_ascii_case(name) {
             continue;
         }
         let mut value = String::from_utf8_lossy(value).into_owned();
@@ -81,8 +97,7 @@ pub fn message_id(message: &[u8]) -> Option<String> {
             value.push_str(&String::from_utf8_lossy(next));
             lines.next();
         }
-        let value = value.trim().to_string();
-        return (!value.is_empty()).then_some(value);
+        return Some(value.trim().to_string());
     }
     None
 }
@@ -111,6 +126,7 @@ mod tests {
             tls,
             body: "7BIT",
             smtputf8: false,
+            requiretls: false,
             protocol: "ESMTPS",
         }
     }
@@ -153,5 +169,28 @@ mod tests {
         let folded = b"message-id:\r\n <2@x>\r\nSubject: y\r\n\r\n";
         assert_eq!(message_id(folded).as_deref(), Some("<2@x>"));
         assert_eq!(message_id(b"Subject: y\r\n\r\nMessage-ID: <3@x>\r\n"), None);
+    }
+
+    #[test]
+    fn tls_required_no_in_the_header_section_only() {
+        #[rustfmt::skip]
+        let rows: &[(&[u8], bool)] = &[
+            (b"Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n", true),
+            (b"tls-required:no\r\n\r\n", true),
+            (b"TLS-Required:\r\n  NO \r\n\r\n", true),
+            (b"TLS-Required: Yes\r\n\r\n", false),
+            (b"TLS-Required: No thanks\r\n\r\n", false),
+            (b"X-TLS-Required: No\r\n\r\n", false),
+            (b"Subject: x\r\n\r\nTLS-Required: No\r\n", false),
+            (b"Subject: x\r\n\r\n", false),
+        ];
+        for (message, want) in rows {
+            assert_eq!(
+                tls_required_no(message),
+                *want,
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
     }
 }

@@ -135,6 +135,13 @@ pub(crate) fn bare_line_ending() -> Reply {
         "Message refused: bare CR or LF not allowed (use CRLF line endings)",
     )
 }
+pub(crate) fn requiretls_needs_tls() -> Reply {
+    Reply::new(
+        530,
+        (5, 7, 10),
+        "REQUIRETLS is only accepted in a TLS session: issue STARTTLS first",
+    )
+}
 pub(crate) fn unsupported_parameter(name: &str) -> Reply {
     Reply::new(555, (5, 5, 4), format!("Unsupported parameter {name}"))
 }

@@ -78,6 +78,8 @@ pub struct Delivery {
     /// `7BIT`, `8BITMIME` or `BINARYMIME`.
     pub body: &'static str,
     pub smtputf8: bool,
+    /// `MAIL FROM:<..> REQUIRETLS` was given (RFC 8689), in a TLS session.
+    pub requiretls: bool,
     /// `ESMTP`, `ESMTPS`, `SMTP`, `UTF8SMTPS`… (RFC 3848) for `Received:`.
     pub protocol: &'static str,
 }
@@ -149,6 +151,7 @@ pub(crate) struct Transaction {
     pub sender: String,
     pub body: &'static str,
     pub smtputf8: bool,
+    pub requiretls: bool,
     pub recipients: Vec<String>,
     /// Set once a BDAT chunk was received: DATA is then out of sequence.
     pub chunks: Option<BdatReceiver>,

@@ -708,3 +708,56 @@ fn refused_or_abandoned_messages_are_discarded_at_once() {
     assert!(d.closed);
     assert!(d.stored.is_empty());
 }
+
+/// REQUIRETLS (RFC 8689): offered only inside TLS, refused in plaintext
+/// with a 5xx, carried on the stored message when accepted.
+#[test]
+fn requiretls_only_inside_tls() {
+    let mut d = Dialog::new(Settings::default(), TRUSTED);
+    let ehlo = d.send("EHLO c\r\n");
+    assert!(
+        !ehlo[0].contains("REQUIRETLS"),
+        "offered in plaintext: {ehlo:?}"
+    );
+    d.expect(
+        "MAIL FROM:<a@example.com> REQUIRETLS",
+        "530 5.7.10 REQUIRETLS is only accepted in a TLS session",
+    );
+    // The refusal opened no transaction: a plain MAIL still works.
+    d.expect("MAIL FROM:<a@example.com>", "250 2.1.0");
+    d.expect("RSET", "250");
+    d.expect("STARTTLS", "220 2.0.0");
+    d.finish_tls(None);
+    let ehlo = d.send("EHLO c\r\n");
+    assert!(ehlo[0].contains(" / REQUIRETLS"), "{ehlo:?}");
+    d.expect("MAIL FROM:<a@example.com> REQUIRETLS", "250 2.1.0");
+    d.expect("RCPT TO:<b@example.org>", "250 2.1.5");
+    d.expect("DATA", "354");
+    let r = d.send("Subject: hi\r\n\r\nbody\r\n.\r\n");
+    assert!(r[0].starts_with("250 2.0.0"), "{r:?}");
+    assert!(d.stored[0].requiretls);
+    // The flag belongs to one transaction only.
+    send_message(&mut d);
+    assert!(!d.stored[1].requiretls);
+}
+
+#[test]
+fn requiretls_off_is_neither_offered_nor_accepted() {
+    let mut s = Settings::default();
+    s.mta.requiretls = false;
+    let mut d = Dialog::with_tls(s, STRANGER, Some(tls13(None)));
+    let ehlo = d.send("EHLO c\r\n");
+    assert!(!ehlo[0].contains("REQUIRETLS"), "{ehlo:?}");
+    d.expect(
+        "MAIL FROM:<a@example.com> REQUIRETLS",
+        "555 5.5.4 Unsupported parameter REQUIRETLS",
+    );
+    // Implicit TLS with the setting on: offered and accepted.
+    let mut d = Dialog::with_tls(Settings::default(), STRANGER, Some(tls13(None)));
+    assert!(d.send("EHLO c\r\n")[0].contains("REQUIRETLS"));
+    d.expect("MAIL FROM:<a@example.com> REQUIRETLS", "250 2.1.0");
+    // HELO sessions have no ESMTP parameters at all.
+    let mut d = Dialog::with_tls(Settings::default(), STRANGER, Some(tls13(None)));
+    d.expect("HELO c", "250");
+    d.expect("MAIL FROM:<a@example.com> REQUIRETLS", "555 5.5.4");
+}

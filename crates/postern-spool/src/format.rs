@@ -14,7 +14,10 @@
 //! The SIZE has exactly 20 digits, so the line can be written before the
 //! message bytes arrive and filled in at the end without moving them.
 //! Version 1 (still read) differs only in the SIZE line: `SIZE 1234`, in
-//! canonical decimal. The CRC32 (IEEE) in the trailer covers every byte
+//! canonical decimal. Version 3 has the layout of version 2; it is written
+//! instead of 2 when the envelope has `"requiretls":true` or
+//! `"tls_required_no":true`, fields a version-2 reader would silently drop
+//! (it must quarantine such a file rather than deliver it without them). The CRC32 (IEEE) in the trailer covers every byte
 //! before the trailer. The file length must be exactly header + SIZE +
 //! trailer.
 //!
@@ -35,9 +38,14 @@ use crate::types::{Envelope, RecipientState};
 
 pub(crate) const MESSAGE_MAGIC: &str = "POSTERN-SPOOL";
 pub(crate) const STATE_MAGIC: &str = "POSTERN-STATE";
-/// The message file version written; version 1 is still read.
+/// The message file version written for envelopes an older reader fully
+/// understands; version 1 is still read.
 pub(crate) const MESSAGE_VERSION: u32 = 2;
-const MESSAGE_VERSIONS_READ: &[u32] = &[1, 2];
+/// Written when the envelope carries the REQUIRETLS or `TLS-Required: No`
+/// flag: a version-2 reader would ignore those fields and deliver the
+/// message under the wrong policy, so it must refuse the file instead.
+pub(crate) const MESSAGE_VERSION_FLAGS: u32 = 3;
+const MESSAGE_VERSIONS_READ: &[u32] = &[1, 2, 3];
 pub(crate) const STATE_VERSION: u32 = 1;
 /// Digits of the fixed-width SIZE of a version-2 file (any u64 fits).
 const SIZE_DIGITS: usize = 20;
@@ -142,8 +150,13 @@ impl MessageHeader {
                 json.len()
             ));
         }
+        let version = if envelope.needs_version_3() {
+            MESSAGE_VERSION_FLAGS
+        } else {
+            MESSAGE_VERSION
+        };
         let mut bytes = Vec::with_capacity(json.len() + 48);
-        bytes.extend_from_slice(format!("{MESSAGE_MAGIC} {MESSAGE_VERSION}\n").as_bytes());
+        bytes.extend_from_slice(format!("{MESSAGE_MAGIC} {version}\n").as_bytes());
         bytes.extend_from_slice(&json);
         bytes.extend_from_slice(format!("\nSIZE {:0width$}\n", 0, width = SIZE_DIGITS).as_bytes());
         Ok(MessageHeader { bytes })
@@ -415,6 +428,8 @@ mod tests {
             body: "8BITMIME".into(),
             smtputf8: false,
             message_id: Some("<1@example.org>".into()),
+            requiretls: false,
+            tls_required_no: false,
         }
     }
 
@@ -550,8 +565,8 @@ mod tests {
     #[test]
     fn version_and_magic() {
         let f = file(b"x");
-        let v3 = [b"POSTERN-SPOOL 3".as_slice(), &f[15..]].concat();
-        assert_eq!(decode(&v3).err(), Some(Damage::UnknownVersion("3".into())));
+        let v4 = [b"POSTERN-SPOOL 4".as_slice(), &f[15..]].concat();
+        assert_eq!(decode(&v4).err(), Some(Damage::UnknownVersion("4".into())));
         let other = [b"SOMETHING ELSE 1".as_slice(), &f[15..]].concat();
         assert_eq!(decode(&other).err(), Some(Damage::BadMagic));
         assert_eq!(

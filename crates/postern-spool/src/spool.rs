@@ -694,6 +694,8 @@ mod tests {
             body: "8BITMIME".into(),
             smtputf8: false,
             message_id: None,
+            requiretls: false,
+            tls_required_no: false,
         }
     }
 

@@ -29,6 +29,29 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The Message-ID header value, if the message had one.
     pub message_id: Option<String>,
+    /// Received with `MAIL FROM:<..> REQUIRETLS` (RFC 8689): delivered only
+    /// over authenticated TLS to a host that offers REQUIRETLS, or bounced.
+    /// Absent (false) in version 1 and 2 files.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub requiretls: bool,
+    /// The header section had `TLS-Required: No` (RFC 8689 §5) and the
+    /// message came without REQUIRETLS: published and learned policies
+    /// are ignored for it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls_required_no: bool,
+}
+
+impl Envelope {
+    /// Whether an older reader (version 2) would lose something of this
+    /// envelope: then the file is written as version 3, which such a
+    /// reader refuses instead of delivering the message without it.
+    pub(crate) fn needs_version_3(&self) -> bool {
+        self.requiretls || self.tls_required_no
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Where delivery to one recipient stands.

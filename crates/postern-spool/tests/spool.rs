@@ -24,6 +24,8 @@ fn envelope() -> Envelope {
         body: "8BITMIME".into(),
         smtputf8: false,
         message_id: Some("<1@example.org>".into()),
+        requiretls: false,
+        tls_required_no: false,
     }
 }
 
@@ -310,10 +312,10 @@ fn unknown_version_is_quarantined() -> TestResult {
     let spool = Spool::open(dir.path())?;
     let id = spool.store(&envelope(), MESSAGE)?;
     let good = fs::read(dir.path().join("queue").join(id.as_str()))?;
-    let v3 = [b"POSTERN-SPOOL 3".as_slice(), &good[15..]].concat();
-    plant(dir.path(), id.as_str(), &v3);
-    let reason = assert_quarantined(&spool, dir.path(), id.as_str(), &v3);
-    assert!(reason.contains("unknown format version \"3\""), "{reason}");
+    let v4 = [b"POSTERN-SPOOL 4".as_slice(), &good[15..]].concat();
+    plant(dir.path(), id.as_str(), &v4);
+    let reason = assert_quarantined(&spool, dir.path(), id.as_str(), &v4);
+    assert!(reason.contains("unknown format version \"4\""), "{reason}");
     Ok(())
 }
 
@@ -688,5 +690,62 @@ fn abandoned_writer_leaves_nothing() -> TestResult {
     assert!(names(&dir.path().join("queue")).is_empty());
     assert!(names(&dir.path().join("tmp")).is_empty());
     assert!(spool.list()?.is_empty());
+    Ok(())
+}
+
+/// A version-2 file exactly as the previous release wrote it (commit
+/// 8617667, `Spool::store` of `envelope()` and `MESSAGE`).
+const VERSION_2_FILE: &[u8] = include_bytes!("data/version-2.msg");
+
+#[test]
+fn version_2_file_of_the_previous_release_loads_byte_for_byte() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    let name = "01JZ3K5Q8M0ABCDE";
+    plant(dir.path(), name, VERSION_2_FILE);
+    let report = spool.recover()?;
+    assert!(report.quarantined.is_empty(), "{report:?}");
+    let id: QueueId = name.parse()?;
+    let loaded = spool.load(&id)?;
+    assert_eq!(loaded.envelope.envelope, envelope());
+    assert!(!loaded.envelope.envelope.requiretls);
+    assert!(!loaded.envelope.envelope.tls_required_no);
+    assert_eq!(loaded.body.read_to_vec()?, MESSAGE);
+    // Without flags this release still writes exactly that file, so a
+    // rollback to the previous release keeps reading today's queue.
+    let written = spool.store(&envelope(), MESSAGE)?;
+    assert_eq!(
+        fs::read(dir.path().join("queue").join(written.as_str()))?,
+        VERSION_2_FILE
+    );
+    Ok(())
+}
+
+#[test]
+fn flags_are_written_as_version_3_and_read_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    for (requiretls, tls_required_no) in [(true, false), (false, true)] {
+        let flagged = Envelope {
+            requiretls,
+            tls_required_no,
+            ..envelope()
+        };
+        let id = spool.store(&flagged, MESSAGE)?;
+        let bytes = fs::read(dir.path().join("queue").join(id.as_str()))?;
+        assert!(
+            bytes.starts_with(b"POSTERN-SPOOL 3\n"),
+            "{:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let loaded = spool.load(&id)?;
+        assert_eq!(loaded.envelope.envelope, flagged);
+        assert_eq!(loaded.body.read_to_vec()?, MESSAGE);
+        // Streamed like a large message: the same file.
+        let mut writer = spool.create_message(&flagged)?;
+        writer.write(&MESSAGE[..10])?;
+        let streamed = writer.commit(&MESSAGE[10..])?;
+        assert_eq!(spool.load(&streamed)?.envelope.envelope, flagged);
+    }
     Ok(())
 }

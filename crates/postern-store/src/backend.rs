@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::{
-    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent,
+    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent, DkimKeyRecord,
 };
 
 /// Credential kinds in the `admin_credentials` table.
@@ -40,6 +40,13 @@ pub trait Transaction {
     fn insert_certificate(&mut self, record: &CertificateRecord) -> Result<(), StoreError>;
     /// By exact name; false when there was none.
     fn delete_certificate(&mut self, name: &str) -> Result<bool, StoreError>;
+
+    /// DKIM keys, ordered by name.
+    fn dkim_keys(&mut self) -> Result<Vec<DkimKeyRecord>, StoreError>;
+    fn dkim_key(&mut self, name: &str) -> Result<Option<DkimKeyRecord>, StoreError>;
+    fn insert_dkim_key(&mut self, record: &DkimKeyRecord) -> Result<(), StoreError>;
+    /// False when there was none.
+    fn delete_dkim_key(&mut self, name: &str) -> Result<bool, StoreError>;
 
     fn generation(&mut self) -> Result<i64, StoreError>;
     /// Add one to the generation counter.

@@ -22,7 +22,7 @@ use crate::backend;
 use crate::certificates::generated_flag;
 use crate::copy::{read_installation, Installation};
 use crate::{
-    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store,
+    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store, DkimKeyRecord,
     StoreError, TrackingEvent,
 };
 
@@ -375,6 +375,31 @@ impl Store for CachedPgStore {
                 None => Err(self.unreachable()),
             },
         )
+    }
+
+    fn dkim_keys(&self) -> Result<Vec<DkimKeyRecord>, StoreError> {
+        self.with(|s| s.dkim_keys(), |c| Ok(c.installation.dkim_keys.clone()))
+    }
+
+    fn dkim_key(&self, name: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
+        self.with(
+            |s| s.dkim_key(name),
+            |c| {
+                Ok(c.installation
+                    .dkim_keys
+                    .iter()
+                    .find(|k| k.name == name)
+                    .cloned())
+            },
+        )
+    }
+
+    fn add_dkim_key(&self, record: &DkimKeyRecord) -> Result<(), StoreError> {
+        self.write(|s| s.add_dkim_key(record))
+    }
+
+    fn delete_dkim_key(&self, name: &str) -> Result<(), StoreError> {
+        self.write(|s| s.delete_dkim_key(name))
     }
 
     fn add_api_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {

@@ -13,7 +13,7 @@ use postern_config::{DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME};
 use crate::backend::{self, Backend, CredentialKind, Transaction};
 use crate::certificates::generated_flag;
 use crate::rules::{DEFAULT_CERT_WAIT, WRITE_WAIT};
-use crate::{CertificateRecord, StoreError};
+use crate::{CertificateRecord, DkimKeyRecord, StoreError};
 
 /// Events read and written per round.
 const EVENT_PAGE: usize = 5000;
@@ -30,6 +30,7 @@ pub struct CopyReport {
     pub private_keys: usize,
     pub admin_password: bool,
     pub api_tokens: usize,
+    pub dkim_keys: usize,
     pub events: usize,
 }
 
@@ -43,6 +44,8 @@ pub(crate) struct Installation {
     pub(crate) password: Option<String>,
     /// (name, hash, created_at)
     pub(crate) tokens: Vec<(String, String, i64)>,
+    #[serde(default)]
+    pub(crate) dkim_keys: Vec<DkimKeyRecord>,
 }
 
 pub(crate) fn read_installation(tx: &mut dyn Transaction) -> Result<Installation, StoreError> {
@@ -65,6 +68,7 @@ pub(crate) fn read_installation(tx: &mut dyn Transaction) -> Result<Installation
         flags,
         password: tx.credential(CredentialKind::Password, "admin")?,
         tokens,
+        dkim_keys: tx.dkim_keys()?,
     })
 }
 
@@ -110,6 +114,9 @@ where
         for (name, hash, at) in &installation.tokens {
             tx.put_credential(CredentialKind::Token, name, hash, *at)?;
         }
+        for key in &installation.dkim_keys {
+            tx.insert_dkim_key(key)?;
+        }
         let mut copied = 0;
         let mut after = 0;
         loop {
@@ -146,6 +153,7 @@ where
             .count(),
         admin_password: installation.password.is_some(),
         api_tokens: installation.tokens.len(),
+        dkim_keys: installation.dkim_keys.len(),
         events,
     })
 }
@@ -178,6 +186,9 @@ fn verify<T: Backend + ?Sized>(
     }
     if found.password != copied.password || found.tokens != copied.tokens {
         return mismatch("credentials");
+    }
+    if found.dkim_keys != copied.dkim_keys {
+        return mismatch("DKIM keys");
     }
     if usize::try_from(target_events).ok() != Some(events) {
         return mismatch("tracking events");

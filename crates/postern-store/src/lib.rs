@@ -33,6 +33,7 @@ pub mod backend;
 mod cached;
 mod certificates;
 mod copy;
+mod dkim;
 mod events;
 mod mta_sts;
 mod nodes;
@@ -50,6 +51,7 @@ pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
 pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};
+pub use dkim::{DkimKeyRecord, DKIM_KEY_TYPES};
 pub use events::{event_kind, EventQuery, TrackingEvent};
 pub use mta_sts::MtaStsRecord;
 pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
@@ -118,6 +120,19 @@ pub trait Store: Send + Sync {
         name: &str,
         make: &mut dyn FnMut() -> Result<CertificateRecord, String>,
     ) -> Result<bool, StoreError>;
+
+    /// The DKIM keys, ordered by name.
+    fn dkim_keys(&self) -> Result<Vec<DkimKeyRecord>, StoreError>;
+
+    /// One DKIM key by its name (`<selector>._domainkey.<domain>`).
+    fn dkim_key(&self, name: &str) -> Result<Option<DkimKeyRecord>, StoreError>;
+
+    /// Insert a DKIM key; refuses a name already taken.
+    fn add_dkim_key(&self, record: &DkimKeyRecord) -> Result<(), StoreError>;
+
+    /// Delete a DKIM key; refuses unknown names and the key that
+    /// `tlsrpt.dkim_key` names.
+    fn delete_dkim_key(&self, name: &str) -> Result<(), StoreError>;
 
     /// Append one tracking event.
     fn record_event(&self, event: &TrackingEvent) -> Result<(), StoreError>;
@@ -274,6 +289,18 @@ pub enum StoreError {
     /// A certificate of that name (ignoring ASCII case) exists already.
     #[error("a certificate named \"{0}\" already exists")]
     Duplicate(String),
+    /// A DKIM key of that name exists already.
+    #[error("a DKIM key named \"{0}\" already exists; delete it first to make a new one")]
+    DuplicateDkimKey(String),
+    /// No DKIM key of that name.
+    #[error("no DKIM key named \"{0}\" (see `postern dkim list`)")]
+    UnknownDkimKey(String),
+    /// The DKIM key is named by `tlsrpt.dkim_key`.
+    #[error(
+        "DKIM key \"{0}\" is in use by tlsrpt.dkim_key; set tlsrpt.dkim_key to another key \
+         (or to \"\") first"
+    )]
+    DkimKeyInUse(String),
     /// An API token of that name exists already.
     #[error("an API token named \"{0}\" already exists")]
     DuplicateToken(String),

@@ -7,8 +7,7 @@ use postern_config::Settings;
 
 use crate::backend::{self, Backend, CredentialKind, Transaction};
 use crate::{
-    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord,
-    NodeStatus, Store, StoreError, TrackingEvent,
+    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, Store, StoreError, TrackingEvent, dkim, DkimKeyRecord,
 };
 
 /// How long a write waits for another writer (a CLI command, another node).
@@ -28,6 +27,16 @@ fn load_settings(tx: &mut dyn Transaction) -> Result<Settings, StoreError> {
 /// Validate `new` against the table and save it; inside a write transaction.
 fn check_and_save(tx: &mut dyn Transaction, new: &Settings) -> Result<(), StoreError> {
     settings::check(new, |name| tx.certificate(name))?;
+    let key = &new.tlsrpt.dkim_key;
+    if !key.is_empty() && tx.dkim_key(key)?.is_none() {
+        return Err(StoreError::Invalid(postern_config::ConfigError::new(
+            "tlsrpt.dkim_key",
+            format!(
+                "names no DKIM key: \"{key}\" does not exist; make it with `postern dkim \
+                 generate`, or see `postern dkim list`"
+            ),
+        )));
+    }
     tx.save_settings_document(&new.to_json(), crate::now())?;
     tx.bump_generation()
 }
@@ -141,6 +150,38 @@ impl<B: Backend> Store for B {
         // Under the write lock, checked again: another process or node may
         // have generated it while we waited.
         backend::write(self, DEFAULT_CERT_WAIT, |tx| ensure_default(tx, name, make))
+    }
+
+    fn dkim_keys(&self) -> Result<Vec<DkimKeyRecord>, StoreError> {
+        backend::read(self, |tx| tx.dkim_keys())
+    }
+
+    fn dkim_key(&self, name: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
+        backend::read(self, |tx| tx.dkim_key(name))
+    }
+
+    fn add_dkim_key(&self, record: &DkimKeyRecord) -> Result<(), StoreError> {
+        dkim::validate_record(record)?;
+        backend::write(self, WRITE_WAIT, |tx| {
+            if tx.dkim_key(&record.name)?.is_some() {
+                return Err(StoreError::DuplicateDkimKey(record.name.clone()));
+            }
+            tx.insert_dkim_key(record)
+        })
+    }
+
+    fn delete_dkim_key(&self, name: &str) -> Result<(), StoreError> {
+        // In the write transaction: a concurrent `settings set
+        // tlsrpt.dkim_key` either sees the key or is seen here.
+        backend::write(self, WRITE_WAIT, |tx| {
+            if load_settings(tx)?.tlsrpt.dkim_key == name {
+                return Err(StoreError::DkimKeyInUse(name.to_string()));
+            }
+            if !tx.delete_dkim_key(name)? {
+                return Err(StoreError::UnknownDkimKey(name.to_string()));
+            }
+            Ok(())
+        })
     }
 
     fn record_event(&self, event: &TrackingEvent) -> Result<(), StoreError> {

@@ -16,7 +16,7 @@ use postern_config::{
     ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
 };
 use postern_store::{
-    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore,
+    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore, DkimKeyRecord,
     Store, StoreError, StoreLocation, TrackingEvent,
 };
 use serde_json::json;
@@ -108,6 +108,9 @@ conformance!(
     events_name_the_recording_node,
     copy_fills_an_empty_store_and_refuses_one_in_use,
     mta_sts_policies_are_shared_replaced_and_listed,
+    dkim_keys_round_trip_duplicates_and_bad_records_refused,
+    dkim_key_in_use_by_tlsrpt_cannot_be_deleted,
+    copy_carries_dkim_keys,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -937,4 +940,126 @@ fn mta_sts_policies_are_shared_replaced_and_listed(h: &dyn Harness) {
 
     let error = node1.put_mta_sts_policy(&sts(".", "1", 1)).unwrap_err();
     assert!(error.to_string().contains("needs a domain"), "{error}");
+}
+
+fn dkim(selector: &str, domain: &str) -> DkimKeyRecord {
+    DkimKeyRecord {
+        name: format!("{selector}._domainkey.{domain}"),
+        domain: domain.to_string(),
+        selector: selector.to_string(),
+        key_type: "ed25519".to_string(),
+        private_key_pem: KEY.to_string(),
+        dns_record: "v=DKIM1; k=ed25519; p=MCowBQYDK2VwAyEA".to_string(),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn dkim_keys_round_trip_duplicates_and_bad_records_refused(h: &dyn Harness) {
+    let store = initialised(h);
+    assert!(store.dkim_keys().unwrap().is_empty());
+    store.add_dkim_key(&dkim("s2", "example.com")).unwrap();
+    store.add_dkim_key(&dkim("s1", "example.com")).unwrap();
+    // Another connection sees both, by name.
+    let other = h.open();
+    let names: Vec<String> = other
+        .dkim_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["s1._domainkey.example.com", "s2._domainkey.example.com"]
+    );
+    assert_eq!(
+        other.dkim_key("s1._domainkey.example.com").unwrap(),
+        Some(dkim("s1", "example.com"))
+    );
+    assert_eq!(other.dkim_key("nope._domainkey.example.com").unwrap(), None);
+
+    let error = store.add_dkim_key(&dkim("s1", "example.com")).unwrap_err();
+    assert!(
+        matches!(error, StoreError::DuplicateDkimKey(_)),
+        "{error:?}"
+    );
+    for (bad, want) in [
+        (
+            DkimKeyRecord {
+                name: "other".into(),
+                ..dkim("s3", "example.com")
+            },
+            "should be",
+        ),
+        (
+            DkimKeyRecord {
+                key_type: "dsa".into(),
+                ..dkim("s3", "example.com")
+            },
+            "key type",
+        ),
+        (
+            DkimKeyRecord {
+                private_key_pem: "x".into(),
+                ..dkim("s3", "example.com")
+            },
+            "PKCS#8",
+        ),
+        (
+            DkimKeyRecord {
+                dns_record: "p=x".into(),
+                ..dkim("s3", "example.com")
+            },
+            "v=DKIM1",
+        ),
+    ] {
+        let error = store.add_dkim_key(&bad).unwrap_err();
+        assert!(error.to_string().contains(want), "{error}");
+    }
+    assert_eq!(store.dkim_keys().unwrap().len(), 2);
+
+    store.delete_dkim_key("s2._domainkey.example.com").unwrap();
+    let error = store
+        .delete_dkim_key("s2._domainkey.example.com")
+        .unwrap_err();
+    assert!(matches!(error, StoreError::UnknownDkimKey(_)), "{error:?}");
+    assert_eq!(other.dkim_keys().unwrap().len(), 1);
+}
+
+fn dkim_key_in_use_by_tlsrpt_cannot_be_deleted(h: &dyn Harness) {
+    let store = initialised(h);
+    let name = "tlsrpt._domainkey.example.com";
+    // Settings cannot name a key that does not exist.
+    let mut settings = Settings::default();
+    settings.tlsrpt.dkim_key = name.to_string();
+    assert_eq!(
+        invalid_key(store.put_settings(&settings).unwrap_err()),
+        "tlsrpt.dkim_key"
+    );
+    store.add_dkim_key(&dkim("tlsrpt", "example.com")).unwrap();
+    store.put_settings(&settings).unwrap();
+    let error = h.open().delete_dkim_key(name).unwrap_err();
+    assert!(matches!(error, StoreError::DkimKeyInUse(_)), "{error:?}");
+    assert!(error.to_string().contains("tlsrpt.dkim_key"), "{error}");
+    assert!(store.dkim_key(name).unwrap().is_some());
+    settings.tlsrpt.dkim_key.clear();
+    store.put_settings(&settings).unwrap();
+    store.delete_dkim_key(name).unwrap();
+    assert!(store.dkim_keys().unwrap().is_empty());
+}
+
+fn copy_carries_dkim_keys(h: &dyn Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = SqliteStore::open(&dir.path().join("source.db"), "old-node").unwrap();
+    source
+        .ensure_default_certificate(DEFAULT_CERT_NAME, &mut || Ok(leaf("x")))
+        .unwrap();
+    source.add_dkim_key(&dkim("tlsrpt", "example.com")).unwrap();
+    let mut settings = Settings::default();
+    settings.tlsrpt.dkim_key = "tlsrpt._domainkey.example.com".into();
+    source.put_settings(&settings).unwrap();
+    let report = h.copy_from(&source).unwrap();
+    assert_eq!(report.dkim_keys, 1);
+    let target = h.open();
+    assert_eq!(target.dkim_keys().unwrap(), source.dkim_keys().unwrap());
+    assert_eq!(target.settings().unwrap(), settings);
 }

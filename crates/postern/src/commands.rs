@@ -328,6 +328,8 @@ fn queue_json(q: &postern_spool::QueuedEnvelope) -> serde_json::Value {
         "received_at": rfc3339(q.envelope.received_at),
         "client": q.envelope.client_addr,
         "tls": q.envelope.tls,
+        "requiretls": q.envelope.requiretls,
+        "tls_required_no": q.envelope.tls_required_no,
         "recipients": q.recipients.iter().map(|r| serde_json::json!({
             "address": r.address,
             "state": r.state,

@@ -279,6 +279,12 @@ pub struct Outgoing<'a> {
     pub message: &'a MessageBody,
     /// The message arrived with SMTPUTF8 (its headers may be UTF-8).
     pub smtputf8: bool,
+    /// The message arrived with `MAIL FROM:<..> REQUIRETLS` (RFC 8689): it
+    /// goes out only with `REQUIRETLS` on its `MAIL FROM`, over TLS, to a
+    /// server that advertised it.
+    pub requiretls: bool,
+    /// The message has `TLS-Required: No` (and no REQUIRETLS).
+    pub tls_required_no: bool,
 }
 
 /// The result for one recipient of a message.

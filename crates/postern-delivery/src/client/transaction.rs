@@ -11,6 +11,7 @@ use super::{AttemptError, Connection, Outgoing, RecipientOutcome, RecipientResul
 use crate::body::{MessageBody, READ_CHUNK};
 use crate::classify::{Failure, FailureKind, MessageProblem, Stage};
 use crate::dsn::header_section;
+use crate::policy::TlsPolicyFailure;
 
 impl Connection {
     /// Send one message. `Ok` carries one outcome per recipient, in order
@@ -27,6 +28,16 @@ impl Connection {
         }
         if message.recipients.is_empty() {
             return Ok(Vec::new());
+        }
+        if message.requiretls && !(self.record.is_tls() && self.caps.requiretls) {
+            // The requirement already refused such a host; this keeps the
+            // promise even if a connection was opened for another one.
+            let failure = Failure::new(
+                Some(self.host.clone()),
+                FailureKind::TlsPolicy(TlsPolicyFailure::RequireTlsNotOffered),
+            )
+            .under("REQUIRETLS".into());
+            return Ok(all_failed(message.recipients, &failure));
         }
         if let Some(problem) = self.refusal(message) {
             let failure = Failure::new(Some(self.host.clone()), FailureKind::Message(problem));
@@ -162,6 +173,10 @@ impl Connection {
         }
         if self.caps.smtputf8 && (message.smtputf8 || needs_smtputf8(message)) {
             command.push_str(" SMTPUTF8");
+        }
+        if message.requiretls {
+            // RFC 8689 §4.2: the next hop takes on the same obligation.
+            command.push_str(" REQUIRETLS");
         }
         command.push_str("\r\n");
         command

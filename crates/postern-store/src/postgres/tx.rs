@@ -5,7 +5,7 @@ use tokio_postgres::{Client, Row};
 
 use super::{wait, CHANNEL};
 use crate::backend::{CredentialKind, Transaction};
-use crate::{ApiToken, CertificateRecord, StoreError, TrackingEvent};
+use crate::{ApiToken, CertificateRecord, DkimKeyRecord, StoreError, TrackingEvent};
 
 pub(crate) struct PgTx<'a> {
     client: &'a Client,
@@ -25,6 +25,21 @@ fn certificate(row: &Row) -> CertificateRecord {
         chain_pem: row.get(1),
         key_pem: row.get(2),
         created_at: row.get(3),
+    }
+}
+
+const DKIM_COLUMNS: &str =
+    "name, domain, selector, key_type, private_key_pem, dns_record, created_at";
+
+fn dkim(row: &Row) -> DkimKeyRecord {
+    DkimKeyRecord {
+        name: row.get(0),
+        domain: row.get(1),
+        selector: row.get(2),
+        key_type: row.get(3),
+        private_key_pem: row.get(4),
+        dns_record: row.get(5),
+        created_at: row.get(6),
     }
 }
 
@@ -99,6 +114,45 @@ impl Transaction for PgTx<'_> {
         Ok(wait(
             self.client
                 .execute("DELETE FROM certificates WHERE name = $1", &[&name]),
+        )? == 1)
+    }
+
+    fn dkim_keys(&mut self) -> Result<Vec<DkimKeyRecord>, StoreError> {
+        let rows = wait(self.client.query(
+            &format!("SELECT {DKIM_COLUMNS} FROM dkim_keys ORDER BY name COLLATE \"C\""),
+            &[],
+        ))?;
+        Ok(rows.iter().map(dkim).collect())
+    }
+
+    fn dkim_key(&mut self, name: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
+        let row = wait(self.client.query_opt(
+            &format!("SELECT {DKIM_COLUMNS} FROM dkim_keys WHERE name = $1"),
+            &[&name],
+        ))?;
+        Ok(row.as_ref().map(dkim))
+    }
+
+    fn insert_dkim_key(&mut self, r: &DkimKeyRecord) -> Result<(), StoreError> {
+        wait(self.client.execute(
+            &format!("INSERT INTO dkim_keys ({DKIM_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+            &[
+                &r.name,
+                &r.domain,
+                &r.selector,
+                &r.key_type,
+                &r.private_key_pem,
+                &r.dns_record,
+                &r.created_at,
+            ],
+        ))?;
+        Ok(())
+    }
+
+    fn delete_dkim_key(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(wait(
+            self.client
+                .execute("DELETE FROM dkim_keys WHERE name = $1", &[&name]),
         )? == 1)
     }
 

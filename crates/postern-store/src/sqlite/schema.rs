@@ -98,6 +98,17 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     ",
+    "-- requiretls: DKIM keys (`postern dkim`), named <selector>._domainkey.<domain>.
+    CREATE TABLE dkim_keys (
+        name            TEXT PRIMARY KEY NOT NULL,
+        domain          TEXT NOT NULL,
+        selector        TEXT NOT NULL,
+        key_type        TEXT NOT NULL,
+        private_key_pem TEXT NOT NULL,
+        dns_record      TEXT NOT NULL,
+        created_at      INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build creates and understands.

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::backend::{CredentialKind, Transaction};
 use crate::sqlite::{events, meta};
-use crate::{ApiToken, CertificateRecord, StoreError, TrackingEvent};
+use crate::{ApiToken, CertificateRecord, DkimKeyRecord, StoreError, TrackingEvent};
 
 pub(crate) struct SqliteTx<'a>(pub(crate) &'a Connection);
 
@@ -17,6 +17,21 @@ fn certificate_from_row(row: &Row<'_>) -> rusqlite::Result<CertificateRecord> {
         chain_pem: row.get(1)?,
         key_pem: row.get(2)?,
         created_at: row.get(3)?,
+    })
+}
+
+const DKIM_COLUMNS: &str =
+    "name, domain, selector, key_type, private_key_pem, dns_record, created_at";
+
+fn dkim_from_row(row: &Row<'_>) -> rusqlite::Result<DkimKeyRecord> {
+    Ok(DkimKeyRecord {
+        name: row.get(0)?,
+        domain: row.get(1)?,
+        selector: row.get(2)?,
+        key_type: row.get(3)?,
+        private_key_pem: row.get(4)?,
+        dns_record: row.get(5)?,
+        created_at: row.get(6)?,
     })
 }
 
@@ -90,6 +105,44 @@ impl Transaction for SqliteTx<'_> {
         Ok(self
             .0
             .execute("DELETE FROM certificates WHERE name = ?1", [name])?
+            == 1)
+    }
+
+    fn dkim_keys(&mut self) -> Result<Vec<DkimKeyRecord>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {DKIM_COLUMNS} FROM dkim_keys ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], dkim_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn dkim_key(&mut self, name: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {DKIM_COLUMNS} FROM dkim_keys WHERE name = ?1"
+        ))?;
+        Ok(stmt.query_row([name], dkim_from_row).optional()?)
+    }
+
+    fn insert_dkim_key(&mut self, r: &DkimKeyRecord) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!("INSERT INTO dkim_keys ({DKIM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                r.name,
+                r.domain,
+                r.selector,
+                r.key_type,
+                r.private_key_pem,
+                r.dns_record,
+                r.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_dkim_key(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .execute("DELETE FROM dkim_keys WHERE name = ?1", [name])?
             == 1)
     }
 
@@ -200,4 +253,5 @@ pub(crate) const ROW_COUNTED: &[&str] = &[
     "admin_credentials",
     "events",
     "nodes",
+    "dkim_keys",
 ];

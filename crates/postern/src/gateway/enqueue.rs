@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use postern_session::{message_id, received_header, Delivery};
+use postern_session::{message_id, received_header, tls_required_no, Delivery};
 use postern_spool::{Envelope, MessageWriter};
 use postern_store::TrackingEvent;
 use time::format_description::well_known::Rfc2822;
@@ -61,6 +61,8 @@ impl Incoming {
             body: delivery.body.to_string(),
             smtputf8: delivery.smtputf8,
             message_id: None,
+            requiretls: delivery.requiretls,
+            tls_required_no: false,
         };
         Self {
             size: received.len(),
@@ -81,7 +83,7 @@ impl Incoming {
             return;
         }
         if self.writer.is_none() && self.pending.is_empty() {
-            self.envelope.message_id = message_id(&bytes);
+            self.read_header_section(&bytes);
             self.pending = bytes;
             return;
         }
@@ -114,6 +116,14 @@ impl Incoming {
         }
     }
 
+    /// What the envelope records of the header section, read from the
+    /// first piece of the message (at least 64 KiB) as it streams by.
+    fn read_header_section(&mut self, first: &[u8]) {
+        self.envelope.message_id = message_id(first);
+        // RFC 8689 §4.1: REQUIRETLS on the envelope wins over the header.
+        self.envelope.tls_required_no = !self.envelope.requiretls && tls_required_no(first);
+    }
+
     fn fail(&mut self, shared: &Shared, error: String) {
         tracing::error!("spool write failed, the message will get 451: {error}");
         shared.maillog.write(
@@ -144,7 +154,7 @@ impl Incoming {
         }
         self.size += last.len();
         if self.writer.is_none() && self.pending.is_empty() {
-            self.envelope.message_id = message_id(&last);
+            self.read_header_section(&last);
         }
         let writer = self.writer.take();
         let first = std::mem::take(&mut self.pending);
@@ -244,6 +254,8 @@ impl Incoming {
                 "sender": delivery.sender,
                 "recipients": delivery.recipients,
                 "size": size,
+                "requiretls": envelope.requiretls,
+                "tls_required_no": envelope.tls_required_no,
             }),
         };
         // Tracking is recorded after the message is safe; it never delays the 250.

@@ -408,6 +408,8 @@ impl QueueRunner {
                 recipients: &recipients,
                 message: &queued.body,
                 smtputf8: envelope.smtputf8,
+                requiretls: envelope.requiretls,
+                tls_required_no: envelope.tls_required_no,
             };
             let report = self
                 .courier
@@ -433,6 +435,7 @@ impl QueueRunner {
                     envelope.received_at,
                     now,
                     &retry,
+                    envelope.requiretls,
                 );
                 match result {
                     Transition::Delivered { reply } => {
@@ -520,6 +523,8 @@ impl QueueRunner {
                         body: "7BIT".into(),
                         smtputf8: false,
                         message_id: None,
+                        requiretls: false,
+                        tls_required_no: false,
                     },
                     &message,
                 )?),
@@ -589,7 +594,15 @@ impl QueueRunner {
                 message_id: envelope.message_id.clone(),
                 at: unix_now(),
                 kind: "delivery_attempt".into(),
-                detail: serde_json::json!({ "domain": domain, "attempt": record }),
+                // The message's own TLS requests travel with each attempt:
+                // `TLS-Required: No` explains a requirement without DANE,
+                // MTA-STS or learned levels.
+                detail: serde_json::json!({
+                    "domain": domain,
+                    "attempt": record,
+                    "requiretls": envelope.requiretls,
+                    "tls_required_no": envelope.tls_required_no,
+                }),
             })
             .collect();
         self.tracker.record_all(events);
