@@ -20,6 +20,7 @@
 
 pub mod conninfo;
 mod events;
+mod row;
 mod schema;
 mod tls;
 mod tx;
