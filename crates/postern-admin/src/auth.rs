@@ -7,9 +7,11 @@
 //! * An API token is 32 random bytes, shown once as `pst_` + hex; the
 //!   store keeps its SHA-256 only (a token has full entropy, so a slow hash
 //!   adds nothing but latency to every API call).
-//! * A session is a random 256-bit id in a cookie, mapped server-side to
-//!   its CSRF token and times; it ends after [`SESSION_IDLE`] without use
-//!   or [`SESSION_LIFETIME`] after login. Every login makes a new id.
+//! * A session is a random 256-bit id in a cookie; the store keeps its
+//!   SHA-256 with its times (every node shares the table, and a copy of
+//!   the store gives no live session). Its CSRF token is derived from the
+//!   id. It ends after [`SESSION_IDLE`] without use or
+//!   [`SESSION_LIFETIME`] after login. Every login makes a new id.
 //! * Each session remembers which password it was opened with (a
 //!   [`PasswordVersion`]: a digest of the stored hash it was verified
 //!   against). When the password changes, exactly the sessions of older
@@ -17,21 +19,25 @@
 //!   after the change it was made. No clock is compared, so no race within
 //!   a second.
 //! * Login attempts are limited per client address and in total within a
-//!   sliding window; past the limit, even a correct password is refused
-//!   until the window has room again. An attempt is counted before its
-//!   password is checked, so concurrent attempts cannot overshoot.
+//!   sliding window, counted in the store (shared by every node); past the
+//!   limit, even a correct password is refused until the window has room
+//!   again. An attempt is counted before its password is checked, so
+//!   concurrent attempts cannot overshoot.
 //!
-//! Every function that takes the time takes it as an argument, so the
-//! tests run on a clock of their own.
+//! Every function that takes the time takes it as an argument (unix
+//! seconds), so the tests run on a clock of their own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use postern_store::{
+    AdminSession, LoginLimits, LoginReservation, SessionLimits, Store, StoreError,
+};
 use rand::RngCore;
 
 /// Prefix of API tokens, so they are recognisable in configs and logs.
@@ -172,6 +178,10 @@ impl PasswordVersion {
     pub fn of(phc_hash: &str) -> Self {
         Self(token_hash(phc_hash))
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// What a valid session cookie gives a request.
@@ -182,145 +192,210 @@ pub struct SessionInfo {
     pub csrf: String,
 }
 
-struct SessionEntry {
-    csrf: String,
-    password: PasswordVersion,
-    created: Instant,
-    last_seen: Instant,
+/// The CSRF token of session `id`: derived from the id (a one-way hash
+/// with its own label), so no node has to store it and a leaked CSRF
+/// token does not give the session.
+fn csrf_of(id: &str) -> String {
+    token_hash(&format!("postern-csrf\0{id}"))
+        .trim_start_matches("sha256:")
+        .to_string()
 }
 
-/// The server-side session table.
-pub struct Sessions {
-    entries: Mutex<HashMap<String, SessionEntry>>,
-    idle: Duration,
-    lifetime: Duration,
-}
-
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::new(SESSION_IDLE, SESSION_LIFETIME)
+/// Unix seconds of `at`.
+pub fn unix_seconds(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     }
+}
+
+/// A use is written to the store at most this often per session (the idle
+/// timeout is that much less exact; a request costs no write).
+pub const TOUCH_EVERY_SECS: i64 = 60;
+
+/// How long a node trusts a session it validated without asking the
+/// store again: a logout or a password change on another node takes effect
+/// here within this time.
+pub const VALIDATED_FOR: Duration = Duration::from_secs(1);
+
+struct Validated {
+    at: Instant,
+    info: SessionInfo,
+}
+
+/// The session table, kept in the store so that every node of an
+/// installation shares it and it survives restarts; the store holds only
+/// the SHA-256 of each id. Validated sessions are remembered here for
+/// [`VALIDATED_FOR`], so most requests cost no store round trip.
+///
+/// Blocking: call from `spawn_blocking` (except [`Sessions::cached`]).
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    limits: SessionLimits,
+    validated_for: Duration,
+    validated: Mutex<HashMap<String, Validated>>,
 }
 
 impl Sessions {
-    pub fn new(idle: Duration, lifetime: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, idle: Duration, lifetime: Duration) -> Self {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Self {
-            entries: Mutex::new(HashMap::new()),
-            idle,
-            lifetime,
+            store,
+            limits: SessionLimits {
+                idle_secs: secs(idle),
+                lifetime_secs: secs(lifetime),
+                max_sessions: MAX_SESSIONS,
+            },
+            validated_for: VALIDATED_FOR,
+            validated: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
-        self.entries
+    /// With the default idle timeout and lifetime.
+    pub fn with_defaults(store: Arc<dyn Store>) -> Self {
+        Self::new(store, SESSION_IDLE, SESSION_LIFETIME)
+    }
+
+    /// How long a validated session is trusted without the store (tests
+    /// set zero to see every change at once).
+    pub fn validated_for(mut self, duration: Duration) -> Self {
+        self.validated_for = duration;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Validated>> {
+        self.validated
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Start a new session (at login) for the password of version
-    /// `password` (the one the login was checked against). `replaces` is
-    /// the session the browser had before, if any: it ends now, so an id
-    /// planted before login is worthless after it.
+    /// Start a new session (at login) at `now` (unix seconds) for the
+    /// password of version `password` (the one the login was checked
+    /// against). `replaces` is the session the browser had before, if any:
+    /// it ends now, so an id planted before login is worthless after it.
     pub fn create(
         &self,
         replaces: Option<&str>,
-        password: PasswordVersion,
-        now: Instant,
-    ) -> SessionInfo {
-        let info = SessionInfo {
-            id: random_hex(32),
-            csrf: random_hex(32),
-        };
-        let mut entries = self.lock();
-        if let Some(old) = replaces {
-            entries.remove(old);
-        }
-        entries.retain(|_, e| self.alive(e, now));
-        while entries.len() >= MAX_SESSIONS {
-            let oldest = entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_seen)
-                .map(|(id, _)| id.clone());
-            match oldest {
-                Some(id) => entries.remove(&id),
-                None => break,
-            };
-        }
-        entries.insert(
-            info.id.clone(),
-            SessionEntry {
-                csrf: info.csrf.clone(),
-                password,
-                created: now,
+        password: &PasswordVersion,
+        now: i64,
+    ) -> Result<SessionInfo, StoreError> {
+        let id = random_hex(32);
+        let replaced = replaces.map(token_hash);
+        self.store.create_admin_session(
+            &AdminSession {
+                id_hash: token_hash(&id),
+                password_version: password.0.clone(),
+                created_at: now,
                 last_seen: now,
             },
-        );
-        info
-    }
-
-    fn alive(&self, entry: &SessionEntry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.last_seen) < self.idle
-            && now.saturating_duration_since(entry.created) < self.lifetime
-    }
-
-    /// The session with this id, if it is alive; marks it used.
-    pub fn get(&self, id: &str, now: Instant) -> Option<SessionInfo> {
-        let mut entries = self.lock();
-        let alive = entries.get(id).map(|e| self.alive(e, now))?;
-        if !alive {
-            entries.remove(id);
-            return None;
+            replaced.as_deref(),
+            &self.limits,
+        )?;
+        if let Some(old) = &replaced {
+            self.lock().remove(old);
         }
-        let entry = entries.get_mut(id)?;
-        entry.last_seen = now;
-        Some(SessionInfo {
-            id: id.to_string(),
-            csrf: entry.csrf.clone(),
+        Ok(SessionInfo {
+            csrf: csrf_of(&id),
+            id,
         })
     }
 
-    /// End a session (logout).
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    /// The session with this id if this node validated it within
+    /// [`VALIDATED_FOR`]; no store access, so callable from async code.
+    pub fn cached(&self, id: &str) -> Option<SessionInfo> {
+        let hash = token_hash(id);
+        let validated = self.lock();
+        validated
+            .get(&hash)
+            .filter(|v| v.at.elapsed() < self.validated_for)
+            .map(|v| v.info.clone())
+    }
+
+    /// The session with this id, if it is alive at `now` (unix seconds)
+    /// and was opened with the current admin password; records the use.
+    pub fn get(&self, id: &str, now: i64) -> Result<Option<SessionInfo>, StoreError> {
+        if !is_session_id(id) {
+            return Ok(None);
+        }
+        if let Some(info) = self.cached(id) {
+            return Ok(Some(info));
+        }
+        let hash = token_hash(id);
+        self.lock().remove(&hash);
+        let Some(row) = self.store.admin_session(&hash)? else {
+            return Ok(None);
+        };
+        let alive = now.saturating_sub(row.last_seen) < self.limits.idle_secs
+            && now.saturating_sub(row.created_at) < self.limits.lifetime_secs;
+        if !alive {
+            // Best effort: the next login drops dead rows anyway.
+            let _ = self.store.delete_admin_session(&hash);
+            return Ok(None);
+        }
+        // Opened with an older password: ended by the change, on every
+        // node, even before any node purged the row.
+        let current = self
+            .store
+            .admin_password_hash()?
+            .map(|h| PasswordVersion::of(&h));
+        if current.as_ref().map(|v| v.0.as_str()) != Some(row.password_version.as_str()) {
+            return Ok(None);
+        }
+        if now.saturating_sub(row.last_seen) >= TOUCH_EVERY_SECS {
+            // Fails while the cluster store is unreachable: the session
+            // still works from the local copy meanwhile.
+            if let Err(e) = self.store.touch_admin_session(&hash, now) {
+                tracing::debug!("admin session use not recorded: {e}");
+            }
+        }
+        let info = SessionInfo {
+            csrf: csrf_of(id),
+            id: id.to_string(),
+        };
+        let mut validated = self.lock();
+        if validated.len() >= MAX_SESSIONS {
+            let keep = self.validated_for;
+            validated.retain(|_, v| v.at.elapsed() < keep);
+        }
+        if validated.len() < MAX_SESSIONS {
+            validated.insert(
+                hash,
+                Validated {
+                    at: Instant::now(),
+                    info: info.clone(),
+                },
+            );
+        }
+        Ok(Some(info))
+    }
+
+    /// End a session (logout), on every node.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let hash = token_hash(id);
+        self.lock().remove(&hash);
+        self.store.delete_admin_session(&hash).map(|_| ())
     }
 
     /// The password changed to `current`: end every session opened with
     /// another (older) password. Returns how many ended.
-    pub fn end_other_passwords(&self, current: &PasswordVersion) -> usize {
-        let mut entries = self.lock();
-        let before = entries.len();
-        entries.retain(|_, e| e.password == *current);
-        before - entries.len()
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn end_other_passwords(&self, current: &PasswordVersion) -> Result<usize, StoreError> {
+        self.lock().clear();
+        self.store.end_admin_sessions_except(&current.0)
     }
 }
 
-/// Failed-login limits: per client address (IPv6 by /64) and in total.
+/// Whether a cookie value has the shape of our session ids (64 hex
+/// digits): anything else is not looked up.
+fn is_session_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Failed-login limits, per client address (IPv6 by /64) and in total,
+/// counted in the store: a lockout reached through one node holds on
+/// every node. Blocking: call from `spawn_blocking`.
 pub struct LoginLimiter {
-    per_client: usize,
-    total: usize,
-    window: Duration,
-    state: Mutex<LimiterState>,
-}
-
-#[derive(Default)]
-struct LimiterState {
-    clients: HashMap<IpAddr, VecDeque<Instant>>,
-    all: VecDeque<Instant>,
-}
-
-impl Default for LoginLimiter {
-    /// 5 failures per client and 30 in total per minute.
-    fn default() -> Self {
-        Self::new(5, 30, Duration::from_secs(60))
-    }
+    store: Arc<dyn Store>,
+    limits: LoginLimits,
 }
 
 /// The key a client's failures are counted under: the address, or its /64
@@ -341,85 +416,46 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn expire(queue: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-    while queue
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
-    {
-        queue.pop_front();
-    }
-}
-
 impl LoginLimiter {
-    pub fn new(per_client: usize, total: usize, window: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, per_client: usize, total: usize, window: Duration) -> Self {
         Self {
-            per_client,
-            total,
-            window,
-            state: Mutex::new(LimiterState::default()),
+            store,
+            limits: LoginLimits {
+                per_client,
+                total,
+                window_secs: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+            },
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LimiterState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// 5 failures per client and 30 in total per minute.
+    pub fn with_defaults(store: Arc<dyn Store>) -> Self {
+        Self::new(store, 5, 30, Duration::from_secs(60))
     }
 
-    /// Reserve a login attempt for `ip` now, or say how long to wait.
+    /// Reserve a login attempt for `ip` at `now` (unix seconds), or say
+    /// how long to wait.
     ///
     /// The attempt counts from this moment, before the password is
-    /// checked: a burst of concurrent attempts gets exactly as many
-    /// checks as the limit allows, never one per connection that got in
-    /// before the first failure was recorded. A reservation that turns
-    /// out right is given back with [`LoginLimiter::success`].
-    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Result<Attempt, Duration> {
-        let key = client_key(ip);
-        let window = self.window;
-        let mut state = self.lock();
-        // Bound memory under a flood from many addresses.
-        if state.clients.len() > 10_000 {
-            state.clients.retain(|_, q| {
-                expire(q, now, window);
-                !q.is_empty()
-            });
-        }
-        expire(&mut state.all, now, window);
-        let wait = |queue: &VecDeque<Instant>, max: usize| -> Option<Duration> {
-            if queue.len() < max {
-                return None;
-            }
-            // Room again when the oldest counted attempt leaves the window.
-            let oldest = queue.get(queue.len() - max).copied()?;
-            Some(
-                window
-                    .saturating_sub(now.saturating_duration_since(oldest))
-                    .max(Duration::from_secs(1)),
-            )
-        };
-        let mut retry = wait(&state.all, self.total);
-        let queue = state.clients.entry(key).or_default();
-        expire(queue, now, window);
-        retry = retry.max(wait(queue, self.per_client));
-        if let Some(wait) = retry {
-            if queue.is_empty() {
-                state.clients.remove(&key);
-            }
-            return Err(wait);
-        }
-        queue.push_back(now);
-        state.all.push_back(now);
-        Ok(Attempt { key, at: now })
+    /// checked: a burst of concurrent attempts, on any nodes, gets exactly
+    /// as many checks as the limit allows. A reservation that turns out
+    /// right is given back with [`LoginLimiter::success`].
+    pub fn reserve(&self, ip: IpAddr, now: i64) -> Result<Result<Attempt, Duration>, StoreError> {
+        let key = client_key(ip).to_string();
+        Ok(
+            match self.store.reserve_login_attempt(&key, now, &self.limits)? {
+                LoginReservation::Granted(_) => Ok(Attempt { key }),
+                LoginReservation::Wait(seconds) => Err(Duration::from_secs(
+                    u64::try_from(seconds).unwrap_or(1).max(1),
+                )),
+            },
+        )
     }
 
     /// The reserved attempt succeeded: it does not count, and the client's
     /// earlier failures are forgotten.
-    pub fn success(&self, attempt: Attempt) {
-        let mut state = self.lock();
-        state.clients.remove(&attempt.key);
-        if let Some(index) = state.all.iter().position(|t| *t == attempt.at) {
-            state.all.remove(index);
-        }
+    pub fn success(&self, attempt: Attempt) -> Result<(), StoreError> {
+        self.store.forget_login_attempts(&attempt.key)
     }
 }
 
@@ -428,8 +464,7 @@ impl LoginLimiter {
 #[derive(Debug)]
 #[must_use = "a successful attempt must be given back with LoginLimiter::success"]
 pub struct Attempt {
-    key: IpAddr,
-    at: Instant,
+    key: String,
 }
 
 #[cfg(test)]
@@ -496,170 +531,251 @@ mod tests {
         assert!(constant_time_eq("", ""));
     }
 
+    /// Two nodes on one store: two connections to one SQLite file.
+    struct Nodes {
+        _dir: tempfile::TempDir,
+        a: Arc<dyn Store>,
+        b: Arc<dyn Store>,
+    }
+
+    fn nodes() -> Nodes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        let open = || -> Arc<dyn Store> {
+            Arc::new(postern_store::SqliteStore::open(&path, "gw").expect("store"))
+        };
+        let (a, b) = (open(), open());
+        a.set_admin_password_hash(V1).expect("password");
+        Nodes { _dir: dir, a, b }
+    }
+
+    const V1: &str = "$argon2id$v=19$first";
+    const T0: i64 = 1_700_000_000;
+
+    fn sessions(store: &Arc<dyn Store>, idle: u64, lifetime: u64) -> Sessions {
+        Sessions::new(
+            Arc::clone(store),
+            Duration::from_secs(idle),
+            Duration::from_secs(lifetime),
+        )
+        .validated_for(Duration::ZERO)
+    }
+
     #[test]
     fn sessions_expire_when_idle_and_at_the_end_of_their_lifetime() {
-        let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(300));
-        let t0 = Instant::now();
-        let s = sessions.create(None, v1(), t0);
+        let n = nodes();
+        let sessions = sessions(&n.a, 120, 1000);
+        let s = sessions.create(None, &v1(), T0).expect("create");
         assert_eq!(s.id.len(), 64);
         assert_ne!(s.id, s.csrf);
-        assert_eq!(
-            sessions.get(&s.id, t0 + Duration::from_secs(30)),
-            Some(s.clone())
-        );
-        // Used at 30 s: still alive at 80 s.
-        assert!(sessions.get(&s.id, t0 + Duration::from_secs(80)).is_some());
-        // Idle for 60 s: gone.
-        assert!(sessions.get(&s.id, t0 + Duration::from_secs(141)).is_none());
-        assert!(sessions.is_empty());
+        assert_eq!(sessions.get(&s.id, T0 + 30).expect("get"), Some(s.clone()));
+        // Used at 70 s (recorded: a minute since the last record): alive at 180 s.
+        assert!(sessions.get(&s.id, T0 + 70).expect("get").is_some());
+        assert!(sessions.get(&s.id, T0 + 180).expect("get").is_some());
+        // Idle for 120 s since the last recorded use: gone.
+        assert!(sessions.get(&s.id, T0 + 301).expect("get").is_none());
+        assert_eq!(n.a.admin_session(&token_hash(&s.id)).expect("row"), None);
 
-        let s = sessions.create(None, v1(), t0);
+        let sessions = self::sessions(&n.a, 120, 300);
+        let s = sessions.create(None, &v1(), T0).expect("create");
         for step in 1..=5 {
-            let now = t0 + Duration::from_secs(step * 50);
-            let alive = sessions.get(&s.id, now).is_some();
-            assert_eq!(alive, step * 50 < 300, "at {}s", step * 50);
+            let at = T0 + step * 60;
+            let alive = sessions.get(&s.id, at).expect("get").is_some();
+            assert_eq!(alive, step * 60 < 300, "at {}s", step * 60);
         }
-        assert!(sessions.get(&s.id, t0 + Duration::from_secs(301)).is_none());
-        assert!(sessions.get("unknown", t0).is_none());
+        assert!(sessions.get("unknown", T0).expect("get").is_none());
+    }
+
+    #[test]
+    fn a_session_made_on_one_node_works_on_another_and_ends_everywhere() {
+        let n = nodes();
+        let on_a = sessions(&n.a, 1800, 3600);
+        let on_b = sessions(&n.b, 1800, 3600);
+        let s = on_a.create(None, &v1(), T0).expect("create");
+        assert_eq!(on_b.get(&s.id, T0 + 1).expect("get"), Some(s.clone()));
+        // The store has only the id's hash.
+        assert!(n.a.admin_session(&s.id).expect("row").is_none());
+        assert!(n
+            .a
+            .admin_session(&token_hash(&s.id))
+            .expect("row")
+            .is_some());
+        on_b.remove(&s.id).expect("logout");
+        assert!(on_a.get(&s.id, T0 + 2).expect("get").is_none());
+    }
+
+    #[test]
+    fn a_validated_session_is_trusted_only_briefly() {
+        let n = nodes();
+        let on_a =
+            Sessions::with_defaults(Arc::clone(&n.a)).validated_for(Duration::from_secs(3600));
+        let on_b = sessions(&n.b, 1800, 3600);
+        let s = on_b.create(None, &v1(), T0).expect("create");
+        assert!(on_a.get(&s.id, T0).expect("get").is_some());
+        on_b.remove(&s.id).expect("logout");
+        // Within the validation window node A still trusts it ...
+        assert!(on_a.cached(&s.id).is_some());
+        // ... and with none, it asks the store.
+        let strict = on_a.validated_for(Duration::ZERO);
+        assert!(strict.cached(&s.id).is_none());
+        assert!(strict.get(&s.id, T0).expect("get").is_none());
     }
 
     #[test]
     fn login_makes_a_new_session_and_ends_the_old_one() {
-        let sessions = Sessions::default();
-        let now = Instant::now();
-        let before = sessions.create(None, v1(), now);
-        let after = sessions.create(Some(&before.id), v1(), now);
+        let n = nodes();
+        let sessions = sessions(&n.a, 1800, 3600);
+        let before = sessions.create(None, &v1(), T0).expect("create");
+        let after = sessions
+            .create(Some(&before.id), &v1(), T0)
+            .expect("create");
         assert_ne!(before.id, after.id);
         assert_ne!(before.csrf, after.csrf);
-        assert!(sessions.get(&before.id, now).is_none(), "fixation");
-        assert!(sessions.get(&after.id, now).is_some());
+        assert!(
+            sessions.get(&before.id, T0).expect("get").is_none(),
+            "fixation"
+        );
+        assert!(sessions.get(&after.id, T0).expect("get").is_some());
         // A planted id that was never issued is simply unknown.
         let planted = random_hex(32);
-        let fresh = sessions.create(Some(&planted), v1(), now);
+        let fresh = sessions.create(Some(&planted), &v1(), T0).expect("create");
         assert_ne!(fresh.id, planted);
-        sessions.remove(&fresh.id);
-        assert!(sessions.get(&fresh.id, now).is_none());
+        assert!(sessions.get(&planted, T0).expect("get").is_none());
+        sessions.remove(&fresh.id).expect("remove");
+        assert!(sessions.get(&fresh.id, T0).expect("get").is_none());
     }
 
     #[test]
     fn session_table_is_bounded() {
-        let sessions = Sessions::default();
-        let t0 = Instant::now();
-        let first = sessions.create(None, v1(), t0);
-        for i in 1..=MAX_SESSIONS {
-            sessions.create(
-                None,
-                v1(),
-                t0 + Duration::from_millis(u64::try_from(i).unwrap_or(0)),
-            );
+        let n = nodes();
+        let sessions = sessions(&n.a, 1800, 3600);
+        let first = sessions.create(None, &v1(), T0).expect("create");
+        for i in 1..=i64::try_from(MAX_SESSIONS).unwrap_or(0) {
+            sessions.create(None, &v1(), T0 + i).expect("create");
         }
-        assert_eq!(sessions.len(), MAX_SESSIONS);
-        assert!(sessions
-            .get(&first.id, t0 + Duration::from_secs(1))
-            .is_none());
+        assert!(sessions.get(&first.id, T0 + 1001).expect("get").is_none());
     }
 
     #[test]
     fn a_password_change_ends_only_the_sessions_of_older_passwords() {
-        let sessions = Sessions::default();
-        let now = Instant::now();
-        let old = sessions.create(None, v1(), now);
-        let v2 = PasswordVersion::of("$argon2id$v=19$second");
+        let n = nodes();
+        let on_a = sessions(&n.a, 1800, 3600);
+        let on_b = sessions(&n.b, 1800, 3600);
+        let old = on_a.create(None, &v1(), T0).expect("create");
+        let v2_hash = "$argon2id$v=19$second";
+        let v2 = PasswordVersion::of(v2_hash);
         assert_ne!(v1(), v2);
-        // Opened with the new password before the change was noticed.
-        let new = sessions.create(None, v2.clone(), now);
-        assert_eq!(sessions.end_other_passwords(&v2), 1);
-        assert!(sessions.get(&old.id, now).is_none(), "old session survived");
-        assert!(sessions.get(&new.id, now).is_some(), "new session ended");
-        // Noticing the same password again ends nothing.
-        assert_eq!(sessions.end_other_passwords(&v2), 0);
-        assert!(sessions.get(&new.id, now).is_some());
+        n.b.set_admin_password_hash(v2_hash).expect("change");
+        // Opened with the new password before any node purged the old rows.
+        let new = on_b.create(None, &v2, T0).expect("create");
+        // The old session is dead at once, on every node ...
+        assert!(
+            on_a.get(&old.id, T0).expect("get").is_none(),
+            "old session survived"
+        );
+        assert!(
+            on_b.get(&new.id, T0).expect("get").is_some(),
+            "new session ended"
+        );
+        // ... and its row goes when a node notices the change.
+        assert_eq!(on_a.end_other_passwords(&v2).expect("end"), 1);
+        assert_eq!(on_b.end_other_passwords(&v2).expect("end"), 0);
+        assert!(on_a.get(&new.id, T0).expect("get").is_some());
     }
 
     #[test]
     fn csrf_token_belongs_to_its_session() {
-        let sessions = Sessions::default();
-        let now = Instant::now();
-        let a = sessions.create(None, v1(), now);
-        let b = sessions.create(None, v1(), now);
-        let a_seen = sessions.get(&a.id, now).expect("a");
+        let n = nodes();
+        let sessions = sessions(&n.a, 1800, 3600);
+        let a = sessions.create(None, &v1(), T0).expect("create");
+        let b = sessions.create(None, &v1(), T0).expect("create");
+        let a_seen = sessions.get(&a.id, T0).expect("get").expect("a");
         assert!(constant_time_eq(&a_seen.csrf, &a.csrf));
         assert!(!constant_time_eq(&a_seen.csrf, &b.csrf));
+        assert_eq!(a.csrf.len(), 64);
+    }
+
+    fn limiter(store: &Arc<dyn Store>, per_client: usize, total: usize) -> LoginLimiter {
+        LoginLimiter::new(
+            Arc::clone(store),
+            per_client,
+            total,
+            Duration::from_secs(60),
+        )
+    }
+
+    fn reserve(l: &LoginLimiter, ip: IpAddr, at: i64) -> Result<Attempt, Duration> {
+        l.reserve(ip, at).expect("store")
     }
 
     #[test]
-    fn rate_limit_per_client() {
-        let limiter = LoginLimiter::new(5, 100, Duration::from_secs(60));
+    fn rate_limit_per_client_on_every_node() {
+        let n = nodes();
+        let (on_a, on_b) = (limiter(&n.a, 5, 100), limiter(&n.b, 5, 100));
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         let other: IpAddr = "192.0.2.2".parse().expect("ip");
-        let t0 = Instant::now();
         for i in 0..5 {
-            let attempt = limiter.reserve(ip, t0 + Duration::from_secs(i));
-            assert!(attempt.is_ok(), "attempt {i}");
+            let node = if i % 2 == 0 { &on_a } else { &on_b };
+            assert!(reserve(node, ip, T0 + i).is_ok(), "attempt {i}");
         }
-        let wait = limiter
-            .reserve(ip, t0 + Duration::from_secs(10))
-            .expect_err("locked");
+        let wait = reserve(&on_b, ip, T0 + 10).expect_err("locked");
         assert_eq!(wait, Duration::from_secs(50));
+        assert!(reserve(&on_a, ip, T0 + 10).is_err(), "locked on A too");
         // Others are not affected.
-        assert!(limiter.reserve(other, t0 + Duration::from_secs(10)).is_ok());
+        assert!(reserve(&on_a, other, T0 + 10).is_ok());
         // The oldest attempt leaves the window at 60 s.
-        assert!(limiter.reserve(ip, t0 + Duration::from_secs(60)).is_ok());
+        assert!(reserve(&on_a, ip, T0 + 60).is_ok());
         // A success clears the client's record.
-        let right = limiter
-            .reserve(ip, t0 + Duration::from_secs(61))
-            .expect("room at 61 s");
-        limiter.success(right);
+        let right = reserve(&on_b, ip, T0 + 61).expect("room at 61 s");
+        on_b.success(right).expect("success");
         for i in 0..5 {
-            let attempt = limiter.reserve(ip, t0 + Duration::from_secs(62));
-            assert!(attempt.is_ok(), "after success, attempt {i}");
+            assert!(
+                reserve(&on_a, ip, T0 + 62).is_ok(),
+                "after success, attempt {i}"
+            );
         }
     }
 
     #[test]
     fn attempts_count_before_they_are_checked() {
-        // A burst: every attempt reserved before any finished.
-        let limiter = LoginLimiter::new(5, 30, Duration::from_secs(60));
+        let n = nodes();
+        let l = limiter(&n.a, 5, 30);
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        let t0 = Instant::now();
-        let granted: Vec<Attempt> = (0..120)
-            .filter_map(|_| limiter.reserve(ip, t0).ok())
-            .collect();
+        let granted: Vec<Attempt> = (0..20).filter_map(|_| reserve(&l, ip, T0).ok()).collect();
         assert_eq!(granted.len(), 5);
         // A success gives its own slot back, in total too.
-        let limiter = LoginLimiter::new(5, 2, Duration::from_secs(60));
-        let first = limiter.reserve(ip, t0).expect("first");
-        let _second = limiter
-            .reserve(IpAddr::from([192, 0, 2, 9]), t0)
-            .expect("second");
-        assert!(limiter.reserve(ip, t0).is_err(), "total reached");
-        limiter.success(first);
-        assert!(limiter.reserve(ip, t0).is_ok(), "slot given back");
+        let n = nodes();
+        let l = limiter(&n.a, 5, 2);
+        let first = reserve(&l, ip, T0).expect("first");
+        let _second = reserve(&l, IpAddr::from([192, 0, 2, 9]), T0).expect("second");
+        assert!(reserve(&l, ip, T0).is_err(), "total reached");
+        l.success(first).expect("success");
+        assert!(reserve(&l, ip, T0).is_ok(), "slot given back");
     }
 
     #[test]
     fn rate_limit_global_and_ipv6_prefix() {
-        let limiter = LoginLimiter::new(3, 5, Duration::from_secs(60));
-        let t0 = Instant::now();
+        let n = nodes();
+        let l = limiter(&n.a, 3, 5);
         for i in 0..5u8 {
-            let ip = IpAddr::from([198, 51, 100, i]);
-            assert!(limiter.reserve(ip, t0).is_ok());
+            assert!(reserve(&l, IpAddr::from([198, 51, 100, i]), T0).is_ok());
         }
         let fresh: IpAddr = "203.0.113.9".parse().expect("ip");
-        assert!(limiter.reserve(fresh, t0).is_err(), "global limit");
-        assert!(limiter.reserve(fresh, t0 + Duration::from_secs(60)).is_ok());
+        assert!(reserve(&l, fresh, T0).is_err(), "global limit");
+        assert!(reserve(&l, fresh, T0 + 60).is_ok());
 
-        let limiter = LoginLimiter::new(2, 100, Duration::from_secs(60));
+        let n = nodes();
+        let l = limiter(&n.a, 2, 100);
         let a: IpAddr = "2001:db8::1".parse().expect("ip");
         let b: IpAddr = "2001:db8::2".parse().expect("ip");
         let far: IpAddr = "2001:db8:1::1".parse().expect("ip");
-        assert!(limiter.reserve(a, t0).is_ok());
-        assert!(limiter.reserve(b, t0).is_ok());
-        assert!(limiter.reserve(a, t0).is_err(), "same /64");
-        assert!(limiter.reserve(far, t0).is_ok());
+        assert!(reserve(&l, a, T0).is_ok());
+        assert!(reserve(&l, b, T0).is_ok());
+        assert!(reserve(&l, a, T0).is_err(), "same /64");
+        assert!(reserve(&l, far, T0).is_ok());
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
-        assert!(limiter.reserve(mapped, t0).is_ok());
-        assert!(limiter.reserve(IpAddr::from([192, 0, 2, 7]), t0).is_ok());
-        assert!(limiter.reserve(IpAddr::from([192, 0, 2, 7]), t0).is_err());
+        assert!(reserve(&l, mapped, T0).is_ok());
+        assert!(reserve(&l, IpAddr::from([192, 0, 2, 7]), T0).is_ok());
+        assert!(reserve(&l, IpAddr::from([192, 0, 2, 7]), T0).is_err());
     }
 }

@@ -22,7 +22,7 @@
 //!   token alone.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
@@ -274,10 +274,17 @@ pub async fn authenticate(
     let Some(id) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
-    Ok(state
-        .sessions
-        .get(&id, Instant::now())
-        .map(Principal::Session))
+    // Validated on this node within the last second: no store round trip.
+    if let Some(session) = state.sessions.cached(&id) {
+        return Ok(Some(Principal::Session(session)));
+    }
+    let worker = state.clone();
+    let now = auth::unix_seconds(SystemTime::now());
+    let session = tokio::task::spawn_blocking(move || worker.sessions.get(&id, now))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from_store)?;
+    Ok(session.map(Principal::Session))
 }
 
 async fn require_auth(State(state): State<Shared>, mut request: Request, next: Next) -> Response {

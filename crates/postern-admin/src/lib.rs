@@ -81,13 +81,15 @@ impl AdminServer {
             Arc::clone(&store),
             options.certificate.clone(),
         ));
+        let sessions = auth::Sessions::with_defaults(Arc::clone(&store));
+        let limiter = auth::LoginLimiter::with_defaults(Arc::clone(&store));
         Self {
             state: Arc::new(AppState {
                 store,
                 queue,
                 metrics,
-                sessions: auth::Sessions::default(),
-                limiter: auth::LoginLimiter::default(),
+                sessions,
+                limiter,
                 options,
                 tls,
                 password_checks: tokio::sync::Semaphore::new(2),
@@ -121,11 +123,14 @@ impl AdminServer {
 }
 
 /// When the admin password changes (`postern admin passwd` in another
-/// process), end the sessions opened with an older password; checked every
-/// two seconds. A session opened with the new password, even before this
-/// loop noticed the change, stays.
+/// process, or on another node), remove the sessions opened with an older
+/// password from the store; checked every two seconds. Those sessions stop
+/// working at once anyway (each validation compares the password version);
+/// this only clears their rows. A session opened with the new password,
+/// even before this loop noticed the change, stays.
 async fn watch_password(state: Shared) {
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut purged: Option<auth::PasswordVersion> = None;
     loop {
         ticker.tick().await;
         let store = state.store.clone();
@@ -133,13 +138,27 @@ async fn watch_password(state: Shared) {
         let Ok(Ok(Some(hash))) = current else {
             continue;
         };
-        let ended = state
-            .sessions
-            .end_other_passwords(&auth::PasswordVersion::of(&hash));
-        if ended > 0 {
-            tracing::info!(
-                "admin password changed: ended {ended} admin session(s) opened with an older password"
-            );
+        let version = auth::PasswordVersion::of(&hash);
+        if purged.as_ref() == Some(&version) {
+            continue;
+        }
+        let worker = Arc::clone(&state);
+        let ending = version.clone();
+        let ended =
+            tokio::task::spawn_blocking(move || worker.sessions.end_other_passwords(&ending)).await;
+        match ended {
+            Ok(Ok(ended)) => {
+                if ended > 0 {
+                    tracing::info!(
+                        "admin password changed: ended {ended} admin session(s) opened with an \
+                         older password"
+                    );
+                }
+                purged = Some(version);
+            }
+            // Unreachable store: tried again on the next tick.
+            Ok(Err(e)) => tracing::debug!("old admin sessions not removed yet: {e}"),
+            Err(e) => tracing::warn!("old admin sessions not removed: {e}"),
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::{
-    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent, DkimKeyRecord,
+    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent, DkimKeyRecord, AdminSession,
 };
 
 /// Credential kinds in the `admin_credentials` table.
@@ -75,6 +75,40 @@ pub trait Transaction {
     fn token_by_hash(&mut self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
     /// Every API token, ordered by name.
     fn tokens(&mut self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Add one to the credentials version (password, tokens, sessions).
+    fn bump_credentials(&mut self) -> Result<(), StoreError>;
+
+    /// The admin session whose id hashes to `id_hash`.
+    fn session(&mut self, id_hash: &str) -> Result<Option<AdminSession>, StoreError>;
+    /// Every admin session (for the local copy), by id hash.
+    fn sessions(&mut self) -> Result<Vec<AdminSession>, StoreError>;
+    fn insert_session(&mut self, session: &AdminSession) -> Result<(), StoreError>;
+    /// Record a use; false when there is no such session.
+    fn touch_session(&mut self, id_hash: &str, at: i64) -> Result<bool, StoreError>;
+    /// False when there was none.
+    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError>;
+    /// Delete sessions last seen at or before `seen_before`, or created at
+    /// or before `created_before`; returns how many.
+    fn delete_dead_sessions(
+        &mut self,
+        seen_before: i64,
+        created_before: i64,
+    ) -> Result<usize, StoreError>;
+    /// Keep only the `keep` most recently used sessions; returns how many
+    /// went.
+    fn keep_recent_sessions(&mut self, keep: usize) -> Result<usize, StoreError>;
+    /// Delete the sessions of every other password version.
+    fn delete_sessions_except(&mut self, password_version: &str) -> Result<usize, StoreError>;
+
+    /// Times of the login attempts after `since` (of `client`, or of all),
+    /// oldest first.
+    fn login_attempts(&mut self, client: Option<&str>, since: i64) -> Result<Vec<i64>, StoreError>;
+    /// Returns the attempt's row id.
+    fn insert_login_attempt(&mut self, client: &str, at: i64) -> Result<i64, StoreError>;
+    fn delete_login_attempts(&mut self, client: &str) -> Result<usize, StoreError>;
+    /// Delete attempts made at or before `before`.
+    fn prune_login_attempts(&mut self, before: i64) -> Result<usize, StoreError>;
 
     /// Up to `limit` tracking events with a row id above `after`, by row
     /// id, with their ids (for copying a whole store).

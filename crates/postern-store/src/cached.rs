@@ -1,8 +1,11 @@
 //! A cluster store that survives PostgreSQL outages (SPEC §9): every node
 //! keeps a copy of what it needs to run — settings, certificates with keys,
-//! the once-only flags, the admin password hash and API token hashes — in
-//! `data_dir/store-cache.json` (0600, replaced atomically), refreshed
-//! whenever the store's generation changes and every minute.
+//! the once-only flags, the admin password hash, API token hashes and the
+//! admin sessions (id hashes only) — in `data_dir/store-cache.json` (0600,
+//! replaced atomically), refreshed whenever the store's generation or its
+//! credentials version changes (both are read at every generation poll,
+//! so a credential change reaches the copy within that poll), and every
+//! minute.
 //!
 //! While PostgreSQL cannot be reached, reads are answered from that copy
 //! (the gateway keeps serving with the certificates it had; logins and
@@ -22,21 +25,25 @@ use crate::backend;
 use crate::certificates::generated_flag;
 use crate::copy::{read_installation, Installation};
 use crate::{
-    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store, DkimKeyRecord,
-    StoreError, TrackingEvent,
+    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store, DkimKeyRecord, StoreError, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits,
 };
 
 /// How often a node that started without its store tries to connect.
 const RECONNECT_EVERY: Duration = Duration::from_secs(2);
 
-/// How old the local copy may get without a generation change (credentials
-/// do not change the generation).
+/// How old the local copy may get without a change of the generation or
+/// the credentials version.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Snapshot {
     generation: i64,
     installation: Installation,
+    /// The credentials version the copy was read at.
+    #[serde(default)]
+    credentials: i64,
+    #[serde(default)]
+    sessions: Vec<AdminSession>,
 }
 
 struct State {
@@ -177,11 +184,16 @@ impl CachedPgStore {
         self.with(live, |_| Err(self.unreachable()))
     }
 
-    /// Refresh the local copy after a generation change (and now and then).
-    fn refresh(&self, store: &PgStore, generation: i64) {
+    /// Refresh the local copy after a change of the generation or of the
+    /// credentials version (and now and then).
+    fn refresh(&self, store: &PgStore, generation: i64, credentials: i64) {
         let stale = {
             let state = self.state();
-            state.snapshot.as_ref().map(|s| s.generation) != Some(generation)
+            state
+                .snapshot
+                .as_ref()
+                .map(|s| (s.generation, s.credentials))
+                != Some((generation, credentials))
                 || state
                     .refreshed
                     .is_none_or(|at| at.elapsed() >= REFRESH_EVERY)
@@ -193,6 +205,8 @@ impl CachedPgStore {
             Ok(Snapshot {
                 generation: tx.generation()?,
                 installation: read_installation(tx)?,
+                credentials: tx.flag(crate::sessions::CREDENTIALS_VERSION)?.unwrap_or(0),
+                sessions: tx.sessions()?,
             })
         });
         match read.and_then(|snapshot| write_cache(&self.cache, &snapshot).map(|()| snapshot)) {
@@ -269,10 +283,13 @@ impl Store for CachedPgStore {
 
     fn generation(&self) -> Result<i64, StoreError> {
         if let Some(store) = self.store() {
-            match store.generation() {
-                Ok(generation) => {
+            match store
+                .generation()
+                .and_then(|g| Ok((g, store.credentials_version()?)))
+            {
+                Ok((generation, credentials)) => {
                     self.mark_up();
-                    self.refresh(&store, generation);
+                    self.refresh(&store, generation, credentials);
                     return Ok(generation);
                 }
                 Err(StoreError::Unreachable(reason)) => self.mark_down(&reason),
@@ -440,6 +457,51 @@ impl Store for CachedPgStore {
 
     fn delete_api_token(&self, name: &str) -> Result<(), StoreError> {
         self.write(|s| s.delete_api_token(name))
+    }
+
+    fn credentials_version(&self) -> Result<i64, StoreError> {
+        self.with(|s| s.credentials_version(), |c| Ok(c.credentials))
+    }
+
+    fn create_admin_session(
+        &self,
+        session: &AdminSession,
+        replaces: Option<&str>,
+        limits: &SessionLimits,
+    ) -> Result<(), StoreError> {
+        self.write(|s| s.create_admin_session(session, replaces, limits))
+    }
+
+    fn admin_session(&self, id_hash: &str) -> Result<Option<AdminSession>, StoreError> {
+        self.with(
+            |s| s.admin_session(id_hash),
+            |c| Ok(c.sessions.iter().find(|s| s.id_hash == id_hash).cloned()),
+        )
+    }
+
+    fn touch_admin_session(&self, id_hash: &str, at: i64) -> Result<bool, StoreError> {
+        self.write(|s| s.touch_admin_session(id_hash, at))
+    }
+
+    fn delete_admin_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        self.write(|s| s.delete_admin_session(id_hash))
+    }
+
+    fn end_admin_sessions_except(&self, current: &str) -> Result<usize, StoreError> {
+        self.write(|s| s.end_admin_sessions_except(current))
+    }
+
+    fn reserve_login_attempt(
+        &self,
+        client: &str,
+        at: i64,
+        limits: &LoginLimits,
+    ) -> Result<LoginReservation, StoreError> {
+        self.write(|s| s.reserve_login_attempt(client, at, limits))
+    }
+
+    fn forget_login_attempts(&self, client: &str) -> Result<(), StoreError> {
+        self.write(|s| s.forget_login_attempts(client))
     }
 
     fn register_node(&self, node: &NodeStatus) -> Result<(), StoreError> {

@@ -39,6 +39,7 @@ mod mta_sts;
 mod nodes;
 mod postgres;
 mod rules;
+mod sessions;
 mod settings;
 mod sqlite;
 
@@ -57,6 +58,7 @@ pub use mta_sts::MtaStsRecord;
 pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
 pub use postgres::conninfo::is_postgres_url;
 pub use postgres::PgStore;
+pub use sessions::{AdminSession, LoginLimits, LoginReservation, SessionLimits};
 pub use sqlite::schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 
@@ -183,6 +185,51 @@ pub trait Store: Send + Sync {
 
     /// Revoke a token by name ([`StoreError::UnknownToken`] when none).
     fn delete_api_token(&self, name: &str) -> Result<(), StoreError>;
+
+    /// A number that changes whenever the admin password, an API token or
+    /// an admin session is added, changed or removed (not when a session
+    /// is merely used).
+    fn credentials_version(&self) -> Result<i64, StoreError>;
+
+    /// Store a new admin session (by its id hash), ending `replaces` (the
+    /// id hash of the browser's previous session) and dropping sessions
+    /// dead by `limits` at `session.created_at`, and the least recently
+    /// used beyond `limits.max_sessions`.
+    fn create_admin_session(
+        &self,
+        session: &AdminSession,
+        replaces: Option<&str>,
+        limits: &SessionLimits,
+    ) -> Result<(), StoreError>;
+
+    /// The admin session with this id hash, alive or not (the caller
+    /// judges).
+    fn admin_session(&self, id_hash: &str) -> Result<Option<AdminSession>, StoreError>;
+
+    /// Record that a session was used at `at` (unix seconds); false when
+    /// it is gone.
+    fn touch_admin_session(&self, id_hash: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// End a session (logout); false when there was none.
+    fn delete_admin_session(&self, id_hash: &str) -> Result<bool, StoreError>;
+
+    /// End every session opened with a password version other than
+    /// `current`; returns how many ended.
+    fn end_admin_sessions_except(&self, current: &str) -> Result<usize, StoreError>;
+
+    /// Count a login attempt of `client` (an address or /64 prefix) at
+    /// `at` (unix seconds), before its password is checked, or refuse it
+    /// when `limits` are reached — atomically across processes and nodes.
+    fn reserve_login_attempt(
+        &self,
+        client: &str,
+        at: i64,
+        limits: &LoginLimits,
+    ) -> Result<LoginReservation, StoreError>;
+
+    /// A login of `client` succeeded: its counted attempts (the successful
+    /// one too) are forgotten.
+    fn forget_login_attempts(&self, client: &str) -> Result<(), StoreError>;
 
     /// Insert or refresh this node's row of the node registry (`last_seen`
     /// is set by the store's clock).

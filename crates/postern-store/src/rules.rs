@@ -7,7 +7,7 @@ use postern_config::Settings;
 
 use crate::backend::{self, Backend, CredentialKind, Transaction};
 use crate::{
-    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, Store, StoreError, TrackingEvent, dkim, DkimKeyRecord,
+    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, Store, StoreError, TrackingEvent, dkim, DkimKeyRecord, sessions, AdminSession, LoginLimits, LoginReservation, SessionLimits,
 };
 
 /// How long a write waits for another writer (a CLI command, another node).
@@ -219,7 +219,8 @@ impl<B: Backend> Store for B {
     fn set_admin_password_hash(&self, hash: &str) -> Result<(), StoreError> {
         admin::check_hash(hash)?;
         backend::write(self, WRITE_WAIT, |tx| {
-            tx.put_credential(CredentialKind::Password, ADMIN, hash, crate::now())
+            tx.put_credential(CredentialKind::Password, ADMIN, hash, crate::now())?;
+            tx.bump_credentials()
         })
     }
 
@@ -230,6 +231,7 @@ impl<B: Backend> Store for B {
                 return Ok(false);
             }
             tx.put_credential(CredentialKind::Password, ADMIN, hash, crate::now())?;
+            tx.bump_credentials()?;
             Ok(true)
         })
     }
@@ -241,7 +243,8 @@ impl<B: Backend> Store for B {
             if tx.credential(CredentialKind::Token, name)?.is_some() {
                 return Err(StoreError::DuplicateToken(name.to_string()));
             }
-            tx.put_credential(CredentialKind::Token, name, token_hash, crate::now())
+            tx.put_credential(CredentialKind::Token, name, token_hash, crate::now())?;
+            tx.bump_credentials()
         })
     }
 
@@ -258,7 +261,71 @@ impl<B: Backend> Store for B {
             if !tx.delete_credential(CredentialKind::Token, name)? {
                 return Err(StoreError::UnknownToken(name.to_string()));
             }
-            Ok(())
+            tx.bump_credentials()
+        })
+    }
+
+    fn credentials_version(&self) -> Result<i64, StoreError> {
+        backend::read(self, |tx| {
+            Ok(tx.flag(sessions::CREDENTIALS_VERSION)?.unwrap_or(0))
+        })
+    }
+
+    fn create_admin_session(
+        &self,
+        session: &AdminSession,
+        replaces: Option<&str>,
+        limits: &SessionLimits,
+    ) -> Result<(), StoreError> {
+        sessions::check_session(session)?;
+        backend::write(self, WRITE_WAIT, |tx| {
+            sessions::create(tx, session, replaces, limits)
+        })
+    }
+
+    fn admin_session(&self, id_hash: &str) -> Result<Option<AdminSession>, StoreError> {
+        backend::read(self, |tx| tx.session(id_hash))
+    }
+
+    fn touch_admin_session(&self, id_hash: &str, at: i64) -> Result<bool, StoreError> {
+        backend::write(self, WRITE_WAIT, |tx| tx.touch_session(id_hash, at))
+    }
+
+    fn delete_admin_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        backend::write(self, WRITE_WAIT, |tx| {
+            let deleted = tx.delete_session(id_hash)?;
+            if deleted {
+                tx.bump_credentials()?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn end_admin_sessions_except(&self, current: &str) -> Result<usize, StoreError> {
+        backend::write(self, WRITE_WAIT, |tx| {
+            let ended = tx.delete_sessions_except(current)?;
+            if ended > 0 {
+                tx.bump_credentials()?;
+            }
+            Ok(ended)
+        })
+    }
+
+    fn reserve_login_attempt(
+        &self,
+        client: &str,
+        at: i64,
+        limits: &LoginLimits,
+    ) -> Result<LoginReservation, StoreError> {
+        sessions::check_client(client)?;
+        backend::write(self, WRITE_WAIT, |tx| {
+            sessions::reserve(tx, client, at, limits)
+        })
+    }
+
+    fn forget_login_attempts(&self, client: &str) -> Result<(), StoreError> {
+        backend::write(self, WRITE_WAIT, |tx| {
+            tx.delete_login_attempts(client).map(|_| ())
         })
     }
 

@@ -16,8 +16,7 @@ use postern_config::{
     ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
 };
 use postern_store::{
-    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore, DkimKeyRecord,
-    Store, StoreError, StoreLocation, TrackingEvent,
+    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore, DkimKeyRecord, Store, StoreError, StoreLocation, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits,
 };
 use serde_json::json;
 
@@ -111,6 +110,10 @@ conformance!(
     dkim_keys_round_trip_duplicates_and_bad_records_refused,
     dkim_key_in_use_by_tlsrpt_cannot_be_deleted,
     copy_carries_dkim_keys,
+    admin_sessions_are_shared_by_hash_and_bounded,
+    credential_changes_bump_the_credentials_version,
+    login_attempts_are_limited_across_connections,
+    concurrent_login_attempts_never_overshoot,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -1062,4 +1065,230 @@ fn copy_carries_dkim_keys(h: &dyn Harness) {
     let target = h.open();
     assert_eq!(target.dkim_keys().unwrap(), source.dkim_keys().unwrap());
     assert_eq!(target.settings().unwrap(), settings);
+}
+
+fn session(id: &str, version: &str, at: i64) -> AdminSession {
+    AdminSession {
+        id_hash: format!("sha256:{id}"),
+        password_version: format!("sha256:{version}"),
+        created_at: at,
+        last_seen: at,
+    }
+}
+
+const LIMITS: SessionLimits = SessionLimits {
+    idle_secs: 60,
+    lifetime_secs: 300,
+    max_sessions: 3,
+};
+
+fn admin_sessions_are_shared_by_hash_and_bounded(h: &dyn Harness) {
+    let a = h.open();
+    let b = h.open();
+    let t0 = 1_700_000_000;
+    let first = session("one", "v1", t0);
+    a.create_admin_session(&first, None, &LIMITS).unwrap();
+    // Another node sees it, by its hash only.
+    assert_eq!(b.admin_session("sha256:one").unwrap(), Some(first.clone()));
+    assert_eq!(b.admin_session("one").unwrap(), None);
+    // A use is recorded, never moved backwards.
+    assert!(b.touch_admin_session("sha256:one", t0 + 30).unwrap());
+    assert!(a.touch_admin_session("sha256:one", t0 + 10).unwrap());
+    assert_eq!(
+        a.admin_session("sha256:one").unwrap().unwrap().last_seen,
+        t0 + 30
+    );
+    assert!(!a.touch_admin_session("sha256:none", t0).unwrap());
+    // A login from the same browser ends its previous session.
+    b.create_admin_session(&session("two", "v1", t0 + 40), Some("sha256:one"), &LIMITS)
+        .unwrap();
+    assert_eq!(a.admin_session("sha256:one").unwrap(), None);
+    // Dead sessions go when a new one is made: idle (last seen 60 s ago) ...
+    a.create_admin_session(&session("three", "v1", t0 + 100), None, &LIMITS)
+        .unwrap();
+    assert_eq!(a.admin_session("sha256:two").unwrap(), None, "idle");
+    // ... and past the lifetime, however recently used.
+    assert!(a.touch_admin_session("sha256:three", t0 + 399).unwrap());
+    a.create_admin_session(&session("four", "v1", t0 + 400), None, &LIMITS)
+        .unwrap();
+    assert_eq!(a.admin_session("sha256:three").unwrap(), None, "lifetime");
+    // At most three: the least recently used goes.
+    for (i, id) in ["five", "six"].iter().enumerate() {
+        let at = t0 + 401 + i64::try_from(i).unwrap();
+        b.create_admin_session(&session(id, "v2", at), None, &LIMITS)
+            .unwrap();
+    }
+    assert!(a.touch_admin_session("sha256:four", t0 + 410).unwrap());
+    b.create_admin_session(&session("seven", "v2", t0 + 411), None, &LIMITS)
+        .unwrap();
+    let alive: Vec<bool> = ["four", "five", "six", "seven"]
+        .iter()
+        .map(|id| a.admin_session(&format!("sha256:{id}")).unwrap().is_some())
+        .collect();
+    assert_eq!(alive, [true, false, true, true]);
+    // A password change ends exactly the sessions of the other versions.
+    assert_eq!(b.end_admin_sessions_except("sha256:v2").unwrap(), 1);
+    assert_eq!(a.admin_session("sha256:four").unwrap(), None);
+    assert!(a.admin_session("sha256:six").unwrap().is_some());
+    assert_eq!(b.end_admin_sessions_except("sha256:v2").unwrap(), 0);
+    // Logout.
+    assert!(a.delete_admin_session("sha256:six").unwrap());
+    assert!(!b.delete_admin_session("sha256:six").unwrap());
+    assert_eq!(b.admin_session("sha256:six").unwrap(), None);
+    // A malformed row is refused before it is written.
+    let mut bad = session("x", "v2", t0);
+    bad.id_hash = "two words".to_string();
+    assert!(matches!(
+        a.create_admin_session(&bad, None, &LIMITS),
+        Err(StoreError::BadName(_))
+    ));
+    // Sessions are not settings: no reload for them.
+    let generation = a.generation().unwrap();
+    a.create_admin_session(&session("eight", "v2", t0 + 412), None, &LIMITS)
+        .unwrap();
+    assert_eq!(a.generation().unwrap(), generation);
+}
+
+fn credential_changes_bump_the_credentials_version(h: &dyn Harness) {
+    let a = h.open();
+    let b = h.open();
+    let seen = std::cell::Cell::new(b.credentials_version().unwrap());
+    let changed = |what: &str| {
+        let now = b.credentials_version().unwrap();
+        assert!(
+            now > seen.get(),
+            "{what} did not change the credentials version"
+        );
+        seen.set(now);
+    };
+    a.init_admin_password_hash("$argon2id$first").unwrap();
+    changed("first password");
+    a.set_admin_password_hash("$argon2id$second").unwrap();
+    changed("password change");
+    a.add_api_token("ci", "hash-ci").unwrap();
+    changed("token added");
+    a.delete_api_token("ci").unwrap();
+    changed("token deleted");
+    a.create_admin_session(&session("s", "v", 1_700_000_000), None, &LIMITS)
+        .unwrap();
+    changed("session created");
+    // Using a session is not a change of credentials.
+    a.touch_admin_session("sha256:s", 1_700_000_010).unwrap();
+    assert_eq!(b.credentials_version().unwrap(), seen.get(), "touch");
+    a.end_admin_sessions_except("sha256:other").unwrap();
+    changed("sessions ended");
+    a.create_admin_session(&session("t", "v", 1_700_000_000), None, &LIMITS)
+        .unwrap();
+    changed("session created");
+    a.delete_admin_session("sha256:t").unwrap();
+    changed("logout");
+    // Nothing ended, nothing changed.
+    a.delete_admin_session("sha256:t").unwrap();
+    a.end_admin_sessions_except("sha256:other").unwrap();
+    assert_eq!(b.credentials_version().unwrap(), seen.get());
+}
+
+const LOGIN: LoginLimits = LoginLimits {
+    per_client: 3,
+    total: 5,
+    window_secs: 60,
+};
+
+fn granted(r: LoginReservation) -> bool {
+    matches!(r, LoginReservation::Granted(_))
+}
+
+fn login_attempts_are_limited_across_connections(h: &dyn Harness) {
+    let a = h.open();
+    let b = h.open();
+    let t0 = 1_700_000_000;
+    // Three attempts of one client, through two nodes: then locked on both.
+    assert!(granted(
+        a.reserve_login_attempt("192.0.2.1", t0, &LOGIN).unwrap()
+    ));
+    assert!(granted(
+        b.reserve_login_attempt("192.0.2.1", t0 + 1, &LOGIN)
+            .unwrap()
+    ));
+    assert!(granted(
+        a.reserve_login_attempt("192.0.2.1", t0 + 2, &LOGIN)
+            .unwrap()
+    ));
+    assert_eq!(
+        b.reserve_login_attempt("192.0.2.1", t0 + 10, &LOGIN)
+            .unwrap(),
+        LoginReservation::Wait(50)
+    );
+    assert_eq!(
+        a.reserve_login_attempt("192.0.2.1", t0 + 59, &LOGIN)
+            .unwrap(),
+        LoginReservation::Wait(1)
+    );
+    // Others are not affected until the total is reached.
+    assert!(granted(
+        b.reserve_login_attempt("192.0.2.2", t0 + 10, &LOGIN)
+            .unwrap()
+    ));
+    assert!(granted(
+        a.reserve_login_attempt("192.0.2.3", t0 + 10, &LOGIN)
+            .unwrap()
+    ));
+    assert!(matches!(
+        b.reserve_login_attempt("192.0.2.4", t0 + 11, &LOGIN)
+            .unwrap(),
+        LoginReservation::Wait(49)
+    ));
+    // The oldest attempt leaves the window at 60 s.
+    assert!(granted(
+        a.reserve_login_attempt("192.0.2.1", t0 + 60, &LOGIN)
+            .unwrap()
+    ));
+    // A success forgets the client's attempts, on every node.
+    b.forget_login_attempts("192.0.2.1").unwrap();
+    for i in 0..3 {
+        assert!(
+            granted(
+                a.reserve_login_attempt("192.0.2.1", t0 + 62, &LOGIN)
+                    .unwrap()
+            ),
+            "after success, attempt {i}"
+        );
+    }
+    assert!(!granted(
+        b.reserve_login_attempt("192.0.2.1", t0 + 62, &LOGIN)
+            .unwrap()
+    ));
+    assert!(matches!(
+        a.reserve_login_attempt("", t0, &LOGIN),
+        Err(StoreError::BadName(_))
+    ));
+}
+
+fn concurrent_login_attempts_never_overshoot(h: &dyn Harness) {
+    // Eight "nodes" trying at once: exactly the per-client limit gets in.
+    let opener = h.opener();
+    let barrier = Arc::new(Barrier::new(8));
+    let granted_count = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = opener();
+            let barrier = Arc::clone(&barrier);
+            let granted_count = Arc::clone(&granted_count);
+            std::thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..3 {
+                    let answer = store
+                        .reserve_login_attempt("198.51.100.7", 1_700_000_000, &LOGIN)
+                        .unwrap();
+                    if granted(answer) {
+                        granted_count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(granted_count.load(Ordering::SeqCst), LOGIN.per_client);
 }

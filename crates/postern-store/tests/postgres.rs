@@ -230,3 +230,24 @@ fn a_change_on_one_node_notifies_another() {
     assert!(b.generation().unwrap() > before);
     assert_eq!(b.settings().unwrap(), settings);
 }
+
+#[test]
+fn a_column_of_another_type_is_an_error_naming_it_not_a_panic() {
+    let Some(server) = support::server_url() else {
+        return;
+    };
+    let url = support::fresh_database(&server);
+    let store = PgStore::open(&url, "gw1").unwrap();
+    store.add_api_token("ci", "hash-ci").unwrap();
+    // Someone changed the schema by hand.
+    support::psql(
+        &url,
+        "ALTER TABLE admin_credentials ALTER COLUMN created_at TYPE TEXT",
+    );
+    let error = store.api_tokens().unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("column created_at"), "{text}");
+    // The rest of the store still works.
+    assert!(store.settings().is_ok());
+}

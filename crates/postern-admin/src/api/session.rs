@@ -2,12 +2,13 @@
 //! page alike.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use postern_store::StoreError;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,6 +23,9 @@ pub enum LoginError {
     Limited(Duration),
     /// Wrong password (or none set yet).
     Wrong,
+    /// The store could not count the attempt or keep the session (a
+    /// cluster store that is unreachable: no new logins meanwhile).
+    Store(StoreError),
     Internal(String),
 }
 
@@ -33,38 +37,56 @@ pub async fn attempt(
     previous: Option<String>,
     password: String,
 ) -> Result<SessionInfo, LoginError> {
-    // Counted before the check (so a burst gets no more than the limit),
-    // then at most `password_checks` argon2 runs at once.
-    let reserved = state
-        .limiter
-        .reserve(ip, Instant::now())
-        .map_err(LoginError::Limited)?;
+    // Counted before the check (so a burst gets no more than the limit,
+    // on all nodes together), then at most `password_checks` argon2 runs
+    // at once.
+    let worker = state.clone();
+    let reserved = tokio::task::spawn_blocking(move || {
+        worker
+            .limiter
+            .reserve(ip, auth::unix_seconds(SystemTime::now()))
+    })
+    .await
+    .map_err(|e| LoginError::Internal(e.to_string()))?
+    .map_err(LoginError::Store)?
+    .map_err(LoginError::Limited)?;
     let _permit = state
         .password_checks
         .acquire()
         .await
         .map_err(|e| LoginError::Internal(e.to_string()))?;
-    let store = state.store.clone();
+    let worker = state.clone();
     // The version of the hash the password was checked against: the
     // session belongs to that password, not to whatever is stored later.
-    let verified = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let hash = store.admin_password_hash().map_err(|e| e.to_string())?;
-        Ok(hash
+    tokio::task::spawn_blocking(move || {
+        let hash = worker
+            .store
+            .admin_password_hash()
+            .map_err(LoginError::Store)?;
+        let Some(version) = hash
             .filter(|h| auth::verify_password(h, &password))
-            .map(|h| auth::PasswordVersion::of(&h)))
+            .map(|h| auth::PasswordVersion::of(&h))
+        else {
+            tracing::warn!("admin login failed from {ip}");
+            return Err(LoginError::Wrong);
+        };
+        worker
+            .limiter
+            .success(reserved)
+            .map_err(LoginError::Store)?;
+        let session = worker
+            .sessions
+            .create(
+                previous.as_deref(),
+                &version,
+                auth::unix_seconds(SystemTime::now()),
+            )
+            .map_err(LoginError::Store)?;
+        tracing::info!("admin login from {ip}");
+        Ok(session)
     })
     .await
     .map_err(|e| LoginError::Internal(e.to_string()))?
-    .map_err(LoginError::Internal)?;
-    let Some(version) = verified else {
-        tracing::warn!("admin login failed from {ip}");
-        return Err(LoginError::Wrong);
-    };
-    state.limiter.success(reserved);
-    tracing::info!("admin login from {ip}");
-    Ok(state
-        .sessions
-        .create(previous.as_deref(), version, Instant::now()))
 }
 
 /// The `Set-Cookie` value for a new session.
@@ -120,6 +142,7 @@ pub async fn login(State(state): State<Shared>, request: Request) -> Response {
         Err(LoginError::Wrong) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong password")
             .field("password")
             .into_response(),
+        Err(LoginError::Store(e)) => ApiError::from_store(e).into_response(),
         Err(LoginError::Internal(e)) => ApiError::internal(e).into_response(),
     }
 }
@@ -130,7 +153,15 @@ pub async fn logout(
     Extension(principal): Extension<Principal>,
 ) -> Response {
     if let Principal::Session(session) = &principal {
-        state.sessions.remove(&session.id);
+        if let Err(e) = end_session(&state, session.id.clone()).await {
+            // The cookie goes anyway; the session itself lives on in the
+            // store until it expires or the store is back.
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, http::clear_cookie(SESSION_COOKIE));
+            return response;
+        }
     }
     (
         StatusCode::OK,
@@ -138,6 +169,15 @@ pub async fn logout(
         Json(json!({ "logged_out": true })),
     )
         .into_response()
+}
+
+/// End session `id` on every node (logout).
+pub async fn end_session(state: &Shared, id: String) -> Result<(), ApiError> {
+    let worker = state.clone();
+    tokio::task::spawn_blocking(move || worker.sessions.remove(&id))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from_store)
 }
 
 /// `GET /api/v1/session`: who is calling, and the session's CSRF token.

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
 use super::{render, see_other};
-use crate::api::session::{attempt, session_cookie, LoginError};
+use crate::api::session::{attempt, end_session, session_cookie, LoginError};
 use crate::auth;
 use crate::http::{self, CsrfForm, Principal, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::Shared;
@@ -109,6 +109,21 @@ pub async fn submit(State(state): State<Shared>, request: Request) -> Response {
             }
             response
         }
+        Err(LoginError::Store(e)) => {
+            tracing::warn!("admin login refused: {e}");
+            let (status, text) = match e {
+                postern_store::StoreError::Unreachable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Cluster store unreachable: logins are refused until it is back \
+                     (sessions already open still work).",
+                ),
+                _ => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Login failed; see the gateway's log.",
+                ),
+            };
+            show(status, Some(text))
+        }
         Err(LoginError::Internal(e)) => {
             tracing::error!("admin login: {e}");
             show(
@@ -121,7 +136,12 @@ pub async fn submit(State(state): State<Shared>, request: Request) -> Response {
 
 pub async fn logout(State(state): State<Shared>, form: CsrfForm) -> Response {
     if let Principal::Session(session) = &form.principal {
-        state.sessions.remove(&session.id);
+        if let Err(e) = end_session(&state, session.id.clone()).await {
+            tracing::warn!(
+                "admin logout: the session stays in the store: {}",
+                e.message
+            );
+        }
     }
     let mut response = see_other("/login");
     response

@@ -3,6 +3,7 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
+use super::row::get;
 use super::wait;
 use crate::events::{like_anywhere, node_of, with_node};
 use crate::{EventQuery, NodeStatus, StoreError, TrackingEvent};
@@ -10,14 +11,14 @@ use crate::{EventQuery, NodeStatus, StoreError, TrackingEvent};
 const COLUMNS: &str = "queue_id, message_id, at, kind, detail";
 
 fn from_row(row: &Row) -> Result<TrackingEvent, StoreError> {
-    let detail: String = row.get(4);
+    let detail: String = get(row, 4)?;
     let detail = serde_json::from_str(&detail)
         .map_err(|error| StoreError::Corrupt(format!("event detail: {error}")))?;
     Ok(TrackingEvent {
-        queue_id: row.get(0),
-        message_id: row.get(1),
-        at: row.get(2),
-        kind: row.get(3),
+        queue_id: get(row, 0)?,
+        message_id: get(row, 1)?,
+        at: get(row, 2)?,
+        kind: get(row, 3)?,
         detail,
     })
 }
@@ -211,19 +212,19 @@ pub(crate) fn nodes(client: &Client) -> Result<Vec<NodeStatus>, StoreError> {
     ))?;
     rows.iter()
         .map(|row| {
-            let fingerprints: String = row.get(7);
+            let fingerprints: String = get(row, 7)?;
             Ok(NodeStatus {
-                name: row.get(0),
-                hostname: row.get(1),
-                version: row.get(2),
-                started_at: row.get(3),
-                last_seen: row.get(4),
-                seen_ago: row.get(5),
-                applied_generation: row.get(6),
+                name: get(row, 0)?,
+                hostname: get(row, 1)?,
+                version: get(row, 2)?,
+                started_at: get(row, 3)?,
+                last_seen: get(row, 4)?,
+                seen_ago: get(row, 5)?,
+                applied_generation: get(row, 6)?,
                 fingerprints: serde_json::from_str(&fingerprints)
                     .map_err(|error| StoreError::Corrupt(format!("node fingerprints: {error}")))?,
-                queue_messages: row.get(8),
-                queue_deferred: row.get(9),
+                queue_messages: get(row, 8)?,
+                queue_deferred: get(row, 9)?,
             })
         })
         .collect()
@@ -241,6 +242,6 @@ pub(crate) fn after(
         &[&after, &limit],
     ))?;
     rows.iter()
-        .map(|row| Ok((row.get(5), from_row(row)?)))
+        .map(|row| Ok((get(row, 5)?, from_row(row)?)))
         .collect()
 }

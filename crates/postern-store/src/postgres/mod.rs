@@ -21,6 +21,7 @@
 pub mod conninfo;
 mod events;
 mod mta_sts;
+mod row;
 mod schema;
 mod tls;
 mod tx;

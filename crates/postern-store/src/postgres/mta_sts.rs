@@ -2,6 +2,7 @@
 
 use tokio_postgres::{Client, Row};
 
+use super::row::get as column;
 use super::wait;
 use crate::mta_sts::{mx_from_json, mx_json, MtaStsRecord};
 use crate::StoreError;
@@ -32,16 +33,16 @@ pub(crate) fn put(client: &Client, record: &MtaStsRecord) -> Result<(), StoreErr
 }
 
 fn from_row(row: &Row) -> Result<MtaStsRecord, StoreError> {
-    let mx: String = row.get(4);
+    let mx: String = column(row, 4)?;
     Ok(MtaStsRecord {
-        domain: row.get(0),
-        id: row.get(1),
-        mode: row.get(2),
-        max_age: row.get(3),
+        domain: column(row, 0)?,
+        id: column(row, 1)?,
+        mode: column(row, 2)?,
+        max_age: column(row, 3)?,
         mx: mx_from_json(&mx)?,
-        policy: row.get(5),
-        fetched_at: row.get(6),
-        expires_at: row.get(7),
+        policy: column(row, 5)?,
+        fetched_at: column(row, 6)?,
+        expires_at: column(row, 7)?,
     })
 }
 

@@ -95,6 +95,24 @@ const MIGRATIONS: &[&str] = &[
         created_at      BIGINT NOT NULL
     );
     ",
+    "
+    -- sessions: admin sessions (id hashes only) and login attempts, shared by every node.
+    CREATE TABLE admin_sessions (
+        id_hash          TEXT PRIMARY KEY,
+        password_version TEXT NOT NULL,
+        created_at       BIGINT NOT NULL,
+        last_seen        BIGINT NOT NULL
+    );
+    CREATE INDEX admin_sessions_last_seen ON admin_sessions (last_seen);
+
+    CREATE TABLE login_attempts (
+        id     BIGSERIAL PRIMARY KEY,
+        client TEXT NOT NULL,
+        at     BIGINT NOT NULL
+    );
+    CREATE INDEX login_attempts_client ON login_attempts (client, at);
+    CREATE INDEX login_attempts_at ON login_attempts (at);
+    ",
 ];
 
 /// The schema version this build creates and understands.
@@ -112,7 +130,10 @@ pub(crate) fn migrate(client: &Client) -> Result<Option<i64>, StoreError> {
     )))?;
     let result = (|| {
         let row = wait(client.query_opt("SELECT version FROM postern_schema", &[]))?;
-        let version: i64 = row.map(|r| r.get(0)).unwrap_or(0);
+        let version: i64 = row
+            .map(|r| super::row::get(&r, 0))
+            .transpose()?
+            .unwrap_or(0);
         if version > SCHEMA_VERSION {
             return Ok(Some(version));
         }

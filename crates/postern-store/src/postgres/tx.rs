@@ -3,9 +3,10 @@
 
 use tokio_postgres::{Client, Row};
 
+use super::row::get;
 use super::{wait, CHANNEL};
 use crate::backend::{CredentialKind, Transaction};
-use crate::{ApiToken, CertificateRecord, DkimKeyRecord, StoreError, TrackingEvent};
+use crate::{AdminSession, ApiToken, CertificateRecord, DkimKeyRecord, StoreError, TrackingEvent};
 
 pub(crate) struct PgTx<'a> {
     client: &'a Client,
@@ -19,35 +20,57 @@ impl<'a> PgTx<'a> {
 
 const CERT_COLUMNS: &str = "name, chain_pem, key_pem, created_at";
 
-fn certificate(row: &Row) -> CertificateRecord {
-    CertificateRecord {
-        name: row.get(0),
-        chain_pem: row.get(1),
-        key_pem: row.get(2),
-        created_at: row.get(3),
-    }
+fn certificate(row: &Row) -> Result<CertificateRecord, StoreError> {
+    Ok(CertificateRecord {
+        name: get(row, 0)?,
+        chain_pem: get(row, 1)?,
+        key_pem: get(row, 2)?,
+        created_at: get(row, 3)?,
+    })
 }
 
 const DKIM_COLUMNS: &str =
     "name, domain, selector, key_type, private_key_pem, dns_record, created_at";
 
-fn dkim(row: &Row) -> DkimKeyRecord {
-    DkimKeyRecord {
-        name: row.get(0),
-        domain: row.get(1),
-        selector: row.get(2),
-        key_type: row.get(3),
-        private_key_pem: row.get(4),
-        dns_record: row.get(5),
-        created_at: row.get(6),
-    }
+fn dkim(row: &Row) -> Result<DkimKeyRecord, StoreError> {
+    Ok(DkimKeyRecord {
+        name: get(row, 0)?,
+        domain: get(row, 1)?,
+        selector: get(row, 2)?,
+        key_type: get(row, 3)?,
+        private_key_pem: get(row, 4)?,
+        dns_record: get(row, 5)?,
+        created_at: get(row, 6)?,
+    })
 }
 
-fn token(row: &Row) -> ApiToken {
-    ApiToken {
-        name: row.get(0),
-        created_at: row.get(1),
-    }
+fn token(row: &Row) -> Result<ApiToken, StoreError> {
+    Ok(ApiToken {
+        name: get(row, 0)?,
+        created_at: get(row, 1)?,
+    })
+}
+
+const SESSION_COLUMNS: &str = "id_hash, password_version, created_at, last_seen";
+
+fn session(row: &Row) -> Result<AdminSession, StoreError> {
+    Ok(AdminSession {
+        id_hash: get(row, 0)?,
+        password_version: get(row, 1)?,
+        created_at: get(row, 2)?,
+        last_seen: get(row, 3)?,
+    })
+}
+
+/// The first column of an optional row.
+fn first<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    row: Option<Row>,
+) -> Result<Option<T>, StoreError> {
+    row.map(|r| get(&r, 0)).transpose()
+}
+
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl Transaction for PgTx<'_> {
@@ -56,7 +79,7 @@ impl Transaction for PgTx<'_> {
             self.client
                 .query_opt("SELECT document FROM settings WHERE id = 1", &[]),
         )?;
-        Ok(row.map(|r| r.get(0)))
+        first(row)
     }
 
     fn save_settings_document(&mut self, document: &str, at: i64) -> Result<(), StoreError> {
@@ -75,7 +98,7 @@ impl Transaction for PgTx<'_> {
             &format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY name COLLATE \"C\""),
             &[],
         ))?;
-        Ok(rows.iter().map(certificate).collect())
+        rows.iter().map(certificate).collect()
     }
 
     fn certificate(&mut self, name: &str) -> Result<Option<CertificateRecord>, StoreError> {
@@ -83,7 +106,7 @@ impl Transaction for PgTx<'_> {
             &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE name = $1"),
             &[&name],
         ))?;
-        Ok(row.as_ref().map(certificate))
+        row.as_ref().map(certificate).transpose()
     }
 
     fn certificate_name_nocase(&mut self, name: &str) -> Result<Option<String>, StoreError> {
@@ -94,7 +117,7 @@ impl Transaction for PgTx<'_> {
                  = translate($1, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')",
             &[&name],
         ))?;
-        Ok(row.map(|r| r.get(0)))
+        first(row)
     }
 
     fn insert_certificate(&mut self, record: &CertificateRecord) -> Result<(), StoreError> {
@@ -122,7 +145,7 @@ impl Transaction for PgTx<'_> {
             &format!("SELECT {DKIM_COLUMNS} FROM dkim_keys ORDER BY name COLLATE \"C\""),
             &[],
         ))?;
-        Ok(rows.iter().map(dkim).collect())
+        rows.iter().map(dkim).collect()
     }
 
     fn dkim_key(&mut self, name: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
@@ -130,7 +153,7 @@ impl Transaction for PgTx<'_> {
             &format!("SELECT {DKIM_COLUMNS} FROM dkim_keys WHERE name = $1"),
             &[&name],
         ))?;
-        Ok(row.as_ref().map(dkim))
+        row.as_ref().map(dkim).transpose()
     }
 
     fn insert_dkim_key(&mut self, r: &DkimKeyRecord) -> Result<(), StoreError> {
@@ -161,7 +184,7 @@ impl Transaction for PgTx<'_> {
             self.client
                 .query_opt("SELECT value FROM meta WHERE key = 'generation'", &[]),
         )?;
-        row.map(|r| r.get(0))
+        first(row)?
             .ok_or_else(|| StoreError::Corrupt("the generation counter is missing".to_string()))
     }
 
@@ -189,7 +212,7 @@ impl Transaction for PgTx<'_> {
             self.client
                 .query_opt("SELECT value FROM meta WHERE key = $1", &[&key]),
         )?;
-        Ok(row.map(|r| r.get(0)))
+        first(row)
     }
 
     fn set_flag(&mut self, key: &str, value: i64) -> Result<(), StoreError> {
@@ -210,7 +233,7 @@ impl Transaction for PgTx<'_> {
             "SELECT hash FROM admin_credentials WHERE kind = $1 AND name = $2",
             &[&kind.as_str(), &name],
         ))?;
-        Ok(row.map(|r| r.get(0)))
+        first(row)
     }
 
     fn put_credential(
@@ -241,7 +264,7 @@ impl Transaction for PgTx<'_> {
             "SELECT name, created_at FROM admin_credentials WHERE kind = $1 AND hash = $2",
             &[&CredentialKind::Token.as_str(), &hash],
         ))?;
-        Ok(row.as_ref().map(token))
+        row.as_ref().map(token).transpose()
     }
 
     fn tokens(&mut self) -> Result<Vec<ApiToken>, StoreError> {
@@ -250,7 +273,127 @@ impl Transaction for PgTx<'_> {
              ORDER BY name COLLATE \"C\"",
             &[&CredentialKind::Token.as_str()],
         ))?;
-        Ok(rows.iter().map(token).collect())
+        rows.iter().map(token).collect()
+    }
+
+    fn bump_credentials(&mut self) -> Result<(), StoreError> {
+        // Notified on commit like a generation change: nodes refresh their
+        // local copy of the credentials.
+        wait(self.client.execute(
+            &format!(
+                "WITH bumped AS (
+                     INSERT INTO meta (key, value) VALUES ($1, 1)
+                     ON CONFLICT (key) DO UPDATE SET value = meta.value + 1
+                     RETURNING value
+                 )
+                 SELECT pg_notify('{CHANNEL}', 'credentials ' || value::text) FROM bumped"
+            ),
+            &[&crate::sessions::CREDENTIALS_VERSION],
+        ))?;
+        Ok(())
+    }
+
+    fn session(&mut self, id_hash: &str) -> Result<Option<AdminSession>, StoreError> {
+        let row = wait(self.client.query_opt(
+            &format!("SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE id_hash = $1"),
+            &[&id_hash],
+        ))?;
+        row.as_ref().map(session).transpose()
+    }
+
+    fn sessions(&mut self) -> Result<Vec<AdminSession>, StoreError> {
+        let rows = wait(self.client.query(
+            &format!("SELECT {SESSION_COLUMNS} FROM admin_sessions ORDER BY id_hash COLLATE \"C\""),
+            &[],
+        ))?;
+        rows.iter().map(session).collect()
+    }
+
+    fn insert_session(&mut self, new: &AdminSession) -> Result<(), StoreError> {
+        wait(self.client.execute(
+            &format!("INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4)"),
+            &[
+                &new.id_hash,
+                &new.password_version,
+                &new.created_at,
+                &new.last_seen,
+            ],
+        ))?;
+        Ok(())
+    }
+
+    fn touch_session(&mut self, id_hash: &str, at: i64) -> Result<bool, StoreError> {
+        Ok(wait(self.client.execute(
+            "UPDATE admin_sessions SET last_seen = greatest(last_seen, $2) WHERE id_hash = $1",
+            &[&id_hash, &at],
+        ))? == 1)
+    }
+
+    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
+        Ok(wait(
+            self.client
+                .execute("DELETE FROM admin_sessions WHERE id_hash = $1", &[&id_hash]),
+        )? == 1)
+    }
+
+    fn delete_dead_sessions(
+        &mut self,
+        seen_before: i64,
+        created_before: i64,
+    ) -> Result<usize, StoreError> {
+        Ok(count(wait(self.client.execute(
+            "DELETE FROM admin_sessions WHERE last_seen <= $1 OR created_at <= $2",
+            &[&seen_before, &created_before],
+        ))?))
+    }
+
+    fn keep_recent_sessions(&mut self, keep: usize) -> Result<usize, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        Ok(count(wait(self.client.execute(
+            "DELETE FROM admin_sessions WHERE id_hash NOT IN
+                 (SELECT id_hash FROM admin_sessions
+                  ORDER BY last_seen DESC, created_at DESC, id_hash COLLATE \"C\" LIMIT $1)",
+            &[&keep],
+        ))?))
+    }
+
+    fn delete_sessions_except(&mut self, password_version: &str) -> Result<usize, StoreError> {
+        Ok(count(wait(self.client.execute(
+            "DELETE FROM admin_sessions WHERE password_version <> $1",
+            &[&password_version],
+        ))?))
+    }
+
+    fn login_attempts(&mut self, client: Option<&str>, since: i64) -> Result<Vec<i64>, StoreError> {
+        let rows = wait(self.client.query(
+            "SELECT at FROM login_attempts
+             WHERE at > $1 AND ($2::text IS NULL OR client = $2)
+             ORDER BY at, id",
+            &[&since, &client],
+        ))?;
+        rows.iter().map(|row| get(row, 0)).collect()
+    }
+
+    fn insert_login_attempt(&mut self, client: &str, at: i64) -> Result<i64, StoreError> {
+        let row = wait(self.client.query_one(
+            "INSERT INTO login_attempts (client, at) VALUES ($1, $2) RETURNING id",
+            &[&client, &at],
+        ))?;
+        get(&row, 0)
+    }
+
+    fn delete_login_attempts(&mut self, client: &str) -> Result<usize, StoreError> {
+        Ok(count(wait(self.client.execute(
+            "DELETE FROM login_attempts WHERE client = $1",
+            &[&client],
+        ))?))
+    }
+
+    fn prune_login_attempts(&mut self, before: i64) -> Result<usize, StoreError> {
+        Ok(count(wait(self.client.execute(
+            "DELETE FROM login_attempts WHERE at <= $1",
+            &[&before],
+        ))?))
     }
 
     fn events_after(
@@ -273,7 +416,7 @@ impl Transaction for PgTx<'_> {
                     self.client
                         .query_one(&format!("SELECT count(*) FROM {table}"), &[]),
                 )?;
-                Ok((*table, row.get(0)))
+                Ok((*table, get(&row, 0)?))
             })
             .collect()
     }

@@ -52,3 +52,13 @@ pub(crate) fn set_flag(conn: &Connection, key: &str, value: i64) -> Result<(), S
     )?;
     Ok(())
 }
+
+/// Add one to the counter `key` (created at 1 when missing).
+pub(crate) fn bump_counter(conn: &Connection, key: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, 1)
+         ON CONFLICT (key) DO UPDATE SET value = value + 1",
+        [key],
+    )?;
+    Ok(())
+}

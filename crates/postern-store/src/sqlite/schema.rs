@@ -109,6 +109,24 @@ const MIGRATIONS: &[&str] = &[
         created_at      INTEGER NOT NULL
     );
     ",
+    "
+    -- sessions: admin sessions (id hashes only) and login attempts, shared by every node.
+    CREATE TABLE admin_sessions (
+        id_hash          TEXT PRIMARY KEY NOT NULL,
+        password_version TEXT NOT NULL,
+        created_at       INTEGER NOT NULL,
+        last_seen        INTEGER NOT NULL
+    );
+    CREATE INDEX admin_sessions_last_seen ON admin_sessions (last_seen);
+
+    CREATE TABLE login_attempts (
+        id     INTEGER PRIMARY KEY,
+        client TEXT NOT NULL,
+        at     INTEGER NOT NULL
+    );
+    CREATE INDEX login_attempts_client ON login_attempts (client, at);
+    CREATE INDEX login_attempts_at ON login_attempts (at);
+    ",
 ];
 
 /// The schema version this build creates and understands.

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::backend::{CredentialKind, Transaction};
 use crate::sqlite::{events, meta};
-use crate::{ApiToken, CertificateRecord, DkimKeyRecord, StoreError, TrackingEvent};
+use crate::{AdminSession, ApiToken, CertificateRecord, DkimKeyRecord, StoreError, TrackingEvent};
 
 pub(crate) struct SqliteTx<'a>(pub(crate) &'a Connection);
 
@@ -32,6 +32,17 @@ fn dkim_from_row(row: &Row<'_>) -> rusqlite::Result<DkimKeyRecord> {
         private_key_pem: row.get(4)?,
         dns_record: row.get(5)?,
         created_at: row.get(6)?,
+    })
+}
+
+const SESSION_COLUMNS: &str = "id_hash, password_version, created_at, last_seen";
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<AdminSession> {
+    Ok(AdminSession {
+        id_hash: row.get(0)?,
+        password_version: row.get(1)?,
+        created_at: row.get(2)?,
+        last_seen: row.get(3)?,
     })
 }
 
@@ -215,6 +226,109 @@ impl Transaction for SqliteTx<'_> {
         )?;
         let rows = stmt.query_map([CredentialKind::Token.as_str()], token_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn bump_credentials(&mut self) -> Result<(), StoreError> {
+        meta::bump_counter(self.0, crate::sessions::CREDENTIALS_VERSION)
+    }
+
+    fn session(&mut self, id_hash: &str) -> Result<Option<AdminSession>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE id_hash = ?1"
+        ))?;
+        Ok(stmt.query_row([id_hash], session_from_row).optional()?)
+    }
+
+    fn sessions(&mut self) -> Result<Vec<AdminSession>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM admin_sessions ORDER BY id_hash"
+        ))?;
+        let rows = stmt.query_map([], session_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_session(&mut self, session: &AdminSession) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!("INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4)"),
+            params![
+                session.id_hash,
+                session.password_version,
+                session.created_at,
+                session.last_seen
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn touch_session(&mut self, id_hash: &str, at: i64) -> Result<bool, StoreError> {
+        Ok(self.0.execute(
+            "UPDATE admin_sessions SET last_seen = max(last_seen, ?2) WHERE id_hash = ?1",
+            params![id_hash, at],
+        )? == 1)
+    }
+
+    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .execute("DELETE FROM admin_sessions WHERE id_hash = ?1", [id_hash])?
+            == 1)
+    }
+
+    fn delete_dead_sessions(
+        &mut self,
+        seen_before: i64,
+        created_before: i64,
+    ) -> Result<usize, StoreError> {
+        Ok(self.0.execute(
+            "DELETE FROM admin_sessions WHERE last_seen <= ?1 OR created_at <= ?2",
+            params![seen_before, created_before],
+        )?)
+    }
+
+    fn keep_recent_sessions(&mut self, keep: usize) -> Result<usize, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        Ok(self.0.execute(
+            "DELETE FROM admin_sessions WHERE id_hash NOT IN
+                 (SELECT id_hash FROM admin_sessions
+                  ORDER BY last_seen DESC, created_at DESC, id_hash LIMIT ?1)",
+            [keep],
+        )?)
+    }
+
+    fn delete_sessions_except(&mut self, password_version: &str) -> Result<usize, StoreError> {
+        Ok(self.0.execute(
+            "DELETE FROM admin_sessions WHERE password_version <> ?1",
+            [password_version],
+        )?)
+    }
+
+    fn login_attempts(&mut self, client: Option<&str>, since: i64) -> Result<Vec<i64>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT at FROM login_attempts WHERE at > ?1 AND (?2 IS NULL OR client = ?2)
+             ORDER BY at, id",
+        )?;
+        let rows = stmt.query_map(params![since, client], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_login_attempt(&mut self, client: &str, at: i64) -> Result<i64, StoreError> {
+        self.0.execute(
+            "INSERT INTO login_attempts (client, at) VALUES (?1, ?2)",
+            params![client, at],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    fn delete_login_attempts(&mut self, client: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .0
+            .execute("DELETE FROM login_attempts WHERE client = ?1", [client])?)
+    }
+
+    fn prune_login_attempts(&mut self, before: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .0
+            .execute("DELETE FROM login_attempts WHERE at <= ?1", [before])?)
     }
 
     fn events_after(
