@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use crate::{ApiToken, CertificateRecord, EventQuery, NodeStatus, StoreError, TrackingEvent};
+use crate::{
+    ApiToken, CertificateRecord, EventQuery, NodeStatus, QueueAction, QueueRequest, QueueSnapshot,
+    StoreError, TrackingEvent,
+};
 
 /// Credential kinds in the `admin_credentials` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +119,31 @@ pub trait Backend: Send + Sync {
     fn put_node(&self, node: &NodeStatus) -> Result<(), StoreError>;
     /// Every node of the registry, by name.
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
+
+    /// Insert or replace the snapshot of `snapshot.node`'s queue.
+    fn put_queue_snapshot(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError>;
+    /// Every node's queue snapshot, by node name.
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError>;
+    /// Record a request for `node` made on this node; wake `node` where
+    /// the backend can.
+    fn insert_queue_request(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError>;
+    /// The requests `node` has not carried out yet, oldest first.
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError>;
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError>;
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError>;
+    /// Woken when a queue request may be waiting for this node.
+    fn queue_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// Human-readable location (file path, or URL without password).
     fn describe(&self) -> String;

@@ -22,8 +22,8 @@ use crate::backend;
 use crate::certificates::generated_flag;
 use crate::copy::{read_installation, Installation};
 use crate::{
-    settings, ApiToken, CertificateRecord, EventQuery, NodeStatus, PgStore, Store, StoreError,
-    TrackingEvent,
+    settings, ApiToken, CertificateRecord, EventQuery, NodeStatus, PgStore, QueueAction,
+    QueueRequest, QueueSnapshot, Store, StoreError, TrackingEvent,
 };
 
 /// How often a node that started without its store tries to connect.
@@ -423,6 +423,43 @@ impl Store for CachedPgStore {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         self.write(|s| s.nodes())
+    }
+
+    fn publish_queue(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError> {
+        self.write(|s| s.publish_queue(snapshot))
+    }
+
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError> {
+        self.write(|s| s.queue_snapshots())
+    }
+
+    fn request_queue_action(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError> {
+        self.write(|s| s.request_queue_action(node, queue_id, action))
+    }
+
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError> {
+        self.write(|s| s.waiting_queue_requests(node))
+    }
+
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError> {
+        self.write(|s| s.queue_request(id))
+    }
+
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError> {
+        self.write(|s| s.finish_queue_request(id, outcome))
+    }
+
+    fn queue_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.state().store.as_ref().and_then(|s| s.queue_hint())
     }
 
     fn location(&self) -> String {

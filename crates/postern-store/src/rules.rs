@@ -8,7 +8,7 @@ use postern_config::Settings;
 use crate::backend::{self, Backend, CredentialKind, Transaction};
 use crate::{
     admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, NodeStatus,
-    Store, StoreError, TrackingEvent,
+    QueueAction, QueueRequest, QueueSnapshot, Store, StoreError, TrackingEvent,
 };
 
 /// How long a write waits for another writer (a CLI command, another node).
@@ -227,6 +227,53 @@ impl<B: Backend> Store for B {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         Backend::nodes(self)
+    }
+
+    fn publish_queue(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError> {
+        self.put_queue_snapshot(snapshot)
+    }
+
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError> {
+        Backend::queue_snapshots(self)
+    }
+
+    fn request_queue_action(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError> {
+        if node.is_empty() {
+            return Err(StoreError::BadName(
+                "a queue request names no node".to_string(),
+            ));
+        }
+        if queue_id.is_empty() {
+            return Err(StoreError::BadName(
+                "a queue request names no message".to_string(),
+            ));
+        }
+        self.insert_queue_request(node, queue_id, action)
+    }
+
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError> {
+        Backend::waiting_queue_requests(self, node)
+    }
+
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError> {
+        Backend::queue_request(self, id)
+    }
+
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError> {
+        Backend::finish_queue_request(self, id, outcome)
+    }
+
+    fn queue_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Backend::queue_hint(self)
     }
 
     fn location(&self) -> String {
