@@ -105,6 +105,7 @@ fn fixture() -> Fixture {
     let server = AdminServer::new(
         AdminOptions {
             hostname: "mx.test".into(),
+            node_name: "gw1".into(),
             certificate: None,
         },
         store.clone(),
