@@ -183,7 +183,7 @@ pub async fn run(ctx: Context) -> Result<()> {
     // A cluster node shows its queue to the others and takes their
     // retry/delete requests; an embedded store has no other node.
     let cluster = matches!(
-        crate::context::store_location(&node),
+        crate::context::store_location(node),
         postern_store::StoreLocation::Postgres(_)
     );
     let queue_tasks = if cluster {
