@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_spool::{DeliveryState, Spool, SpoolError};
-use postern_store::{QueueSnapshot, Store, SNAPSHOT_MAX_ENTRIES};
+use postern_store::{QueueSnapshot, Store, StoreError, SNAPSHOT_MAX_ENTRIES};
 
 use super::QueueRunner;
 
@@ -69,8 +69,10 @@ pub async fn publish_loop(
                 }
                 last = Some((changes, Instant::now(), snapshot));
             }
+            // The store logs its own outage, once; tried again next second.
+            Ok(Err(StoreError::Unreachable(_))) => {}
             Ok(Err(e)) => {
-                // Once per distinct failure (an outage lasts many seconds).
+                // Once per distinct failure, not every second.
                 let text = e.to_string();
                 if last_error.as_deref() != Some(text.as_str()) {
                     tracing::warn!("queue snapshot not published: {text}");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postern_spool::QueueId;
-use postern_store::{QueueAction, QueueRequest, Store};
+use postern_store::{QueueAction, QueueRequest, Store, StoreError};
 
 use super::QueueRunner;
 
@@ -45,6 +45,8 @@ pub async fn serve(node: String, store: Arc<dyn Store>, runner: Arc<QueueRunner>
                 }
                 waiting
             }
+            // The store logs its own outage, once.
+            Ok(Err(StoreError::Unreachable(_))) => continue,
             Ok(Err(e)) => {
                 let text = e.to_string();
                 if last_error.as_deref() != Some(text.as_str()) {
