@@ -21,6 +21,7 @@
 
 mod api;
 pub mod auth;
+mod cluster_queue;
 mod error;
 mod http;
 pub mod metrics;
@@ -38,13 +39,15 @@ use postern_store::{Store, StoreError};
 use tokio::net::TcpListener;
 
 pub use metrics::{Metrics, OpenConnection, Outcome, QueueGauge};
-pub use queue::{BoxFuture, QueueControl, QueueError};
+pub use queue::{from_snapshot_entry, snapshot_entry, BoxFuture, QueueControl, QueueError};
 
 /// What the admin server is told about its node.
 #[derive(Debug, Clone)]
 pub struct AdminOptions {
     /// The node's host name (default CN of generated certificates).
     pub hostname: String,
+    /// This node's `node_name`: the `node` of its own queued messages.
+    pub node_name: String,
     /// The certificate table entry to serve; `None`: the one
     /// `tls.inbound.certificate` names.
     pub certificate: Option<String>,

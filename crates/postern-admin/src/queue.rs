@@ -47,3 +47,37 @@ pub trait QueueControl: Send + Sync {
     /// Remove the message from the queue without a bounce.
     fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), QueueError>>;
 }
+
+/// How a queued message travels in a node's published queue snapshot
+/// (`postern_store::QueueSnapshot::entries`): everything the listing
+/// shows, nothing of the body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotEntry {
+    id: QueueId,
+    envelope: postern_spool::Envelope,
+    recipients: Vec<postern_spool::RecipientState>,
+    size: u64,
+}
+
+/// One message as a snapshot entry.
+pub fn snapshot_entry(queued: &QueuedEnvelope) -> serde_json::Value {
+    let entry = SnapshotEntry {
+        id: queued.id.clone(),
+        envelope: queued.envelope.clone(),
+        recipients: queued.recipients.clone(),
+        size: queued.size,
+    };
+    serde_json::to_value(entry).unwrap_or(serde_json::Value::Null)
+}
+
+/// A snapshot entry read back; `None` when it is not one (a node of
+/// another version may publish more fields, which are ignored).
+pub fn from_snapshot_entry(value: &serde_json::Value) -> Option<QueuedEnvelope> {
+    let entry: SnapshotEntry = serde_json::from_value(value.clone()).ok()?;
+    Some(QueuedEnvelope {
+        id: entry.id,
+        envelope: entry.envelope,
+        recipients: entry.recipients,
+        size: entry.size,
+    })
+}

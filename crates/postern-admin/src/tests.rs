@@ -107,6 +107,7 @@ fn fixture() -> Fixture {
     let server = AdminServer::new(
         AdminOptions {
             hostname: "mx.test".into(),
+            node_name: "gw1".into(),
             certificate: None,
         },
         store.clone(),
@@ -793,4 +794,157 @@ async fn queue_and_pages_render() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+/// A message on node gw2, as gw2 publishes it.
+fn on_gw2(store: &dyn Store) -> QueueId {
+    let mut other = queued();
+    other.id = "00000000001FGHJK".parse().unwrap();
+    other.envelope.sender = "carol@example.test".into();
+    store
+        .publish_queue(&postern_store::QueueSnapshot {
+            node: "gw2".into(),
+            messages: 7,
+            deferred: 1,
+            entries: vec![crate::queue::snapshot_entry(&other)],
+            published_at: 0,
+            age: 0,
+        })
+        .unwrap();
+    other.id
+}
+
+fn gw2_registered(store: &dyn Store) {
+    store
+        .register_node(&postern_store::NodeStatus {
+            name: "gw2".into(),
+            hostname: "gw2.test".into(),
+            version: "0.1.0".into(),
+            started_at: 1,
+            last_seen: 0,
+            seen_ago: 0,
+            applied_generation: 1,
+            fingerprints: Vec::new(),
+            queue_messages: 7,
+            queue_deferred: 1,
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn queue_lists_every_node_and_asks_the_owner_of_another_nodes_message() {
+    let f = fixture();
+    let t = Some(f.token.as_str());
+    let other = on_gw2(f.store.as_ref());
+    let reply = send(&f.app, request(Method::GET, "/api/v1/queue", t, None)).await;
+    let nodes: Vec<(String, String)> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            (QUEUE_ID.to_string(), "gw1".to_string()),
+            (other.to_string(), "gw2".to_string())
+        ]
+    );
+    let shown = send(
+        &f.app,
+        request(Method::GET, &format!("/api/v1/queue/{other}"), t, None),
+    )
+    .await;
+    assert_eq!(shown.json()["node"], "gw2");
+    assert_eq!(shown.json()["sender"], "carol@example.test");
+    let page = send(&f.app, request(Method::GET, "/queue", t, None)).await;
+    assert!(page.body.contains(r#"data-node="gw2""#), "{}", page.body);
+    assert!(page.body.contains("the oldest 1 listed"), "{}", page.body);
+
+    // gw2 is not in the node registry: nothing would carry a request out.
+    let retry = format!("/api/v1/queue/{other}/retry");
+    let reply = send(&f.app, request(Method::POST, &retry, t, None)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.json()["field"], "node");
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains(r#"node "gw2" is unreachable"#));
+    assert!(f.store.waiting_queue_requests("gw2").unwrap().is_empty());
+    let summary = send(&f.app, request(Method::GET, "/api/v1/queue/nodes", t, None)).await;
+    assert_eq!(summary.json()["nodes"][1]["unreachable"], true);
+
+    // Registered: recorded for gw2, 202 with the request to follow.
+    gw2_registered(f.store.as_ref());
+    let reply = send(&f.app, request(Method::POST, &retry, t, None)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let body = reply.json();
+    assert_eq!(
+        (body["node"].as_str(), body["status"].as_str()),
+        (Some("gw2"), Some("waiting"))
+    );
+    let request_id = body["request"].as_i64().unwrap();
+    let delete = send(
+        &f.app,
+        request(Method::DELETE, &format!("/api/v1/queue/{other}"), t, None),
+    )
+    .await;
+    assert_eq!(delete.status, StatusCode::ACCEPTED, "{}", delete.body);
+    let waiting: Vec<(String, postern_store::QueueAction)> = f
+        .store
+        .waiting_queue_requests("gw2")
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.queue_id, r.action))
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            (other.to_string(), postern_store::QueueAction::Retry),
+            (other.to_string(), postern_store::QueueAction::Delete)
+        ]
+    );
+    let status_uri = format!("/api/v1/queue/requests/{request_id}");
+    let status = send(&f.app, request(Method::GET, &status_uri, t, None)).await;
+    assert_eq!(status.json()["status"], "waiting");
+    f.store
+        .finish_queue_request(request_id, &Ok("due now".into()))
+        .unwrap();
+    let status = send(&f.app, request(Method::GET, &status_uri, t, None)).await;
+    assert_eq!(
+        (
+            status.json()["status"].as_str(),
+            status.json()["result"].as_str()
+        ),
+        (Some("done"), Some("due now"))
+    );
+    let missing = send(
+        &f.app,
+        request(Method::GET, "/api/v1/queue/requests/999999", t, None),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // This node's own message is still changed at once, as before.
+    let own = send(
+        &f.app,
+        request(
+            Method::DELETE,
+            &format!("/api/v1/queue/{QUEUE_ID}"),
+            t,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::NO_CONTENT);
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::{
-    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent, DkimKeyRecord, AdminSession,
+    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent, DkimKeyRecord, AdminSession, QueueAction, QueueRequest, QueueSnapshot,
 };
 
 /// Credential kinds in the `admin_credentials` table.
@@ -166,6 +166,31 @@ pub trait Backend: Send + Sync {
     fn mta_sts(&self, domain: &str) -> Result<Option<MtaStsRecord>, StoreError>;
     /// Every cached MTA-STS policy, by domain.
     fn mta_sts_list(&self) -> Result<Vec<MtaStsRecord>, StoreError>;
+
+    /// Insert or replace the snapshot of `snapshot.node`'s queue.
+    fn put_queue_snapshot(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError>;
+    /// Every node's queue snapshot, by node name.
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError>;
+    /// Record a request for `node` made on this node; wake `node` where
+    /// the backend can.
+    fn insert_queue_request(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError>;
+    /// The requests `node` has not carried out yet, oldest first.
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError>;
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError>;
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError>;
+    /// Woken when a queue request may be waiting for this node.
+    fn queue_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// Human-readable location (file path, or URL without password).
     fn describe(&self) -> String;

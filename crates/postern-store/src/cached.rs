@@ -25,7 +25,7 @@ use crate::backend;
 use crate::certificates::generated_flag;
 use crate::copy::{read_installation, Installation};
 use crate::{
-    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store, DkimKeyRecord, StoreError, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits,
+    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store, DkimKeyRecord, StoreError, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits, QueueAction, QueueRequest, QueueSnapshot,
 };
 
 /// How often a node that started without its store tries to connect.
@@ -524,6 +524,43 @@ impl Store for CachedPgStore {
 
     fn mta_sts_policies(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
         self.write(|s| s.mta_sts_policies())
+    }
+
+    fn publish_queue(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError> {
+        self.write(|s| s.publish_queue(snapshot))
+    }
+
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError> {
+        self.write(|s| s.queue_snapshots())
+    }
+
+    fn request_queue_action(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError> {
+        self.write(|s| s.request_queue_action(node, queue_id, action))
+    }
+
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError> {
+        self.write(|s| s.waiting_queue_requests(node))
+    }
+
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError> {
+        self.write(|s| s.queue_request(id))
+    }
+
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError> {
+        self.write(|s| s.finish_queue_request(id, outcome))
+    }
+
+    fn queue_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.state().store.as_ref().and_then(|s| s.queue_hint())
     }
 
     fn location(&self) -> String {

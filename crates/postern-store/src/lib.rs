@@ -38,6 +38,7 @@ mod events;
 mod mta_sts;
 mod nodes;
 mod postgres;
+mod queue;
 mod rules;
 mod sessions;
 mod settings;
@@ -59,6 +60,10 @@ pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
 pub use postgres::conninfo::is_postgres_url;
 pub use postgres::PgStore;
 pub use sessions::{AdminSession, LoginLimits, LoginReservation, SessionLimits};
+
+pub use queue::{
+    QueueAction, QueueRequest, QueueSnapshot, REQUEST_KEEP_SECS, SNAPSHOT_MAX_ENTRIES,
+};
 pub use sqlite::schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 
@@ -249,6 +254,43 @@ pub trait Store: Send + Sync {
 
     /// Every cached MTA-STS policy, by domain.
     fn mta_sts_policies(&self) -> Result<Vec<MtaStsRecord>, StoreError>;
+
+    /// Publish this node's queue (replacing its previous snapshot; the
+    /// store stamps the time).
+    fn publish_queue(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError>;
+
+    /// The queue snapshots of every node, by node name.
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError>;
+
+    /// Ask `node` to retry or delete its message `queue_id`; the request
+    /// records this node as the requester. The owner picks it up with
+    /// [`Store::waiting_queue_requests`].
+    fn request_queue_action(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError>;
+
+    /// Requests for `node` not carried out yet, oldest first.
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError>;
+
+    /// One request by id (done ones are kept for a day).
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError>;
+
+    /// Record the owner's outcome of a request (once; later calls change
+    /// nothing).
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError>;
+
+    /// Woken when a queue request for this node may be waiting
+    /// (PostgreSQL `NOTIFY`); `None` where only polling tells.
+    fn queue_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// Where the store is, for messages: a file path, or a URL without its
     /// password.

@@ -7,7 +7,7 @@ use postern_config::Settings;
 
 use crate::backend::{self, Backend, CredentialKind, Transaction};
 use crate::{
-    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, Store, StoreError, TrackingEvent, dkim, DkimKeyRecord, sessions, AdminSession, LoginLimits, LoginReservation, SessionLimits,
+    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, Store, StoreError, TrackingEvent, dkim, DkimKeyRecord, sessions, AdminSession, LoginLimits, LoginReservation, SessionLimits, QueueAction, QueueRequest, QueueSnapshot,
 };
 
 /// How long a write waits for another writer (a CLI command, another node).
@@ -354,6 +354,53 @@ impl<B: Backend> Store for B {
 
     fn mta_sts_policies(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
         self.mta_sts_list()
+    }
+
+    fn publish_queue(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError> {
+        self.put_queue_snapshot(snapshot)
+    }
+
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError> {
+        Backend::queue_snapshots(self)
+    }
+
+    fn request_queue_action(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError> {
+        if node.is_empty() {
+            return Err(StoreError::BadName(
+                "a queue request names no node".to_string(),
+            ));
+        }
+        if queue_id.is_empty() {
+            return Err(StoreError::BadName(
+                "a queue request names no message".to_string(),
+            ));
+        }
+        self.insert_queue_request(node, queue_id, action)
+    }
+
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError> {
+        Backend::waiting_queue_requests(self, node)
+    }
+
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError> {
+        Backend::queue_request(self, id)
+    }
+
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError> {
+        Backend::finish_queue_request(self, id, outcome)
+    }
+
+    fn queue_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Backend::queue_hint(self)
     }
 
     fn location(&self) -> String {

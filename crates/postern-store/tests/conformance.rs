@@ -16,7 +16,7 @@ use postern_config::{
     ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
 };
 use postern_store::{
-    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore, DkimKeyRecord, Store, StoreError, StoreLocation, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits,
+    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore, DkimKeyRecord, Store, StoreError, StoreLocation, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits, QueueAction, QueueSnapshot,
 };
 use serde_json::json;
 
@@ -106,14 +106,7 @@ conformance!(
     node_registry_round_trip_and_states,
     events_name_the_recording_node,
     copy_fills_an_empty_store_and_refuses_one_in_use,
-    mta_sts_policies_are_shared_replaced_and_listed,
-    dkim_keys_round_trip_duplicates_and_bad_records_refused,
-    dkim_key_in_use_by_tlsrpt_cannot_be_deleted,
-    copy_carries_dkim_keys,
-    admin_sessions_are_shared_by_hash_and_bounded,
-    credential_changes_bump_the_credentials_version,
-    login_attempts_are_limited_across_connections,
-    concurrent_login_attempts_never_overshoot,
+    mta_sts_policies_are_shared_replaced_and_listed, dkim_keys_round_trip_duplicates_and_bad_records_refused, dkim_key_in_use_by_tlsrpt_cannot_be_deleted, copy_carries_dkim_keys, admin_sessions_are_shared_by_hash_and_bounded, credential_changes_bump_the_credentials_version, login_attempts_are_limited_across_connections, concurrent_login_attempts_never_overshoot, queue_snapshots_are_replaced_per_node, queue_requests_wait_for_their_node_and_keep_one_outcome,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -1291,4 +1284,91 @@ fn concurrent_login_attempts_never_overshoot(h: &dyn Harness) {
         thread.join().unwrap();
     }
     assert_eq!(granted_count.load(Ordering::SeqCst), LOGIN.per_client);
+
+fn snapshot(node: &str, ids: &[&str]) -> QueueSnapshot {
+    QueueSnapshot {
+        node: node.to_string(),
+        messages: i64::try_from(ids.len()).unwrap() + 10,
+        deferred: 1,
+        entries: ids.iter().map(|id| json!({ "id": id })).collect(),
+        published_at: 0,
+        age: 0,
+    }
+}
+
+fn queue_snapshots_are_replaced_per_node(h: &dyn Harness) {
+    let store = h.open();
+    assert!(store.queue_snapshots().unwrap().is_empty());
+    store.publish_queue(&snapshot("gw2", &["A", "B"])).unwrap();
+    store.publish_queue(&snapshot("gw1", &["C"])).unwrap();
+    // Replaced, not appended.
+    store.publish_queue(&snapshot("gw2", &["B"])).unwrap();
+    let snapshots = h.open().queue_snapshots().unwrap();
+    let nodes: Vec<&str> = snapshots.iter().map(|s| s.node.as_str()).collect();
+    assert_eq!(nodes, ["gw1", "gw2"]);
+    let gw2 = &snapshots[1];
+    assert_eq!(gw2.entries, vec![json!({ "id": "B" })]);
+    assert_eq!((gw2.messages, gw2.deferred), (11, 1));
+    assert!(
+        gw2.published_at > 1_700_000_000,
+        "published_at set by the store's clock"
+    );
+    assert!((0..5).contains(&gw2.age), "{}", gw2.age);
+}
+
+fn queue_requests_wait_for_their_node_and_keep_one_outcome(h: &dyn Harness) {
+    let store = h.open();
+    let retry = store
+        .request_queue_action("gw2", "Q1", QueueAction::Retry)
+        .unwrap();
+    let delete = store
+        .request_queue_action("gw2", "Q2", QueueAction::Delete)
+        .unwrap();
+    store
+        .request_queue_action("gw3", "Q3", QueueAction::Retry)
+        .unwrap();
+    assert!(delete.id > retry.id);
+    assert_eq!(retry.requested_by, "gw1", "the requesting node");
+    assert_eq!((retry.done_at, retry.outcome.clone()), (None, None));
+    assert!(retry.requested_at > 1_700_000_000);
+
+    let owner = h.open();
+    let waiting = owner.waiting_queue_requests("gw2").unwrap();
+    let seen: Vec<(&str, QueueAction)> = waiting
+        .iter()
+        .map(|r| (r.queue_id.as_str(), r.action))
+        .collect();
+    assert_eq!(
+        seen,
+        [("Q1", QueueAction::Retry), ("Q2", QueueAction::Delete)]
+    );
+
+    owner
+        .finish_queue_request(retry.id, &Ok("scheduled now".to_string()))
+        .unwrap();
+    owner
+        .finish_queue_request(delete.id, &Err("no such queued message".to_string()))
+        .unwrap();
+    // A second outcome changes nothing.
+    owner
+        .finish_queue_request(retry.id, &Err("late".to_string()))
+        .unwrap();
+    assert!(owner.waiting_queue_requests("gw2").unwrap().is_empty());
+    assert_eq!(owner.waiting_queue_requests("gw3").unwrap().len(), 1);
+
+    let done = store.queue_request(retry.id).unwrap().unwrap();
+    assert_eq!(done.outcome, Some(Ok("scheduled now".to_string())));
+    assert!(done.done_at.is_some());
+    let failed = store.queue_request(delete.id).unwrap().unwrap();
+    assert_eq!(
+        failed.outcome,
+        Some(Err("no such queued message".to_string()))
+    );
+    assert!(store.queue_request(delete.id + 1000).unwrap().is_none());
+
+    let refused = store.request_queue_action("", "Q1", QueueAction::Retry);
+    assert!(
+        matches!(refused, Err(StoreError::BadName(ref m)) if m.contains("node")),
+        "{refused:?}"
+    );
 }

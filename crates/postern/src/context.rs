@@ -103,7 +103,7 @@ fn ensure_generated(store: &dyn Store, name: &str, kind: KeyKind, hostname: &str
 }
 
 /// Where `store` in the node config says the store is.
-fn store_location(node: &NodeConfig) -> postern_store::StoreLocation {
+pub fn store_location(node: &NodeConfig) -> postern_store::StoreLocation {
     if node.store == "sqlite" {
         postern_store::StoreLocation::Sqlite(node.store_path())
     } else {

@@ -92,6 +92,47 @@ impl Journal {
     }
 }
 
+/// The journal file of a node's data directory.
+pub fn path_in(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("tracking.journal")
+}
+
+/// The journaled events of one message, oldest first, found as
+/// [`Store::events_for`] finds them (queue id, or Message-ID with or
+/// without angle brackets, and the other events of its queue ids): what
+/// `postern trace` shows while the store is unreachable. No file: none.
+pub fn events_for(path: &std::path::Path, id: &str) -> std::io::Result<Vec<TrackingEvent>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let bare = id.trim().trim_start_matches('<').trim_end_matches('>');
+    let forms = [bare.to_string(), format!("<{bare}>")];
+    // Unreadable lines (cut short by a crash) are skipped, as replay does.
+    let events: Vec<TrackingEvent> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let queue_ids: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| {
+            e.queue_id == id.trim()
+                || e.message_id
+                    .as_deref()
+                    .is_some_and(|m| forms.iter().any(|f| f == m))
+        })
+        .map(|e| e.queue_id.as_str())
+        .collect();
+    let mut found: Vec<TrackingEvent> = events
+        .iter()
+        .filter(|e| queue_ids.contains(e.queue_id.as_str()))
+        .cloned()
+        .collect();
+    found.sort_by_key(|e| e.at);
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -105,6 +146,41 @@ mod tests {
             kind: "received".to_string(),
             detail: serde_json::json!({ "node": "gw1" }),
         }
+    }
+
+    #[test]
+    fn trace_finds_journaled_events_by_queue_id_and_message_id() {
+        let dir = std::env::temp_dir().join(format!("postern-journal-find-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = path_in(&dir);
+        assert!(
+            events_for(&path, "Q1").unwrap().is_empty(),
+            "no file: no events"
+        );
+        let mut received = event("Q1");
+        received.message_id = Some("<m1@test>".to_string());
+        let mut delivered = event("Q1");
+        delivered.kind = "delivered".to_string();
+        delivered.at = 2;
+        let mut journal = Journal::new(path.clone());
+        journal.append(&[received, event("Q2"), delivered]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"cut short")
+            .unwrap();
+        for id in ["Q1", "m1@test", "<m1@test>"] {
+            let kinds: Vec<String> = events_for(&path, id)
+                .unwrap()
+                .into_iter()
+                .map(|e| format!("{} {}", e.queue_id, e.kind))
+                .collect();
+            assert_eq!(kinds, ["Q1 received", "Q1 delivered"], "{id}");
+        }
+        assert!(events_for(&path, "Q3").unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

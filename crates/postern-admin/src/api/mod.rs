@@ -44,6 +44,8 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/queue", get(queue::list))
         .route("/api/v1/queue/{id}", get(queue::show).delete(queue::delete))
         .route("/api/v1/queue/{id}/retry", post(queue::retry))
+        .route("/api/v1/queue/nodes", get(queue::nodes))
+        .route("/api/v1/queue/requests/{request}", get(queue::request))
         .route("/api/v1/messages", get(messages::search))
         .route("/api/v1/messages/{id}", get(messages::show))
         .route("/api/v1/stats", get(messages::stats))

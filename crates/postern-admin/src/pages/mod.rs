@@ -132,6 +132,9 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("generated") => "Certificate generated.",
         Some("imported") => "Certificate imported.",
         Some("retried") => "Retry scheduled: deferred recipients are due now.",
+        Some("requested") => {
+            "Requested from the node that holds the message: it carries the request out within 2 seconds."
+        }
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }

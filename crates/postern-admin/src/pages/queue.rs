@@ -1,16 +1,18 @@
-//! Queue: filter by sender, recipient, message id and state; retry now;
-//! delete; the detail with every recipient's state and last error.
+//! Queue: every node's messages; filter by sender, recipient, message id
+//! and state; retry now; delete (asked of the owning node when it is
+//! another); the detail with every recipient's state and last error.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use maud::{html, Markup};
-use postern_spool::QueuedEnvelope;
+use postern_store::QueueAction;
 
 use super::{csrf_field, error_banner, failure, layout, notice, render, see_other, Section};
 use crate::api::blocking;
 use crate::api::queue::{filtered, parse_id};
+use crate::cluster_queue::{self, Listing, Located};
 use crate::error::ApiError;
 use crate::http::{CsrfForm, Principal};
 use crate::views::{display_time, state_name, QueueFilter};
@@ -34,10 +36,12 @@ fn actions(principal: &Principal, id: &str) -> Markup {
 fn list_markup(
     principal: &Principal,
     filter: &QueueFilter,
-    items: &[QueuedEnvelope],
+    listing: &Listing,
     ok: Option<&str>,
     error: Option<&str>,
 ) -> Markup {
+    let items = &listing.items;
+    let several = listing.nodes.len() > 1;
     html! {
         h1 { "Queue" }
         (notice(ok))
@@ -56,14 +60,28 @@ fn list_markup(
             }
             button type="submit" { "Filter" }
         }
+        (error_banner(listing.warning.as_deref()))
         p { (items.len()) " message(s)" }
+        @if several {
+            ul.nodes #queue-nodes {
+                @for n in &listing.nodes {
+                    li data-node=(n.node) {
+                        strong { (n.node) } ": " (n.messages) " message(s)"
+                        @if usize::try_from(n.messages).is_ok_and(|m| m > n.listed) { ", the oldest " (n.listed) " listed" }
+                        @if n.local { " (this node)" } @else { ", published " (n.age) " s ago" }
+                        @if n.unreachable { " — " span.state.bounced { "unreachable" } ": as last published; retry and delete wait until it is back" }
+                    }
+                }
+            }
+        }
         @if !items.is_empty() {
             table.list #queue {
-                thead { tr { th { "Queue id" } th { "Received (UTC)" } th { "Sender" } th { "Recipients" } th { "Size" } th { "" } } }
+                thead { tr { th { "Queue id" } th { "Node" } th { "Received (UTC)" } th { "Sender" } th { "Recipients" } th { "Size" } th { "" } } }
                 tbody {
-                    @for q in items {
-                        tr data-id=(q.id.as_str()) {
+                    @for Located { node, queued: q, .. } in items {
+                        tr data-id=(q.id.as_str()) data-node=(node) {
                             td { a href=(format!("/queue/{}", q.id.as_str())) { code { (q.id.as_str()) } } }
+                            td { (node) }
                             td { (display_time(q.envelope.received_at)) }
                             td { "<" (q.envelope.sender) ">" }
                             td {
@@ -96,9 +114,17 @@ pub async fn page(
 ) -> Response {
     let filter = query.filter.clone();
     let state2 = state.clone();
-    let (items, error, status) = match blocking(move || filtered(&state2, &filter)).await {
-        Ok(items) => (items, None, StatusCode::OK),
-        Err(e) => (Vec::new(), Some(e.message.clone()), e.status),
+    let (listing, error, status) = match blocking(move || filtered(&state2, &filter)).await {
+        Ok(listing) => (listing, None, StatusCode::OK),
+        Err(e) => (
+            Listing {
+                items: Vec::new(),
+                nodes: Vec::new(),
+                warning: None,
+            },
+            Some(e.message.clone()),
+            e.status,
+        ),
     };
     render(
         status,
@@ -109,7 +135,7 @@ pub async fn page(
             list_markup(
                 &principal,
                 &query.filter,
-                &items,
+                &listing,
                 query.ok.as_deref(),
                 error.as_deref(),
             ),
@@ -133,16 +159,21 @@ pub async fn detail(
         Ok(id) => id,
         Err(e) => return failure(&principal, &e),
     };
-    let queue = state.queue.clone();
-    let q = match blocking(move || queue.get(&id).map_err(ApiError::from_queue)).await {
-        Ok(q) => q,
+    let state2 = state.clone();
+    let located = match blocking(move || cluster_queue::find(&state2, &id)).await {
+        Ok(located) => located,
         Err(e) => return failure(&principal, &e),
     };
+    let q = &located.queued;
     let env = &q.envelope;
     let content = html! {
         h1 { "Queued message " code { (q.id.as_str()) } }
         (notice(done.ok.as_deref()))
+        @if !located.local {
+            p.note { "On node " strong { (located.node) } ", as it last published its queue (at most a second behind while it is reachable)." }
+        }
         dl.facts {
+            dt { "Node" } dd { (located.node) }
             dt { "Message-ID" } dd { (env.message_id.as_deref().unwrap_or("—")) }
             dt { "Sender" } dd { "<" (env.sender) ">" }
             dt { "Received (UTC)" } dd { (display_time(env.received_at)) }
@@ -174,6 +205,31 @@ pub async fn detail(
     )
 }
 
+/// Where `id` is, then `action` there: at once on this node, as a
+/// request to the owner otherwise. `Ok(true)` when it was requested.
+async fn act(
+    state: &Shared,
+    id: &postern_spool::QueueId,
+    action: QueueAction,
+) -> Result<bool, ApiError> {
+    let (state2, id2) = (state.clone(), id.clone());
+    let located = blocking(move || cluster_queue::find(&state2, &id2)).await?;
+    if !located.local {
+        let state2 = state.clone();
+        blocking(move || {
+            cluster_queue::request(&state2, &located.node, &located.queued.id, action).map(|_| ())
+        })
+        .await?;
+        return Ok(true);
+    }
+    match action {
+        QueueAction::Retry => state.queue.retry(id.clone()).await,
+        QueueAction::Delete => state.queue.delete(id.clone()).await,
+    }
+    .map_err(ApiError::from_queue)?;
+    Ok(false)
+}
+
 pub async fn retry(
     State(state): State<Shared>,
     Path(id): Path<String>,
@@ -184,9 +240,10 @@ pub async fn retry(
         Ok(id) => id,
         Err(e) => return failure(&principal, &e),
     };
-    match state.queue.retry(id.clone()).await {
-        Ok(()) => see_other(&format!("/queue/{}?ok=retried", id.as_str())),
-        Err(e) => failure(&principal, &ApiError::from_queue(e)),
+    match act(&state, &id, QueueAction::Retry).await {
+        Ok(false) => see_other(&format!("/queue/{}?ok=retried", id.as_str())),
+        Ok(true) => see_other(&format!("/queue/{}?ok=requested", id.as_str())),
+        Err(e) => failure(&principal, &e),
     }
 }
 
@@ -200,11 +257,12 @@ pub async fn delete(
         Ok(id) => id,
         Err(e) => return failure(&principal, &e),
     };
-    match state.queue.delete(id.clone()).await {
-        Ok(()) => {
+    match act(&state, &id, QueueAction::Delete).await {
+        Ok(false) => {
             tracing::info!("queued message {id} deleted through the admin UI");
             see_other("/queue?ok=deleted")
         }
-        Err(e) => failure(&principal, &ApiError::from_queue(e)),
+        Ok(true) => see_other("/queue?ok=requested"),
+        Err(e) => failure(&principal, &e),
     }
 }

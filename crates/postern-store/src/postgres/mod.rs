@@ -22,6 +22,7 @@ pub mod conninfo;
 mod events;
 mod mta_sts;
 mod row;
+mod queue;
 mod schema;
 mod tls;
 mod tx;
@@ -36,7 +37,10 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 
 use crate::backend::{Backend, TxBody};
-use crate::{EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent};
+
+use crate::{
+    EventQuery, MtaStsRecord, NodeStatus, QueueAction, QueueRequest, QueueSnapshot, StoreError, TrackingEvent,
+};
 use conninfo::{ChannelBinding, ConnInfo, Host, SslMode};
 use tx::PgTx;
 
@@ -60,6 +64,8 @@ pub struct PgStore {
     newer_schema: Option<i64>,
     /// Signalled when another process committed a change (a hint).
     changes: Arc<tokio::sync::Notify>,
+    /// Signalled when a queue request was made (a hint: any node's).
+    queue_wake: Arc<tokio::sync::Notify>,
     /// The last failed connection attempt: for a second after it, calls
     /// fail at once instead of each waiting for a connect timeout.
     failed: Mutex<Option<(std::time::Instant, String)>>,
@@ -131,6 +137,7 @@ impl PgStore {
             events: Mutex::new(None),
             newer_schema: None,
             changes: Arc::new(tokio::sync::Notify::new()),
+            queue_wake: Arc::new(tokio::sync::Notify::new()),
             failed: Mutex::new(None),
         };
         let client = store.connect()?;
@@ -275,12 +282,15 @@ impl PgStore {
     fn start_listener(&self) -> Result<(), StoreError> {
         let config = self.config();
         let tls = self.tls.clone();
-        let changes = Arc::clone(&self.changes);
+        let wake = Wake2 {
+            changes: Arc::clone(&self.changes),
+            queue: Arc::clone(&self.queue_wake),
+        };
         let url = self.info.redacted();
         self.runtime()?.spawn(async move {
             let mut failing = false;
             loop {
-                match listen_once(&config, tls.clone(), &changes).await {
+                match listen_once(&config, tls.clone(), &wake).await {
                     Ok(()) => failing = false,
                     Err(error) => {
                         if !failing {
@@ -312,20 +322,26 @@ where
     }
 }
 
+/// What the listener wakes: settings/certificate changes, queue requests.
+struct Wake2 {
+    changes: Arc<tokio::sync::Notify>,
+    queue: Arc<tokio::sync::Notify>,
+}
+
 /// One listening session: until its connection ends.
 async fn listen_once(
     config: &tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    changes: &tokio::sync::Notify,
+    wake: &Wake2,
 ) -> Result<(), tokio_postgres::Error> {
     match tls {
         Some(tls) => {
             let (client, connection) = config.connect(tls).await?;
-            listen_on(client, connection, changes).await
+            listen_on(client, connection, wake).await
         }
         None => {
             let (client, connection) = config.connect(NoTls).await?;
-            listen_on(client, connection, changes).await
+            listen_on(client, connection, wake).await
         }
     }
 }
@@ -333,13 +349,13 @@ async fn listen_once(
 async fn listen_on<S, T>(
     client: Client,
     mut connection: tokio_postgres::Connection<S, T>,
-    changes: &tokio::sync::Notify,
+    wake: &Wake2,
 ) -> Result<(), tokio_postgres::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let statement = format!("LISTEN {CHANNEL}");
+    let statement = format!("LISTEN {CHANNEL}; LISTEN {}", queue::QUEUE_CHANNEL);
     let listen = client.batch_execute(&statement);
     let mut listen = pin!(listen);
     // Drive the connection until LISTEN is through, then read messages.
@@ -349,13 +365,18 @@ where
             if let Poll::Ready(result) = listen.as_mut().poll(cx) {
                 result?;
                 listening = true;
-                // Changes made while we were not listening.
-                changes.notify_one();
+                // Changes and requests made while we were not listening.
+                wake.changes.notify_one();
+                wake.queue.notify_one();
             }
         }
         match connection.poll_message(cx) {
-            Poll::Ready(Some(Ok(tokio_postgres::AsyncMessage::Notification(_)))) => {
-                changes.notify_one();
+            Poll::Ready(Some(Ok(tokio_postgres::AsyncMessage::Notification(note)))) => {
+                if note.channel() == queue::QUEUE_CHANNEL {
+                    wake.queue.notify_one();
+                } else {
+                    wake.changes.notify_one();
+                }
             }
             Poll::Ready(Some(Ok(_))) => {}
             Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
@@ -486,6 +507,50 @@ impl Backend for PgStore {
 
     fn mta_sts_list(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
         self.with(&self.events, mta_sts::list)
+    }
+
+    fn put_queue_snapshot(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError> {
+        self.check_writable()?;
+        self.with(&self.events, |client| queue::put_snapshot(client, snapshot))
+    }
+
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError> {
+        self.with(&self.events, queue::snapshots)
+    }
+
+    fn insert_queue_request(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError> {
+        self.check_writable()?;
+        self.with(&self.events, |client| {
+            queue::insert_request(client, node, queue_id, action, &self.node_name)
+        })
+    }
+
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError> {
+        self.with(&self.events, |client| queue::waiting_requests(client, node))
+    }
+
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError> {
+        self.with(&self.events, |client| queue::request(client, id))
+    }
+
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError> {
+        self.check_writable()?;
+        self.with(&self.events, |client| {
+            queue::finish_request(client, id, outcome)
+        })
+    }
+
+    fn queue_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.queue_wake))
     }
 
     fn describe(&self) -> String {

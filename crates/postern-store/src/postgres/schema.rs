@@ -113,6 +113,28 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX login_attempts_client ON login_attempts (client, at);
     CREATE INDEX login_attempts_at ON login_attempts (at);
     ",
+    "
+    -- queue: every node's published queue snapshot; retry/delete requests carried out by the owning node
+    CREATE TABLE queue_snapshots (
+        node         TEXT PRIMARY KEY,
+        messages     BIGINT NOT NULL,
+        deferred     BIGINT NOT NULL,
+        entries      TEXT NOT NULL,
+        published_at BIGINT NOT NULL
+    );
+    CREATE TABLE queue_requests (
+        id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        node         TEXT NOT NULL,
+        queue_id     TEXT NOT NULL,
+        action       TEXT NOT NULL CHECK (action IN ('retry', 'delete')),
+        requested_by TEXT NOT NULL,
+        requested_at BIGINT NOT NULL,
+        done_at      BIGINT,
+        ok           BOOLEAN,
+        result       TEXT
+    );
+    CREATE INDEX queue_requests_waiting ON queue_requests (node, id) WHERE done_at IS NULL;
+    ",
 ];
 
 /// The schema version this build creates and understands.

@@ -12,6 +12,7 @@ mod events;
 mod meta;
 mod mta_sts;
 mod nodes;
+mod queue;
 pub(crate) mod schema;
 mod tx;
 
@@ -24,7 +25,10 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::backend::{Backend, TxBody};
-use crate::{EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent};
+
+use crate::{
+    EventQuery, MtaStsRecord, NodeStatus, QueueAction, QueueRequest, QueueSnapshot, StoreError, TrackingEvent,
+};
 use schema::{Durability, BUSY_TIMEOUT};
 use tx::SqliteTx;
 
@@ -180,6 +184,39 @@ impl Backend for SqliteStore {
 
     fn mta_sts_list(&self) -> Result<Vec<MtaStsRecord>, StoreError> {
         mta_sts::list(&self.events())
+    }
+
+    fn put_queue_snapshot(&self, snapshot: &QueueSnapshot) -> Result<(), StoreError> {
+        queue::put_snapshot(&self.events(), snapshot)
+    }
+
+    fn queue_snapshots(&self) -> Result<Vec<QueueSnapshot>, StoreError> {
+        queue::snapshots(&self.events())
+    }
+
+    fn insert_queue_request(
+        &self,
+        node: &str,
+        queue_id: &str,
+        action: QueueAction,
+    ) -> Result<QueueRequest, StoreError> {
+        queue::insert_request(&self.events(), node, queue_id, action, &self.node_name)
+    }
+
+    fn waiting_queue_requests(&self, node: &str) -> Result<Vec<QueueRequest>, StoreError> {
+        queue::waiting_requests(&self.events(), node)
+    }
+
+    fn queue_request(&self, id: i64) -> Result<Option<QueueRequest>, StoreError> {
+        queue::request(&self.events(), id)
+    }
+
+    fn finish_queue_request(
+        &self,
+        id: i64,
+        outcome: &Result<String, String>,
+    ) -> Result<(), StoreError> {
+        queue::finish_request(&self.events(), id, outcome)
     }
 
     fn describe(&self) -> String {

@@ -79,6 +79,7 @@ pub async fn prepare(ctx: &Context, shared: &Arc<Shared>, listen: &str) -> Resul
     let server = AdminServer::new(
         AdminOptions {
             hostname: ctx.hostname.clone(),
+            node_name: ctx.node_name.clone(),
             certificate: ctx.node.admin.certificate.clone(),
         },
         store,

@@ -79,7 +79,7 @@ pub async fn run(ctx: Context) -> Result<()> {
     let tracker = Arc::new(
         crate::tracker::Tracker::start(
             Arc::clone(&ctx.store),
-            node.data_dir.join("tracking.journal"),
+            crate::journal::path_in(&node.data_dir),
         )
         .context("starting the tracking-event writer")?,
     );
@@ -184,6 +184,29 @@ pub async fn run(ctx: Context) -> Result<()> {
         Arc::clone(&shared.live),
         Arc::clone(&shared.spool),
     ));
+    // A cluster node shows its queue to the others and takes their
+    // retry/delete requests; an embedded store has no other node.
+    let cluster = matches!(
+        crate::context::store_location(node),
+        postern_store::StoreLocation::Postgres(_)
+    );
+    let queue_tasks = if cluster {
+        vec![
+            tokio::spawn(crate::queue::publish::publish_loop(
+                ctx.node_name.clone(),
+                Arc::clone(&ctx.store),
+                Arc::clone(&shared.spool),
+                Arc::clone(&runner),
+            )),
+            tokio::spawn(crate::queue::requests::serve(
+                ctx.node_name.clone(),
+                Arc::clone(&ctx.store),
+                Arc::clone(&runner),
+            )),
+        ]
+    } else {
+        Vec::new()
+    };
     let pruner = tokio::spawn(crate::tracker::prune_loop(
         Arc::clone(&ctx.store),
         Arc::clone(&shared.live),
@@ -207,6 +230,9 @@ pub async fn run(ctx: Context) -> Result<()> {
     }
     reloader.abort();
     heartbeat.abort();
+    for task in &queue_tasks {
+        task.abort();
+    }
     pruner.abort();
     // Delivery attempts in flight are abandoned: their recipients stay
     // queued and are tried again at the next start.

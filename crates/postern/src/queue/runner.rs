@@ -4,6 +4,7 @@
 //! message bodies are read from the spool when their turn comes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ pub struct QueueRunner {
     wake: Notify,
     active: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Bumped whenever the queue may have changed (for the published
+    /// snapshot: nothing to publish while it stands still).
+    changes: AtomicU64,
 }
 
 impl QueueRunner {
@@ -84,11 +88,23 @@ impl QueueRunner {
             wake: Notify::new(),
             active: Arc::new(Semaphore::new(MAX_ACTIVE)),
             per_domain: Mutex::new(HashMap::new()),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// A count that moves whenever a message was queued, attempted,
+    /// retried or deleted.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Try `id` at `due` (unix seconds), or earlier if already scheduled earlier.
     pub fn schedule(&self, id: QueueId, due: i64) {
+        self.changed();
         let Ok(mut s) = self.schedule.lock() else {
             return;
         };
@@ -204,6 +220,8 @@ impl QueueRunner {
 
     /// The attempt is over; false when the message was deleted meanwhile.
     fn finish(&self, id: &QueueId) -> bool {
+        // After an attempt or an edit: states changed, or the message left.
+        self.changed();
         let deleted = match self.schedule.lock() {
             Ok(mut s) => {
                 s.in_flight.remove(id);
@@ -342,6 +360,7 @@ impl QueueRunner {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        self.changed();
         self.maillog.write("deleted", &[("id", id.as_str())]);
         Ok(())
     }
