@@ -1284,6 +1284,7 @@ fn concurrent_login_attempts_never_overshoot(h: &dyn Harness) {
         thread.join().unwrap();
     }
     assert_eq!(granted_count.load(Ordering::SeqCst), LOGIN.per_client);
+}
 
 fn snapshot(node: &str, ids: &[&str]) -> QueueSnapshot {
     QueueSnapshot {
