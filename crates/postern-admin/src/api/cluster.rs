@@ -98,6 +98,35 @@ mod tests {
     }
 
     #[test]
+    fn read_gives_the_registry_with_the_current_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        let store = postern_store::SqliteStore::open(&path, "gw1").expect("store");
+        let current = store.generation().expect("generation");
+        store.register_node(&status(0, current)).expect("register");
+        let view = read(&store).expect("read");
+        assert_eq!(view.store, path.display().to_string());
+        assert_eq!(view.settings_version, current);
+        assert_eq!(view.nodes.len(), 1);
+        assert_eq!(view.nodes[0].state, "synchronized");
+        assert_eq!(view.nodes[0].queue_messages, 3);
+        // A change the node has not applied yet: behind.
+        store
+            .set_admin_password_hash("$argon2id$x")
+            .expect("credentials");
+        assert_eq!(read(&store).expect("read").nodes[0].state, "synchronized");
+        store
+            .add_certificate(&postern_store::CertificateRecord {
+                name: "Some CA".into(),
+                chain_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                key_pem: None,
+                created_at: 0,
+            })
+            .expect("add");
+        assert_eq!(read(&store).expect("read").nodes[0].state, "behind");
+    }
+
+    #[test]
     fn states_follow_the_registry() {
         assert_eq!(node_view(&status(2, 7), 7).state, "synchronized");
         assert_eq!(node_view(&status(2, 6), 7).state, "behind");
