@@ -110,7 +110,7 @@ const scenarios = {
     for (const [link, heading] of [["TLS encryption", "TLS encryption"], ["Domains", "Domains"],
       ["Advanced", "Advanced"],
       ["Certificates", "Certificates"], ["Queue", "Queue"], ["Message tracking", "Message tracking"],
-      ["Dashboard", "Dashboard"]]) {
+      ["Cluster", "Cluster"], ["Dashboard", "Dashboard"]]) {
       await open(page, link, heading);
       await shot(page, link.replace(/ /g, "-").toLowerCase());
     }
@@ -122,6 +122,36 @@ const scenarios = {
     await page.goto(base + "/settings/tls");
     check(new URL(page.url()).pathname === "/login", "still logged in after logout");
     emit("logged-out");
+  },
+
+  // The Cluster page of one node: every node's row as the page shows it,
+  // then again after the test stopped a node (stdin "stopped").
+  async cluster(page) {
+    await login(page);
+    await open(page, "Cluster", "Cluster");
+    const rows = async () => {
+      const version = (await page.locator("[data-current-version]").textContent()).trim();
+      const nodes = [];
+      for (const row of await page.locator("tr[data-node]").all()) {
+        nodes.push({
+          name: await row.getAttribute("data-node"),
+          state: await row.locator("[data-state]").getAttribute("data-state"),
+          applied: (await row.locator("[data-applied]").textContent()).trim(),
+          fingerprints: (await row.locator("td.fingerprints code").allTextContents()).map((t) => t.trim()),
+          queue: (await row.locator("[data-queue]").textContent()).trim(),
+          text: (await row.textContent()).replace(/\s+/g, " ").trim(),
+        });
+      }
+      return { version, nodes };
+    };
+    emit("nodes", await rows());
+    await shot(page, "cluster");
+    const line = await nextLine();
+    check(line === "stopped", `unexpected signal ${line}`);
+    await page.reload();
+    await page.getByRole("heading", { name: "Cluster", exact: true }).waitFor();
+    emit("nodes-after", await rows());
+    await shot(page, "cluster-after");
   },
 
   async "tls-require"(page) {

@@ -2,6 +2,7 @@
 //! `openapi.json` beside this file (served at `/api/v1/openapi.json`).
 
 pub mod certificates;
+pub mod cluster;
 pub mod domains;
 pub mod messages;
 pub mod queue;
@@ -49,6 +50,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/messages", get(messages::search))
         .route("/api/v1/messages/{id}", get(messages::show))
         .route("/api/v1/stats", get(messages::stats))
+        .route("/api/v1/cluster", get(cluster::show))
 }
 
 pub async fn openapi() -> Response {

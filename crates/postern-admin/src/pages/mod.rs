@@ -5,6 +5,7 @@
 
 pub mod advanced;
 pub mod certificates;
+pub mod cluster;
 pub mod dashboard;
 pub mod domains;
 pub mod login;
@@ -46,6 +47,7 @@ pub fn routes() -> Router<Shared> {
         .route("/queue/{id}/delete", post(queue::delete))
         .route("/tracking", get(tracking::page))
         .route("/tracking/{id}", get(tracking::detail))
+        .route("/cluster", get(cluster::page))
 }
 
 /// Which navigation entry a page belongs to.
@@ -58,6 +60,7 @@ pub enum Section {
     Certificates,
     Queue,
     Tracking,
+    Cluster,
 }
 
 const NAV: &[(Section, &str, &str)] = &[
@@ -68,6 +71,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Certificates, "/certificates", "Certificates"),
     (Section::Queue, "/queue", "Queue"),
     (Section::Tracking, "/tracking", "Message tracking"),
+    (Section::Cluster, "/cluster", "Cluster"),
 ];
 
 /// The page frame: header, navigation, logout, content.
