@@ -210,7 +210,8 @@ async fn every_documented_operation_is_routed() {
             };
             let uri = path
                 .replace("{name}", "nothing-here")
-                .replace("{id}", QUEUE_ID);
+                .replace("{id}", QUEUE_ID)
+                .replace("{request}", "1");
             let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
             let reply = send(&f.app, request(method.clone(), &uri, Some(&f.token), body)).await;
             assert!(
@@ -947,4 +948,68 @@ async fn queue_lists_every_node_and_asks_the_owner_of_another_nodes_message() {
     )
     .await;
     assert_eq!(own.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn queue_page_forms_ask_the_owner_of_another_nodes_message() {
+    let f = fixture();
+    let other = on_gw2(f.store.as_ref());
+    gw2_registered(f.store.as_ref());
+    let (cookie, csrf) = login(&f.app).await;
+    let post = |uri: String| {
+        Request::post(uri)
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}")))
+            .unwrap()
+    };
+    let get = |uri: &str| {
+        Request::get(uri)
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let detail = send(&f.app, get(&format!("/queue/{other}"))).await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.body);
+    assert!(detail.body.contains("On node"), "{}", detail.body);
+    assert!(detail.body.contains("carol@example.test"));
+
+    let reply = send(&f.app, post(format!("/queue/{other}/retry"))).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    let location = reply.headers[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(location, format!("/queue/{other}?ok=requested"));
+    let shown = send(&f.app, get(&location)).await;
+    assert!(shown
+        .body
+        .contains("Requested from the node that holds the message"));
+    let reply = send(&f.app, post(format!("/queue/{other}/delete"))).await;
+    assert_eq!(
+        reply.headers[header::LOCATION].to_str().unwrap(),
+        "/queue?ok=requested"
+    );
+    let actions: Vec<postern_store::QueueAction> = f
+        .store
+        .waiting_queue_requests("gw2")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            postern_store::QueueAction::Retry,
+            postern_store::QueueAction::Delete
+        ]
+    );
+    // This node's own message: deleted at once, nothing requested.
+    let reply = send(&f.app, post(format!("/queue/{QUEUE_ID}/delete"))).await;
+    assert_eq!(
+        reply.headers[header::LOCATION].to_str().unwrap(),
+        "/queue?ok=deleted"
+    );
+    assert_eq!(f.store.waiting_queue_requests("gw2").unwrap().len(), 2);
+    assert!(f.store.waiting_queue_requests("gw1").unwrap().is_empty());
 }
