@@ -3,6 +3,9 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod trace;
+
+pub use trace::trace;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -345,23 +348,6 @@ pub(crate) fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_default()
-}
-
-pub fn trace(ctx: &Context, id: &str) -> Result<()> {
-    let events = ctx.store.events_for(id)?;
-    if events.is_empty() {
-        bail!("no events recorded for \"{id}\" (give a queue ID or a Message-ID)");
-    }
-    for event in events {
-        println!(
-            "{}  {:<9} {}  {}",
-            rfc3339(event.at),
-            event.kind,
-            event.queue_id,
-            event.detail
-        );
-    }
-    Ok(())
 }
 
 /// `postern check`: validate the config file and the stored settings

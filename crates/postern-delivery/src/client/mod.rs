@@ -184,6 +184,14 @@ pub struct AttemptRecord {
     pub tls_fallback_plaintext: bool,
     /// The last reply from the server, as one line.
     pub reply: String,
+    /// Whether the requirement was met: `Some(true)` once the session went
+    /// on as it allows, `Some(false)` for a TLS policy failure, `None` when
+    /// the connection failed before it could be applied.
+    pub requirement_met: Option<bool>,
+    /// The whole requirement (MTA-STS policy, TLSA records, report-only
+    /// requirements), for the tracking event.
+    #[serde(skip)]
+    pub policy: Requirement,
 }
 
 impl AttemptRecord {
@@ -207,6 +215,8 @@ impl AttemptRecord {
             tls_error: None,
             tls_fallback_plaintext: false,
             reply: String::new(),
+            requirement_met: None,
+            policy: requirement.clone(),
         }
     }
 
@@ -316,6 +326,7 @@ impl Connection {
             let mut record = record.clone();
             let mut failure = Failure::new(Some(host_ref.clone()), kind);
             if let FailureKind::TlsPolicy(policy) = &failure.kind {
+                record.requirement_met = Some(false);
                 record.result_type = Some(policy.result_type());
                 failure = failure.under(requirement.label());
             }
@@ -331,10 +342,13 @@ impl Connection {
             Err(kind) => return Err(fail(&record, kind)),
         };
         record.starttls_offered = caps.starttls;
-        let connection = |io, caps, record| Connection {
+        let connection = |io, caps, mut record: AttemptRecord| Connection {
             io,
             caps,
-            record,
+            record: {
+                record.requirement_met = Some(true);
+                record
+            },
             host: host_ref.clone(),
             timeouts: *timeouts,
             usable: true,

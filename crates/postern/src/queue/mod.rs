@@ -3,6 +3,7 @@
 //! for `postern queue retry|delete`.
 
 pub mod control;
+mod events;
 mod runner;
 
 pub use runner::QueueRunner;
