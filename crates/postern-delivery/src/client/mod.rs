@@ -147,6 +147,9 @@ pub struct AttemptRecord {
     pub host: String,
     pub ip: IpAddr,
     pub port: u16,
+    /// Our address on the connection (TLS-RPT's `sending-mta-ip`); `None`
+    /// when it did not connect.
+    pub local_ip: Option<IpAddr>,
     /// The outbound TLS level that applied.
     pub mode: OutboundMode,
     /// The requirement as deferral reasons name it (`domain verify`).
@@ -200,6 +203,7 @@ impl AttemptRecord {
             host: host.to_string(),
             ip: addr.ip(),
             port: addr.port(),
+            local_ip: None,
             mode: requirement.level,
             requirement: requirement.label(),
             source: requirement.source,
@@ -507,6 +511,7 @@ async fn greet(
     };
     // Replies and commands are small; never wait for delayed ACKs (SPEC §7).
     let _ = tcp.set_nodelay(true);
+    record.local_ip = tcp.local_addr().ok().map(|a| a.ip());
     let mut io = Io::new(Stream::Plain(tcp));
     let banner = io.read_reply(timeouts.greeting, Stage::Greeting).await?;
     record.reply = banner.to_string();

@@ -17,7 +17,7 @@ pub fn attempt(record: &AttemptRecord) -> Attempt {
         host: record.host.clone(),
         ip: record.ip,
         port: record.port,
-        local_ip: None,
+        local_ip: record.local_ip,
         mode: record.mode,
         requirement: record.requirement.clone(),
         source: Some(source(record.source)),
@@ -154,6 +154,7 @@ mod tests {
             host: HOST.into(),
             ip: "192.0.2.2".parse().unwrap(),
             port: 25,
+            local_ip: Some("192.0.2.100".parse().unwrap()),
             mode: policy.level,
             requirement: policy.label(),
             source: policy.source,
@@ -264,6 +265,7 @@ mod tests {
         }
         let a = attempt(&record(sts(MtaStsMode::Enforce)));
         assert_eq!(a.mta_sts.unwrap().mode, "enforce");
+        assert_eq!(a.local_ip, Some("192.0.2.100".parse().unwrap()));
     }
 
     #[test]
