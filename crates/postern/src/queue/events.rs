@@ -187,6 +187,18 @@ mod tests {
         req
     }
 
+    /// Requirement, requirement met, result type → the recorded source,
+    /// policy type, verdict and result type.
+    type Row = (
+        Requirement,
+        Option<bool>,
+        Option<ResultType>,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
     /// Requirement and outcome → the recorded source, policy type, verdict
     /// and result type.
     #[test]
@@ -204,15 +216,7 @@ mod tests {
             };
             req
         };
-        let rows: [(
-            Requirement,
-            Option<bool>,
-            Option<ResultType>,
-            &str,
-            &str,
-            &str,
-            &str,
-        ); 5] = [
+        let rows: [Row; 5] = [
             (
                 Requirement::at(OutboundMode::Opportunistic, Source::Global, HOST),
                 Some(true),
