@@ -19,6 +19,8 @@ its message recorded: the opportunistic-fallback test.  `replies` overrides
 answers ({"RCPT": "550 5.1.1 No such user", "DATA_END": "451 4.3.0 Later",
 "MAIL": ..., "DATA": ..., "EHLO": ..., "BANNER": ...}; a value may be a
 callable(session, argument) returning a reply or None for the default).
+`"DATA_RECEIVED": callable(session, data)` is called with each message's data
+before its end-of-data reply (a hook, not a reply).
 
 Fixtures: `make_peer(**kw)` (factory, stopped at teardown) and
 `broken_tls_peer` (starttls="broken", break_with="garbage" on 127.0.0.1).
@@ -319,6 +321,9 @@ class SmtpPeer:
                 data = self._read_data(conn)
                 msg = PeerMessage(session.index, mail_from, list(rcpts), data, session.tls, session.ehlo,
                                   mail_params)
+                # A test's look at the message before it is answered.
+                if callable(self.replies.get("DATA_RECEIVED")):
+                    self.replies["DATA_RECEIVED"](session, data)
                 r = self._reply(session, "DATA_END", "", "250 2.0.0 Ok: queued")
                 if r.startswith("2"):
                     with self._lock:

@@ -302,5 +302,13 @@ def test_delivered_message_found_in_tracking_with_tls_details(make_gateway, make
     assert outbound["cipher"] not in ("", "—"), outbound
     # require mode does not need a verified certificate; the result is shown.
     assert outbound["verification"].startswith("certificate "), outbound
+    # The requirement, the source that set it and the verdict (SPEC §10).
+    assert outbound["requirement"] == "domain require (set by domain)", outbound
+    assert outbound["verdict"] == "requirement met", outbound
+    assert outbound["result_type"] is None, outbound
+    assert inbound["requirement"] is None and inbound["verdict"] is None, inbound
+    api_hop = detail["hops"][1]
+    assert (api_hop["source"], api_hop["verdict"], api_hop["policy_type"]) == \
+        ("domain", "met", "no-policy-found"), api_hop
     log = gw.log()
     assert f"tls={outbound['tls_version']}" in log and f"cipher={outbound['cipher']}" in log, log

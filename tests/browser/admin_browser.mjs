@@ -304,12 +304,20 @@ const scenarios = {
         tls_version: (await hop.locator("dd.tls-version").textContent()).trim(),
         cipher: (await hop.locator("dd.cipher").textContent()).trim(),
         verification: (await hop.locator("dd.verification").textContent()).trim(),
+        requirement: await optionalText(hop.locator("dd.requirement")),
+        verdict: await optionalText(hop.locator("dd.verdict")),
+        result_type: await optionalText(hop.locator("dd.result-type")),
       });
     }
     emit("detail", { status, hops });
     await shot(page, "detail");
   },
 };
+
+/** The trimmed text of an element that may be absent (null then). */
+async function optionalText(locator) {
+  return (await locator.count()) ? (await locator.first().textContent()).replace(/\s+/g, " ").trim() : null;
+}
 
 async function main() {
   check(base && password, "POSTERN_ADMIN_URL and POSTERN_ADMIN_PASSWORD must be set");

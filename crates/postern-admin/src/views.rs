@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use postern_config::Settings;
 use postern_spool::{DeliveryState, QueuedEnvelope};
-use postern_store::{event_kind, CertificateRecord, TrackingEvent};
+use postern_store::event::{Attempt, DeliveryAttempt, Received};
+use postern_store::{event_kind, CertificateRecord, Event, TrackingEvent};
 use postern_tls::CertInfo;
 use serde::Serialize;
 use serde_json::Value;
@@ -225,14 +226,6 @@ impl QueueFilter {
 // Message tracking
 // ---------------------------------------------------------------------------
 
-fn text(value: &Value, pointer: &str) -> Option<String> {
-    match value.pointer(pointer)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    }
-}
-
 /// One message as tracking saw it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MessageSummary {
@@ -281,6 +274,18 @@ pub struct Hop {
     pub source: Option<String>,
     /// Outbound: the RFC 8460 result type of a TLS policy failure.
     pub result_type: Option<String>,
+    /// Outbound: whether the requirement was met (`met`, `failed`,
+    /// `not-reached`).
+    pub verdict: Option<String>,
+    /// Outbound: the published policy in force (RFC 8460 `sts`, `tlsa`,
+    /// `no-policy-found`).
+    pub policy_type: Option<String>,
+    /// Outbound: the MTA-STS policy (`id 2026a, mode enforce`) or the TLSA
+    /// records used.
+    pub policy: Option<String>,
+    /// Outbound: report-only requirements and their would-be verdicts
+    /// (`MTA-STS testing (mta-sts): failed, certificate-not-trusted`).
+    pub report_only: Vec<String>,
     /// Outbound: the server's last reply.
     pub reply: Option<String>,
 }
@@ -329,29 +334,24 @@ pub fn group_by_queue_id(events: Vec<TrackingEvent>) -> Vec<(String, Vec<Trackin
 
 /// The summary of one message's events (oldest first).
 pub fn summarize(queue_id: &str, events: &[TrackingEvent]) -> MessageSummary {
-    let received = events.iter().find(|e| e.kind == event_kind::RECEIVED);
+    let parsed: Vec<(&TrackingEvent, Option<Event>)> =
+        events.iter().map(|e| (e, e.parse())).collect();
+    let received = parsed.iter().find_map(|(e, typed)| match typed {
+        Some(Event::Received(r)) => Some((*e, r)),
+        _ => None,
+    });
     let message_id = events.iter().find_map(|e| e.message_id.clone());
     let mut recipients: Vec<String> = received
-        .and_then(|e| e.detail.get("recipients"))
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|(_, r)| r.recipients.clone())
         .unwrap_or_default();
     let mut last_state: BTreeMap<String, String> = BTreeMap::new();
-    for event in events {
-        if matches!(
-            event.kind.as_str(),
-            event_kind::DELIVERED | event_kind::DEFERRED | event_kind::BOUNCED
-        ) {
-            if let Some(rcpt) = text(&event.detail, "/recipient") {
-                if !recipients.contains(&rcpt) {
-                    recipients.push(rcpt.clone());
-                }
-                last_state.insert(rcpt, event.kind.clone());
+    for (event, typed) in &parsed {
+        if let Some(outcome) = typed.as_ref().and_then(Event::outcome) {
+            let rcpt = outcome.recipient.clone();
+            if !recipients.contains(&rcpt) {
+                recipients.push(rcpt.clone());
             }
+            last_state.insert(rcpt, event.kind.clone());
         }
     }
     let states: Vec<&str> = recipients
@@ -369,46 +369,45 @@ pub fn summarize(queue_id: &str, events: &[TrackingEvent]) -> MessageSummary {
     } else {
         "partly delivered".to_string()
     };
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     MessageSummary {
         queue_id: queue_id.to_string(),
         message_id,
-        received_at: received.map(|e| rfc3339(e.at)),
-        received_unix: received.map(|e| e.at),
-        sender: received.and_then(|e| text(&e.detail, "/sender")),
+        received_at: received.map(|(e, _)| rfc3339(e.at)),
+        received_unix: received.map(|(e, _)| e.at),
+        sender: received.map(|(_, r)| r.sender.clone()),
         recipients,
-        client: received.and_then(|e| text(&e.detail, "/client")),
-        tls_version: received.and_then(|e| text(&e.detail, "/tls_version")),
-        cipher: received.and_then(|e| text(&e.detail, "/cipher")),
+        client: received.and_then(|(_, r)| non_empty(&r.client)),
+        tls_version: received.and_then(|(_, r)| r.tls_version.clone()),
+        cipher: received.and_then(|(_, r)| r.cipher.clone()),
         status,
         last_event_at: events.last().map(|e| rfc3339(e.at)).unwrap_or_default(),
     }
 }
 
-fn inbound_hop(event: &TrackingEvent) -> Hop {
-    let d = &event.detail;
-    let verification = match d.get("client_certificate") {
-        Some(Value::Object(cert)) => {
-            let subject = cert.get("subject").and_then(Value::as_str).unwrap_or("?");
-            let verified = cert
-                .get("verified")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            format!(
-                "client certificate {subject} ({})",
-                if verified { "verified" } else { "not verified" }
-            )
-        }
-        _ if text(d, "/tls_version").is_some() => "no client certificate".to_string(),
-        _ => "plaintext".to_string(),
+fn inbound_hop(at: i64, r: &Received) -> Hop {
+    let verification = match &r.client_certificate {
+        Some(cert) => format!(
+            "client certificate {} ({})",
+            cert.subject,
+            if cert.verified {
+                "verified"
+            } else {
+                "not verified"
+            }
+        ),
+        None if r.tls_version.is_some() => "no client certificate".to_string(),
+        None => "plaintext".to_string(),
     };
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     Hop {
         direction: "inbound",
-        at: rfc3339(event.at),
-        peer: text(d, "/client").unwrap_or_default(),
-        name: text(d, "/helo"),
-        protocol: text(d, "/protocol"),
-        tls_version: text(d, "/tls_version"),
-        cipher: text(d, "/cipher"),
+        at: rfc3339(at),
+        peer: r.client.clone(),
+        name: non_empty(&r.helo),
+        protocol: non_empty(&r.protocol),
+        tls_version: r.tls_version.clone(),
+        cipher: r.cipher.clone(),
         verification,
         cert_verified: None,
         verify_error: None,
@@ -418,57 +417,82 @@ fn inbound_hop(event: &TrackingEvent) -> Hop {
         requirement: None,
         source: None,
         result_type: None,
+        verdict: None,
+        policy_type: None,
+        policy: None,
+        report_only: Vec::new(),
         reply: None,
     }
 }
 
-fn outbound_hop(event: &TrackingEvent) -> Hop {
-    let d = &event.detail;
-    let a = d.get("attempt").cloned().unwrap_or(Value::Null);
-    let host = text(&a, "/host").unwrap_or_default();
-    let ip = text(&a, "/ip").unwrap_or_default();
-    let port = text(&a, "/port").unwrap_or_default();
-    let ip_text = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.clone()
-    };
-    // An IP-literal next hop has the address as its host name.
-    let peer = if host == ip || host.is_empty() {
-        format!("{ip_text}:{port}")
-    } else {
-        format!("{host} {ip_text}:{port}")
-    };
-    let cert_verified = a.get("cert_verified").and_then(Value::as_bool);
-    let verify_error = text(&a, "/verify_error");
-    let verification = match (cert_verified, &verify_error) {
+fn outbound_hop(at: i64, d: &DeliveryAttempt) -> Hop {
+    let a = &d.attempt;
+    let verification = match (a.cert_verified, &a.verify_error) {
         (Some(true), _) => "certificate verified".to_string(),
         (Some(false), Some(why)) => format!("certificate not verified: {why}"),
         (Some(false), None) => "certificate not verified".to_string(),
-        (None, _) if text(&a, "/tls_version").is_some() => "no certificate seen".to_string(),
+        (None, _) if a.tls_version.is_some() => "no certificate seen".to_string(),
         (None, _) => "plaintext".to_string(),
     };
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    // Events from before the policy engine carry no requirement: show
+    // nothing rather than guess.
+    let has_policy = a.source.is_some();
     Hop {
         direction: "outbound",
-        at: rfc3339(event.at),
-        peer,
-        name: text(d, "/domain"),
+        at: rfc3339(at),
+        peer: a.peer(),
+        name: non_empty(&d.domain),
         protocol: None,
-        tls_version: text(&a, "/tls_version"),
-        cipher: text(&a, "/cipher"),
+        tls_version: a.tls_version.clone(),
+        cipher: a.cipher.clone(),
         verification,
-        cert_verified,
-        verify_error,
-        tls_error: text(&a, "/tls_error"),
-        tls_fallback_plaintext: a
-            .get("tls_fallback_plaintext")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        mode: text(&a, "/mode"),
-        requirement: text(&a, "/requirement"),
-        source: text(&a, "/source"),
-        result_type: text(&a, "/result_type"),
-        reply: text(&a, "/reply"),
+        cert_verified: a.cert_verified,
+        verify_error: a.verify_error.clone(),
+        tls_error: a.tls_error.clone(),
+        tls_fallback_plaintext: a.tls_fallback_plaintext,
+        mode: Some(level_name(a.mode).to_string()),
+        requirement: non_empty(&a.requirement),
+        source: a.source.map(|s| s.as_str().to_string()),
+        result_type: a.result_type.map(|t| t.as_str().to_string()),
+        verdict: has_policy.then(|| a.verdict().as_str().to_string()),
+        policy_type: has_policy.then(|| a.policy_type.as_str().to_string()),
+        policy: policy_text(a),
+        report_only: a
+            .report_only
+            .iter()
+            .map(|w| {
+                let mut text = format!(
+                    "{} ({}): {}",
+                    w.requirement,
+                    w.source.as_str(),
+                    w.verdict.as_str()
+                );
+                if let Some(t) = w.result_type {
+                    text.push_str(", ");
+                    text.push_str(t.as_str());
+                }
+                text
+            })
+            .collect(),
+        reply: non_empty(&a.reply),
+    }
+}
+
+/// The MTA-STS policy or the TLSA records an attempt used.
+fn policy_text(a: &Attempt) -> Option<String> {
+    if let Some(sts) = &a.mta_sts {
+        return Some(format!("MTA-STS id {}, mode {}", sts.id, sts.mode));
+    }
+    (!a.tlsa.is_empty()).then(|| format!("TLSA {}", a.tlsa.join("; ")))
+}
+
+fn level_name(mode: postern_config::OutboundMode) -> &'static str {
+    match mode {
+        postern_config::OutboundMode::None => "none",
+        postern_config::OutboundMode::Opportunistic => "opportunistic",
+        postern_config::OutboundMode::Require => "require",
+        postern_config::OutboundMode::Verify => "verify",
     }
 }
 
@@ -478,19 +502,20 @@ pub fn detail(queue_id: &str, events: Vec<TrackingEvent>) -> MessageDetail {
     let mut hops = Vec::new();
     let mut outcomes = Vec::new();
     for event in &events {
-        match event.kind.as_str() {
-            event_kind::RECEIVED => hops.push(inbound_hop(event)),
-            event_kind::DELIVERY_ATTEMPT => hops.push(outbound_hop(event)),
-            event_kind::DELIVERED | event_kind::DEFERRED | event_kind::BOUNCED => {
+        match event.parse() {
+            Some(Event::Received(r)) => hops.push(inbound_hop(event.at, &r)),
+            Some(Event::DeliveryAttempt(d)) => hops.push(outbound_hop(event.at, &d)),
+            Some(Event::Delivered(o) | Event::Deferred(o) | Event::Bounced(o)) => {
                 outcomes.push(RecipientOutcome {
-                    recipient: text(&event.detail, "/recipient").unwrap_or_default(),
+                    recipient: o.recipient,
                     state: event.kind.clone(),
                     at: rfc3339(event.at),
-                    relay: text(&event.detail, "/relay").filter(|r| !r.is_empty()),
-                    detail: text(&event.detail, "/detail"),
+                    relay: (!o.relay.is_empty()).then_some(o.relay),
+                    detail: (!o.detail.is_empty()).then_some(o.detail),
                 });
             }
-            _ => {}
+            // Unknown kinds and shapes stay in the raw event list.
+            None => {}
         }
     }
     MessageDetail {
@@ -652,23 +677,29 @@ pub fn stats(
                 *f(bucket) += 1;
             }
         };
+        // Counted by the kind column, so that an event this version cannot
+        // parse still counts; the TLS share needs the parsed event.
         match event.kind.as_str() {
             event_kind::RECEIVED => {
                 count(|b| &mut b.received);
-                if text(&event.detail, "/tls_version").is_some() {
-                    tls_inbound.tls += 1;
-                } else {
-                    tls_inbound.plaintext += 1;
+                if let Some(Event::Received(r)) = event.parse() {
+                    if r.tls_version.is_some() {
+                        tls_inbound.tls += 1;
+                    } else {
+                        tls_inbound.plaintext += 1;
+                    }
                 }
             }
             event_kind::DELIVERED => count(|b| &mut b.delivered),
             event_kind::DEFERRED => count(|b| &mut b.deferred),
             event_kind::BOUNCED => count(|b| &mut b.bounced),
             event_kind::DELIVERY_ATTEMPT => {
-                if text(&event.detail, "/attempt/tls_version").is_some() {
-                    tls_outbound.tls += 1;
-                } else {
-                    tls_outbound.plaintext += 1;
+                if let Some(Event::DeliveryAttempt(d)) = event.parse() {
+                    if d.attempt.tls_version.is_some() {
+                        tls_outbound.tls += 1;
+                    } else {
+                        tls_outbound.plaintext += 1;
+                    }
                 }
             }
             _ => {}
@@ -816,6 +847,41 @@ mod tests {
     }
 
     #[test]
+    fn attempts_show_verdict_policy_and_report_only_verdicts() {
+        let events = vec![ev(
+            "Q3",
+            110,
+            "delivery_attempt",
+            json!({"domain": "partner.test", "attempt": {
+                "host": "mx1.partner.test", "ip": "192.0.2.2", "port": 25, "mode": "verify",
+                "requirement": "MTA-STS enforce", "source": "mta-sts", "policy_type": "sts",
+                "mta_sts": {"id": "20260101", "mode": "enforce"}, "verdict": "failed",
+                "result_type": "certificate-host-mismatch",
+                "report_only": [{"requirement": "learned verify", "source": "learned",
+                                 "verdict": "failed", "result_type": "certificate-host-mismatch"}],
+                "starttls_offered": true, "reply": "220 go ahead"}}),
+        )];
+        let d = detail("Q3", events);
+        let hop = &d.hops[0];
+        assert_eq!(hop.peer, "mx1.partner.test 192.0.2.2:25");
+        assert_eq!(hop.verdict.as_deref(), Some("failed"));
+        assert_eq!(hop.policy_type.as_deref(), Some("sts"));
+        assert_eq!(
+            hop.policy.as_deref(),
+            Some("MTA-STS id 20260101, mode enforce")
+        );
+        assert_eq!(
+            hop.report_only,
+            ["learned verify (learned): failed, certificate-host-mismatch"]
+        );
+        // An unparseable event is left to the raw list, not dropped.
+        let raw = vec![ev("Q4", 1, "delivery_attempt", json!({"attempt": 1}))];
+        let d = detail("Q4", raw);
+        assert!(d.hops.is_empty());
+        assert_eq!(d.events.len(), 1);
+    }
+
+    #[test]
     fn attempts_show_requirement_and_source() {
         let events = vec![
             received("Q2", 100, false),
@@ -867,13 +933,15 @@ mod tests {
                 "A",
                 1100,
                 "delivery_attempt",
-                json!({"attempt": {"tls_version": "TLSv1.3"}}),
+                json!({"attempt": {"host": "mx.b.test", "ip": "192.0.2.1", "port": 25,
+                                   "mode": "opportunistic", "tls_version": "TLSv1.3"}}),
             ),
             ev(
                 "B",
                 5000,
                 "delivery_attempt",
-                json!({"attempt": {"tls_version": null}}),
+                json!({"attempt": {"host": "mx.b.test", "ip": "192.0.2.1", "port": 25,
+                                   "mode": "opportunistic", "tls_version": null}}),
             ),
             ev("B", 5000, "deferred", json!({})),
             ev("Z", 10, "received", json!({})),

@@ -420,7 +420,7 @@ pub struct ProbedAddress {
 
 /// The requirement applied to what an opportunistic connection saw: the
 /// same three policy functions delivery uses, in the same order.
-fn would_deliver(
+pub fn would_deliver(
     req: &Requirement,
     seen: &AttemptRecord,
     caps: &Capabilities,

@@ -61,7 +61,7 @@ pub use client::{
     deliver, AttemptError, AttemptRecord, BatchReport, Capabilities, Connection, Outgoing,
     RecipientOutcome, RecipientResult, ReportOnlyVerdict, Timeouts,
 };
-pub use courier::{Courier, DomainReport, Probe, ProbedAddress, ProbedHost};
+pub use courier::{would_deliver, Courier, DomainReport, Probe, ProbedAddress, ProbedHost};
 pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
 pub use policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertFault,

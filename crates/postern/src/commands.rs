@@ -4,6 +4,9 @@
 pub mod admin;
 pub mod cluster;
 mod probe_sts;
+pub mod trace;
+
+pub use trace::trace;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -348,46 +351,6 @@ pub(crate) fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_default()
-}
-
-pub fn trace(ctx: &Context, id: &str) -> Result<()> {
-    let events = match ctx.store.events_for(id) {
-        Ok(events) => events,
-        // A cluster store outage: this node's own events wait in its
-        // journal, and those at least can be shown.
-        Err(postern_store::StoreError::Unreachable(why)) => {
-            let journal = crate::journal::path_in(&ctx.node.data_dir);
-            let events = crate::journal::events_for(&journal, id)
-                .with_context(|| format!("reading {}", journal.display()))?;
-            eprintln!(
-                "postern: cluster store unreachable: {why}; showing only this node's events \
-                 kept in {} until the store is back",
-                journal.display()
-            );
-            if events.is_empty() {
-                bail!(
-                    "cluster store unreachable: {why}; and no events for \"{id}\" in this \
-                     node's journal {}",
-                    journal.display()
-                );
-            }
-            events
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if events.is_empty() {
-        bail!("no events recorded for \"{id}\" (give a queue ID or a Message-ID)");
-    }
-    for event in events {
-        println!(
-            "{}  {:<9} {}  {}",
-            rfc3339(event.at),
-            event.kind,
-            event.queue_id,
-            event.detail
-        );
-    }
-    Ok(())
 }
 
 /// `postern check`: validate the config file and the stored settings

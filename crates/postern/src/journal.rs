@@ -139,13 +139,12 @@ mod tests {
     use super::*;
 
     fn event(queue_id: &str) -> TrackingEvent {
-        TrackingEvent {
-            queue_id: queue_id.to_string(),
-            message_id: None,
-            at: 1,
-            kind: "received".to_string(),
-            detail: serde_json::json!({ "node": "gw1" }),
-        }
+        let received = postern_store::event::Received {
+            sender: "a@b.test".into(),
+            recipients: vec!["c@d.test".into()],
+            ..Default::default()
+        };
+        TrackingEvent::new(queue_id, None, 1, &postern_store::Event::Received(received))
     }
 
     #[test]
@@ -214,6 +213,12 @@ mod tests {
             .map(|e| e.queue_id)
             .collect();
         assert_eq!(ids, ["Q1", "Q2", "Q3"]);
+        // The typed event comes back as it was journaled.
+        let back = store.recent_events(1).unwrap().remove(0);
+        let Some(postern_store::Event::Received(r)) = back.parse() else {
+            panic!("journaled event not parsed: {back:?}");
+        };
+        assert_eq!(r.recipients, ["c@d.test"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

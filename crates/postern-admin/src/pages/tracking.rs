@@ -88,6 +88,16 @@ pub async fn page(
     )
 }
 
+/// The verdict as an administrator reads it.
+fn verdict_text(verdict: &str) -> &str {
+    match verdict {
+        "met" => "requirement met",
+        "failed" => "requirement not met (host not used)",
+        "not-reached" => "connection failed before the requirement applied",
+        other => other,
+    }
+}
+
 fn hop_markup(hop: &Hop) -> Markup {
     let inbound = hop.direction == "inbound";
     html! {
@@ -104,7 +114,11 @@ fn hop_markup(hop: &Hop) -> Markup {
                 @if let Some(p) = &hop.protocol { dt { "Protocol" } dd { (p) } }
                 @if let Some(mode) = &hop.mode { dt { "TLS mode" } dd { (mode) } }
                 @if let Some(r) = &hop.requirement { dt { "Requirement" } dd.requirement { (r) @if let Some(src) = &hop.source { " (set by " (src) ")" } } }
+                @if let Some(v) = &hop.verdict { dt { "Verdict" } dd class=(format!("verdict {v}")) { (verdict_text(v)) } }
                 @if let Some(t) = &hop.result_type { dt { "Policy failure" } dd.result-type { (t) } }
+                @if let Some(p) = &hop.policy { dt { "Policy" } dd.policy { (p) } }
+                @if let Some(t) = &hop.policy_type { dt { "TLS-RPT policy type" } dd.policy-type { (t) } }
+                @for w in &hop.report_only { dt { "Report-only" } dd.report-only { (w) } }
                 dt { "TLS version" } dd.tls-version { (hop.tls_version.as_deref().unwrap_or("none (plaintext)")) }
                 dt { "Cipher" } dd.cipher { (hop.cipher.as_deref().unwrap_or("—")) }
                 dt { "Verification" } dd.verification { (hop.verification) }

@@ -147,6 +147,9 @@ pub struct AttemptRecord {
     pub host: String,
     pub ip: IpAddr,
     pub port: u16,
+    /// Our address on the connection (TLS-RPT's `sending-mta-ip`); `None`
+    /// when it did not connect.
+    pub local_ip: Option<IpAddr>,
     /// The outbound TLS level that applied.
     pub mode: OutboundMode,
     /// The requirement as deferral reasons name it (`domain verify`).
@@ -191,6 +194,14 @@ pub struct AttemptRecord {
     /// the courier).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_fail: Vec<ReportOnlyVerdict>,
+    /// Whether the requirement was met: `Some(true)` once the session went
+    /// on as it allows, `Some(false)` for a TLS policy failure, `None` when
+    /// the connection failed before it could be applied.
+    pub requirement_met: Option<bool>,
+    /// The whole requirement (MTA-STS policy, TLSA records, report-only
+    /// requirements), for the tracking event.
+    #[serde(skip)]
+    pub policy: Requirement,
 }
 
 /// A report-only requirement (MTA-STS `testing`, a `monitor` rule, a
@@ -223,6 +234,7 @@ impl AttemptRecord {
             host: host.to_string(),
             ip: addr.ip(),
             port: addr.port(),
+            local_ip: None,
             mode: requirement.level,
             requirement: requirement.label(),
             source: requirement.source,
@@ -240,6 +252,8 @@ impl AttemptRecord {
             reply: String::new(),
             mta_sts: None,
             would_fail: Vec::new(),
+            requirement_met: None,
+            policy: requirement.clone(),
         }
     }
 
@@ -355,6 +369,7 @@ impl Connection {
             let mut record = record.clone();
             let mut failure = Failure::new(Some(host_ref.clone()), kind);
             if let FailureKind::TlsPolicy(policy) = &failure.kind {
+                record.requirement_met = Some(false);
                 record.result_type = Some(policy.result_type());
                 failure = failure.under(requirement.label());
             }
@@ -370,10 +385,13 @@ impl Connection {
             Err(kind) => return Err(fail(&record, kind)),
         };
         record.starttls_offered = caps.starttls;
-        let connection = |io, caps, record| Connection {
+        let connection = |io, caps, mut record: AttemptRecord| Connection {
             io,
             caps,
-            record,
+            record: {
+                record.requirement_met = Some(true);
+                record
+            },
             host: host_ref.clone(),
             timeouts: *timeouts,
             usable: true,
@@ -532,6 +550,7 @@ async fn greet(
     };
     // Replies and commands are small; never wait for delayed ACKs (SPEC §7).
     let _ = tcp.set_nodelay(true);
+    record.local_ip = tcp.local_addr().ok().map(|a| a.ip());
     let mut io = Io::new(Stream::Plain(tcp));
     let banner = io.read_reply(timeouts.greeting, Stage::Greeting).await?;
     record.reply = banner.to_string();

@@ -27,7 +27,7 @@ pub use inputs::{
     Authenticity, Base, DaneInput, DomainRule, Inputs, LearnMode, LearnedLevel, MtaStsMode,
     MtaStsPolicy, Tlsa,
 };
-pub use requirement::{requirement, CertAuth, Enforcement, MxRule, Requirement, Source};
+pub use requirement::{requirement, CertAuth, Enforcement, MxRule, Requirement, Source, StsRef};
 pub use verdict::{
     after_handshake, after_tls_failure, decide, CertFault, CertProblem, Fallback, Plan, ResultType,
     TlsFailure, TlsPolicyFailure,

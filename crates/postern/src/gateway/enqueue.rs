@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use postern_session::{message_id, received_header, tls_required_no, Delivery};
 use postern_spool::{Envelope, MessageWriter};
-use postern_store::TrackingEvent;
+use postern_store::event::{ClientCertificate, Received};
+use postern_store::{Event, TrackingEvent};
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -237,27 +238,36 @@ impl Incoming {
                 ("client_cert", &cert),
             ],
         );
-        let event = TrackingEvent {
-            queue_id: id.to_string(),
-            message_id: envelope.message_id.clone(),
-            at: envelope.received_at,
-            kind: "received".to_string(),
-            detail: serde_json::json!({
-                "client": delivery.peer.to_string(),
-                "helo": delivery.helo,
-                "protocol": delivery.protocol,
-                "tls_version": delivery.tls.as_ref().map(|t| t.version.clone()),
-                "cipher": delivery.tls.as_ref().map(|t| t.cipher.clone()),
-                "client_certificate": delivery.tls.as_ref().and_then(|t| t.client_cert.as_ref()).map(|c| {
-                    serde_json::json!({ "subject": c.subject, "verified": c.verified })
+        let received = Event::Received(Received {
+            client: delivery.peer.to_string(),
+            helo: delivery.helo.to_string(),
+            protocol: delivery.protocol.to_string(),
+            tls_version: delivery.tls.as_ref().map(|t| t.version.clone()),
+            cipher: delivery.tls.as_ref().map(|t| t.cipher.clone()),
+            client_certificate: delivery
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert.as_ref())
+                .map(|c| ClientCertificate {
+                    subject: c.subject.clone(),
+                    verified: c.verified,
                 }),
-                "sender": delivery.sender,
-                "recipients": delivery.recipients,
-                "size": size,
-                "requiretls": envelope.requiretls,
-                "tls_required_no": envelope.tls_required_no,
-            }),
-        };
+            sender: delivery.sender.to_string(),
+            recipients: delivery
+                .recipients
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            size: u64::try_from(size).unwrap_or(u64::MAX),
+            requiretls: envelope.requiretls,
+            tls_required_no: envelope.tls_required_no,
+        });
+        let event = TrackingEvent::new(
+            id,
+            envelope.message_id.clone(),
+            envelope.received_at,
+            &received,
+        );
         // Tracking is recorded after the message is safe; it never delays the 250.
         shared.tracker.record(event);
     }

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod publish;
 pub mod requests;
+mod events;
 mod runner;
 
 pub use runner::QueueRunner;

@@ -16,13 +16,16 @@ use postern_delivery::{
 use postern_spool::{
     DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState, Spool, SpoolError,
 };
-use postern_store::TrackingEvent;
+use postern_store::event::{self, DeliveryAttempt};
+use postern_store::{event_kind, Event, TrackingEvent};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::context::unix_now;
 use crate::gateway::LiveConfig;
 use crate::maillog::MailLog;
 use crate::tracker::Tracker;
+
+use super::events;
 
 /// Messages being attempted at once.
 const MAX_ACTIVE: usize = 64;
@@ -169,7 +172,7 @@ impl QueueRunner {
                     // now, while the message is still in flight, so it edits
                     // the state the attempt wrote rather than racing it.
                     if runner.take_retry_request(&id) {
-                        match runner.reset_deferred(&id).await {
+                        match runner.reset_deferred(&id, Duration::ZERO).await {
                             Ok(true) => again = Some(0),
                             Ok(false) => again = None,
                             Err(e) => tracing::error!("queue retry of {id} failed: {e}"),
@@ -250,6 +253,7 @@ impl QueueRunner {
     /// `deferred`, an attempt conclude `delivered`, and the retry write the
     /// old `deferred` back — a duplicate delivery.
     pub async fn retry(&self, id: Option<QueueId>) -> Result<usize, String> {
+        let single = id.is_some();
         let spool = Arc::clone(&self.spool);
         let ids = match id {
             Some(id) => vec![id],
@@ -257,6 +261,11 @@ impl QueueRunner {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?,
+        };
+        let pause = if single {
+            retry_edit_pause()
+        } else {
+            Duration::ZERO
         };
         let mut count = 0;
         for id in ids {
@@ -268,7 +277,7 @@ impl QueueRunner {
                 }
                 Some((Claim::Claimed, old_due)) => old_due,
             };
-            let reset = self.reset_deferred(&id).await;
+            let reset = self.reset_deferred(&id, pause).await;
             let kept = self.finish(&id);
             match reset {
                 Ok(true) if kept => {
@@ -312,8 +321,9 @@ impl QueueRunner {
     }
 
     /// Make every deferred recipient of `id` due now. The caller holds the
-    /// message in flight. `Ok(false)` when the message is gone.
-    async fn reset_deferred(&self, id: &QueueId) -> Result<bool, String> {
+    /// message in flight. `Ok(false)` when the message is gone. `pause` is
+    /// the test-only hold between reading and writing ([`retry_edit_pause`]).
+    async fn reset_deferred(&self, id: &QueueId, pause: Duration) -> Result<bool, String> {
         let spool = Arc::clone(&self.spool);
         let id = id.clone();
         let reset = tokio::task::spawn_blocking(move || -> Result<bool, SpoolError> {
@@ -322,6 +332,9 @@ impl QueueRunner {
                 Err(SpoolError::NotFound { .. }) => return Ok(false),
                 Err(e) => return Err(e),
             };
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
             let mut states = queued.recipients;
             for r in states
                 .iter_mut()
@@ -461,7 +474,14 @@ impl QueueRunner {
                         state.state = DeliveryState::Delivered;
                         state.next_attempt = None;
                         state.last_error = None;
-                        self.log_outcome("delivered", &id, envelope, &state.address, relay, &reply);
+                        self.log_outcome(
+                            Outcome::Delivered,
+                            &id,
+                            envelope,
+                            &state.address,
+                            relay,
+                            &reply,
+                        );
                     }
                     Transition::Deferred {
                         next_attempt,
@@ -470,7 +490,7 @@ impl QueueRunner {
                         state.state = DeliveryState::Deferred;
                         state.next_attempt = Some(next_attempt);
                         self.log_outcome(
-                            "deferred",
+                            Outcome::Deferred,
                             &id,
                             envelope,
                             &state.address,
@@ -483,7 +503,7 @@ impl QueueRunner {
                         state.state = DeliveryState::Bounced;
                         state.next_attempt = None;
                         self.log_outcome(
-                            "bounced",
+                            Outcome::Bounced,
                             &id,
                             envelope,
                             &state.address,
@@ -608,20 +628,14 @@ impl QueueRunner {
         }
         let events: Vec<TrackingEvent> = attempts
             .iter()
-            .map(|record| TrackingEvent {
-                queue_id: id.to_string(),
-                message_id: envelope.message_id.clone(),
-                at: unix_now(),
-                kind: "delivery_attempt".into(),
-                // The message's own TLS requests travel with each attempt:
-                // `TLS-Required: No` explains a requirement without DANE,
-                // MTA-STS or learned levels.
-                detail: serde_json::json!({
-                    "domain": domain,
-                    "attempt": record,
-                    "requiretls": envelope.requiretls,
-                    "tls_required_no": envelope.tls_required_no,
-                }),
+            .map(|record| {
+                let event = Event::DeliveryAttempt(DeliveryAttempt {
+                    domain: domain.to_string(),
+                    attempt: events::attempt(record),
+                    requiretls: envelope.requiretls,
+                    tls_required_no: envelope.tls_required_no,
+                });
+                TrackingEvent::new(id.as_str(), envelope.message_id.clone(), unix_now(), &event)
             })
             .collect();
         self.tracker.record_all(events);
@@ -629,23 +643,20 @@ impl QueueRunner {
 
     fn log_outcome(
         &self,
-        kind: &str,
+        outcome: Outcome,
         id: &QueueId,
         envelope: &Envelope,
         recipient: &str,
         relay: Option<&AttemptRecord>,
         detail: &str,
     ) {
-        let outcome = match kind {
-            "delivered" => Some(Outcome::Delivered),
-            "deferred" => Some(Outcome::Deferred),
-            "bounced" => Some(Outcome::Bounced),
-            _ => None,
+        let tls = relay.is_some_and(|r| r.tls_version.is_some());
+        self.metrics.recipient_outcome(outcome, tls);
+        let kind = match outcome {
+            Outcome::Delivered => event_kind::DELIVERED,
+            Outcome::Deferred => event_kind::DEFERRED,
+            Outcome::Bounced => event_kind::BOUNCED,
         };
-        if let Some(outcome) = outcome {
-            let tls = relay.is_some_and(|r| r.tls_version.is_some());
-            self.metrics.recipient_outcome(outcome, tls);
-        }
         let relay_text = relay.map_or(String::new(), |r| {
             format!("{}[{}]:{}", r.host, r.ip, r.port)
         });
@@ -680,15 +691,36 @@ impl QueueRunner {
                 ),
             ],
         );
-        let event = TrackingEvent {
-            queue_id: id.to_string(),
-            message_id: envelope.message_id.clone(),
-            at: unix_now(),
-            kind: kind.to_string(),
-            detail: serde_json::json!({ "recipient": recipient, "relay": relay_text, "detail": detail }),
+        let fields = event::Outcome {
+            recipient: recipient.to_string(),
+            relay: relay_text,
+            detail: detail.to_string(),
         };
+        let event = match outcome {
+            Outcome::Delivered => Event::Delivered(fields),
+            Outcome::Deferred => Event::Deferred(fields),
+            Outcome::Bounced => Event::Bounced(fields),
+        };
+        let event =
+            TrackingEvent::new(id.as_str(), envelope.message_id.clone(), unix_now(), &event);
         self.tracker.record(event);
     }
+}
+
+/// Test-only: `POSTERN_TEST_RETRY_EDIT_PAUSE_MS` holds a one-message
+/// `queue retry ID` between reading the state file and writing it back, so
+/// that `tests/test_retry_exactly_once.py` can make that edit span an
+/// attempt's conclusion on purpose. The single-writer rule makes the hold
+/// harmless; without the rule it is exactly the race that delivered twice.
+/// Unset (as everywhere but that test), there is no hold. At most 5 s.
+fn retry_edit_pause() -> Duration {
+    static PAUSE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *PAUSE.get_or_init(|| {
+        std::env::var("POSTERN_TEST_RETRY_EDIT_PAUSE_MS")
+            .ok()
+            .and_then(|ms| ms.trim().parse::<u64>().ok())
+            .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.min(5000)))
+    })
 }
 
 struct Due {
