@@ -418,6 +418,16 @@ def spool_seeds() -> None:
     write("spool_file", "empty", seed(b"", b""))
 
 
+def mta_sts_seeds() -> None:
+    write("mta_sts", "enforce-crlf", b"version: STSv1\r\nmode: enforce\r\nmx: mx1.partner.test\r\n"
+          b"mx: *.mx.partner.test\r\nmax_age: 86400\r\n")
+    write("mta_sts", "testing-lf", "version: STSv1\nmode: testing\nmx: a.test\nmax_age: 604800\nx-ext: 1\n\n")
+    write("mta_sts", "none", "version: STSv1\nmode: none\nmax_age: 31557600\n")
+    write("mta_sts", "max-age-too-big", "version: STSv1\nmode: enforce\nmax_age: 31557601\nmx: a.test\n")
+    write("mta_sts", "txt-records", "v=spf1 -all\nv=STSv1; id=20260101T000000;\n")
+    write("mta_sts", "txt-two", "v=STSv1; id=1\nv=STSv1; id=2\n")
+
+
 def main() -> None:
     command_seeds()
     data_seeds()
@@ -429,6 +439,7 @@ def main() -> None:
     dns_seeds()
     pem_seeds()
     spool_seeds()
+    mta_sts_seeds()
     total = sum(1 for _ in CORPUS.rglob("*") if _.is_file())
     size = sum(f.stat().st_size for f in CORPUS.rglob("*") if f.is_file())
     print(f"{total} seed files, {size} bytes, in {CORPUS}")

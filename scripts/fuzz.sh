@@ -27,7 +27,7 @@ shift || true
 case "$seconds" in
   ''|*[!0-9]*) echo "usage: $0 [seconds-per-target] [target...]" >&2; exit 2 ;;
 esac
-all_targets=(command data_receiver bdat_receiver reply_parse settings node_config pem_import session dns_derived spool_file)
+all_targets=(command data_receiver bdat_receiver reply_parse settings node_config pem_import session dns_derived spool_file mta_sts)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then

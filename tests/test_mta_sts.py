@@ -68,6 +68,7 @@ DOMAINS = {
                      (200, {"Content-Type": "text/html"}, policy("enforce", GOOD_MX))),
     "untrusted.test": (BAD_MX, "a1", UNTRUSTED_POLICY_IP, policy("enforce", GOOD_MX)),
     "nopolicy.test": (BAD_MX, None, POLICY_IP, None),
+    "slow.test": (GOOD_MX, None, POLICY_IP, None),
     "cached.test": (GOOD_MX, "a1", POLICY_IP, policy("enforce", GOOD_MX)),
     "newid.test": (GOOD_MX, "a1", POLICY_IP, policy("enforce", GOOD_MX)),
     "off-global.test": (BAD_MX, "a1", POLICY_IP, policy("enforce", GOOD_MX)),
@@ -284,6 +285,27 @@ def test_no_txt_record_no_fetch(world):
     qid = delivered(world, gw, "bob@nopolicy.test", "no txt", "bad")
     assert last_attempt(gw, qid)["mta_sts"] == {"txt": "none", "from": "none"}
     assert world["policy"].fetches["mta-sts.nopolicy.test"] == 0
+
+
+def test_txt_timeout_is_not_repeated_for_every_message(world):
+    """A name server that never answers the _mta-sts query: the first
+    message waits for the resolver's timeout and goes by the base; the next
+    ones do not ask again (the failure is remembered for a minute)."""
+    world["dns"].update({"_mta-sts.slow.test": {"drop": True}})
+    gw = world["gateway"]()
+
+    def txt_queries():
+        return sum(1 for name, rtype, _ in list(world["dns"].queries)
+                   if name.rstrip(".").lower() == "_mta-sts.slow.test")
+
+    qid = delivered(world, gw, "bob@slow.test", "slow 1", "good")
+    assert "timed out" in last_attempt(gw, qid)["mta_sts"]["txt"].lower() or \
+        "failed" in last_attempt(gw, qid)["mta_sts"]["txt"], last_attempt(gw, qid)
+    asked = txt_queries()
+    assert asked >= 1
+    delivered(world, gw, "bob@slow.test", "slow 2", "good")
+    delivered(world, gw, "bob@slow.test", "slow 3", "good")
+    assert txt_queries() == asked
 
 
 def test_cached_policy_survives_a_policy_host_outage_and_a_restart(world):

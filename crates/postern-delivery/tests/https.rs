@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use postern_delivery::https::{get, FetchError, Limits};
+use support::https::{ok, HttpsServer};
 use support::{client_tls, server_tls, TestCa};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const HOST: &str = "mta-sts.partner.test";
 
@@ -22,51 +20,13 @@ const LIMITS: Limits = Limits {
     max_body: 1024,
 };
 
-/// An HTTPS server answering every request with `response` (raw HTTP).
-async fn serve(tls: Arc<postern_tls::ServerTls>, response: String) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    tokio::spawn(async move {
-        for _ in 0..16 {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let response = response.clone();
-            tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16384 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-fn ok(content_type: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 async fn fetch_from(
     server: Arc<postern_tls::ServerTls>,
     ca: &TestCa,
     response: String,
 ) -> Result<postern_delivery::https::Response, FetchError> {
-    let addr = serve(server, response).await;
+    let server = HttpsServer::start(server, response).await;
+    let addr = server.addr;
     let url = format!("https://{HOST}:{}/.well-known/mta-sts.txt", addr.port());
     get(&client_tls(&[&ca.pem]), &url, HOST, &[addr], LIMITS).await
 }

@@ -26,6 +26,7 @@ pub mod bdat_receiver;
 pub mod command;
 pub mod data_receiver;
 pub mod dns_derived;
+pub mod mta_sts;
 pub mod node_config;
 pub mod pem_import;
 pub mod reply_parse;
@@ -51,6 +52,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("session", session::run),
     ("dns_derived", dns_derived::run),
     ("spool_file", spool_file::run),
+    ("mta_sts", mta_sts::run),
 ];
 
 /// Whether `bytes` has only CRLF line endings: every CR is followed by LF

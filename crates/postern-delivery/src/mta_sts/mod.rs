@@ -36,7 +36,9 @@ use parse::{parse_txt, Announcement};
 /// again (another node may have refreshed it).
 const STORE_RECHECK: Duration = Duration::from_secs(30);
 
-/// How long a failed fetch of one domain and id is remembered.
+/// How long a failed fetch of one domain and id, or a failed TXT lookup
+/// (a timeout: NXDOMAIN and NODATA are cached by the resolver), is
+/// remembered before it is tried again.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
 /// Where policies are kept between fetches: the store, shared by a cluster
@@ -109,6 +111,7 @@ pub struct MtaSts {
     clock: Clock,
     memory: Mutex<HashMap<String, Remembered>>,
     failed: Mutex<HashMap<String, Failed>>,
+    txt_failed: Mutex<HashMap<String, (String, Instant)>>,
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -122,6 +125,7 @@ impl MtaSts {
             clock: Arc::new(|| time::OffsetDateTime::now_utc().unix_timestamp()),
             memory: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            txt_failed: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
         }
     }
@@ -135,7 +139,7 @@ impl MtaSts {
     /// What MTA-STS says for a delivery to `domain` now.
     pub async fn status(&self, resolver: &Resolver, tls: &ClientTls, domain: &str) -> StsStatus {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let (txt_text, txt) = match resolver.txt(&format!("_mta-sts.{domain}")).await {
+        let (txt_text, txt) = match self.txt(resolver, &domain).await {
             Ok(records) => match parse_txt(&records) {
                 Announcement::Policy { id } => {
                     let shown = records
@@ -206,6 +210,33 @@ impl MtaSts {
                 on_failure(failure)
             }
         }
+    }
+
+    /// The `_mta-sts` TXT records; a failed lookup is not repeated for
+    /// [`FAILURE_MEMORY`], so a name server that drops these queries does
+    /// not cost every message its timeout.
+    async fn txt(&self, resolver: &Resolver, domain: &str) -> Result<Vec<String>, String> {
+        let recent = self.txt_failed.lock().ok().and_then(|failed| {
+            failed
+                .get(domain)
+                .filter(|(_, at)| at.elapsed() < FAILURE_MEMORY)
+                .map(|(error, _)| error.clone())
+        });
+        if let Some(error) = recent {
+            return Err(error);
+        }
+        let answer = resolver.txt(&format!("_mta-sts.{domain}")).await;
+        if let Ok(mut failed) = self.txt_failed.lock() {
+            match &answer {
+                Err(error) => {
+                    failed.insert(domain.to_string(), (error.clone(), Instant::now()));
+                }
+                Ok(_) => {
+                    failed.remove(domain);
+                }
+            }
+        }
+        answer
     }
 
     /// The cached policy: from memory while it was read recently, else

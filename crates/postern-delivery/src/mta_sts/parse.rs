@@ -248,7 +248,8 @@ mod tests {
     fn policy_table() {
         use MtaStsMode::{Enforce, None as Off, Testing};
         // (text, Ok((mode, max_age, mx count)) or Err(part of the message))
-        let rows: Vec<(String, Result<(MtaStsMode, u64, usize), &str>)> = vec![
+        type Row = (String, Result<(MtaStsMode, u64, usize), &'static str>);
+        let rows: Vec<Row> = vec![
             (GOOD.into(), Ok((Enforce, 86400, 2))),
             (GOOD.replace('\n', "\r\n"), Ok((Enforce, 86400, 2))),
             (GOOD.trim_end().into(), Ok((Enforce, 86400, 2))),

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod https;
 
 use std::future::Future;
 use std::net::SocketAddr;
