@@ -22,6 +22,18 @@ pub struct DomainEntry {
     /// Overrides `tls.outbound.mode` for this domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<OutboundMode>,
+    /// `false`: ignore this domain's TLSA records (SPEC §10; an override
+    /// for a partner whose DANE records are broken).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub dane: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl DomainEntry {

@@ -19,9 +19,10 @@ use crate::client::{
     AttemptError, AttemptRecord, Capabilities, Connection, Outgoing, RecipientOutcome,
     RecipientResult, Timeouts,
 };
+use crate::dane::{self, TlsaReport};
 use crate::policy::{
-    after_handshake, after_tls_failure, decide, requirement, Base, CertProblem, Fallback, Inputs,
-    Plan, Requirement, TlsFailure, TlsPolicyFailure,
+    after_handshake, after_tls_failure, decide, requirement, Authenticity, Base, CertAuth,
+    CertProblem, DaneInput, Fallback, Inputs, Plan, Requirement, TlsFailure, TlsPolicyFailure,
 };
 use crate::route::{resolve, Resolver, RouteError, Target};
 use crate::tls_client::ClientTls;
@@ -82,8 +83,33 @@ impl Courier {
     }
 
     /// The requirement for `host` of `domain` from the sources fed so far.
-    fn requirement_for(base: &Base, host: &str) -> Requirement {
-        requirement(&Inputs::base_only(base, host))
+    fn requirement_for(base: &Base, host: &str, dane: &DaneInput) -> Requirement {
+        let mx_authenticated = matches!(
+            dane,
+            DaneInput::Looked {
+                mx: Authenticity::Authenticated,
+                ..
+            }
+        );
+        requirement(&Inputs {
+            dane,
+            mx_authenticated,
+            ..Inputs::base_only(base, host)
+        })
+    }
+
+    /// The DANE input of each target (SPEC §10 item 2), or `Off` for all.
+    async fn dane_for(
+        &self,
+        settings: &Settings,
+        domain: &str,
+        targets: &[Target],
+        probe: bool,
+    ) -> Vec<(DaneInput, Option<TlsaReport>)> {
+        if !dane::applies(settings, &self.resolver, domain) {
+            return targets.iter().map(|_| (DaneInput::Off, None)).collect();
+        }
+        dane::inputs(&self.resolver, domain, targets, probe).await
     }
 
     /// Deliver `message` (whose recipients are all in `domain`).
@@ -108,9 +134,10 @@ impl Courier {
             }
         };
         let base = Base::from_settings(settings, domain);
+        let dane = self.dane_for(settings, domain, &targets, false).await;
         let mut last_failure = None;
-        for target in &targets {
-            let requirement = Self::requirement_for(&base, &target.host);
+        for (target, (dane, _)) in targets.iter().zip(&dane) {
+            let requirement = Self::requirement_for(&base, &target.host, dane);
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
                 last_failure = Some(
@@ -255,14 +282,21 @@ impl Courier {
     ) -> Result<Vec<ProbedHost>, RouteError> {
         let targets = resolve(domain, settings, &self.resolver, self.mx_port).await?;
         let base = Base::from_settings(settings, domain);
+        let dane = self.dane_for(settings, domain, &targets, true).await;
         let mut hosts = Vec::with_capacity(targets.len());
-        for target in targets {
-            let requirement = Self::requirement_for(&base, &target.host);
-            let looking = Requirement::at(
-                postern_config::OutboundMode::Opportunistic,
-                requirement.source,
-                &target.host,
-            );
+        for (target, (dane, tlsa)) in targets.into_iter().zip(dane) {
+            let requirement = Self::requirement_for(&base, &target.host, &dane);
+            // DANE is checked in the handshake itself (the record keeps no
+            // certificates to match afterwards): a DANE host is probed
+            // with its real requirement, everything else opportunistically.
+            let looking = match requirement.auth {
+                CertAuth::Dane { .. } => requirement.clone(),
+                _ => Requirement::at(
+                    postern_config::OutboundMode::Opportunistic,
+                    requirement.source,
+                    &target.host,
+                ),
+            };
             let mut addresses = Vec::new();
             for addr in target.socket_addrs() {
                 let opened = Connection::open(
@@ -297,6 +331,8 @@ impl Courier {
             hosts.push(ProbedHost {
                 target,
                 requirement,
+                dane,
+                tlsa,
                 addresses,
             });
         }
@@ -310,6 +346,11 @@ pub struct ProbedHost {
     pub target: Target,
     /// What delivery would require of it.
     pub requirement: Requirement,
+    /// What DANE said about it (`Off` when DANE does not apply).
+    pub dane: DaneInput,
+    /// The TLSA records at `_<port>._tcp.<host>` with their DNSSEC status,
+    /// when they were looked up.
+    pub tlsa: Option<TlsaReport>,
     pub addresses: Vec<ProbedAddress>,
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod tlsa;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -144,6 +145,7 @@ pub fn cert(ctx: &Context, command: CertCommand) -> Result<()> {
             store.delete_certificate(&name)?;
             eprintln!("deleted \"{name}\"");
         }
+        CertCommand::Tlsa { name, port, host } => tlsa::tlsa(ctx, &name, port, host.as_deref())?,
     }
     Ok(())
 }
@@ -416,7 +418,7 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
 
     let settings = ctx.store.settings()?;
     let client_tls = crate::gateway::build_client_tls(&settings, ctx.store.as_ref())?;
-    let resolver = Resolver::new(&ctx.node.dns.nameservers)?;
+    let resolver = Resolver::for_node(&ctx.node.dns)?;
     let timeouts = Timeouts {
         connect: Duration::from_secs(10),
         greeting: Duration::from_secs(20),
@@ -453,6 +455,7 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
         if let Some(refusal) = &host.requirement.refusal {
             println!("  not used:        {refusal}");
         }
+        crate::commands::tlsa::print_probe_dane(host);
         for probed in &host.addresses {
             let r = match &probed.seen {
                 Err(e) => {
