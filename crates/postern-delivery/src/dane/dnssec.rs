@@ -251,8 +251,19 @@ fn negative_or_failure(error: &NetError) -> Result<Answer, QueryFailure> {
             records: Vec::new(),
         }),
         NetError::Timeout => Err(QueryFailure::Failed("timeout".into())),
-        NetError::Dns(DnsError::ResponseCode(code)) => Err(QueryFailure::Failed(code.to_string())),
+        NetError::Dns(DnsError::ResponseCode(code)) => Err(QueryFailure::Failed(rcode_name(*code))),
         other => Err(QueryFailure::Failed(other.to_string())),
+    }
+}
+
+/// The RCODE as administrators know it from dig (`SERVFAIL`).
+fn rcode_name(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        other => other.to_string(),
     }
 }
 
@@ -370,7 +381,7 @@ impl Stub {
                     .min(MAX_CACHE_TTL)
                 }
             }
-            code => return Err(QueryFailure::Failed(code.to_string())),
+            code => return Err(QueryFailure::Failed(rcode_name(code))),
         };
         let authenticity = if response.metadata.authentic_data {
             Authenticity::Authenticated
