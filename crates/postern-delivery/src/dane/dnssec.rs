@@ -80,8 +80,8 @@ pub struct SecureDns {
 
 enum How {
     Validate {
-        validating: TokioResolver,
-        plain: TokioResolver,
+        validating: Box<TokioResolver>,
+        plain: Box<TokioResolver>,
         root: Mutex<Option<(Instant, bool)>>,
     },
     TrustAd(Stub),
@@ -100,8 +100,8 @@ impl SecureDns {
         let how = match (mode, validating) {
             (Dnssec::Off, _) => return None,
             (Dnssec::Validate, Some(validating)) => How::Validate {
-                validating,
-                plain,
+                validating: Box::new(validating),
+                plain: Box::new(plain),
                 root: Mutex::new(None),
             },
             (Dnssec::Validate, None) => return None,
@@ -219,9 +219,10 @@ async fn validated(
         Err(NetError::Dns(DnsError::DnssecBogus)) => {
             Err(QueryFailure::Bogus(format!("{rtype} answer")))
         }
-        Err(NetError::Dns(DnsError::Nsec { proof, .. })) if proof == Proof::Bogus => {
-            Err(QueryFailure::Bogus(format!("{rtype} denial of existence")))
-        }
+        Err(NetError::Dns(DnsError::Nsec {
+            proof: Proof::Bogus,
+            ..
+        })) => Err(QueryFailure::Bogus(format!("{rtype} denial of existence"))),
         Err(e) => negative_or_failure(&e),
     }
 }
