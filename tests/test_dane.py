@@ -227,3 +227,19 @@ def test_cert_tlsa_prints_the_records(make_gateway, tls_ca, tmp_path):
     ], out
     r = gw.cli("cert", "tlsa", "No Such Entry")
     assert r.rc != 0 and 'no certificate entry named "No Such Entry"' in r.stderr, r
+
+
+def test_tlsa_answers_are_cached_for_their_ttl(peers, dns_server, make_gateway):
+    """With a TTL, the DNSSEC status and TLSA answers are asked once: later
+    messages (on a reused connection or a new one) make no DNS query."""
+    dns_server.ttl = 300
+    gw = dane_gateway(make_gateway, dns_server, peers["port"])
+    for i in range(3):
+        qid = submit(gw, "bob@ee.test", f"cached {i}")
+        entry = wait_outcome(gw, qid, "bob@ee.test")
+        assert entry["event"] == "delivered" and entry.get("verified") == "true", entry["line"]
+    assert len(arrived(peers["postfix"]["ee"], "cached")) == 3
+    owner = tlsa_owner("ee", peers["port"])
+    assert len(dns_server.queries_for(owner, "TLSA")) == 1, dns_server.queries_for(owner)
+    ad_mx = [f for f in dns_server.flags if f[0] == "ee.test" and f[1] == "MX" and f[2]]
+    assert len(ad_mx) == 1, list(dns_server.flags)
