@@ -15,7 +15,18 @@ Zone format (names case-insensitive, trailing dot optional)::
         "alias.test":       {"CNAME": "mx1.partner.test"},
         "broken.test":      {"rcode": "SERVFAIL"},         # any RCODE name
         "silent.test":      {"drop": True},                # never answered
+        "_25._tcp.mx1.partner.test": {"TLSA": [(3, 1, 1, "ab12..."), "2 1 1 cd34..."],
+                                      "authenticated": True},
     }
+
+DNSSEC, as a validating resolver reports it: a name marked
+`"authenticated": True` gets the AD bit in its answers (records or NODATA)
+only when the query asked for it with AD or the EDNS DO bit (RFC 6840 §5.7,
+RFC 4035 §3.2.3), and only when every name of a CNAME chain is marked.
+Unmarked names, NXDOMAIN answers and queries that ask for neither never get
+AD. No RRSIG is ever served: the zone stays unsigned, so a resolver that
+validates itself finds no chain to the root. `flags` records (name, type,
+asked_for_ad) for every question.
 
 Answers are authoritative with TTL `ttl` (default 0, so a resolver cache never
 hides a flip).  A name absent from the zone (and not a parent of a name in it)
@@ -40,11 +51,11 @@ import time
 from typing import Any
 
 import pytest
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, SOA, TLSA, TXT, A, DNSRecord
 
 Zone = dict[str, dict[str, Any]]
 
-SUPPORTED_TYPES = ("A", "AAAA", "MX", "TXT", "CNAME")
+SUPPORTED_TYPES = ("A", "AAAA", "MX", "TXT", "CNAME", "TLSA")
 _MAX_CNAME_CHAIN = 8
 _TCP_IDLE_TIMEOUT = 10.0       # seconds a TCP client may stay idle
 _TCP_MAX_QUERIES = 1000        # per TCP connection
@@ -98,9 +109,23 @@ def _normalize_entry(name: str, entry: dict[str, Any]) -> dict[str, Any]:
             out["rcode"] = str(value).upper()
         elif k == "drop":
             out["drop"] = bool(value)
+        elif k == "TLSA":
+            records = []
+            for item in _as_list(value):
+                if isinstance(item, str):
+                    usage, selector, matching, data = item.split(None, 3)
+                    item = (usage, selector, matching, data)
+                usage, selector, matching, data = item
+                if isinstance(data, str):
+                    data = bytes.fromhex("".join(data.split()))
+                records.append((int(usage), int(selector), int(matching), bytes(data)))
+            out["TLSA"] = records
+        elif k == "authenticated":
+            out["authenticated"] = bool(value)
         else:
-            raise ValueError(f"{name}: unsupported record type {key!r} (supported: {SUPPORTED_TYPES}, rcode, drop)")
-    if "CNAME" in out and any(t in out for t in ("A", "AAAA", "MX", "TXT")):
+            raise ValueError(f"{name}: unsupported record type {key!r} "
+                             f"(supported: {SUPPORTED_TYPES}, rcode, drop, authenticated)")
+    if "CNAME" in out and any(t in out for t in ("A", "AAAA", "MX", "TXT", "TLSA")):
         raise ValueError(f"{name}: CNAME cannot coexist with other data")
     return out
 
@@ -170,6 +195,7 @@ class DnsServer:
         self.ttl = ttl
         self.truncate_udp = truncate_udp
         self.queries: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=10000)
+        self.flags: collections.deque[tuple[str, str, bool]] = collections.deque(maxlen=10000)
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
         self._threads: list[threading.Thread] = []
@@ -302,6 +328,9 @@ class DnsServer:
                        rdata=MX("." if h == "." else h + ".", p)) for p, h in entry.get("MX", [])]
         if qtype in ("TXT", "ANY"):
             out += [RR(owner, QTYPE.TXT, ttl=self.ttl, rdata=_txt_rdata(t)) for t in entry.get("TXT", [])]
+        if qtype in ("TLSA", "ANY"):
+            out += [RR(owner, QTYPE.TLSA, ttl=self.ttl, rdata=TLSA(u, s, m, d))
+                    for u, s, m, d in entry.get("TLSA", [])]
         if qtype in ("CNAME", "ANY") and "CNAME" in entry:
             out.append(RR(owner, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(entry["CNAME"] + ".")))
         return out
@@ -324,10 +353,14 @@ class DnsServer:
         except Exception:
             qtype = str(q.qtype)
         self.queries.append((qname, qtype, proto))
+        asked_for_ad = bool(request.header.ad) or _dnssec_ok(request)
+        self.flags.append((qname, qtype, asked_for_ad))
 
         name = qname
+        authentic = True
         for _ in range(_MAX_CNAME_CHAIN):
             entry = self._lookup(name)
+            authentic = authentic and bool(entry and entry.get("authenticated"))
             if entry is None:
                 if not self._exists(name):
                     reply.header.rcode = RCODE.NXDOMAIN
@@ -349,6 +382,8 @@ class DnsServer:
                 reply.add_auth(self._soa(name))
             break
 
+        if asked_for_ad and authentic and reply.header.rcode == RCODE.NOERROR:
+            reply.header.ad = 1
         packed = reply.pack()
         if proto == "udp" and self.truncate_udp:
             limit = 0 if self.truncate_udp is True else int(self.truncate_udp)
@@ -357,6 +392,11 @@ class DnsServer:
                 reply.header.tc = 1
                 packed = reply.pack()
         return packed
+
+
+def _dnssec_ok(request: DNSRecord) -> bool:
+    """The EDNS DO bit (RFC 3225): bit 15 of the OPT record's TTL field."""
+    return any(rr.rtype == QTYPE.OPT and (rr.ttl & 0x8000) for rr in request.ar)
 
 
 def wait_ready(server: DnsServer, timeout: float = 2.0) -> None:

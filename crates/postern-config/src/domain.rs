@@ -25,6 +25,10 @@ pub struct DomainEntry {
     /// `false` ignores the domain's MTA-STS policy (a broken partner).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub mta_sts: bool,
+    /// `false`: ignore this domain's TLSA records (SPEC §10; an override
+    /// for a partner whose DANE records are broken).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub dane: bool,
 }
 
 fn yes() -> bool {

@@ -21,7 +21,7 @@ mod toml_syntax;
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
 pub use duration::Duration;
 pub use node::{
-    check_host_name, AdminNode, DeliveryNode, DnsNode, NodeConfig, SmtpNode, DEFAULT_USER,
+    check_host_name, AdminNode, DeliveryNode, DnsNode, Dnssec, NodeConfig, SmtpNode, DEFAULT_USER,
 };
 pub use set::known_keys;
 pub use settings::{

@@ -64,6 +64,22 @@ pub struct DeliveryNode {
 #[serde(default, deny_unknown_fields)]
 pub struct DnsNode {
     pub nameservers: Vec<SocketAddr>,
+    /// How DNSSEC authenticity is established (SPEC §10).
+    pub dnssec: Dnssec,
+}
+
+/// `[dns] dnssec`: where DNSSEC authenticity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dnssec {
+    /// In-process validation from the root trust anchor.
+    #[default]
+    Validate,
+    /// Trust the AD bit of the configured name servers (a local validating
+    /// resolver); queries set AD (RFC 6840 §5.7).
+    TrustAd,
+    /// No DNSSEC, so no DANE.
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,6 +391,24 @@ listen = "127.0.0.1:8025"
         assert_eq!(c.hostname.as_deref(), Some("mx.example.test"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/postern"));
         assert_eq!(c.delivery.mx_port, 2526);
+    }
+
+    #[test]
+    fn dnssec_key() {
+        let c = NodeConfig::from_toml("", Path::new(".")).expect("parses");
+        assert_eq!(c.dns.dnssec, Dnssec::Validate);
+        for (text, want) in [
+            ("validate", Dnssec::Validate),
+            ("trust-ad", Dnssec::TrustAd),
+            ("off", Dnssec::Off),
+        ] {
+            let c = NodeConfig::from_toml(&format!("[dns]\ndnssec = \"{text}\"\n"), Path::new("."))
+                .expect(text);
+            assert_eq!(c.dns.dnssec, want);
+        }
+        let err = NodeConfig::from_toml("[dns]\ndnssec = \"yes\"\n", Path::new(".")).unwrap_err();
+        assert_eq!(err.key, "dns.dnssec", "{err}");
+        assert!(err.message.contains("trust-ad"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct OutboundTls {
     pub client_certificate: String,
     /// Honour recipient domains' MTA-STS policies (RFC 8461, SPEC §10).
     pub mta_sts: bool,
+    /// Honour DNSSEC-authenticated TLSA records (RFC 7672, SPEC §10).
+    pub dane: bool,
 }
 
 impl Default for OutboundTls {
@@ -125,6 +127,7 @@ impl Default for OutboundTls {
             trusted_ca: vec!["system".to_string()],
             client_certificate: String::new(),
             mta_sts: true,
+            dane: true,
         }
     }
 }
@@ -804,6 +807,33 @@ mod tests {
         s.validate().expect("defaults valid");
         assert_eq!(Settings::from_toml(&s.to_toml()).expect("toml"), s);
         assert_eq!(Settings::from_json(&s.to_json()).expect("json"), s);
+    }
+
+    #[test]
+    fn dane_switches() {
+        let s = Settings::default();
+        assert!(s.tls.outbound.dane);
+        let s = Settings::from_toml(
+            "[tls.outbound]\ndane = false\n[[domain]]\nname = \"a.example\"\n\
+             [[domain]]\nname = \"b.example\"\ndane = false\n",
+        )
+        .expect("parses");
+        assert!(!s.tls.outbound.dane);
+        assert_eq!(s.domain_entry("a.example").map(|e| e.dane), Some(true));
+        assert_eq!(s.domain_entry("b.example").map(|e| e.dane), Some(false));
+        // Round trip: the default is not written, `false` is.
+        let back = Settings::from_toml(&s.to_toml()).expect("round trip");
+        assert_eq!(back, s);
+        assert!(!s.to_toml().contains("dane = true"));
+        let s = s.with("tls.outbound.dane", "true").expect("set");
+        assert!(s.tls.outbound.dane);
+        let err = Settings::default()
+            .with("tls.outbound.dane", "maybe")
+            .unwrap_err();
+        assert_eq!(err.key, "tls.outbound.dane", "{err}");
+        let err =
+            Settings::from_toml("[[domain]]\nname = \"a.example\"\ndane = \"no\"\n").unwrap_err();
+        assert!(err.key.contains("dane"), "{err}");
     }
 
     #[test]

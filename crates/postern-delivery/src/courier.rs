@@ -20,10 +20,12 @@ use crate::client::{
     AttemptError, AttemptRecord, Capabilities, Connection, Outgoing, RecipientOutcome,
     RecipientResult, Timeouts,
 };
+use crate::dane::{self, TlsaReport};
 use crate::mta_sts::{MtaSts, StsStatus};
 use crate::policy::{
-    after_handshake, after_tls_failure, decide, requirement, Base, CertProblem, Fallback, Inputs,
-    MtaStsPolicy, Plan, Requirement, TlsFailure, TlsPolicyFailure,
+    after_handshake, after_tls_failure, decide, requirement, Authenticity, Base, CertAuth,
+    CertProblem, DaneInput, Fallback, Inputs, MtaStsPolicy, Plan, Requirement, TlsFailure,
+    TlsPolicyFailure,
 };
 use crate::requiretls;
 use crate::route::{resolve, Resolver, RouteError, Target};
@@ -93,10 +95,36 @@ impl Courier {
     }
 
     /// The requirement for `host` of `domain` from the sources fed so far.
-    fn requirement_for(base: &Base, host: &str, sts: Option<&MtaStsPolicy>) -> Requirement {
-        let mut inputs = Inputs::base_only(base, host);
-        inputs.mta_sts = sts;
-        requirement(&inputs)
+    fn requirement_for(
+        base: &Base,
+        host: &str,
+        sts: Option<&MtaStsPolicy>,
+        dane: &DaneInput,
+    ) -> Requirement {
+        requirement(&Self::inputs(base, host, sts, dane))
+    }
+
+    /// The domain's sources for one host. The MX lookup counts as
+    /// authenticated (REQUIRETLS routing) when DANE found it so.
+    fn inputs<'a>(
+        base: &'a Base,
+        host: &'a str,
+        sts: Option<&'a MtaStsPolicy>,
+        dane: &'a DaneInput,
+    ) -> Inputs<'a> {
+        let mx_authenticated = matches!(
+            dane,
+            DaneInput::Looked {
+                mx: Authenticity::Authenticated,
+                ..
+            }
+        );
+        Inputs {
+            mta_sts: sts,
+            dane,
+            mx_authenticated,
+            ..Inputs::base_only(base, host)
+        }
     }
 
     /// What MTA-STS says for `domain`, when it is consulted: on globally
@@ -127,16 +155,27 @@ impl Courier {
         base: &Base,
         host: &str,
         sts: Option<&MtaStsPolicy>,
+        dane: &DaneInput,
         message: &Outgoing<'_>,
     ) -> Requirement {
-        let mut inputs = Inputs::base_only(base, host);
-        inputs.mta_sts = sts;
+        let mut inputs = Self::inputs(base, host, sts, dane);
         inputs.requiretls = message.requiretls;
         inputs.tls_required_no = message.tls_required_no && !message.requiretls;
-        // `mx_authenticated` comes with the DNSSEC status of MX answers;
-        // until then only a static `tls = "verify"` next hop (seen in
-        // `base`) or an enforced MTA-STS policy authenticates a route.
         requirement(&inputs)
+    }
+
+    /// The DANE input of each target (SPEC §10 item 2), or `Off` for all.
+    async fn dane_for(
+        &self,
+        settings: &Settings,
+        domain: &str,
+        targets: &[Target],
+        probe: bool,
+    ) -> Vec<(DaneInput, Option<TlsaReport>)> {
+        if !dane::applies(settings, &self.resolver, domain) {
+            return targets.iter().map(|_| (DaneInput::Off, None)).collect();
+        }
+        dane::inputs(&self.resolver, domain, targets, probe).await
     }
 
     /// Deliver `message` (whose recipients are all in `domain`).
@@ -163,10 +202,11 @@ impl Courier {
         let base = Base::from_settings(settings, domain);
         let sts = self.mta_sts_status(settings, tls, &base, domain).await;
         let policy = sts.as_ref().and_then(StsStatus::policy);
+        let dane = self.dane_for(settings, domain, &targets, false).await;
         let mut last_failure = None;
-        for target in &targets {
+        for (target, (dane, _)) in targets.iter().zip(&dane) {
             let requirement =
-                Self::message_requirement(&base, &target.host, policy.as_ref(), message);
+                Self::message_requirement(&base, &target.host, policy.as_ref(), dane, message);
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
                 let failure = Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
@@ -317,14 +357,21 @@ impl Courier {
         let base = Base::from_settings(settings, domain);
         let mta_sts = self.mta_sts_status(settings, tls, &base, domain).await;
         let policy = mta_sts.as_ref().and_then(StsStatus::policy);
+        let dane = self.dane_for(settings, domain, &targets, true).await;
         let mut hosts = Vec::with_capacity(targets.len());
-        for target in targets {
-            let requirement = Self::requirement_for(&base, &target.host, policy.as_ref());
-            let looking = Requirement::at(
-                postern_config::OutboundMode::Opportunistic,
-                requirement.source,
-                &target.host,
-            );
+        for (target, (dane, tlsa)) in targets.into_iter().zip(dane) {
+            let requirement = Self::requirement_for(&base, &target.host, policy.as_ref(), &dane);
+            // DANE is checked in the handshake itself (the record keeps no
+            // certificates to match afterwards): a DANE host is probed
+            // with its real requirement, everything else opportunistically.
+            let looking = match requirement.auth {
+                CertAuth::Dane { .. } => requirement.clone(),
+                _ => Requirement::at(
+                    postern_config::OutboundMode::Opportunistic,
+                    requirement.source,
+                    &target.host,
+                ),
+            };
             let mut addresses = Vec::new();
             for addr in target.socket_addrs() {
                 let opened = Connection::open(
@@ -359,6 +406,8 @@ impl Courier {
             hosts.push(ProbedHost {
                 target,
                 requirement,
+                dane,
+                tlsa,
                 addresses,
             });
         }
@@ -405,6 +454,11 @@ pub struct ProbedHost {
     pub target: Target,
     /// What delivery would require of it.
     pub requirement: Requirement,
+    /// What DANE said about it (`Off` when DANE does not apply).
+    pub dane: DaneInput,
+    /// The TLSA records at `_<port>._tcp.<host>` with their DNSSEC status,
+    /// when they were looked up.
+    pub tlsa: Option<TlsaReport>,
     pub addresses: Vec<ProbedAddress>,
 }
 

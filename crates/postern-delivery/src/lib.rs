@@ -14,7 +14,11 @@
 //!   typed [`Requirement`] from every policy source; [`decide`],
 //!   [`after_handshake`] and [`after_tls_failure`] apply it to a connection.
 //! * [`tls_client`] — the shared rustls client configurations
-//!   ([`ClientTls`]): verifying and accepting, with session resumption.
+//!   ([`ClientTls`]): verifying and accepting, with session resumption, and
+//!   the per-connection DANE one.
+//! * [`dane`] — DNSSEC status of MX, address and TLSA answers (`[dns]
+//!   dnssec`), the TLSA lookup per MX host, and the DANE-EE/DANE-TA
+//!   verifier (RFC 7672).
 //! * [`client`] — the SMTP client (RFC 5321, 3207, 2920, 1870, 6152, 6531):
 //!   a [`Connection`] carries one or more messages to one host, and records
 //!   each attempt ([`AttemptRecord`]).
@@ -42,6 +46,7 @@ pub mod body;
 pub mod classify;
 pub mod client;
 pub mod courier;
+pub mod dane;
 pub mod dsn;
 pub mod https;
 pub mod mta_sts;

@@ -27,9 +27,10 @@ pub fn is_definitive(failure: &Failure) -> bool {
         TlsPolicyFailure::StartTlsRefused(reply) => reply.starts_with('5'),
         TlsPolicyFailure::CertificateUnverified(problem) => match problem.fault {
             CertFault::NotTrusted | CertFault::SelfSigned | CertFault::HostMismatch => true,
-            // An expired certificate is the classic mistake fixed within
-            // hours: the message waits for the renewal instead of bouncing.
-            CertFault::Expired | CertFault::Other => false,
+            // An expired certificate, or one renewed before its TLSA
+            // record was, is the classic mistake fixed within hours: the
+            // message waits for the fix instead of bouncing.
+            CertFault::Expired | CertFault::TlsaMismatch | CertFault::Other => false,
         },
         // The DNS answered, without the authentication REQUIRETLS needs;
         // or the enforced MTA-STS policy does not list the host.

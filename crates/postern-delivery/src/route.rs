@@ -18,10 +18,13 @@
 //! without addresses — is temporary (see [`crate::classify`]).
 //!
 //! [`Resolver`] wraps hickory's Tokio resolver, built from
-//! `[dns] nameservers` (UDP and TCP) or the system configuration.
+//! `[dns] nameservers` (UDP and TCP) or the system configuration, and
+//! carries the DNSSEC-aware queries of `[dns] dnssec` (used by DANE; the
+//! route itself is looked up exactly as without DNSSEC).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{
@@ -33,8 +36,10 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
-use postern_config::{NextHopHost, Settings};
+use postern_config::{DnsNode, Dnssec, NextHopHost, Settings};
 use rand::seq::SliceRandom;
+
+use crate::dane::dnssec::SecureDns;
 
 /// One host to try, with everything needed to connect and verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,16 +114,20 @@ impl std::error::Error for RouteError {}
 #[error("cannot set up the DNS resolver: {0}")]
 pub struct ResolverError(String);
 
-/// DNS lookups for delivery: a shared, caching hickory resolver. Cheap to
-/// clone.
+/// DNS lookups for delivery: a shared, caching hickory resolver, and —
+/// unless `[dns] dnssec = "off"` — the DNSSEC-aware queries DANE needs
+/// ([`crate::dane::dnssec`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Resolver {
     inner: TokioResolver,
+    secure: Option<Arc<SecureDns>>,
 }
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resolver").finish_non_exhaustive()
+        f.debug_struct("Resolver")
+            .field("dnssec", &self.secure.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,6 +137,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 impl Resolver {
     /// A resolver asking `nameservers` (UDP, falling back to TCP), or the
     /// system's resolvers (`/etc/resolv.conf`) when the list is empty.
+    /// Without DNSSEC (so without DANE): see [`Resolver::with_dnssec`].
     pub fn new(nameservers: &[SocketAddr]) -> Result<Resolver, ResolverError> {
         Self::with_timeout(nameservers, DNS_TIMEOUT)
     }
@@ -137,34 +147,38 @@ impl Resolver {
         nameservers: &[SocketAddr],
         timeout: Duration,
     ) -> Result<Resolver, ResolverError> {
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| ResolverError(e.to_string()))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            let mut builder = TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            );
-            // Explicit name servers mean: ask them, not /etc/hosts.
-            builder.options_mut().use_hosts_file = ResolveHosts::Never;
-            builder
+        Self::with_dnssec(nameservers, Dnssec::Off, timeout)
+    }
+
+    /// The gateway's resolver: `[dns] nameservers` and `[dns] dnssec`.
+    pub fn for_node(dns: &DnsNode) -> Result<Resolver, ResolverError> {
+        Self::with_dnssec(&dns.nameservers, dns.dnssec, DNS_TIMEOUT)
+    }
+
+    /// [`Resolver::for_node`] with another per-query timeout (tests).
+    pub fn with_dnssec(
+        nameservers: &[SocketAddr],
+        dnssec: Dnssec,
+        timeout: Duration,
+    ) -> Result<Resolver, ResolverError> {
+        let inner = build(nameservers, timeout, false)?;
+        let validating = match dnssec {
+            Dnssec::Validate => Some(build(nameservers, timeout, true)?),
+            Dnssec::TrustAd | Dnssec::Off => None,
         };
-        let options: &mut ResolverOpts = builder.options_mut();
-        options.timeout = timeout;
-        options.attempts = 2;
-        options.ndots = 0;
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        let inner = builder.build().map_err(|e| ResolverError(e.to_string()))?;
-        Ok(Resolver { inner })
+        let stub_servers = if dnssec == Dnssec::TrustAd && nameservers.is_empty() {
+            system_nameservers()?
+        } else {
+            nameservers.to_vec()
+        };
+        let secure =
+            SecureDns::new(dnssec, validating, inner.clone(), stub_servers, timeout).map(Arc::new);
+        Ok(Resolver { inner, secure })
+    }
+
+    /// The DNSSEC-aware queries; `None` with `dnssec = "off"`.
+    pub fn secure(&self) -> Option<&SecureDns> {
+        self.secure.as_deref()
     }
 
     /// MX records of `domain`: `Ok(None)` when there are none (NOERROR with
@@ -263,6 +277,58 @@ impl Resolver {
             }),
         }
     }
+}
+
+/// A hickory resolver for `nameservers` (or the system's); `validate`
+/// turns on its in-process DNSSEC validation from the root trust anchor.
+fn build(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+    validate: bool,
+) -> Result<TokioResolver, ResolverError> {
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| ResolverError(e.to_string()))?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        );
+        // Explicit name servers mean: ask them, not /etc/hosts.
+        builder.options_mut().use_hosts_file = ResolveHosts::Never;
+        builder
+    };
+    let options: &mut ResolverOpts = builder.options_mut();
+    options.timeout = timeout;
+    options.attempts = 2;
+    options.ndots = 0;
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.validate = validate;
+    builder.build().map_err(|e| ResolverError(e.to_string()))
+}
+
+/// The system's name servers (`/etc/resolv.conf`), for the `trust-ad` stub.
+fn system_nameservers() -> Result<Vec<SocketAddr>, ResolverError> {
+    let (config, _) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| ResolverError(format!("reading the system resolver configuration: {e}")))?;
+    let mut servers: Vec<SocketAddr> = Vec::new();
+    for server in config.name_servers() {
+        let port = server.connections.first().map_or(53, |c| c.port);
+        let addr = SocketAddr::new(server.ip, port);
+        if !servers.contains(&addr) {
+            servers.push(addr);
+        }
+    }
+    Ok(servers)
 }
 
 /// An authoritative "no".

@@ -14,7 +14,11 @@
 //!   [`ClientTls::check_certificate`] tells afterwards whether the chain
 //!   would have verified, so every attempt records the verification result.
 //!
-//! Both speak TLS 1.3 and 1.2 only, with the aws-lc-rs provider's default
+//! A DANE requirement gets a third configuration, built per connection
+//! from its TLSA records ([`ClientTls::config_for`],
+//! [`crate::dane::verify`]).
+//!
+//! All speak TLS 1.3 and 1.2 only, with the aws-lc-rs provider's default
 //! (AEAD, forward-secret) suites, send SNI for host names (never for IP
 //! literals, RFC 6066 §3), present the outbound client certificate when one
 //! is configured, and resume sessions from rustls's in-memory cache. Each
@@ -31,8 +35,9 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use crate::dane::verify::{DaneVerifier, TlsaMismatch};
 use crate::policy::{CertAuth, CertFault, CertProblem, Requirement};
 
 /// Where trust for `verify` comes from (`tls.outbound.trusted_ca`).
@@ -80,7 +85,11 @@ pub enum TlsSetupError {
     Config(String),
 }
 
-/// The two shared client configurations and the verifier behind both.
+/// The outbound client certificate, when one is configured.
+type ClientAuth = Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>;
+
+/// The two shared client configurations and the verifier behind both, and
+/// what a per-connection (DANE) configuration is built from.
 #[derive(Clone)]
 pub struct ClientTls {
     verifying: Arc<ClientConfig>,
@@ -89,6 +98,8 @@ pub struct ClientTls {
     /// name check as `verifying`, no client certificate, HTTP/1.1 ALPN.
     https: Arc<ClientConfig>,
     trust: Arc<Trust>,
+    provider: Arc<CryptoProvider>,
+    client_auth: ClientAuth,
 }
 
 impl fmt::Debug for ClientTls {
@@ -113,7 +124,7 @@ impl ClientTls {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let trust = Arc::new(Trust::new(&trusted, &provider)?);
 
-        let client_auth = match &client_cert {
+        let client_auth: ClientAuth = match &client_cert {
             None => None,
             Some((chain_pem, key_pem)) => {
                 let problem =
@@ -121,31 +132,23 @@ impl ClientTls {
                 postern_tls::validate_entry(chain_pem, Some(key_pem)).map_err(problem)?;
                 let chain = postern_tls::parse_chain(chain_pem).map_err(problem)?;
                 let key = postern_tls::parse_key(key_pem).map_err(problem)?;
-                Some((chain, key))
+                Some((chain, Arc::new(key)))
             }
         };
 
-        let build =
-            |verifier: Arc<dyn ServerCertVerifier>| -> Result<Arc<ClientConfig>, TlsSetupError> {
-                let builder = ClientConfig::builder_with_provider(provider.clone())
-                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                    .map_err(|e| TlsSetupError::Config(e.to_string()))?
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier);
-                let config = match &client_auth {
-                    None => builder.with_no_client_auth(),
-                    Some((chain, key)) => builder
-                        .with_client_auth_cert(chain.clone(), key.clone_key())
-                        .map_err(|e| TlsSetupError::ClientCertificate(e.to_string()))?,
-                };
-                Ok(Arc::new(config))
-            };
-
-        let verifying = build(Arc::new(ServerCheck {
-            trust: Some(trust.clone()),
-            algorithms: provider.signature_verification_algorithms,
-        }))?;
-        let accepting = build(Arc::new(ServerCheck::accept_any(&provider)))?;
+        let verifying = build_config(
+            &provider,
+            &client_auth,
+            Arc::new(ServerCheck {
+                trust: Some(trust.clone()),
+                algorithms: provider.signature_verification_algorithms,
+            }),
+        )?;
+        let accepting = build_config(
+            &provider,
+            &client_auth,
+            Arc::new(ServerCheck::accept_any(&provider)),
+        )?;
         let mut https = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsSetupError::Config(e.to_string()))?
@@ -161,6 +164,8 @@ impl ClientTls {
             accepting,
             https: Arc::new(https),
             trust,
+            provider,
+            client_auth,
         })
     }
 
@@ -181,7 +186,10 @@ impl ClientTls {
     /// The one place a connection's verifier is chosen: what the
     /// requirement's [`CertAuth`] asks for. PKIX uses the shared verifying
     /// configuration (its session cache too); no authentication the
-    /// accepting one, whose result is checked afterwards and recorded.
+    /// accepting one, whose result is checked afterwards and recorded;
+    /// DANE a configuration built for this connection around a
+    /// [`DaneVerifier`] of its TLSA records (with its own, empty, session
+    /// cache: a session is never resumed under other records).
     /// `Ok(verifies)` says whether the handshake itself authenticates.
     pub fn config_for(
         &self,
@@ -190,11 +198,21 @@ impl ClientTls {
         match &requirement.auth {
             CertAuth::None => Ok((self.accepting.clone(), false)),
             CertAuth::Pkix { .. } => Ok((self.verifying.clone(), true)),
-            // No lookup produces DANE requirements yet (SPEC §10 item 2 is
-            // the next step); never fall back to PKIX or to no check.
-            CertAuth::Dane { .. } => Err(TlsSetupError::Config(
-                "DANE authentication is not available in this version".into(),
-            )),
+            CertAuth::Dane { name, records } => {
+                let host = match server_name(name)? {
+                    ServerName::DnsName(dns) => ServerName::DnsName(dns),
+                    _ => {
+                        return Err(TlsSetupError::Config(format!(
+                            "DANE needs an MX host name, not the address {name}"
+                        )))
+                    }
+                };
+                let verifier = DaneVerifier::new(records.clone(), host, self.provider.clone());
+                Ok((
+                    build_config(&self.provider, &self.client_auth, Arc::new(verifier))?,
+                    true,
+                ))
+            }
         }
     }
 
@@ -220,6 +238,27 @@ impl ClientTls {
             .map(|_| ())
             .map_err(|e| certificate_problem(&e))
     }
+}
+
+/// A client configuration around `verifier`: TLS 1.3 and 1.2, the
+/// provider's suites, the client certificate when configured.
+fn build_config(
+    provider: &Arc<CryptoProvider>,
+    client_auth: &ClientAuth,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|e| TlsSetupError::ClientCertificate(e.to_string()))?,
+    };
+    Ok(Arc::new(config))
 }
 
 /// The TLS name for a target host: an IP address for IP literals (no SNI,
@@ -425,6 +464,9 @@ pub fn certificate_problem(error: &rustls::Error) -> CertProblem {
                 if other.0.downcast_ref::<NoTrustAnchors>().is_some() =>
             {
                 CertFault::NotTrusted
+            }
+            CertificateError::Other(other) if other.0.downcast_ref::<TlsaMismatch>().is_some() => {
+                CertFault::TlsaMismatch
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 CertFault::Expired

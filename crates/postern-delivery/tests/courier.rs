@@ -187,6 +187,7 @@ async fn domain_rule_sets_the_requirement() {
                 next_hop: None,
                 tls: Some(OutboundMode::Require),
                 mta_sts: true,
+                dane: true,
             }],
             ..Settings::default()
         };

@@ -52,6 +52,7 @@ fn settings_with(entries: &[(&str, &str)]) -> Settings {
                 next_hop: Some(hop.to_string()),
                 tls: None,
                 mta_sts: true,
+                dane: true,
             })
             .collect(),
         ..Settings::default()

@@ -113,5 +113,6 @@ fn entry(name: &str, tls: OutboundMode) -> DomainEntry {
         next_hop: None,
         tls: Some(tls),
         mta_sts: true,
+        dane: true,
     }
 }

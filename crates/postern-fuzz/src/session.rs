@@ -197,6 +197,7 @@ fn settings(flags: u8) -> Settings {
             next_hop: None,
             tls: None,
             mta_sts: true,
+            dane: true,
         },
         DomainEntry {
             name: "*.sub.test".into(),
@@ -204,6 +205,7 @@ fn settings(flags: u8) -> Settings {
             next_hop: None,
             tls: None,
             mta_sts: true,
+            dane: true,
         },
     ];
     match flags & 3 {

@@ -35,6 +35,7 @@ mod keys;
 mod names;
 mod pem;
 mod server;
+mod tlsa;
 
 use std::sync::{Arc, OnceLock};
 
@@ -48,6 +49,7 @@ pub use names::{
 };
 pub use pem::{parse_chain, parse_key, validate_entry};
 pub use server::{CertKeyPem, ClientCertStatus, InboundTlsParams, ServerTls};
+pub use tlsa::{tlsa_association, TlsaMatching, TlsaSelector};
 
 /// What went wrong with a certificate, a key or the TLS configuration,
 /// phrased for the administrator who has to fix it.

@@ -129,6 +129,16 @@ pub enum CertCommand {
     Import(ImportArgs),
     /// Delete a certificate (refused while the settings use it).
     Delete { name: String },
+    /// Print the TLSA records (DANE) to publish for a certificate.
+    Tlsa {
+        name: String,
+        /// The port others deliver to.
+        #[arg(long, default_value_t = 25)]
+        port: u16,
+        /// The MX host name the records are for; default: the node's hostname.
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod probe_sts;
 pub mod trace;
 
 pub use trace::trace;
+pub mod tlsa;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -148,6 +149,7 @@ pub fn cert(ctx: &Context, command: CertCommand) -> Result<()> {
             store.delete_certificate(&name)?;
             eprintln!("deleted \"{name}\"");
         }
+        CertCommand::Tlsa { name, port, host } => tlsa::tlsa(ctx, &name, port, host.as_deref())?,
     }
     Ok(())
 }
@@ -405,7 +407,7 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
 
     let settings = ctx.store.settings()?;
     let client_tls = crate::gateway::build_client_tls(&settings, ctx.store.as_ref())?;
-    let resolver = Resolver::new(&ctx.node.dns.nameservers)?;
+    let resolver = Resolver::for_node(&ctx.node.dns)?;
     let timeouts = Timeouts {
         connect: Duration::from_secs(10),
         greeting: Duration::from_secs(20),
@@ -448,6 +450,7 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
             println!("  not used:        {refusal}");
         }
         probe_sts::print_report_only(&host.requirement);
+        crate::commands::tlsa::print_probe_dane(host);
         for probed in &host.addresses {
             let r = match &probed.seen {
                 Err(e) => {

@@ -115,6 +115,7 @@ fn normalise(entry: &DomainEntry) -> DomainEntry {
             .map(str::to_string),
         tls: entry.tls,
         mta_sts: entry.mta_sts,
+        dane: entry.dane,
     }
 }
 

@@ -26,6 +26,7 @@ struct DomainForm {
     relay: bool,
     next_hop: String,
     tls: String,
+    dane: bool,
 }
 
 impl DomainForm {
@@ -33,6 +34,7 @@ impl DomainForm {
         Self {
             name: entry.name.clone(),
             relay: entry.relay,
+            dane: entry.dane,
             next_hop: entry.next_hop.clone().unwrap_or_default(),
             tls: entry
                 .tls
@@ -48,6 +50,7 @@ impl DomainForm {
             relay: form.has("relay"),
             next_hop: form.get("next_hop"),
             tls: form.get("tls"),
+            dane: form.has("dane"),
         }
     }
 
@@ -64,6 +67,7 @@ impl DomainForm {
             next_hop: (!self.next_hop.is_empty()).then(|| self.next_hop.clone()),
             tls: parse_mode(&self.tls)?,
             mta_sts: true,
+            dane: self.dane,
         })
     }
 }
@@ -104,6 +108,12 @@ fn entry_form(
                     " Accept mail for this domain from anyone (relay)"
                 }
                 (field_error(errors, "relay"))
+            }
+            div.field {
+                label.check {
+                    input #dane type="checkbox" name="dane" value="true" checked[form.dane];
+                    " Honour this domain's DANE (TLSA) records"
+                }
             }
             div.field {
                 label for="next_hop" { "Next hop" }
@@ -203,6 +213,7 @@ pub async fn page(
                     &settings,
                     &DomainForm {
                         relay: true,
+                        dane: true,
                         ..DomainForm::default()
                     },
                     &FieldErrors::default(),

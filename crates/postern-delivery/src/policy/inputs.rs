@@ -27,7 +27,7 @@ impl Base {
                 // Not yet in the settings: the SPEC §10 defaults.
                 monitor: false,
                 mta_sts: e.mta_sts,
-                dane: true,
+                dane: e.dane,
                 static_route: e.next_hop().is_some(),
             }),
         }

@@ -70,6 +70,8 @@ pub enum CertFault {
     /// Valid, but not for the host we connected to.
     HostMismatch,
     Expired,
+    /// DANE: no TLSA record matches the certificate chain.
+    TlsaMismatch,
     /// Malformed, revoked, not yet valid, wrong purpose, no certificate.
     Other,
 }
@@ -139,6 +141,7 @@ impl TlsPolicyFailure {
                 CertFault::NotTrusted | CertFault::SelfSigned => ResultType::CertificateNotTrusted,
                 CertFault::HostMismatch => ResultType::CertificateHostMismatch,
                 CertFault::Expired => ResultType::CertificateExpired,
+                CertFault::TlsaMismatch => ResultType::TlsaInvalid,
                 CertFault::Other => ResultType::ValidationFailure,
             },
             TlsPolicyFailure::DaneLookupFailed(_) => ResultType::DnssecInvalid,
@@ -391,6 +394,7 @@ mod tests {
             (cert(CertFault::SelfSigned), "certificate-not-trusted"),
             (cert(CertFault::NotTrusted), "certificate-not-trusted"),
             (cert(CertFault::Other), "validation-failure"),
+            (cert(CertFault::TlsaMismatch), "tlsa-invalid"),
             (
                 TlsPolicyFailure::HandshakeFailed("x".into()),
                 "validation-failure",

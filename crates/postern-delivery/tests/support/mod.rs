@@ -195,6 +195,7 @@ fn session_config(options: &ServerOptions) -> SessionConfig {
             next_hop: None,
             tls: None,
             mta_sts: true,
+            dane: true,
         })
         .collect();
     let trusted = if options.relay_domains.is_empty() {

@@ -75,7 +75,7 @@ pub async fn run(ctx: Context) -> Result<()> {
     let live = Live::load(ctx.store.as_ref()).context("loading settings and certificates")?;
     let live = Arc::new(LiveConfig::new(live));
     let spool = Arc::new(spool);
-    let resolver = Resolver::new(&node.dns.nameservers).context("[dns] nameservers")?;
+    let resolver = Resolver::for_node(&node.dns).context("[dns]")?;
     let tracker = Arc::new(
         crate::tracker::Tracker::start(
             Arc::clone(&ctx.store),
