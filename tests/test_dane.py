@@ -243,3 +243,15 @@ def test_tlsa_answers_are_cached_for_their_ttl(peers, dns_server, make_gateway):
     assert len(dns_server.queries_for(owner, "TLSA")) == 1, dns_server.queries_for(owner)
     ad_mx = [f for f in dns_server.flags if f[0] == "ee.test" and f[1] == "MX" and f[2]]
     assert len(ad_mx) == 1, list(dns_server.flags)
+
+
+def test_trust_ad_retries_truncated_answers_over_tcp(peers, dns_server, make_gateway):
+    """A truncated UDP answer (TC) is asked again over TCP, AD and all."""
+    dns_server.truncate_udp = True
+    gw = dane_gateway(make_gateway, dns_server, peers["port"])
+    qid = submit(gw, "bob@ee.test", "over tcp")
+    entry = wait_outcome(gw, qid, "bob@ee.test")
+    assert entry["event"] == "delivered" and entry.get("verified") == "true", entry["line"]
+    owner = tlsa_owner("ee", peers["port"])
+    protos = [q[2] for q in dns_server.queries_for(owner, "TLSA")]
+    assert protos[:2] == ["udp", "tcp"], protos
