@@ -21,7 +21,10 @@
 //!   [`ServerTls::client_certificate_status`] classifying what a client
 //!   presented for the mail log.
 //!
-//! Layout: `keys` (generation), `pem` (parsing and import checks),
+//! - **DKIM keys** ([`generate_dkim_key`], [`dkim_sign`]): RSA-2048 and
+//!   Ed25519 keys for signing mailed TLS reports, their DNS TXT records.
+//!
+//! Layout: `keys` (generation), `dkim` (DKIM keys), `pem` (parsing and import checks),
 //! `describe` (certificate descriptions), `server` (inbound configuration and
 //! client-certificate verifiers), `names` (version and cipher names for
 //! `Received:` headers and traces).
@@ -31,6 +34,7 @@
 //! and peer certificates are untrusted data.
 
 mod describe;
+mod dkim;
 mod keys;
 mod names;
 mod pem;
@@ -42,6 +46,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use describe::{describe, describe_der, CertInfo};
+pub use dkim::{dkim_sign, generate_dkim_key, DkimError, DkimKeyPair, DkimKeyType};
 pub use keys::{generate_self_signed, Generated, KeyKind};
 pub use names::{
     check_name_chars, cipher_suite_name, forbidden_name_char, negotiated, protocol_name,

@@ -42,6 +42,9 @@ pub enum Command {
     /// Move this node's embedded store into PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// DKIM keys that sign mailed TLS reports.
+    #[command(subcommand)]
+    Dkim(crate::commands::dkim::DkimCommand),
 }
 
 #[derive(Debug, Subcommand)]

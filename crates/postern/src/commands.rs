@@ -8,6 +8,7 @@ pub mod trace;
 
 pub use trace::trace;
 pub mod tlsa;
+pub mod dkim;
 
 use std::fmt::Write as _;
 use std::path::Path;

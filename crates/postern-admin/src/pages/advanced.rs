@@ -33,6 +33,8 @@ enum Kind {
     Duration,
     /// One network per line (or comma-separated).
     Networks,
+    /// On or off (a choice, so that "off" is submitted too).
+    Bool,
 }
 
 /// Every field: settings key, label, kind, what it does.
@@ -59,6 +61,8 @@ const FIELDS: &[(&str, &str, Kind, &str)] = &[
      "Tracking events older than this are deleted (checked hourly)."),
     ("mta.limit_exempt_networks", "Networks exempt from the per-client limit", Kind::Networks,
      "One network per line (10.0.0.0/8, 2001:db8::/32). Empty by default: a trusted network is not exempt on its own."),
+    ("mta.requiretls", "Offer REQUIRETLS", Kind::Bool,
+     "Advertise REQUIRETLS (RFC 8689) after STARTTLS and accept mail that requires TLS on every hop."),
 ];
 
 fn keys() -> Vec<&'static str> {
@@ -74,6 +78,7 @@ fn text_of(mta: &MtaSettings, key: &str) -> String {
     {
         Some(Value::String(s)) => s,
         Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(Value::as_str)
@@ -128,6 +133,7 @@ fn field(
             format!("one line of at most {MAX_BANNER_CHARS} printable ASCII characters")
         }
         (Kind::Networks, Some(b)) => format!("at most {} networks", b.max),
+        (Kind::Bool, _) => "true or false".to_string(),
         (_, Some(b)) => b.range(),
         (_, None) => String::new(),
     };
@@ -141,6 +147,12 @@ fn field(
                 }
                 Kind::Number => {
                     input id=(key) name=(key) type="text" inputmode="numeric" value=(value);
+                }
+                Kind::Bool => {
+                    select id=(key) name=(key) {
+                        option value="true" selected[value == "true"] { "true" }
+                        option value="false" selected[value == "false"] { "false" }
+                    }
                 }
                 _ => {
                     input id=(key) name=(key) type="text" value=(value);

@@ -114,6 +114,7 @@ fn copy(ctx: &Context, to: &str) -> Result<()> {
     };
     println!("  admin password: {password}");
     println!("  API tokens: {}", report.api_tokens);
+    println!("  DKIM keys: {}", report.dkim_keys);
     println!("  tracking events: {}", report.events);
     println!("set store = \"<that URL>\" in postern.toml on every node to use it");
     Ok(())
