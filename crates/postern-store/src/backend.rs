@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use crate::{
-    ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, StoreError, TrackingEvent, DkimKeyRecord, AdminSession, QueueAction, QueueRequest, QueueSnapshot,
+    AdminSession, ApiToken, CertificateRecord, DkimKeyRecord, EventQuery, MtaStsRecord, NodeStatus,
+    QueueAction, QueueRequest, QueueSnapshot, StoreError, TrackingEvent,
 };
 
 /// Credential kinds in the `admin_credentials` table.

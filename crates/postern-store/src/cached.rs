@@ -25,7 +25,9 @@ use crate::backend;
 use crate::certificates::generated_flag;
 use crate::copy::{read_installation, Installation};
 use crate::{
-    settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, PgStore, Store, DkimKeyRecord, StoreError, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits, QueueAction, QueueRequest, QueueSnapshot,
+    settings, AdminSession, ApiToken, CertificateRecord, DkimKeyRecord, EventQuery, LoginLimits,
+    LoginReservation, MtaStsRecord, NodeStatus, PgStore, QueueAction, QueueRequest, QueueSnapshot,
+    SessionLimits, Store, StoreError, TrackingEvent,
 };
 
 /// How often a node that started without its store tries to connect.

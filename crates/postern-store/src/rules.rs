@@ -7,7 +7,10 @@ use postern_config::Settings;
 
 use crate::backend::{self, Backend, CredentialKind, Transaction};
 use crate::{
-    admin, certificates, events, settings, ApiToken, CertificateRecord, EventQuery, MtaStsRecord, NodeStatus, Store, StoreError, TrackingEvent, dkim, DkimKeyRecord, sessions, AdminSession, LoginLimits, LoginReservation, SessionLimits, QueueAction, QueueRequest, QueueSnapshot,
+    admin, certificates, dkim, events, sessions, settings, AdminSession, ApiToken,
+    CertificateRecord, DkimKeyRecord, EventQuery, LoginLimits, LoginReservation, MtaStsRecord,
+    NodeStatus, QueueAction, QueueRequest, QueueSnapshot, SessionLimits, Store, StoreError,
+    TrackingEvent,
 };
 
 /// How long a write waits for another writer (a CLI command, another node).

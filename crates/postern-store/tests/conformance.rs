@@ -16,7 +16,9 @@ use postern_config::{
     ClientCertMode, InboundMode, OutboundMode, Settings, DEFAULT_CERT_NAME, DEFAULT_ECDSA_CERT_NAME,
 };
 use postern_store::{
-    event_kind, CertificateRecord, CopyReport, MtaStsRecord, NodeState, NodeStatus, SqliteStore, DkimKeyRecord, Store, StoreError, StoreLocation, TrackingEvent, AdminSession, LoginLimits, LoginReservation, SessionLimits, QueueAction, QueueSnapshot,
+    event_kind, AdminSession, CertificateRecord, CopyReport, DkimKeyRecord, LoginLimits,
+    LoginReservation, MtaStsRecord, NodeState, NodeStatus, QueueAction, QueueSnapshot,
+    SessionLimits, SqliteStore, Store, StoreError, StoreLocation, TrackingEvent,
 };
 use serde_json::json;
 
@@ -106,7 +108,16 @@ conformance!(
     node_registry_round_trip_and_states,
     events_name_the_recording_node,
     copy_fills_an_empty_store_and_refuses_one_in_use,
-    mta_sts_policies_are_shared_replaced_and_listed, dkim_keys_round_trip_duplicates_and_bad_records_refused, dkim_key_in_use_by_tlsrpt_cannot_be_deleted, copy_carries_dkim_keys, admin_sessions_are_shared_by_hash_and_bounded, credential_changes_bump_the_credentials_version, login_attempts_are_limited_across_connections, concurrent_login_attempts_never_overshoot, queue_snapshots_are_replaced_per_node, queue_requests_wait_for_their_node_and_keep_one_outcome,
+    mta_sts_policies_are_shared_replaced_and_listed,
+    dkim_keys_round_trip_duplicates_and_bad_records_refused,
+    dkim_key_in_use_by_tlsrpt_cannot_be_deleted,
+    copy_carries_dkim_keys,
+    admin_sessions_are_shared_by_hash_and_bounded,
+    credential_changes_bump_the_credentials_version,
+    login_attempts_are_limited_across_connections,
+    concurrent_login_attempts_never_overshoot,
+    queue_snapshots_are_replaced_per_node,
+    queue_requests_wait_for_their_node_and_keep_one_outcome,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";

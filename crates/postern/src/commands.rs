@@ -7,8 +7,8 @@ mod probe_sts;
 pub mod trace;
 
 pub use trace::trace;
-pub mod tlsa;
 pub mod dkim;
+pub mod tlsa;
 
 use std::fmt::Write as _;
 use std::path::Path;

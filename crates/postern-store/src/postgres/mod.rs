@@ -21,8 +21,8 @@
 pub mod conninfo;
 mod events;
 mod mta_sts;
-mod row;
 mod queue;
+mod row;
 mod schema;
 mod tls;
 mod tx;
@@ -39,7 +39,8 @@ use tokio_postgres::{Client, NoTls};
 use crate::backend::{Backend, TxBody};
 
 use crate::{
-    EventQuery, MtaStsRecord, NodeStatus, QueueAction, QueueRequest, QueueSnapshot, StoreError, TrackingEvent,
+    EventQuery, MtaStsRecord, NodeStatus, QueueAction, QueueRequest, QueueSnapshot, StoreError,
+    TrackingEvent,
 };
 use conninfo::{ChannelBinding, ConnInfo, Host, SslMode};
 use tx::PgTx;

@@ -27,7 +27,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::backend::{Backend, TxBody};
 
 use crate::{
-    EventQuery, MtaStsRecord, NodeStatus, QueueAction, QueueRequest, QueueSnapshot, StoreError, TrackingEvent,
+    EventQuery, MtaStsRecord, NodeStatus, QueueAction, QueueRequest, QueueSnapshot, StoreError,
+    TrackingEvent,
 };
 use schema::{Durability, BUSY_TIMEOUT};
 use tx::SqliteTx;

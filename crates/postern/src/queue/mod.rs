@@ -4,9 +4,9 @@
 //! snapshot and the retry/delete requests of other nodes.
 
 pub mod control;
+mod events;
 pub mod publish;
 pub mod requests;
-mod events;
 mod runner;
 
 pub use runner::QueueRunner;
