@@ -19,6 +19,7 @@ use crate::client::{
     AttemptError, AttemptRecord, Capabilities, Connection, Outgoing, RecipientOutcome,
     RecipientResult, Timeouts,
 };
+use crate::learning::LearnedLevels;
 use crate::policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertProblem, Fallback, Inputs,
     Plan, Requirement, TlsFailure, TlsPolicyFailure,
@@ -66,6 +67,8 @@ pub struct Courier {
     mx_port: u16,
     timeouts: Timeouts,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// Learned per-domain levels (SPEC §10 item 4), when kept.
+    learned: Option<std::sync::Arc<dyn LearnedLevels>>,
 }
 
 impl Courier {
@@ -78,12 +81,33 @@ impl Courier {
             mx_port,
             timeouts,
             idle: Mutex::new(HashMap::new()),
+            learned: None,
         }
     }
 
+    /// Feed the learned levels into every requirement.
+    pub fn with_learned(mut self, learned: std::sync::Arc<dyn LearnedLevels>) -> Self {
+        self.learned = Some(learned);
+        self
+    }
+
     /// The requirement for `host` of `domain` from the sources fed so far.
-    fn requirement_for(base: &Base, host: &str) -> Requirement {
-        requirement(&Inputs::base_only(base, host))
+    fn requirement_for(
+        base: &Base,
+        host: &str,
+        learned: Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)>,
+    ) -> Requirement {
+        let mut inputs = Inputs::base_only(base, host);
+        inputs.learned = learned;
+        requirement(&inputs)
+    }
+
+    fn learned_for(
+        &self,
+        settings: &Settings,
+        domain: &str,
+    ) -> Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)> {
+        self.learned.as_ref()?.learned(settings, domain)
     }
 
     /// Deliver `message` (whose recipients are all in `domain`).
@@ -108,9 +132,10 @@ impl Courier {
             }
         };
         let base = Base::from_settings(settings, domain);
+        let learned = self.learned_for(settings, domain);
         let mut last_failure = None;
         for target in &targets {
-            let requirement = Self::requirement_for(&base, &target.host);
+            let requirement = Self::requirement_for(&base, &target.host, learned);
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
                 last_failure = Some(
@@ -255,9 +280,10 @@ impl Courier {
     ) -> Result<Vec<ProbedHost>, RouteError> {
         let targets = resolve(domain, settings, &self.resolver, self.mx_port).await?;
         let base = Base::from_settings(settings, domain);
+        let learned = self.learned_for(settings, domain);
         let mut hosts = Vec::with_capacity(targets.len());
         for target in targets {
-            let requirement = Self::requirement_for(&base, &target.host);
+            let requirement = Self::requirement_for(&base, &target.host, learned);
             let looking = Requirement::at(
                 postern_config::OutboundMode::Opportunistic,
                 requirement.source,

@@ -37,6 +37,7 @@ pub mod classify;
 pub mod client;
 pub mod courier;
 pub mod dsn;
+pub mod learning;
 pub mod policy;
 pub mod route;
 pub mod tls_client;
@@ -54,6 +55,7 @@ pub use client::{
 };
 pub use courier::{Courier, DomainReport, ProbedAddress, ProbedHost};
 pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
+pub use learning::LearnedLevels;
 pub use policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertFault,
     CertProblem, Inputs, Plan, Requirement, ResultType, Source, TlsFailure, TlsPolicyFailure,

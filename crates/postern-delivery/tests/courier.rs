@@ -184,6 +184,7 @@ async fn domain_rule_sets_the_requirement() {
                 relay: false,
                 next_hop: None,
                 tls: Some(OutboundMode::Require),
+                monitor: false,
             }],
             ..Settings::default()
         };

@@ -51,6 +51,7 @@ fn settings_with(entries: &[(&str, &str)]) -> Settings {
                 relay: false,
                 next_hop: Some(hop.to_string()),
                 tls: None,
+                monitor: false,
             })
             .collect(),
         ..Settings::default()

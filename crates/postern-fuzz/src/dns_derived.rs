@@ -112,5 +112,6 @@ fn entry(name: &str, tls: OutboundMode) -> DomainEntry {
         relay: false,
         next_hop: None,
         tls: Some(tls),
+        monitor: false,
     }
 }

@@ -196,12 +196,14 @@ fn settings(flags: u8) -> Settings {
             relay: true,
             next_hop: None,
             tls: None,
+            monitor: false,
         },
         DomainEntry {
             name: "*.sub.test".into(),
             relay: true,
             next_hop: None,
             tls: None,
+            monitor: false,
         },
     ];
     match flags & 3 {

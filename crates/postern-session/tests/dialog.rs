@@ -306,12 +306,14 @@ fn relay_control() {
         relay: true,
         next_hop: None,
         tls: None,
+        monitor: false,
     });
     s.domains.push(DomainEntry {
         name: "*.corp.example".into(),
         relay: true,
         next_hop: None,
         tls: None,
+        monitor: false,
     });
     let mut d = Dialog::new(s, STRANGER);
     d.send("EHLO c\r\n");
@@ -554,6 +556,7 @@ fn unsendable_recipients_refused_at_rcpt() {
         relay: true,
         next_hop: None,
         tls: None,
+        monitor: false,
     });
     let mut d = Dialog::new(s, STRANGER);
     d.send("EHLO c\r\n");

@@ -117,6 +117,9 @@ pub trait Backend: Send + Sync {
     /// Every node of the registry, by name.
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
 
+    /// The learning evidence's tables (the backend itself).
+    fn learned(&self) -> &dyn crate::LearnedStore;
+
     /// Human-readable location (file path, or URL without password).
     fn describe(&self) -> String;
 

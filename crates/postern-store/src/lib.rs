@@ -34,6 +34,7 @@ mod cached;
 mod certificates;
 mod copy;
 mod events;
+pub mod learned;
 mod nodes;
 mod postgres;
 mod rules;
@@ -50,6 +51,7 @@ pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};
 pub use events::{event_kind, EventQuery, TrackingEvent};
+pub use learned::{LearnedStore, MonitorCount, MonitorVerdict, TlsLevel, TlsObservation};
 pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
 pub use postgres::conninfo::is_postgres_url;
 pub use postgres::PgStore;
@@ -177,6 +179,9 @@ pub trait Store: Send + Sync {
     /// Where the store is, for messages: a file path, or a URL without its
     /// password.
     fn location(&self) -> String;
+
+    /// The evidence of learned TLS levels and monitor rules.
+    fn learned(&self) -> &dyn LearnedStore;
 
     /// Woken when another process or node may have changed the store
     /// (PostgreSQL `NOTIFY`); `None` where only polling tells. A hint only:

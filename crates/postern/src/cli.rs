@@ -42,6 +42,9 @@ pub enum Command {
     /// Move this node's embedded store into PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Learned outbound TLS levels: list, show, forget, pin.
+    #[command(subcommand)]
+    Policy(crate::commands::policy::PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]

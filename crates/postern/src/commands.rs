@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod policy;
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -13,6 +13,7 @@ mod commands;
 mod context;
 mod gateway;
 mod journal;
+mod learning;
 mod maillog;
 mod privilege;
 mod queue;
@@ -85,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(command) => commands::admin::run(&open()?, command),
         Command::Cluster(command) => commands::cluster::run(&open()?, command),
         Command::Store(command) => commands::cluster::store(&open()?, command),
+        Command::Policy(command) => commands::policy::run(&open()?, command),
         Command::Probe { domain } => {
             let ctx = open()?;
             let runtime = tokio::runtime::Builder::new_current_thread()

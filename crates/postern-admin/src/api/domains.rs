@@ -114,6 +114,7 @@ fn normalise(entry: &DomainEntry) -> DomainEntry {
             .filter(|h| !h.is_empty())
             .map(str::to_string),
         tls: entry.tls,
+        monitor: entry.monitor,
     }
 }
 

@@ -193,6 +193,7 @@ fn session_config(options: &ServerOptions) -> SessionConfig {
             relay: true,
             next_hop: None,
             tls: None,
+            monitor: false,
         })
         .collect();
     let trusted = if options.relay_domains.is_empty() {

@@ -20,6 +20,7 @@
 
 pub mod conninfo;
 mod events;
+mod learned;
 mod schema;
 mod tls;
 mod tx;
@@ -471,6 +472,10 @@ impl Backend for PgStore {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         self.with(&self.events, events::nodes)
+    }
+
+    fn learned(&self) -> &dyn crate::LearnedStore {
+        self
     }
 
     fn describe(&self) -> String {

@@ -9,6 +9,7 @@
 //! writer lock is the installation-wide write lock.
 
 mod events;
+mod learned;
 mod meta;
 mod nodes;
 pub(crate) mod schema;
@@ -165,6 +166,10 @@ impl Backend for SqliteStore {
 
     fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
         nodes::list(&self.events())
+    }
+
+    fn learned(&self) -> &dyn crate::LearnedStore {
+        self
     }
 
     fn describe(&self) -> String {

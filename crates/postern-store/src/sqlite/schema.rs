@@ -85,6 +85,30 @@ const MIGRATIONS: &[&str] = &[
         queue_deferred     INTEGER NOT NULL
     );
     ",
+    "
+    -- learned: evidence for learned TLS levels; would-be verdicts of monitor rules
+    CREATE TABLE tls_observations (
+        domain     TEXT NOT NULL,
+        host       TEXT NOT NULL,
+        level      TEXT NOT NULL CHECK (level IN ('none', 'tls', 'verified')),
+        deliveries INTEGER NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        PRIMARY KEY (domain, host, level)
+    );
+    CREATE TABLE monitor_verdicts (
+        id          INTEGER PRIMARY KEY,
+        source      TEXT NOT NULL,
+        domain      TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        requirement TEXT NOT NULL,
+        would_fail  INTEGER NOT NULL,
+        reason      TEXT NOT NULL
+    );
+    CREATE INDEX monitor_verdicts_at ON monitor_verdicts (at);
+    CREATE INDEX monitor_verdicts_domain ON monitor_verdicts (domain, at);
+    ",
 ];
 
 /// The schema version this build creates and understands.

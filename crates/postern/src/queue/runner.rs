@@ -60,6 +60,7 @@ pub struct QueueRunner {
     wake: Notify,
     active: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    learning: Option<Arc<crate::learning::Learning>>,
 }
 
 impl QueueRunner {
@@ -84,7 +85,14 @@ impl QueueRunner {
             wake: Notify::new(),
             active: Arc::new(Semaphore::new(MAX_ACTIVE)),
             per_domain: Mutex::new(HashMap::new()),
+            learning: None,
         }
+    }
+
+    /// Learn per-domain TLS levels from every domain delivery.
+    pub fn with_learning(mut self, learning: Arc<crate::learning::Learning>) -> Self {
+        self.learning = Some(learning);
+        self
     }
 
     /// Try `id` at `due` (unix seconds), or earlier if already scheduled earlier.
@@ -420,6 +428,9 @@ impl QueueRunner {
                 )
                 .await;
             self.record_attempts(&id, envelope, &domain, &report.attempts);
+            if let Some(learning) = &self.learning {
+                learning.observe(settings, &domain, &report);
+            }
             let relay = report.attempts.last();
             for outcome in report.outcomes {
                 let Some(state) = states.iter_mut().find(|s| s.address == outcome.recipient) else {
