@@ -281,3 +281,64 @@ def test_monitor_rule_records_would_be_failures(dns_server, make_downstream, mak
     bad = gw.cli("settings", "import", "/dev/stdin",
                  input=b'[[domain]]\nname = "x.test"\nmonitor = true\n')
     assert bad.rc != 0 and "domain[0].monitor" in bad.stderr, bad
+
+
+def test_outbound_policies_page_in_chromium(dns_server, make_downstream, make_gateway, tls_ca, tmp_path):
+    """The Outbound policies page in headless Chromium: both learned domains
+    with their evidence, the filter, pin (the rule appears on the Domains
+    page and in the settings), forget (gone from the store)."""
+    from test_admin_browser import _missing, run
+    if _missing() is not None:
+        pytest.skip(_missing())
+    port = free_port(IP, "127.0.0.42")
+    make_downstream("partner", IP, port, domains=[DOMAIN], tls="ca")
+    make_downstream("other", "127.0.0.42", port, domains=["other.test"], tls="selfsigned")
+    dns_server.set_records(zone(mx_zone(DOMAIN, IP), mx_zone("other.test", "127.0.0.42")))
+    gw = delivery_gateway(make_gateway, dns_server, port, ca=tls_ca, trusted_ca="Test CA",
+                          settings=LEARNING, start=False)
+    gw.cli_ok("admin", "passwd", "--password-stdin", input=(PASSWORD + "\n").encode())
+    gw.start()
+    wait_admin(gw)
+    learn_verified(gw)
+    for i in range(3):
+        if i == 2:
+            time.sleep(1.2)
+        qid = submit(gw, "bob@other.test", f"other {i}")
+        assert wait_outcome(gw, qid)["event"] == "delivered"
+    wait_for(lambda: any(e["domain"] == "other.test" and e["learned"] for e in policy(gw, "list")),
+             10, "other.test to be learned")
+
+    events = {e["event"]: e for e in run(gw, "policies", tmp_path)}
+    rows = {r["domain"]: r for r in events["listed"]["rows"]}
+    assert rows[DOMAIN]["level"] == "verified" and rows["other.test"]["level"] == "tls", rows
+    assert f"{HOST} verified: 3" in rows[DOMAIN]["evidence"], rows
+    assert events["filtered"]["domains"] == [DOMAIN], events["filtered"]
+    assert events["domain-rule"]["mode"] == "Require TLS and verify certificate", events["domain-rule"]
+    assert events["forgotten"]["domains"] == [DOMAIN], events["forgotten"]
+    assert 'name = "partner.test"' in gw.cli_ok("settings", "show").stdout
+    assert [e["domain"] for e in policy(gw, "list")] == [DOMAIN]
+
+
+def test_policies_api(partner, dns_server, make_gateway, tls_ca):
+    gw = delivery_gateway(make_gateway, dns_server, partner.port, ca=tls_ca, trusted_ca="Test CA",
+                          settings=LEARNING)
+    api = admin(gw)
+    assert api.get("/api/v1/policies").json() == {"learned": []}
+    learn_verified(gw)
+    [entry] = api.get("/api/v1/policies").json()["learned"]
+    assert entry["domain"] == DOMAIN and entry["learned"]["level"] == "verified", entry
+    shown = api.get(f"/api/v1/policies/{DOMAIN}").json()
+    assert shown["hosts"][0]["host"] == HOST and shown["verdicts"] == [], shown
+    missing = api.get("/api/v1/policies/nothing.test")
+    assert missing.status == 404 and "no learned entry for nothing.test" in missing.json()["error"]
+    # a cookie session needs the CSRF token for changes
+    no_csrf = api.send_json("POST", f"/api/v1/policies/{DOMAIN}/pin", csrf=False)
+    assert no_csrf.status == 403, no_csrf
+    pinned = api.send_json("POST", f"/api/v1/policies/{DOMAIN}/pin")
+    assert pinned.status == 200 and pinned.json() == {"name": DOMAIN, "relay": False, "tls": "verify"}
+    assert any(d["name"] == DOMAIN for d in api.get("/api/v1/settings").json()["domain"])
+    gone = api.send_json("DELETE", f"/api/v1/policies/{DOMAIN}")
+    assert gone.status == 200 and gone.json()["forgotten_rows"] >= 1, gone
+    assert api.get(f"/api/v1/policies/{DOMAIN}").status == 404
+    assert api.send_json("DELETE", f"/api/v1/policies/{DOMAIN}").status == 404
+    assert api.send_json("POST", f"/api/v1/policies/{DOMAIN}/pin").status == 404

@@ -4,6 +4,7 @@
 pub mod certificates;
 pub mod domains;
 pub mod messages;
+pub mod policies;
 pub mod queue;
 pub mod session;
 pub mod settings;
@@ -47,6 +48,12 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/messages", get(messages::search))
         .route("/api/v1/messages/{id}", get(messages::show))
         .route("/api/v1/stats", get(messages::stats))
+        .route("/api/v1/policies", get(policies::list))
+        .route(
+            "/api/v1/policies/{domain}",
+            get(policies::show).delete(policies::forget),
+        )
+        .route("/api/v1/policies/{domain}/pin", post(policies::pin))
 }
 
 pub async fn openapi() -> Response {

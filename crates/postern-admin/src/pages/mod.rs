@@ -8,6 +8,7 @@ pub mod certificates;
 pub mod dashboard;
 pub mod domains;
 pub mod login;
+pub mod policies;
 pub mod queue;
 pub mod tls;
 pub mod tracking;
@@ -46,6 +47,9 @@ pub fn routes() -> Router<Shared> {
         .route("/queue/{id}/delete", post(queue::delete))
         .route("/tracking", get(tracking::page))
         .route("/tracking/{id}", get(tracking::detail))
+        .route("/policies", get(policies::page))
+        .route("/policies/{domain}/forget", post(policies::forget))
+        .route("/policies/{domain}/pin", post(policies::pin))
 }
 
 /// Which navigation entry a page belongs to.
@@ -58,6 +62,7 @@ pub enum Section {
     Certificates,
     Queue,
     Tracking,
+    Policies,
 }
 
 const NAV: &[(Section, &str, &str)] = &[
@@ -68,6 +73,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Certificates, "/certificates", "Certificates"),
     (Section::Queue, "/queue", "Queue"),
     (Section::Tracking, "/tracking", "Message tracking"),
+    (Section::Policies, "/policies", "Outbound policies"),
 ];
 
 /// The page frame: header, navigation, logout, content.
@@ -132,6 +138,8 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("generated") => "Certificate generated.",
         Some("imported") => "Certificate imported.",
         Some("retried") => "Retry scheduled: deferred recipients are due now.",
+        Some("forgotten") => "Forgotten. The gateway learns this domain afresh within 2 seconds.",
+        Some("pinned") => "Pinned: the learned level is now a [[domain]] rule (see Domains).",
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }
