@@ -145,6 +145,23 @@ def test_monitor_learns_then_delivers_a_downgrade_and_records_it(partner, dns_se
     # a delivery below the learned level does not unlearn it
     assert policy(gw, "show", DOMAIN)["learned"]["level"] == "verified"
 
+    # Alerts (SPEC §12): mail log, /metrics, /api/v1/alerts; the same
+    # condition once an hour, so a second downgrade adds a log line, no alert.
+    deliver(gw, "second downgrade")
+    assert len(log_events(gw, "downgrade", domain=DOMAIN)) == 2
+    kinds = sorted(e["kind"] for e in log_events(gw, "alert", domain=DOMAIN))
+    assert kinds == ["downgrade", "starttls-missing"], gw.log()[-3000:]
+    api = admin(gw)
+    token = gw.cli_ok("admin", "token", "create", "--name", "metrics").stdout.strip()
+    metrics = Admin(gw, admin_context(gw), token=token).get("/metrics").text
+    assert 'postern_alerts_total{kind="downgrade"} 1' in metrics, metrics
+    assert 'postern_alerts_total{kind="starttls-missing"} 1' in metrics, metrics
+    alerts = wait_for(lambda: len(api.get("/api/v1/alerts").json()["alerts"]) == 2
+                      and api.get("/api/v1/alerts").json()["alerts"], 10, "alerts in the store")
+    down = [a for a in alerts if a["kind"] == "downgrade"][0]
+    assert down["subject"] == DOMAIN and down["host"] == HOST, down
+    assert "below the learned level verified" in down["detail"], down
+
 
 def test_enforce_defers_a_downgrade_naming_the_learned_level_and_forget_releases_it(
         partner, dns_server, make_gateway, tls_ca):
@@ -163,6 +180,8 @@ def test_enforce_defers_a_downgrade_naming_the_learned_level_and_forget_releases
     assert re.search(r"STARTTLS not offered", err), err
     assert with_subject(partner.messages(), "enforced") == [], "nothing may go out in plaintext"
     assert log_events(gw, "downgrade", domain=DOMAIN, action="deferred")
+    [alert] = log_events(gw, "alert", kind="downgrade", domain=DOMAIN)
+    assert "deferred" in alert["detail"], alert["line"]
     # deferred, not bounced: the queue lifetime decides
     assert not log_events(gw, "bounced", id=qid)
 
@@ -248,6 +267,7 @@ def test_masked_ehlo_is_a_downgrade(dns_server, make_gateway, make_peer, tls_ca,
     assert log_events(gw, "starttls-missing", domain=DOMAIN, host=HOST), gw.log()[-2000:]
     [down] = log_events(gw, "downgrade", domain=DOMAIN)
     assert down["learned"] == "verified" and down["delivered"] == "none", down["line"]
+    assert log_events(gw, "alert", kind="starttls-missing", domain=DOMAIN, host=HOST)
 
 
 def test_monitor_rule_records_would_be_failures(dns_server, make_downstream, make_gateway, tls_ca):

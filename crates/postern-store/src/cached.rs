@@ -433,6 +433,10 @@ impl Store for CachedPgStore {
         self
     }
 
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        self
+    }
+
     fn change_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
         // A node started during an outage has no listener until it connects;
         // the periodic check covers it.
@@ -474,5 +478,16 @@ impl crate::LearnedStore for CachedPgStore {
         limit: usize,
     ) -> Result<Vec<crate::MonitorVerdict>, StoreError> {
         self.write(|s| s.learned().recent_verdicts(domain, limit))
+    }
+}
+
+/// Alerts, like the learning evidence, only in the cluster store.
+impl crate::AlertStore for CachedPgStore {
+    fn record_alerts(&self, batch: &[crate::Alert]) -> Result<(), StoreError> {
+        self.write(|s| s.alerts().record_alerts(batch))
+    }
+
+    fn recent_alerts(&self, limit: usize) -> Result<Vec<crate::Alert>, StoreError> {
+        self.write(|s| s.alerts().recent_alerts(limit))
     }
 }

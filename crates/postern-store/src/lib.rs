@@ -29,6 +29,7 @@
 //! one concern each; `sqlite/` and `postgres/` are the two backends.
 
 mod admin;
+pub mod alerts;
 pub mod backend;
 mod cached;
 mod certificates;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 use postern_config::{ConfigError, Settings};
 
 pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
+pub use alerts::{Alert, AlertKind, AlertStore};
 pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};
@@ -182,6 +184,9 @@ pub trait Store: Send + Sync {
 
     /// The evidence of learned TLS levels and monitor rules.
     fn learned(&self) -> &dyn LearnedStore;
+
+    /// The kept alerts (SPEC §12).
+    fn alerts(&self) -> &dyn AlertStore;
 
     /// Woken when another process or node may have changed the store
     /// (PostgreSQL `NOTIFY`); `None` where only polling tells. A hint only:

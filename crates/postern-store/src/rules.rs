@@ -237,6 +237,10 @@ impl<B: Backend> Store for B {
         Backend::learned(self)
     }
 
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        Backend::alerts(self)
+    }
+
     fn change_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         Backend::change_hint(self)
     }

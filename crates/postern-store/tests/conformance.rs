@@ -111,6 +111,7 @@ conformance!(
     learned_forget_and_prune,
     monitor_verdicts_counted_per_domain_and_source,
     learned_pin_writes_a_validated_domain_rule,
+    alerts_kept_newest_first_and_shared,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -1066,5 +1067,43 @@ fn learned_pin_writes_a_validated_domain_rule(h: &dyn Harness) {
     assert_eq!(
         listed[0].learned.as_ref().map(|l| l.level),
         Some(postern_store::TlsLevel::Verified)
+    );
+}
+
+fn alerts_kept_newest_first_and_shared(h: &dyn Harness) {
+    use postern_store::{Alert, AlertKind};
+    let a = h.open();
+    assert!(a.alerts().recent_alerts(10).unwrap().is_empty());
+    let alert = |kind, at| Alert {
+        kind,
+        subject: "partner.test".into(),
+        host: "mx1.partner.test".into(),
+        detail: "delivered at none below the learned level verified".into(),
+        at,
+    };
+    a.alerts()
+        .record_alerts(&[
+            alert(AlertKind::Downgrade, 100),
+            alert(AlertKind::StarttlsMissing, 200),
+        ])
+        .unwrap();
+    h.open()
+        .alerts()
+        .record_alerts(&[alert(AlertKind::CertificateExpiry, 300)])
+        .unwrap();
+    let kinds: Vec<AlertKind> = a
+        .alerts()
+        .recent_alerts(2)
+        .unwrap()
+        .into_iter()
+        .map(|x| x.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![AlertKind::CertificateExpiry, AlertKind::StarttlsMissing]
+    );
+    assert_eq!(
+        a.alerts().recent_alerts(10).unwrap()[2],
+        alert(AlertKind::Downgrade, 100)
     );
 }

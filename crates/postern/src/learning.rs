@@ -20,8 +20,9 @@ use postern_delivery::learning::{
 use postern_delivery::policy::{LearnMode, LearnedLevel};
 use postern_delivery::{DomainReport, LearnedLevels, ResultType, Source};
 use postern_store::learned::{learn, normalise_name, LearnRule};
-use postern_store::{MonitorVerdict, Store, TlsLevel, TlsObservation};
+use postern_store::{AlertKind, MonitorVerdict, Store, TlsLevel, TlsObservation};
 
+use crate::alerts::Alerts;
 use crate::context::unix_now;
 use crate::gateway::LiveConfig;
 use crate::maillog::MailLog;
@@ -50,6 +51,7 @@ struct State {
 pub struct Learning {
     store: Arc<dyn Store>,
     maillog: Arc<MailLog>,
+    alerts: Alerts,
     state: Mutex<State>,
 }
 
@@ -94,10 +96,11 @@ fn merge_into(rows: &mut Vec<TlsObservation>, o: &TlsObservation) {
 }
 
 impl Learning {
-    pub fn new(store: Arc<dyn Store>, maillog: Arc<MailLog>) -> Learning {
+    pub fn new(store: Arc<dyn Store>, maillog: Arc<MailLog>, alerts: Alerts) -> Learning {
         Learning {
             store,
             maillog,
+            alerts,
             state: Mutex::new(State::default()),
         }
     }
@@ -143,6 +146,17 @@ impl Learning {
                         ("ip", &record.ip.to_string()),
                     ],
                 );
+                self.alerts.raise(
+                    AlertKind::StarttlsMissing,
+                    &domain,
+                    &normalise_name(&record.host),
+                    &format!(
+                        "{}[{}] offered STARTTLS before and did not now (EHLO masked or \
+                         STARTTLS removed)",
+                        record.host, record.ip
+                    ),
+                    now,
+                );
             }
         }
         for record in report
@@ -159,6 +173,17 @@ impl Learning {
                     ("action", "deferred"),
                     ("requirement", &record.requirement),
                 ],
+            );
+            self.alerts.raise(
+                AlertKind::Downgrade,
+                &domain,
+                &normalise_name(&record.host),
+                &format!(
+                    "below the learned level {}: deferred ({})",
+                    learned.map_or("", TlsLevel::as_str),
+                    record.requirement
+                ),
+                now,
             );
         }
         let Some(record) = delivered else {
@@ -182,6 +207,17 @@ impl Learning {
                     ("action", "delivered"),
                     ("reason", &reason),
                 ],
+            );
+            self.alerts.raise(
+                AlertKind::Downgrade,
+                &domain,
+                &host,
+                &format!(
+                    "delivered at {} below the learned level {}: {reason}",
+                    level.as_str(),
+                    learned.as_str()
+                ),
+                now,
             );
             self.state().verdicts.push(MonitorVerdict {
                 source: "learned".into(),
@@ -264,6 +300,7 @@ impl Learning {
 
     /// Write what is queued; on failure it stays queued.
     fn flush(&self) {
+        self.alerts.flush(self.store.as_ref());
         let (observations, verdicts) = {
             let mut state = self.state();
             (

@@ -8,6 +8,7 @@
 //! kept on disk while the store is unreachable), `systemd.rs` (readiness
 //! notification).
 
+mod alerts;
 mod cli;
 mod commands;
 mod context;

@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1/` (SPEC §8), documented in
 //! `openapi.json` beside this file (served at `/api/v1/openapi.json`).
 
+pub mod alerts;
 pub mod certificates;
 pub mod domains;
 pub mod messages;
@@ -54,6 +55,7 @@ pub fn routes() -> Router<Shared> {
             get(policies::show).delete(policies::forget),
         )
         .route("/api/v1/policies/{domain}/pin", post(policies::pin))
+        .route("/api/v1/alerts", get(alerts::alerts))
 }
 
 pub async fn openapi() -> Response {

@@ -150,3 +150,46 @@ impl LearnedStore for PgStore {
         })
     }
 }
+
+impl crate::AlertStore for PgStore {
+    fn record_alerts(&self, batch: &[crate::Alert]) -> Result<(), StoreError> {
+        self.check_writable()?;
+        let kinds: Vec<&str> = batch.iter().map(|a| a.kind.as_str()).collect();
+        let subjects: Vec<&str> = batch.iter().map(|a| a.subject.as_str()).collect();
+        let hosts: Vec<&str> = batch.iter().map(|a| a.host.as_str()).collect();
+        let details: Vec<&str> = batch.iter().map(|a| a.detail.as_str()).collect();
+        let ats: Vec<i64> = batch.iter().map(|a| a.at).collect();
+        self.with(&self.events, |client| {
+            wait(client.execute(
+                "INSERT INTO alerts (kind, subject, host, detail, at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
+                &[&kinds, &subjects, &hosts, &details, &ats],
+            ))?;
+            Ok(())
+        })
+    }
+
+    fn recent_alerts(&self, limit: usize) -> Result<Vec<crate::Alert>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(&self.events, |client| {
+            let rows = wait(client.query(
+                "SELECT kind, subject, host, detail, at FROM alerts ORDER BY at DESC, id DESC LIMIT $1",
+                &[&limit],
+            ))?;
+            rows.iter()
+                .map(|row| {
+                    let kind: String = row.get(0);
+                    Ok(crate::Alert {
+                        kind: crate::AlertKind::parse(&kind).ok_or_else(|| {
+                            StoreError::Corrupt(format!("unknown alert kind {kind:?}"))
+                        })?,
+                        subject: row.get(1),
+                        host: row.get(2),
+                        detail: row.get(3),
+                        at: row.get(4),
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -478,6 +478,10 @@ impl Backend for PgStore {
         self
     }
 
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        self
+    }
+
     fn describe(&self) -> String {
         self.info.redacted()
     }

@@ -72,7 +72,7 @@ const MIGRATIONS: &[&str] = &[
     );
     ",
     "
-    -- learned: evidence for learned TLS levels; would-be verdicts of monitor rules
+    -- learned: evidence for learned TLS levels; would-be verdicts of monitor rules; alerts
     CREATE TABLE tls_observations (
         domain     TEXT NOT NULL,
         host       TEXT NOT NULL,
@@ -94,6 +94,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX monitor_verdicts_at ON monitor_verdicts (at);
     CREATE INDEX monitor_verdicts_domain ON monitor_verdicts (domain, at);
+    CREATE TABLE alerts (
+        id      BIGSERIAL PRIMARY KEY,
+        kind    TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        host    TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        at      BIGINT NOT NULL
+    );
+    CREATE INDEX alerts_at ON alerts (at);
     ",
 ];
 

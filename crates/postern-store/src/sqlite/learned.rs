@@ -1,4 +1,4 @@
-//! The learning evidence in SQLite, on the events connection: it is
+//! The learning evidence and the alerts in SQLite, on the events connection: it is
 //! written in batches by the gateway and need not survive a power cut.
 
 use rusqlite::{params, Row};
@@ -143,6 +143,46 @@ impl LearnedStore for SqliteStore {
                 would_fail: row.get(4)?,
                 reason: row.get(5)?,
                 source: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl crate::AlertStore for SqliteStore {
+    fn record_alerts(&self, batch: &[crate::Alert]) -> Result<(), StoreError> {
+        let mut conn = self.events();
+        write_on(&mut conn, |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO alerts (kind, subject, host, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for a in batch {
+                stmt.execute(params![a.kind.as_str(), a.subject, a.host, a.detail, a.at])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn recent_alerts(&self, limit: usize) -> Result<Vec<crate::Alert>, StoreError> {
+        let conn = self.events();
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, subject, host, detail, at FROM alerts ORDER BY at DESC, id DESC LIMIT ?1",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map([limit], |row| {
+            let kind: String = row.get(0)?;
+            Ok(crate::Alert {
+                kind: crate::AlertKind::parse(&kind).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        format!("unknown alert kind {kind:?}").into(),
+                    )
+                })?,
+                subject: row.get(1)?,
+                host: row.get(2)?,
+                detail: row.get(3)?,
+                at: row.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

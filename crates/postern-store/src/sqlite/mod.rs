@@ -172,6 +172,10 @@ impl Backend for SqliteStore {
         self
     }
 
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        self
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

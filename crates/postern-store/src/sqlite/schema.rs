@@ -86,7 +86,7 @@ const MIGRATIONS: &[&str] = &[
     );
     ",
     "
-    -- learned: evidence for learned TLS levels; would-be verdicts of monitor rules
+    -- learned: evidence for learned TLS levels; would-be verdicts of monitor rules; alerts
     CREATE TABLE tls_observations (
         domain     TEXT NOT NULL,
         host       TEXT NOT NULL,
@@ -108,6 +108,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX monitor_verdicts_at ON monitor_verdicts (at);
     CREATE INDEX monitor_verdicts_domain ON monitor_verdicts (domain, at);
+    CREATE TABLE alerts (
+        id      INTEGER PRIMARY KEY,
+        kind    TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        host    TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        at      INTEGER NOT NULL
+    );
+    CREATE INDEX alerts_at ON alerts (at);
     ",
 ];
 

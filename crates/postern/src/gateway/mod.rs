@@ -83,9 +83,11 @@ pub async fn run(ctx: Context) -> Result<()> {
         )
         .context("starting the tracking-event writer")?,
     );
+    let metrics = Arc::new(Metrics::new());
     let learning = Arc::new(crate::learning::Learning::new(
         Arc::clone(&ctx.store),
         Arc::clone(&maillog),
+        crate::alerts::Alerts::new(Arc::clone(&maillog), Arc::clone(&metrics)),
     ));
     let courier = postern_delivery::Courier::new(
         resolver,
@@ -94,7 +96,6 @@ pub async fn run(ctx: Context) -> Result<()> {
         postern_delivery::Timeouts::default(),
     )
     .with_learned(Arc::clone(&learning) as Arc<dyn postern_delivery::LearnedLevels>);
-    let metrics = Arc::new(Metrics::new());
     let runner = Arc::new(
         QueueRunner::new(
             Arc::clone(&spool),
