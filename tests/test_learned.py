@@ -185,6 +185,10 @@ def test_enforce_defers_a_downgrade_naming_the_learned_level_and_forget_releases
     # deferred, not bounced: the queue lifetime decides
     assert not log_events(gw, "bounced", id=qid)
 
+    probe = gw.cli("probe", DOMAIN).stdout
+    assert "learned level: verified (tls.outbound.learn = enforce)" in probe, probe
+    assert "requirement:     learned verify (set by learned)" in probe, probe
+
     out = gw.cli_ok("policy", "forget", DOMAIN)
     assert "forgot" in out.stderr, out
     assert not [e for e in policy(gw, "list") if e["domain"] == DOMAIN]

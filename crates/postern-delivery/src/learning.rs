@@ -44,7 +44,11 @@ pub fn delivering_attempt(report: &DomainReport) -> Option<&AttemptRecord> {
 /// Whether a session reached the point where TLS was decided (the server
 /// answered EHLO): only then can a TLS requirement be judged on it.
 pub fn reached_tls_decision(record: &AttemptRecord, delivered: bool) -> bool {
-    delivered || record.starttls_offered || record.is_tls() || record.tls_error.is_some()
+    delivered
+        || record.starttls_offered
+        || record.is_tls()
+        || record.tls_error.is_some()
+        || record.result_type.is_some()
 }
 
 /// Whether the session would have met `level`; the error says what would

@@ -424,17 +424,26 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
         command: Duration::from_secs(20),
         ..Timeouts::default()
     };
+    let learned = std::sync::Arc::new(crate::learning::StoredLevels::load(ctx.store.as_ref())?);
     let courier = Courier::new(
         resolver,
         ctx.hostname.clone(),
         ctx.node.delivery.mx_port,
         timeouts,
-    );
+    )
+    .with_learned(learned.clone());
     let mode = settings.outbound_mode(domain);
     println!("domain:        {domain}");
     println!(
         "outbound mode: {}",
         serde_json::to_value(mode)?.as_str().unwrap_or_default()
+    );
+    println!(
+        "learned level: {} (tls.outbound.learn = {})",
+        learned
+            .level(&settings, domain)
+            .map_or("none", postern_store::TlsLevel::as_str),
+        settings.tls.outbound.learn.as_str()
     );
     let hosts = courier
         .probe(&settings, &client_tls, domain)

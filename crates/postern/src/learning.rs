@@ -399,3 +399,36 @@ impl LearnedLevels for Learning {
         Some((level, mode))
     }
 }
+
+/// The learned levels as the store has them now, for `postern probe`: the
+/// same rule and the same requirement input as delivery, without the
+/// gateway's queue.
+pub struct StoredLevels(HashMap<String, Vec<TlsObservation>>);
+
+impl StoredLevels {
+    pub fn load(store: &dyn Store) -> Result<StoredLevels, postern_store::StoreError> {
+        let mut view: HashMap<String, Vec<TlsObservation>> = HashMap::new();
+        for row in store.learned().observations()? {
+            view.entry(row.domain.clone()).or_default().push(row);
+        }
+        Ok(StoredLevels(view))
+    }
+
+    /// `verified`, `tls`, or `None`.
+    pub fn level(&self, settings: &Settings, domain: &str) -> Option<TlsLevel> {
+        let rule = LearnRule::from_settings(&settings.tls.outbound);
+        let rows: Vec<&TlsObservation> = self.0.get(&normalise_name(domain))?.iter().collect();
+        learn(&rows, unix_now(), &rule).map(|l| l.level)
+    }
+}
+
+impl LearnedLevels for StoredLevels {
+    fn learned(&self, settings: &Settings, domain: &str) -> Option<(LearnedLevel, LearnMode)> {
+        let mode = match settings.tls.outbound.learn {
+            Learn::Off => return None,
+            Learn::Monitor => LearnMode::Monitor,
+            Learn::Enforce => LearnMode::Enforce,
+        };
+        Some((to_learned(self.level(settings, domain)?)?, mode))
+    }
+}
