@@ -312,6 +312,42 @@ const scenarios = {
     emit("detail", { status, hops });
     await shot(page, "detail");
   },
+
+  // Outbound policies (learned TLS levels): two learned domains, filter
+  // down to one, pin it, then forget the other.
+  async policies(page) {
+    await login(page);
+    await open(page, "Outbound policies", "Outbound policies");
+    const rows = page.locator("#policies tbody tr");
+    await rows.first().waitFor();
+    const listed = [];
+    for (const row of await rows.all()) {
+      listed.push({ domain: await row.getAttribute("data-domain"), level: await row.getAttribute("data-level"),
+        evidence: (await row.locator("td.evidence").textContent()).replace(/\s+/g, " ").trim() });
+    }
+    emit("listed", { rows: listed });
+    await shot(page, "list");
+    await page.getByLabel("Domain or MX host").fill("partner");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.waitForURL(/q=partner/);
+    const filtered = await page.locator("#policies tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.domain));
+    emit("filtered", { domains: filtered });
+    page.once("dialog", (dialog) => dialog.accept());
+    await page.locator('#policies tr[data-domain="partner.test"]').getByRole("button", { name: "Pin" }).click();
+    await page.getByText("Pinned: the learned level is now a [[domain]] rule").waitFor();
+    emit("pinned");
+    await open(page, "Domains", "Domains");
+    const mode = (await page.locator('#domains tr[data-domain="partner.test"] td.mode').textContent()).trim();
+    emit("domain-rule", { mode });
+    await shot(page, "pinned-rule");
+    await open(page, "Outbound policies", "Outbound policies");
+    page.once("dialog", (dialog) => dialog.accept());
+    await page.locator('#policies tr[data-domain="other.test"]').getByRole("button", { name: "Forget" }).click();
+    await page.getByText("Forgotten.").waitFor();
+    const left = await page.locator("#policies tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.domain));
+    emit("forgotten", { domains: left });
+    await shot(page, "forgotten");
+  },
 };
 
 /** The trimmed text of an element that may be absent (null then). */

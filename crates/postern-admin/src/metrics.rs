@@ -30,6 +30,8 @@ pub struct Metrics {
     received: [AtomicU64; 2],
     /// Recipients per outcome [delivered, deferred, bounced] x [TLS, plaintext].
     outcomes: [[AtomicU64; 2]; 3],
+    /// Alerts raised, by kind (SPEC §12), in `AlertKind::ALL` order.
+    alerts: [AtomicU64; postern_store::AlertKind::ALL.len()],
 }
 
 /// An open connection for `postern_connections_active`; closes on drop.
@@ -104,6 +106,13 @@ impl Metrics {
             Outcome::Bounced => 2,
         };
         add(&self.outcomes[row][tls_index(tls)]);
+    }
+
+    /// An alert was raised (after its rate limit).
+    pub fn alert_raised(&self, kind: postern_store::AlertKind) {
+        if let Some(counter) = self.alerts.get(kind.index()) {
+            add(counter);
+        }
     }
 
     /// The exposition text.
@@ -217,6 +226,17 @@ impl Metrics {
                     queue.recipients_deferred.to_string(),
                 ),
             ],
+        );
+        let alerts: Vec<(String, String)> = postern_store::AlertKind::ALL
+            .iter()
+            .zip(&self.alerts)
+            .map(|(kind, n)| (format!("kind=\"{}\"", kind.as_str()), get(n).to_string()))
+            .collect();
+        family(
+            "postern_alerts_total",
+            "counter",
+            "Alerts raised by this node, by kind (each condition at most once an hour).",
+            &alerts,
         );
         out
     }

@@ -29,6 +29,10 @@ pub struct DomainEntry {
     /// for a partner whose DANE records are broken).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub dane: bool,
+    /// `tls` is evaluated and its would-be verdict recorded on every
+    /// attempt, but delivery follows the global mode (SPEC §10 item 7).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub monitor: bool,
 }
 
 fn yes() -> bool {
@@ -65,6 +69,12 @@ impl DomainEntry {
         }
         if let Some(hop) = &self.next_hop {
             NextHop::parse(hop).map_err(|m| ConfigError::new(key("next_hop"), m))?;
+        }
+        if self.monitor && self.tls.is_none() {
+            return Err(ConfigError::new(
+                key("monitor"),
+                "monitor = true evaluates the entry's tls, so the entry needs one (e.g. tls = \"verify\")",
+            ));
         }
         Ok(())
     }

@@ -25,9 +25,9 @@ pub use node::{
 };
 pub use set::known_keys;
 pub use settings::{
-    bound, Bound, ClientCertMode, DomainChanges, InboundMode, InboundTls, MtaSettings,
+    bound, Bound, ClientCertMode, DomainChanges, InboundMode, InboundTls, Learn, MtaSettings,
     OutboundMode, OutboundTls, Settings, TlsSettings, TlsVersion, Unit, DEFAULT_CERT_NAME,
-    DEFAULT_ECDSA_CERT_NAME, MAX_BANNER_CHARS, MTA_BOUNDS,
+    DEFAULT_ECDSA_CERT_NAME, LEARN_BOUNDS, MAX_BANNER_CHARS, MTA_BOUNDS,
 };
 pub use tlsrpt::{dkim_key_name, TlsRptSettings};
 

@@ -118,6 +118,14 @@ pub struct OutboundTls {
     pub mta_sts: bool,
     /// Honour DNSSEC-authenticated TLSA records (RFC 7672, SPEC §10).
     pub dane: bool,
+    /// Learned per-domain TLS levels (SPEC §10 item 4).
+    pub learn: Learn,
+    /// Deliveries at a level before it is learned.
+    pub learn_min_deliveries: u32,
+    /// ... spread over at least this long.
+    pub learn_min_span: Duration,
+    /// An entry not confirmed for this long is forgotten.
+    pub learn_expiry: Duration,
 }
 
 impl Default for OutboundTls {
@@ -128,9 +136,60 @@ impl Default for OutboundTls {
             client_certificate: String::new(),
             mta_sts: true,
             dane: true,
+            learn: Learn::Monitor,
+            learn_min_deliveries: 3,
+            learn_min_span: Duration::from_secs(86_400),
+            learn_expiry: Duration::from_secs(90 * DAY),
         }
     }
 }
+
+/// `tls.outbound.learn`: what a delivery below a domain's learned level does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Learn {
+    /// Nothing is learned.
+    Off,
+    /// Learned; a downgrade is delivered and recorded.
+    #[default]
+    Monitor,
+    /// Learned; the learned level raises the requirement (a downgrade defers).
+    Enforce,
+}
+
+impl Learn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Learn::Off => "off",
+            Learn::Monitor => "monitor",
+            Learn::Enforce => "enforce",
+        }
+    }
+}
+
+/// The ranges of the numeric learning settings. A span of `0s` learns from
+/// the deliveries alone; the short lower ends let tests run a whole
+/// learn-and-expire cycle in seconds.
+pub const LEARN_BOUNDS: [Bound; 3] = [
+    Bound {
+        key: "tls.outbound.learn_min_deliveries",
+        min: 1,
+        max: 1_000_000,
+        unit: Unit::Count,
+    },
+    Bound {
+        key: "tls.outbound.learn_min_span",
+        min: 0,
+        max: 365 * DAY,
+        unit: Unit::Seconds,
+    },
+    Bound {
+        key: "tls.outbound.learn_expiry",
+        min: 1,
+        max: 3650 * DAY,
+        unit: Unit::Seconds,
+    },
+];
 
 /// The appliance's "advanced MTA settings".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,7 +386,10 @@ pub const MTA_BOUNDS: [Bound; 10] = [
 
 /// The bound of `key` (`mta.session_timeout`, ...), if it has one.
 pub fn bound(key: &str) -> Option<&'static Bound> {
-    MTA_BOUNDS.iter().find(|b| b.key == key)
+    MTA_BOUNDS
+        .iter()
+        .chain(LEARN_BOUNDS.iter())
+        .find(|b| b.key == key)
 }
 
 /// Why a banner is refused, if it is: one line of at most
@@ -418,6 +480,25 @@ impl Settings {
         check_banner(&mta.banner)?;
         for (bound, value) in MTA_BOUNDS.iter().zip(mta.bounded_values()) {
             bound.check(value)?;
+        }
+        let out = &self.tls.outbound;
+        let learn_values = [
+            u64::from(out.learn_min_deliveries),
+            out.learn_min_span.as_secs(),
+            out.learn_expiry.as_secs(),
+        ];
+        for (bound, value) in LEARN_BOUNDS.iter().zip(learn_values) {
+            bound.check(value)?;
+        }
+        if out.learn_expiry <= out.learn_min_span {
+            return Err(ConfigError::new(
+                "tls.outbound.learn_expiry",
+                format!(
+                    "must be longer than tls.outbound.learn_min_span ({}), or nothing is ever \
+                     learned; is {}",
+                    out.learn_min_span, out.learn_expiry
+                ),
+            ));
         }
         if mta.max_connections_per_client > mta.max_connections {
             return Err(ConfigError::new(
@@ -993,6 +1074,56 @@ tls = "verify"
             assert_eq!(bound(b.key), Some(b));
         }
         assert_eq!(bound("mta.banner"), None);
+    }
+
+    #[test]
+    fn learning_settings_defaults_and_bounds() {
+        let s = Settings::default();
+        assert_eq!(s.tls.outbound.learn, Learn::Monitor);
+        assert_eq!(s.tls.outbound.learn_min_deliveries, 3);
+        assert_eq!(s.tls.outbound.learn_min_span.as_secs(), DAY);
+        assert_eq!(s.tls.outbound.learn_expiry.as_secs(), 90 * DAY);
+        #[rustfmt::skip]
+        let rows: [(&str, &str, Option<&str>); 11] = [
+            ("tls.outbound.learn", "enforce", None),
+            ("tls.outbound.learn", "off", None),
+            ("tls.outbound.learn", "always", Some("tls.outbound.learn")),
+            ("tls.outbound.learn_min_deliveries", "0", Some("tls.outbound.learn_min_deliveries: must be between 1 and 1000000 (got 0)")),
+            ("tls.outbound.learn_min_deliveries", "1", None),
+            ("tls.outbound.learn_min_span", "0s", None),
+            ("tls.outbound.learn_min_span", "1s", None),
+            ("tls.outbound.learn_min_span", "366d", Some("tls.outbound.learn_min_span: must be between 0s and 365d (got 366d)")),
+            ("tls.outbound.learn_expiry", "3651d", Some("tls.outbound.learn_expiry: must be between 1s and 3650d")),
+            ("tls.outbound.learn_expiry", "1d", Some("tls.outbound.learn_expiry: must be longer than tls.outbound.learn_min_span (1d)")),
+            ("tls.outbound.learn_expiry", "2d", None),
+        ];
+        for (key, value, want) in rows {
+            match (s.with(key, value), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(text)) => assert!(e.to_string().contains(text), "{key}={value}: {e}"),
+                (got, want) => panic!("{key}={value}: got {got:?}, want {want:?}"),
+            }
+        }
+        let from_toml = Settings::from_toml(
+            "[tls.outbound]\nlearn = \"enforce\"\nlearn_min_span = \"1s\"\nlearn_expiry = \"5s\"\n",
+        )
+        .expect("toml");
+        assert_eq!(from_toml.tls.outbound.learn, Learn::Enforce);
+        assert_eq!(from_toml.tls.outbound.learn_expiry.as_secs(), 5);
+    }
+
+    #[test]
+    fn monitor_rules_need_a_tls_mode() {
+        let err = Settings::from_toml("[[domain]]\nname = \"p.test\"\nmonitor = true\n")
+            .expect_err("monitor without tls");
+        assert_eq!(err.key, "domain[0].monitor");
+        let ok = Settings::from_toml(
+            "[[domain]]\nname = \"p.test\"\ntls = \"verify\"\nmonitor = true\n",
+        )
+        .expect("monitor rule");
+        assert!(ok.domains[0].monitor);
+        assert!(ok.to_toml().contains("monitor = true"));
+        assert!(!Settings::default().to_toml().contains("\nmonitor ="));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::client::{
     RecipientResult, Timeouts,
 };
 use crate::dane::{self, TlsaReport};
+use crate::learning::LearnedLevels;
 use crate::mta_sts::{MtaSts, StsStatus};
 use crate::policy::{
     after_handshake, after_tls_failure, decide, requirement, Authenticity, Base, CertAuth,
@@ -72,6 +73,8 @@ pub struct Courier {
     timeouts: Timeouts,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     mta_sts: Option<Arc<MtaSts>>,
+    /// Learned per-domain levels (SPEC §10 item 4), when kept.
+    learned: Option<std::sync::Arc<dyn LearnedLevels>>,
 }
 
 impl Courier {
@@ -85,7 +88,14 @@ impl Courier {
             timeouts,
             idle: Mutex::new(HashMap::new()),
             mta_sts: None,
+            learned: None,
         }
+    }
+
+    /// Feed the learned levels into every requirement.
+    pub fn with_learned(mut self, learned: std::sync::Arc<dyn LearnedLevels>) -> Self {
+        self.learned = Some(learned);
+        self
     }
 
     /// Look up recipient domains' MTA-STS policies with `mta_sts`.
@@ -100,8 +110,9 @@ impl Courier {
         host: &str,
         sts: Option<&MtaStsPolicy>,
         dane: &DaneInput,
+        learned: Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)>,
     ) -> Requirement {
-        requirement(&Self::inputs(base, host, sts, dane))
+        requirement(&Self::inputs(base, host, sts, dane, learned))
     }
 
     /// The domain's sources for one host. The MX lookup counts as
@@ -111,6 +122,7 @@ impl Courier {
         host: &'a str,
         sts: Option<&'a MtaStsPolicy>,
         dane: &'a DaneInput,
+        learned: Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)>,
     ) -> Inputs<'a> {
         let mx_authenticated = matches!(
             dane,
@@ -123,6 +135,7 @@ impl Courier {
             mta_sts: sts,
             dane,
             mx_authenticated,
+            learned,
             ..Inputs::base_only(base, host)
         }
     }
@@ -156,9 +169,10 @@ impl Courier {
         host: &str,
         sts: Option<&MtaStsPolicy>,
         dane: &DaneInput,
+        learned: Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)>,
         message: &Outgoing<'_>,
     ) -> Requirement {
-        let mut inputs = Self::inputs(base, host, sts, dane);
+        let mut inputs = Self::inputs(base, host, sts, dane, learned);
         inputs.requiretls = message.requiretls;
         inputs.tls_required_no = message.tls_required_no && !message.requiretls;
         requirement(&inputs)
@@ -176,6 +190,15 @@ impl Courier {
             return targets.iter().map(|_| (DaneInput::Off, None)).collect();
         }
         dane::inputs(&self.resolver, domain, targets, probe).await
+    }
+
+    /// The learned level of `domain` and what to do with it, when kept.
+    fn learned_for(
+        &self,
+        settings: &Settings,
+        domain: &str,
+    ) -> Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)> {
+        self.learned.as_ref()?.learned(settings, domain)
     }
 
     /// Deliver `message` (whose recipients are all in `domain`).
@@ -203,10 +226,17 @@ impl Courier {
         let sts = self.mta_sts_status(settings, tls, &base, domain).await;
         let policy = sts.as_ref().and_then(StsStatus::policy);
         let dane = self.dane_for(settings, domain, &targets, false).await;
+        let learned = self.learned_for(settings, domain);
         let mut last_failure = None;
         for (target, (dane, _)) in targets.iter().zip(&dane) {
-            let requirement =
-                Self::message_requirement(&base, &target.host, policy.as_ref(), dane, message);
+            let requirement = Self::message_requirement(
+                &base,
+                &target.host,
+                policy.as_ref(),
+                dane,
+                learned,
+                message,
+            );
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
                 let failure = Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
@@ -358,9 +388,11 @@ impl Courier {
         let mta_sts = self.mta_sts_status(settings, tls, &base, domain).await;
         let policy = mta_sts.as_ref().and_then(StsStatus::policy);
         let dane = self.dane_for(settings, domain, &targets, true).await;
+        let learned = self.learned_for(settings, domain);
         let mut hosts = Vec::with_capacity(targets.len());
         for (target, (dane, tlsa)) in targets.into_iter().zip(dane) {
-            let requirement = Self::requirement_for(&base, &target.host, policy.as_ref(), &dane);
+            let requirement =
+                Self::requirement_for(&base, &target.host, policy.as_ref(), &dane, learned);
             // DANE is checked in the handshake itself (the record keeps no
             // certificates to match afterwards): a DANE host is probed
             // with its real requirement, everything else opportunistically.

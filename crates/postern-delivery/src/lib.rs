@@ -49,6 +49,7 @@ pub mod courier;
 pub mod dane;
 pub mod dsn;
 pub mod https;
+pub mod learning;
 pub mod mta_sts;
 pub mod policy;
 pub mod requiretls;
@@ -68,6 +69,7 @@ pub use client::{
 };
 pub use courier::{would_deliver, Courier, DomainReport, Probe, ProbedAddress, ProbedHost};
 pub use dsn::{bounce, header_section, should_bounce, Bounce, FailedRecipient};
+pub use learning::LearnedLevels;
 pub use policy::{
     after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertFault,
     CertProblem, Inputs, Plan, Requirement, ResultType, Source, TlsFailure, TlsPolicyFailure,

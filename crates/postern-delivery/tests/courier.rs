@@ -188,6 +188,7 @@ async fn domain_rule_sets_the_requirement() {
                 tls: Some(OutboundMode::Require),
                 mta_sts: true,
                 dane: true,
+                monitor: false,
             }],
             ..Settings::default()
         };

@@ -53,6 +53,7 @@ fn settings_with(entries: &[(&str, &str)]) -> Settings {
                 tls: None,
                 mta_sts: true,
                 dane: true,
+                monitor: false,
             })
             .collect(),
         ..Settings::default()

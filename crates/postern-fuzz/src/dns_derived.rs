@@ -114,5 +114,6 @@ fn entry(name: &str, tls: OutboundMode) -> DomainEntry {
         tls: Some(tls),
         mta_sts: true,
         dane: true,
+        monitor: false,
     }
 }

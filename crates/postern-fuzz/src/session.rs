@@ -198,6 +198,7 @@ fn settings(flags: u8) -> Settings {
             tls: None,
             mta_sts: true,
             dane: true,
+            monitor: false,
         },
         DomainEntry {
             name: "*.sub.test".into(),
@@ -206,6 +207,7 @@ fn settings(flags: u8) -> Settings {
             tls: None,
             mta_sts: true,
             dane: true,
+            monitor: false,
         },
     ];
     match flags & 3 {

@@ -307,6 +307,7 @@ fn relay_control() {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        monitor: false,
     });
     s.domains.push(DomainEntry {
         name: "*.corp.example".into(),
@@ -314,6 +315,7 @@ fn relay_control() {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        monitor: false,
     });
     let mut d = Dialog::new(s, STRANGER);
     d.send("EHLO c\r\n");
@@ -557,6 +559,7 @@ fn unsendable_recipients_refused_at_rcpt() {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        monitor: false,
     });
     let mut d = Dialog::new(s, STRANGER);
     d.send("EHLO c\r\n");

@@ -193,6 +193,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The learning evidence's tables (the backend itself).
+    fn learned(&self) -> &dyn crate::LearnedStore;
+
+    /// The alerts table (the backend itself).
+    fn alerts(&self) -> &dyn crate::AlertStore;
+
     /// Human-readable location (file path, or URL without password).
     fn describe(&self) -> String;
 

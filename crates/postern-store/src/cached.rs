@@ -569,9 +569,65 @@ impl Store for CachedPgStore {
         self.location.clone()
     }
 
+    fn learned(&self) -> &dyn crate::LearnedStore {
+        self
+    }
+
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        self
+    }
+
     fn change_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
         // A node started during an outage has no listener until it connects;
         // the periodic check covers it.
         self.state().store.as_ref().and_then(|s| s.change_hint())
+    }
+}
+
+/// The learning evidence lives only in the cluster store: while it is
+/// unreachable, reads and writes fail ([`StoreError::Unreachable`]) and the
+/// gateway keeps its in-memory view and retries the batch.
+impl crate::LearnedStore for CachedPgStore {
+    fn record_observations(&self, batch: &[crate::TlsObservation]) -> Result<(), StoreError> {
+        self.write(|s| s.learned().record_observations(batch))
+    }
+
+    fn observations(&self) -> Result<Vec<crate::TlsObservation>, StoreError> {
+        self.write(|s| s.learned().observations())
+    }
+
+    fn forget_domain(&self, domain: &str) -> Result<usize, StoreError> {
+        self.write(|s| s.learned().forget_domain(domain))
+    }
+
+    fn prune(&self, before: i64, verdicts_before: i64) -> Result<usize, StoreError> {
+        self.write(|s| s.learned().prune(before, verdicts_before))
+    }
+
+    fn record_verdicts(&self, batch: &[crate::MonitorVerdict]) -> Result<(), StoreError> {
+        self.write(|s| s.learned().record_verdicts(batch))
+    }
+
+    fn verdict_counts(&self, since: i64) -> Result<Vec<crate::MonitorCount>, StoreError> {
+        self.write(|s| s.learned().verdict_counts(since))
+    }
+
+    fn recent_verdicts(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::MonitorVerdict>, StoreError> {
+        self.write(|s| s.learned().recent_verdicts(domain, limit))
+    }
+}
+
+/// Alerts, like the learning evidence, only in the cluster store.
+impl crate::AlertStore for CachedPgStore {
+    fn record_alerts(&self, batch: &[crate::Alert]) -> Result<(), StoreError> {
+        self.write(|s| s.alerts().record_alerts(batch))
+    }
+
+    fn recent_alerts(&self, limit: usize) -> Result<Vec<crate::Alert>, StoreError> {
+        self.write(|s| s.alerts().recent_alerts(limit))
     }
 }

@@ -29,6 +29,7 @@
 //! one concern each; `sqlite/` and `postgres/` are the two backends.
 
 mod admin;
+pub mod alerts;
 pub mod backend;
 mod cached;
 mod certificates;
@@ -36,6 +37,7 @@ mod copy;
 mod dkim;
 pub mod event;
 mod events;
+pub mod learned;
 mod mta_sts;
 mod nodes;
 mod postgres;
@@ -51,12 +53,14 @@ use std::sync::Arc;
 use postern_config::{ConfigError, Settings};
 
 pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
+pub use alerts::{Alert, AlertKind, AlertStore};
 pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};
 pub use dkim::{DkimKeyRecord, DKIM_KEY_TYPES};
 pub use event::Event;
 pub use events::{event_kind, EventQuery, TrackingEvent};
+pub use learned::{LearnedStore, MonitorCount, MonitorVerdict, TlsLevel, TlsObservation};
 pub use mta_sts::MtaStsRecord;
 pub use nodes::{NodeState, NodeStatus, UNREACHABLE_AFTER_SECS};
 pub use postgres::conninfo::is_postgres_url;
@@ -297,6 +301,12 @@ pub trait Store: Send + Sync {
     /// Where the store is, for messages: a file path, or a URL without its
     /// password.
     fn location(&self) -> String;
+
+    /// The evidence of learned TLS levels and monitor rules.
+    fn learned(&self) -> &dyn LearnedStore;
+
+    /// The kept alerts (SPEC §12).
+    fn alerts(&self) -> &dyn AlertStore;
 
     /// Woken when another process or node may have changed the store
     /// (PostgreSQL `NOTIFY`); `None` where only polling tells. A hint only:

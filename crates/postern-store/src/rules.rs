@@ -410,6 +410,14 @@ impl<B: Backend> Store for B {
         self.describe()
     }
 
+    fn learned(&self) -> &dyn crate::LearnedStore {
+        Backend::learned(self)
+    }
+
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        Backend::alerts(self)
+    }
+
     fn change_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         Backend::change_hint(self)
     }

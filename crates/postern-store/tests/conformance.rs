@@ -118,6 +118,11 @@ conformance!(
     concurrent_login_attempts_never_overshoot,
     queue_snapshots_are_replaced_per_node,
     queue_requests_wait_for_their_node_and_keep_one_outcome,
+    learned_observations_add_up_and_are_shared,
+    learned_forget_and_prune,
+    monitor_verdicts_counted_per_domain_and_source,
+    learned_pin_writes_a_validated_domain_rule,
+    alerts_kept_newest_first_and_shared,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -856,6 +861,7 @@ fn copy_fills_an_empty_store_and_refuses_one_in_use(h: &dyn Harness) {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        monitor: false,
     }];
     source.put_settings(&settings).unwrap();
     source.set_admin_password_hash("$argon2id$pw").unwrap();
@@ -1382,5 +1388,213 @@ fn queue_requests_wait_for_their_node_and_keep_one_outcome(h: &dyn Harness) {
     assert!(
         matches!(refused, Err(StoreError::BadName(ref m)) if m.contains("node")),
         "{refused:?}"
+    );
+}
+
+// ---- learned TLS levels and monitor verdicts (issue 14) ----
+
+fn observation(
+    domain: &str,
+    host: &str,
+    level: postern_store::TlsLevel,
+    n: i64,
+    first: i64,
+    last: i64,
+) -> postern_store::TlsObservation {
+    postern_store::TlsObservation {
+        domain: domain.into(),
+        host: host.into(),
+        level,
+        deliveries: n,
+        first_seen: first,
+        last_seen: last,
+    }
+}
+
+fn learned_observations_add_up_and_are_shared(h: &dyn Harness) {
+    use postern_store::TlsLevel::{Tls, Verified};
+    let a = h.open();
+    let b = h.open();
+    assert!(a.learned().observations().unwrap().is_empty());
+    // one batch with the same key twice, then a second batch from another node
+    a.learned()
+        .record_observations(&[
+            observation("partner.test", "mx1.partner.test", Verified, 1, 100, 100),
+            observation("partner.test", "mx1.partner.test", Verified, 1, 90, 95),
+            observation("other.test", "mx.other.test", Tls, 1, 50, 50),
+        ])
+        .unwrap();
+    b.learned()
+        .record_observations(&[observation(
+            "partner.test",
+            "mx1.partner.test",
+            Verified,
+            2,
+            200,
+            300,
+        )])
+        .unwrap();
+    let rows = a.learned().observations().unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            observation("other.test", "mx.other.test", Tls, 1, 50, 50),
+            observation("partner.test", "mx1.partner.test", Verified, 4, 90, 300),
+        ]
+    );
+}
+
+fn learned_forget_and_prune(h: &dyn Harness) {
+    use postern_store::TlsLevel::{None as Plain, Verified};
+    let s = h.open();
+    s.learned()
+        .record_observations(&[
+            observation("partner.test", "mx1.partner.test", Verified, 3, 100, 200),
+            observation("partner.test", "mx1.partner.test", Plain, 1, 300, 300),
+            observation("old.test", "mx.old.test", Verified, 3, 10, 20),
+        ])
+        .unwrap();
+    assert_eq!(s.learned().forget_domain("partner.test").unwrap(), 2);
+    assert_eq!(s.learned().forget_domain("partner.test").unwrap(), 0);
+    assert_eq!(s.learned().prune(21, 0).unwrap(), 1);
+    assert!(s.learned().observations().unwrap().is_empty());
+}
+
+fn monitor_verdicts_counted_per_domain_and_source(h: &dyn Harness) {
+    let s = h.open();
+    let verdict = |source: &str, domain: &str, at: i64, fail: bool| postern_store::MonitorVerdict {
+        source: source.into(),
+        domain: domain.into(),
+        host: format!("mx.{domain}"),
+        at,
+        requirement: "domain verify".into(),
+        would_fail: fail,
+        reason: if fail {
+            "certificate not verified".into()
+        } else {
+            String::new()
+        },
+    };
+    s.learned()
+        .record_verdicts(&[
+            verdict("domain", "partner.test", 100, true),
+            verdict("domain", "partner.test", 200, false),
+            verdict("domain", "partner.test", 300, true),
+            verdict("learned", "partner.test", 300, true),
+            verdict("domain", "b.test", 50, true),
+        ])
+        .unwrap();
+    let counts = s.learned().verdict_counts(150).unwrap();
+    assert_eq!(
+        counts,
+        vec![postern_store::MonitorCount {
+            domain: "partner.test".into(),
+            attempts: 2,
+            would_fail: 1
+        }]
+    );
+    let all = s.learned().verdict_counts(0).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[0].domain.as_str(), all[0].would_fail), ("b.test", 1));
+    assert_eq!((all[1].attempts, all[1].would_fail), (3, 2));
+    let recent = s.learned().recent_verdicts("partner.test", 2).unwrap();
+    assert_eq!(recent.len(), 2);
+    assert!(recent.iter().all(|v| v.at == 300), "{recent:?}");
+    assert!(recent.iter().any(|v| v.source == "learned"));
+    assert_eq!(s.learned().prune(0, 250).unwrap(), 3);
+    assert_eq!(s.learned().verdict_counts(0).unwrap()[0].attempts, 1);
+}
+
+fn learned_pin_writes_a_validated_domain_rule(h: &dyn Harness) {
+    use postern_store::learned::review;
+    let s = initialised(h);
+    let now = 10_000_000;
+    let err = review::pin(s.as_ref(), "partner.test", now).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no learned entry for partner.test"),
+        "{err}"
+    );
+    s.learned()
+        .record_observations(&[observation(
+            "partner.test",
+            "mx1.partner.test",
+            postern_store::TlsLevel::Verified,
+            2,
+            now - 2 * 86_400,
+            now - 60,
+        )])
+        .unwrap();
+    let err = review::pin(s.as_ref(), "Partner.Test.", now).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("nothing is learned for partner.test yet"),
+        "{err}"
+    );
+    let before = s.generation().unwrap();
+    s.learned()
+        .record_observations(&[observation(
+            "partner.test",
+            "mx1.partner.test",
+            postern_store::TlsLevel::Verified,
+            1,
+            now - 30,
+            now - 30,
+        )])
+        .unwrap();
+    let entry = review::pin(s.as_ref(), "partner.test", now).unwrap();
+    assert_eq!(entry.tls, Some(OutboundMode::Verify));
+    let settings = h.open().settings().unwrap();
+    assert!(settings
+        .domains
+        .iter()
+        .any(|d| d.name == "partner.test" && d.tls == Some(OutboundMode::Verify) && !d.relay));
+    assert!(
+        s.generation().unwrap() > before,
+        "a pin is a settings change"
+    );
+    let listed = review::list(s.as_ref(), now).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].learned.as_ref().map(|l| l.level),
+        Some(postern_store::TlsLevel::Verified)
+    );
+}
+
+fn alerts_kept_newest_first_and_shared(h: &dyn Harness) {
+    use postern_store::{Alert, AlertKind};
+    let a = h.open();
+    assert!(a.alerts().recent_alerts(10).unwrap().is_empty());
+    let alert = |kind, at| Alert {
+        kind,
+        subject: "partner.test".into(),
+        host: "mx1.partner.test".into(),
+        detail: "delivered at none below the learned level verified".into(),
+        at,
+    };
+    a.alerts()
+        .record_alerts(&[
+            alert(AlertKind::Downgrade, 100),
+            alert(AlertKind::StarttlsMissing, 200),
+        ])
+        .unwrap();
+    h.open()
+        .alerts()
+        .record_alerts(&[alert(AlertKind::CertificateExpiry, 300)])
+        .unwrap();
+    let kinds: Vec<AlertKind> = a
+        .alerts()
+        .recent_alerts(2)
+        .unwrap()
+        .into_iter()
+        .map(|x| x.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![AlertKind::CertificateExpiry, AlertKind::StarttlsMissing]
+    );
+    assert_eq!(
+        a.alerts().recent_alerts(10).unwrap()[2],
+        alert(AlertKind::Downgrade, 100)
     );
 }

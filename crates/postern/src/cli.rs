@@ -45,6 +45,9 @@ pub enum Command {
     /// DKIM keys that sign mailed TLS reports.
     #[command(subcommand)]
     Dkim(crate::commands::dkim::DkimCommand),
+    /// Learned outbound TLS levels: list, show, forget, pin.
+    #[command(subcommand)]
+    Policy(crate::commands::policy::PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]

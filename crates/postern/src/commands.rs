@@ -8,6 +8,7 @@ pub mod trace;
 
 pub use trace::trace;
 pub mod dkim;
+pub mod policy;
 pub mod tlsa;
 
 use std::fmt::Write as _;
@@ -415,6 +416,7 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
         command: Duration::from_secs(20),
         ..Timeouts::default()
     };
+    let learned = std::sync::Arc::new(crate::learning::StoredLevels::load(ctx.store.as_ref())?);
     let courier = Courier::new(
         resolver,
         ctx.hostname.clone(),
@@ -424,12 +426,20 @@ pub async fn probe(ctx: &Context, domain: &str) -> Result<()> {
     .with_mta_sts(crate::sts_cache::mta_sts(
         &ctx.store,
         ctx.node.delivery.https_port,
-    ));
+    ))
+    .with_learned(learned.clone());
     let mode = settings.outbound_mode(domain);
     println!("domain:        {domain}");
     println!(
         "outbound mode: {}",
         serde_json::to_value(mode)?.as_str().unwrap_or_default()
+    );
+    println!(
+        "learned level: {} (tls.outbound.learn = {})",
+        learned
+            .level(&settings, domain)
+            .map_or("none", postern_store::TlsLevel::as_str),
+        settings.tls.outbound.learn.as_str()
     );
     let probe = courier
         .probe(&settings, &client_tls, domain)

@@ -8,11 +8,13 @@
 //! kept on disk while the store is unreachable), `systemd.rs` (readiness
 //! notification).
 
+mod alerts;
 mod cli;
 mod commands;
 mod context;
 mod gateway;
 mod journal;
+mod learning;
 mod maillog;
 mod privilege;
 mod queue;
@@ -87,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => commands::cluster::run(&open()?, command),
         Command::Store(command) => commands::cluster::store(&open()?, command),
         Command::Dkim(command) => commands::dkim::run(&open()?, command),
+        Command::Policy(command) => commands::policy::run(&open()?, command),
         Command::Probe { domain } => {
             let ctx = open()?;
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -116,6 +116,7 @@ fn normalise(entry: &DomainEntry) -> DomainEntry {
         tls: entry.tls,
         mta_sts: entry.mta_sts,
         dane: entry.dane,
+        monitor: entry.monitor,
     }
 }
 

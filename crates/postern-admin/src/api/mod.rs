@@ -1,10 +1,12 @@
 //! The JSON API under `/api/v1/` (SPEC §8), documented in
 //! `openapi.json` beside this file (served at `/api/v1/openapi.json`).
 
+pub mod alerts;
 pub mod certificates;
 pub mod cluster;
 pub mod domains;
 pub mod messages;
+pub mod policies;
 pub mod queue;
 pub mod session;
 pub mod settings;
@@ -51,6 +53,13 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/messages/{id}", get(messages::show))
         .route("/api/v1/stats", get(messages::stats))
         .route("/api/v1/cluster", get(cluster::show))
+        .route("/api/v1/policies", get(policies::list))
+        .route(
+            "/api/v1/policies/{domain}",
+            get(policies::show).delete(policies::forget),
+        )
+        .route("/api/v1/policies/{domain}/pin", post(policies::pin))
+        .route("/api/v1/alerts", get(alerts::alerts))
 }
 
 pub async fn openapi() -> Response {

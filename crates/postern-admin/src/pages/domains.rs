@@ -7,6 +7,7 @@ use axum::response::Response;
 use axum::Extension;
 use maud::{html, Markup};
 use postern_config::{DomainEntry, Settings};
+use postern_store::MonitorCount;
 
 use super::tls::OUTBOUND_MODES;
 use super::{
@@ -27,6 +28,7 @@ struct DomainForm {
     next_hop: String,
     tls: String,
     dane: bool,
+    monitor: bool,
 }
 
 impl DomainForm {
@@ -41,6 +43,7 @@ impl DomainForm {
                 .and_then(|m| serde_json::to_value(m).ok())
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
+            monitor: entry.monitor,
         }
     }
 
@@ -51,6 +54,7 @@ impl DomainForm {
             next_hop: form.get("next_hop"),
             tls: form.get("tls"),
             dane: form.has("dane"),
+            monitor: form.has("monitor"),
         }
     }
 
@@ -68,6 +72,7 @@ impl DomainForm {
             tls: parse_mode(&self.tls)?,
             mta_sts: true,
             dane: self.dane,
+            monitor: self.monitor,
         })
     }
 }
@@ -137,7 +142,41 @@ fn entry_form(
                     }
                 }
             }
+            div.field {
+                label.check {
+                    input #monitor type="checkbox" name="monitor" value="true" checked[form.monitor];
+                    " Monitor only: evaluate this TLS mode on every attempt and record what would fail, but deliver by the global mode"
+                }
+                (field_error(errors, "monitor"))
+            }
             button type="submit" { (submit) }
+        }
+    }
+}
+
+/// Would-be verdicts of monitor rules over the last 24 hours and 7 days.
+#[derive(Debug, Default)]
+struct MonitorCounts {
+    day: Vec<MonitorCount>,
+    week: Vec<MonitorCount>,
+}
+
+impl MonitorCounts {
+    fn of(list: &[MonitorCount], domain: &str) -> (i64, i64) {
+        list.iter()
+            .find(|c| c.domain.eq_ignore_ascii_case(domain))
+            .map_or((0, 0), |c| (c.attempts, c.would_fail))
+    }
+}
+
+fn monitor_cell(entry: &DomainEntry, counts: &MonitorCounts) -> Markup {
+    let (day_attempts, day_fail) = MonitorCounts::of(&counts.day, &entry.name);
+    let (week_attempts, week_fail) = MonitorCounts::of(&counts.week, &entry.name);
+    html! {
+        td.monitor data-would-fail-24h=(day_fail) data-attempts-24h=(day_attempts)
+            data-would-fail-7d=(week_fail) data-attempts-7d=(week_attempts) {
+            "Monitor: would have failed " (day_fail) " of " (day_attempts) " in 24 h, "
+            (week_fail) " of " (week_attempts) " in 7 d"
         }
     }
 }
@@ -148,17 +187,18 @@ fn list_markup(
     form: &DomainForm,
     errors: &FieldErrors,
     ok: Option<&str>,
+    counts: &MonitorCounts,
 ) -> Markup {
     html! {
         p.crumbs { "Settings → Integrated MTA" }
         h1 { "Domains" }
         (notice(ok))
-        (error_banner(errors.general(&["name", "relay", "next_hop", "tls"])))
+        (error_banner(errors.general(&["name", "relay", "next_hop", "tls", "monitor"])))
         @if settings.domains.is_empty() {
             p { "No domain entries: mail is accepted only from trusted networks, delivered by MX lookup with the global client TLS mode." }
         } @else {
             table.list #domains {
-                thead { tr { th { "Domain" } th { "Relay" } th { "Next hop" } th { "TLS mode" } th { "" } } }
+                thead { tr { th { "Domain" } th { "Relay" } th { "Next hop" } th { "TLS mode" } th { "Monitor" } th { "" } } }
                 tbody {
                     @for entry in &settings.domains {
                         tr data-domain=(entry.name) {
@@ -166,6 +206,11 @@ fn list_markup(
                             td { @if entry.relay { "yes" } @else { "no" } }
                             td { (entry.next_hop.as_deref().unwrap_or("MX lookup")) }
                             td.mode { (mode_label(entry)) }
+                            @if entry.monitor {
+                                (monitor_cell(entry, counts))
+                            } @else {
+                                td.monitor { "" }
+                            }
                             td.actions {
                                 a.button href=(format!("/settings/domains/{}/edit", segment(&entry.name))) { "Edit" }
                                 form.inline method="post" action=(format!("/settings/domains/{}/delete", segment(&entry.name))) data-confirm=(format!("Delete the entry for {}?", entry.name)) {
@@ -196,11 +241,28 @@ async fn load(state: &Shared) -> Result<Settings, ApiError> {
     blocking(move || store.settings().map_err(ApiError::from_store)).await
 }
 
+/// The counts are evidence, not the page: a store that cannot give them
+/// shows zeros rather than no page.
+async fn monitor_counts(state: &Shared) -> MonitorCounts {
+    let store = state.store.clone();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    blocking(move || {
+        let learned = store.learned();
+        Ok(MonitorCounts {
+            day: learned.verdict_counts(now - 86_400).unwrap_or_default(),
+            week: learned.verdict_counts(now - 7 * 86_400).unwrap_or_default(),
+        })
+    })
+    .await
+    .unwrap_or_default()
+}
+
 pub async fn page(
     State(state): State<Shared>,
     Extension(principal): Extension<Principal>,
     Query(done): Query<Done>,
 ) -> Response {
+    let counts = monitor_counts(&state).await;
     match load(&state).await {
         Ok(settings) => render(
             StatusCode::OK,
@@ -218,6 +280,7 @@ pub async fn page(
                     },
                     &FieldErrors::default(),
                     done.ok.as_deref(),
+                    &counts,
                 ),
             ),
         ),
@@ -266,7 +329,14 @@ pub async fn add(State(state): State<Shared>, form: CsrfForm) -> Response {
                     "Domains",
                     Section::Domains,
                     &principal,
-                    list_markup(&principal, settings, &submitted, errors, None),
+                    list_markup(
+                        &principal,
+                        settings,
+                        &submitted,
+                        errors,
+                        None,
+                        &MonitorCounts::default(),
+                    ),
                 ),
             )
         },
@@ -283,7 +353,7 @@ fn edit_markup(
     html! {
         p.crumbs { "Settings → Integrated MTA → Domains" }
         h1 { "Edit " (original) }
-        (error_banner(errors.general(&["name", "relay", "next_hop", "tls"])))
+        (error_banner(errors.general(&["name", "relay", "next_hop", "tls", "monitor"])))
         (entry_form(principal, &format!("/settings/domains/{}", segment(original)), form, errors, "Save"))
         p { a href="/settings/domains" { "Back to the list" } }
     }
@@ -370,7 +440,14 @@ pub async fn delete(
                     "Domains",
                     Section::Domains,
                     &principal,
-                    list_markup(&principal, settings, &DomainForm::default(), errors, None),
+                    list_markup(
+                        &principal,
+                        settings,
+                        &DomainForm::default(),
+                        errors,
+                        None,
+                        &MonitorCounts::default(),
+                    ),
                 ),
             )
         },

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod dashboard;
 pub mod domains;
 pub mod login;
+pub mod policies;
 pub mod queue;
 pub mod tls;
 pub mod tracking;
@@ -48,6 +49,9 @@ pub fn routes() -> Router<Shared> {
         .route("/tracking", get(tracking::page))
         .route("/tracking/{id}", get(tracking::detail))
         .route("/cluster", get(cluster::page))
+        .route("/policies", get(policies::page))
+        .route("/policies/{domain}/forget", post(policies::forget))
+        .route("/policies/{domain}/pin", post(policies::pin))
 }
 
 /// Which navigation entry a page belongs to.
@@ -61,6 +65,7 @@ pub enum Section {
     Queue,
     Tracking,
     Cluster,
+    Policies,
 }
 
 const NAV: &[(Section, &str, &str)] = &[
@@ -72,6 +77,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Queue, "/queue", "Queue"),
     (Section::Tracking, "/tracking", "Message tracking"),
     (Section::Cluster, "/cluster", "Cluster"),
+    (Section::Policies, "/policies", "Outbound policies"),
 ];
 
 /// The page frame: header, navigation, logout, content.
@@ -139,6 +145,8 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("requested") => {
             "Requested from the node that holds the message: it carries the request out within 2 seconds."
         }
+        Some("forgotten") => "Forgotten. The gateway learns this domain afresh within 2 seconds.",
+        Some("pinned") => "Pinned: the learned level is now a [[domain]] rule (see Domains).",
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }

@@ -24,8 +24,8 @@ impl Base {
             global: settings.tls.outbound.mode,
             domain: entry.map(|e| DomainRule {
                 tls: e.tls,
+                monitor: e.monitor,
                 // Not yet in the settings: the SPEC §10 defaults.
-                monitor: false,
                 mta_sts: e.mta_sts,
                 dane: e.dane,
                 static_route: e.next_hop().is_some(),

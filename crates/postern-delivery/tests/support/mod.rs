@@ -196,6 +196,7 @@ fn session_config(options: &ServerOptions) -> SessionConfig {
             tls: None,
             mta_sts: true,
             dane: true,
+            monitor: false,
         })
         .collect();
     let trusted = if options.relay_domains.is_empty() {

@@ -20,6 +20,7 @@
 
 pub mod conninfo;
 mod events;
+mod learned;
 mod mta_sts;
 mod queue;
 mod row;
@@ -552,6 +553,14 @@ impl Backend for PgStore {
 
     fn queue_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(Arc::clone(&self.queue_wake))
+    }
+
+    fn learned(&self) -> &dyn crate::LearnedStore {
+        self
+    }
+
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        self
     }
 
     fn describe(&self) -> String {

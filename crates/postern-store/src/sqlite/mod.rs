@@ -9,6 +9,7 @@
 //! writer lock is the installation-wide write lock.
 
 mod events;
+mod learned;
 mod meta;
 mod mta_sts;
 mod nodes;
@@ -218,6 +219,14 @@ impl Backend for SqliteStore {
         outcome: &Result<String, String>,
     ) -> Result<(), StoreError> {
         queue::finish_request(&self.events(), id, outcome)
+    }
+
+    fn learned(&self) -> &dyn crate::LearnedStore {
+        self
+    }
+
+    fn alerts(&self) -> &dyn crate::AlertStore {
+        self
     }
 
     fn describe(&self) -> String {

@@ -149,6 +149,39 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX queue_requests_waiting ON queue_requests (node, id) WHERE done_at IS NULL;
     ",
+    "
+    -- learned: evidence for learned TLS levels; would-be verdicts of monitor rules; alerts
+    CREATE TABLE tls_observations (
+        domain     TEXT NOT NULL,
+        host       TEXT NOT NULL,
+        level      TEXT NOT NULL CHECK (level IN ('none', 'tls', 'verified')),
+        deliveries INTEGER NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        PRIMARY KEY (domain, host, level)
+    );
+    CREATE TABLE monitor_verdicts (
+        id          INTEGER PRIMARY KEY,
+        source      TEXT NOT NULL,
+        domain      TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        requirement TEXT NOT NULL,
+        would_fail  INTEGER NOT NULL,
+        reason      TEXT NOT NULL
+    );
+    CREATE INDEX monitor_verdicts_at ON monitor_verdicts (at);
+    CREATE INDEX monitor_verdicts_domain ON monitor_verdicts (domain, at);
+    CREATE TABLE alerts (
+        id      INTEGER PRIMARY KEY,
+        kind    TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        host    TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        at      INTEGER NOT NULL
+    );
+    CREATE INDEX alerts_at ON alerts (at);
+    ",
 ];
 
 /// The schema version this build creates and understands.

@@ -83,6 +83,12 @@ pub async fn run(ctx: Context) -> Result<()> {
         )
         .context("starting the tracking-event writer")?,
     );
+    let metrics = Arc::new(Metrics::new());
+    let learning = Arc::new(crate::learning::Learning::new(
+        Arc::clone(&ctx.store),
+        Arc::clone(&maillog),
+        crate::alerts::Alerts::new(Arc::clone(&maillog), Arc::clone(&metrics)),
+    ));
     let courier = postern_delivery::Courier::new(
         resolver,
         ctx.hostname.clone(),
@@ -92,17 +98,20 @@ pub async fn run(ctx: Context) -> Result<()> {
     .with_mta_sts(crate::sts_cache::mta_sts(
         &ctx.store,
         node.delivery.https_port,
-    ));
-    let metrics = Arc::new(Metrics::new());
-    let runner = Arc::new(QueueRunner::new(
-        Arc::clone(&spool),
-        Arc::clone(&tracker),
-        Arc::clone(&live),
-        Arc::clone(&maillog),
-        courier,
-        ctx.hostname.clone(),
-        Arc::clone(&metrics),
-    ));
+    ))
+    .with_learned(Arc::clone(&learning) as Arc<dyn postern_delivery::LearnedLevels>);
+    let runner = Arc::new(
+        QueueRunner::new(
+            Arc::clone(&spool),
+            Arc::clone(&tracker),
+            Arc::clone(&live),
+            Arc::clone(&maillog),
+            courier,
+            ctx.hostname.clone(),
+            Arc::clone(&metrics),
+        )
+        .with_learning(Arc::clone(&learning)),
+    );
     let (stop, shutdown) = watch::channel(false);
     let shared = Arc::new(Shared {
         hostname: ctx.hostname.clone(),
@@ -164,6 +173,7 @@ pub async fn run(ctx: Context) -> Result<()> {
         hangup,
         Arc::clone(&systemd),
     ));
+    let learner = tokio::spawn(Arc::clone(&learning).run(Arc::clone(&shared.live)));
     let delivery = if node.delivery.paused {
         tracing::warn!("delivery is paused ([delivery] paused = true): mail stays queued");
         tokio::spawn(async {})
@@ -252,6 +262,8 @@ pub async fn run(ctx: Context) -> Result<()> {
     // Tracking events of the last messages: written before we go.
     let tracker = Arc::clone(&shared.tracker);
     let _ = tokio::task::spawn_blocking(move || tracker.flush(Duration::from_secs(5))).await;
+    learner.abort();
+    learning.finish().await;
     tracing::info!("stopped");
     Ok(())
 }

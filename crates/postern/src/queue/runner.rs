@@ -67,6 +67,7 @@ pub struct QueueRunner {
     /// Bumped whenever the queue may have changed (for the published
     /// snapshot: nothing to publish while it stands still).
     changes: AtomicU64,
+    learning: Option<Arc<crate::learning::Learning>>,
 }
 
 impl QueueRunner {
@@ -92,7 +93,14 @@ impl QueueRunner {
             active: Arc::new(Semaphore::new(MAX_ACTIVE)),
             per_domain: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
+            learning: None,
         }
+    }
+
+    /// Learn per-domain TLS levels from every domain delivery.
+    pub fn with_learning(mut self, learning: Arc<crate::learning::Learning>) -> Self {
+        self.learning = Some(learning);
+        self
     }
 
     /// A count that moves whenever a message was queued, attempted,
@@ -454,6 +462,9 @@ impl QueueRunner {
                 )
                 .await;
             self.record_attempts(&id, envelope, &domain, &report.attempts);
+            if let Some(learning) = &self.learning {
+                learning.observe(settings, &domain, &report);
+            }
             let relay = report.attempts.last();
             for outcome in report.outcomes {
                 let Some(state) = states.iter_mut().find(|s| s.address == outcome.recipient) else {

@@ -1,0 +1,80 @@
+//! Alerts (SPEC §12): events an administrator must hear about within
+//! minutes. Each raised alert is kept in the store, so every node's alerts
+//! are listed together (`/api/v1/alerts`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertKind {
+    /// A delivery below a domain's learned TLS level.
+    Downgrade,
+    /// A host that offered STARTTLS before did not (or its EHLO was masked).
+    StarttlsMissing,
+    HandshakeFailures,
+    RequiredTlsDeferred,
+    CertificateExpiry,
+    NodeUnreachable,
+    NodeBehind,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 7] = [
+        AlertKind::Downgrade,
+        AlertKind::StarttlsMissing,
+        AlertKind::HandshakeFailures,
+        AlertKind::RequiredTlsDeferred,
+        AlertKind::CertificateExpiry,
+        AlertKind::NodeUnreachable,
+        AlertKind::NodeBehind,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Downgrade => "downgrade",
+            AlertKind::StarttlsMissing => "starttls-missing",
+            AlertKind::HandshakeFailures => "handshake-failures",
+            AlertKind::RequiredTlsDeferred => "required-tls-deferred",
+            AlertKind::CertificateExpiry => "certificate-expiry",
+            AlertKind::NodeUnreachable => "node-unreachable",
+            AlertKind::NodeBehind => "node-behind",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AlertKind> {
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// Position in [`AlertKind::ALL`] (for counters).
+    pub fn index(self) -> usize {
+        AlertKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or_default()
+    }
+}
+
+/// One raised alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    /// The recipient domain (or certificate, node) it concerns.
+    pub subject: String,
+    /// The MX host, when one is concerned.
+    pub host: String,
+    /// What happened, in words.
+    pub detail: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// Kept alerts.
+pub trait AlertStore: Send + Sync {
+    /// Append alerts (one transaction).
+    fn record_alerts(&self, batch: &[Alert]) -> Result<(), StoreError>;
+    /// The newest alerts first, at most `limit`.
+    fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError>;
+}
