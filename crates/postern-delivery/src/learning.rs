@@ -109,6 +109,15 @@ mod tests {
             tls_error: None,
             tls_fallback_plaintext: false,
             reply: "250 ok".into(),
+            local_ip: None,
+            mta_sts: None,
+            would_fail: Vec::new(),
+            requirement_met: None,
+            policy: crate::policy::Requirement::at(
+                OutboundMode::Opportunistic,
+                Source::Global,
+                "mx.partner.test",
+            ),
         }
     }
 

@@ -307,6 +307,7 @@ fn relay_control() {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        dane: true,
         monitor: false,
     });
     s.domains.push(DomainEntry {
@@ -315,6 +316,7 @@ fn relay_control() {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        dane: true,
         monitor: false,
     });
     let mut d = Dialog::new(s, STRANGER);
@@ -559,6 +561,7 @@ fn unsendable_recipients_refused_at_rcpt() {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        dane: true,
         monitor: false,
     });
     let mut d = Dialog::new(s, STRANGER);

@@ -549,6 +549,8 @@ mod tests {
         let event = Event::DeliveryAttempt(DeliveryAttempt {
             domain: "partner.test".into(),
             attempt,
+            requiretls: false,
+            tls_required_no: false,
         });
         let row = TrackingEvent::new("Q1", None, 5, &event);
         assert_eq!(row.kind, "delivery_attempt");

@@ -861,6 +861,7 @@ fn copy_fills_an_empty_store_and_refuses_one_in_use(h: &dyn Harness) {
         next_hop: None,
         tls: None,
         mta_sts: true,
+        dane: true,
         monitor: false,
     }];
     source.put_settings(&settings).unwrap();

@@ -126,6 +126,8 @@ mod tests {
             next_hop: Some("[192.0.2.1]:25".into()),
             tls: Some(OutboundMode::Verify),
             monitor: true,
+            mta_sts: true,
+            dane: true,
         });
         let kept = pinned(&s, "partner.test", OutboundMode::Require);
         assert_eq!(kept.domains.len(), 1);

@@ -173,6 +173,8 @@ mod tests {
             tls_error: None,
             tls_fallback_plaintext: false,
             reply: "250 ok".into(),
+            mta_sts: None,
+            would_fail: Vec::new(),
             requirement_met: Some(true),
             policy,
         }
