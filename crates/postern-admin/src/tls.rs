@@ -101,14 +101,8 @@ impl AdminTls {
             .map_err(|e| format!("admin certificate \"{name}\": {e}"))?;
         let key = postern_tls::parse_key(key_pem)
             .map_err(|e| format!("admin certificate \"{name}\": {e}"))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
+        let config = postern_tls::config::admin_server_config(chain, key)
             .map_err(|e| format!("admin certificate \"{name}\": {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 

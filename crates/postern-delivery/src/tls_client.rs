@@ -121,7 +121,7 @@ impl ClientTls {
         trusted: TrustSources,
         client_cert: Option<(String, String)>,
     ) -> Result<ClientTls, TlsSetupError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = postern_tls::config::provider();
         let trust = Arc::new(Trust::new(&trusted, &provider)?);
 
         let client_auth: ClientAuth = match &client_cert {
@@ -149,15 +149,15 @@ impl ClientTls {
             &client_auth,
             Arc::new(ServerCheck::accept_any(&provider)),
         )?;
-        let mut https = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsSetupError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerCheck {
+        let mut https = postern_tls::config::client_with_verifier(
+            provider.clone(),
+            Arc::new(ServerCheck {
                 trust: Some(trust.clone()),
                 algorithms: provider.signature_verification_algorithms,
-            }))
-            .with_no_client_auth();
+            }),
+        )
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_no_client_auth();
         https.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ClientTls {
             verifying,
@@ -247,11 +247,8 @@ fn build_config(
     client_auth: &ClientAuth,
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
+    let builder = postern_tls::config::client_with_verifier(provider.clone(), verifier)
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
     let config = match client_auth {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => builder

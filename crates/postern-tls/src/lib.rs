@@ -33,6 +33,7 @@
 //! ([`install_crypto_provider`]). Nothing here panics on bad input: PEM text
 //! and peer certificates are untrusted data.
 
+pub mod config;
 mod describe;
 mod dkim;
 mod keys;

@@ -145,11 +145,10 @@ impl ServerTls {
         let (verifier, trust) = client_verifiers(params.client_certificate, roots, &provider)?;
 
         let versions: &[&rustls::SupportedProtocolVersion] = match params.min_version {
-            TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-            TlsVersion::V1_3 => &[&rustls::version::TLS13],
+            TlsVersion::V1_2 => crate::config::TLS12_AND_13,
+            TlsVersion::V1_3 => crate::config::TLS13_ONLY,
         };
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
+        let mut config = crate::config::server_builder(provider, versions)
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(CertChoice { keys }));

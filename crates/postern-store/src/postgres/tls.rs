@@ -20,9 +20,8 @@ use super::conninfo::{ConnInfo, SslMode};
 
 /// The rustls client configuration for `info`; `None` for `disable`.
 pub(crate) fn client_config(info: &ConnInfo) -> Result<Option<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let provider = postern_tls::config::provider();
+    let builder = postern_tls::config::client_builder(Arc::clone(&provider))
         .map_err(|e| format!("TLS setup: {e}"))?;
     let verifier: Arc<dyn ServerCertVerifier> = match info.sslmode {
         SslMode::Disable => return Ok(None),
