@@ -304,6 +304,8 @@ class DnsServer:
             return self._records.get(name)
 
     def _exists(self, name: str) -> bool:
+        if not name:  # the root always exists (a DNSSEC probe asks for its DNSKEY)
+            return True
         with self._lock:
             if name in self._records:
                 return True
@@ -312,9 +314,11 @@ class DnsServer:
 
     def _soa(self, qname: str) -> RR:
         labels = qname.split(".")
-        apex = ".".join(labels[-2:]) if len(labels) >= 2 else (qname or ".")
-        return RR(apex + ".", QTYPE.SOA, ttl=self.ttl,
-                  rdata=SOA(f"ns.{apex}.", f"hostmaster.{apex}.", (1, 60, 60, 600, self.ttl)))
+        apex = ".".join(labels[-2:]) if len(labels) >= 2 else qname
+        # The root's owner is "." (an empty label would not encode).
+        owner, host = (apex + ".", apex) if apex else (".", "root.test")
+        return RR(owner, QTYPE.SOA, ttl=self.ttl,
+                  rdata=SOA(f"ns.{host}.", f"hostmaster.{host}.", (1, 60, 60, 600, self.ttl)))
 
     def _rrs(self, name: str, entry: dict[str, Any], qtype: str) -> list[RR]:
         owner = name + "."

@@ -227,7 +227,7 @@ def test_enforce(world):
     assert arrived_over_tls(raw)
     a = last_attempt(gw, qid)
     assert (a["requirement"], a["source"], a["cert_verified"]) == ("MTA-STS enforce", "mta-sts", True), a
-    assert a["mta_sts"]["from"] == "fetched" and a["mta_sts"]["policy"]["id"] == "a1", a
+    assert a["mta_sts_lookup"]["from"] == "fetched" and a["mta_sts_lookup"]["policy"]["id"] == "a1", a
     delivered(world, gw, "bob@enforce-wild.test", "enforce wildcard", "good")
 
     _, reason = deferred(gw, "bob@enforce-badcert.test", "enforce badcert")
@@ -249,7 +249,7 @@ def test_testing_and_none_deliver_by_the_base(world):
     gw = world["gateway"]()
     qid = delivered(world, gw, "bob@testing-badcert.test", "testing badcert", "bad")
     a = last_attempt(gw, qid)
-    assert a["requirement"] == "global opportunistic" and a["mta_sts"]["policy"]["mode"] == "testing", a
+    assert a["requirement"] == "global opportunistic" and a["mta_sts_lookup"]["policy"]["mode"] == "testing", a
     [would] = a["would_fail"]
     assert (would["requirement"], would["source"], would["result_type"]) == (
         "MTA-STS testing", "mta-sts", "certificate-not-trusted"), would
@@ -257,7 +257,7 @@ def test_testing_and_none_deliver_by_the_base(world):
 
     qid = delivered(world, gw, "bob@mode-none.test", "mode none", "bad")
     a = last_attempt(gw, qid)
-    assert a["mta_sts"]["policy"]["mode"] == "none" and not a.get("would_fail"), a
+    assert a["mta_sts_lookup"]["policy"]["mode"] == "none" and not a.get("would_fail"), a
 
 
 @pytest.mark.parametrize("domain, result_type, words", [
@@ -273,7 +273,7 @@ def test_unusable_policy_is_no_policy_and_recorded(world, domain, result_type, w
     failure is recorded with its RFC 8460 result type."""
     gw = world["gateway"]()
     qid = delivered(world, gw, f"bob@{domain}", f"unusable {domain}", "bad")
-    sts = last_attempt(gw, qid)["mta_sts"]
+    sts = last_attempt(gw, qid)["mta_sts_lookup"]
     assert sts["from"] == "none" and "policy" not in sts, sts
     assert sts["failure"]["result_type"] == result_type, sts
     assert words in sts["failure"]["detail"], sts
@@ -283,7 +283,7 @@ def test_unusable_policy_is_no_policy_and_recorded(world, domain, result_type, w
 def test_no_txt_record_no_fetch(world):
     gw = world["gateway"]()
     qid = delivered(world, gw, "bob@nopolicy.test", "no txt", "bad")
-    assert last_attempt(gw, qid)["mta_sts"] == {"txt": "none", "from": "none"}
+    assert last_attempt(gw, qid)["mta_sts_lookup"] == {"txt": "none", "from": "none"}
     assert world["policy"].fetches["mta-sts.nopolicy.test"] == 0
 
 
@@ -299,8 +299,8 @@ def test_txt_timeout_is_not_repeated_for_every_message(world):
                    if name.rstrip(".").lower() == "_mta-sts.slow.test")
 
     qid = delivered(world, gw, "bob@slow.test", "slow 1", "good")
-    assert "timed out" in last_attempt(gw, qid)["mta_sts"]["txt"].lower() or \
-        "failed" in last_attempt(gw, qid)["mta_sts"]["txt"], last_attempt(gw, qid)
+    assert "timed out" in last_attempt(gw, qid)["mta_sts_lookup"]["txt"].lower() or \
+        "failed" in last_attempt(gw, qid)["mta_sts_lookup"]["txt"], last_attempt(gw, qid)
     asked = txt_queries()
     assert asked >= 1
     delivered(world, gw, "bob@slow.test", "slow 2", "good")
@@ -344,7 +344,7 @@ def test_new_id_refetches(world):
     world["dns"].update({"_mta-sts.newid.test": {"TXT": ["v=STSv1; id=b2"]}})
     qid = delivered(world, gw, "bob@newid.test", "id 2", "good")
     assert policy_host.fetches["mta-sts.newid.test"] == 2
-    sts = last_attempt(gw, qid)["mta_sts"]
+    sts = last_attempt(gw, qid)["mta_sts_lookup"]
     assert (sts["from"], sts["policy"]["id"], sts["policy"]["mode"]) == ("fetched", "b2", "testing"), sts
     out = gw.cli_ok("probe", "newid.test").stdout
     assert "policy id b2 mode testing" in out and "report-only:     MTA-STS testing" in out, out

@@ -113,9 +113,9 @@ pub struct DeliveryAttempt {
     /// The message's own TLS requests travel with each attempt:
     /// `TLS-Required: No` explains a requirement without DANE, MTA-STS or
     /// learned levels.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub requiretls: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub tls_required_no: bool,
 }
 
@@ -165,6 +165,14 @@ pub struct Attempt {
     /// have decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub report_only: Vec<WouldBe>,
+    /// What the MTA-STS lookup saw for the domain: the TXT record, where
+    /// the policy came from, a failed fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mta_sts_lookup: Option<StsLookup>,
+    /// Report-only requirements the attempt did not meet, with what
+    /// failed (as the courier saw it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_fail: Vec<WouldFail>,
 
     /// Whether the server advertised STARTTLS (plaintext EHLO).
     #[serde(default)]
@@ -195,6 +203,52 @@ pub struct Attempt {
     /// The server's last reply, as one line.
     #[serde(default)]
     pub reply: String,
+}
+
+/// The MTA-STS lookup behind an attempt (SPEC §10 item 3).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StsLookup {
+    /// The `_mta-sts` TXT record, `none`, or why it does not count.
+    pub txt: String,
+    /// `cache`, `fetched` or `none`.
+    pub from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<StsPolicySeen>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<StsFetchFailure>,
+}
+
+/// The policy in use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StsPolicySeen {
+    pub id: String,
+    pub mode: String,
+    pub max_age: u64,
+    pub mx: Vec<String>,
+    /// Unix seconds.
+    pub fetched_at: i64,
+    pub expires_at: i64,
+}
+
+/// A policy fetch that failed (a cached policy may still apply).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StsFetchFailure {
+    pub result_type: Option<ResultType>,
+    pub detail: String,
+}
+
+/// A report-only requirement the attempt did not meet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WouldFail {
+    /// As deferral reasons name it (`MTA-STS testing`).
+    pub requirement: String,
+    pub source: Source,
+    pub result_type: ResultType,
+    /// What would have failed.
+    pub failure: String,
 }
 
 impl Attempt {
@@ -545,6 +599,8 @@ mod tests {
             tls_error: None,
             tls_fallback_plaintext: false,
             reply: "220 go ahead".into(),
+            mta_sts_lookup: None,
+            would_fail: Vec::new(),
         };
         let event = Event::DeliveryAttempt(DeliveryAttempt {
             domain: "partner.test".into(),

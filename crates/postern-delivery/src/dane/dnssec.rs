@@ -65,6 +65,8 @@ impl std::fmt::Display for QueryFailure {
 /// How long the result of the "do the name servers serve DNSSEC" check
 /// holds before it is made again.
 const ROOT_CHECK_INTERVAL: Duration = Duration::from_secs(600);
+/// How long the root DNSKEY probe may take.
+const ROOT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bounds for cached stub answers.
 const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
 const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -151,7 +153,20 @@ impl SecureDns {
                 }
             }
         }
-        let result = validating.lookup(Name::root(), RecordType::DNSKEY).await;
+        // Bounded: a resolver that drops DNSKEY queries must not hold up
+        // deliveries for the resolver's whole retry schedule.
+        let result = match timeout(
+            ROOT_PROBE_TIMEOUT,
+            validating.lookup(Name::root(), RecordType::DNSKEY),
+        )
+        .await
+        {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer to the root DNSKEY query within {} s",
+                ROOT_PROBE_TIMEOUT.as_secs()
+            )),
+        };
         let ok = match &result {
             Ok(lookup) => {
                 !lookup.answers().is_empty()
@@ -166,7 +181,7 @@ impl SecureDns {
         if !ok && !self.warned.swap(true, Ordering::Relaxed) {
             let why = match &result {
                 Ok(_) => "the root DNSKEY answer is not validated".to_string(),
-                Err(e) => e.to_string(),
+                Err(e) => e.clone(),
             };
             tracing::warn!(
                 "dns.dnssec = validate: the name servers do not serve DNSSEC ({why}); \

@@ -37,6 +37,17 @@ pub fn attempt(record: &AttemptRecord) -> Attempt {
             .iter()
             .map(|req| would_be(req, record))
             .collect(),
+        mta_sts_lookup: record.mta_sts.as_ref().map(sts_lookup),
+        would_fail: record
+            .would_fail
+            .iter()
+            .map(|w| event::WouldFail {
+                requirement: w.requirement.clone(),
+                source: source(w.source),
+                result_type: result_type(w.result_type),
+                failure: w.failure.clone(),
+            })
+            .collect(),
         starttls_offered: record.starttls_offered,
         tls_version: record.tls_version.clone(),
         cipher: record.cipher.clone(),
@@ -47,6 +58,31 @@ pub fn attempt(record: &AttemptRecord) -> Attempt {
         tls_error: record.tls_error.clone(),
         tls_fallback_plaintext: record.tls_fallback_plaintext,
         reply: record.reply.clone(),
+    }
+}
+
+fn sts_lookup(status: &postern_delivery::mta_sts::StsStatus) -> event::StsLookup {
+    use postern_delivery::mta_sts::PolicyFrom;
+    event::StsLookup {
+        txt: status.txt.clone(),
+        from: match status.from {
+            PolicyFrom::Cache => "cache",
+            PolicyFrom::Fetched => "fetched",
+            PolicyFrom::None => "none",
+        }
+        .to_string(),
+        policy: status.policy.as_ref().map(|p| event::StsPolicySeen {
+            id: p.id.clone(),
+            mode: mts_mode(p.mode).to_string(),
+            max_age: p.max_age,
+            mx: p.mx.clone(),
+            fetched_at: p.fetched_at,
+            expires_at: p.expires_at,
+        }),
+        failure: status.failure.as_ref().map(|f| event::StsFetchFailure {
+            result_type: Some(result_type(f.result_type)),
+            detail: f.detail.clone(),
+        }),
     }
 }
 
