@@ -25,6 +25,9 @@ use crate::events::{event_kind, TrackingEvent};
 /// One event of a message's life, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// One event is built per attempt and written at once; boxing the attempt
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The message was accepted and is on disk.
     Received(Received),
