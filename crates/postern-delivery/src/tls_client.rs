@@ -29,9 +29,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use postern_tls::HandshakeSignatures;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::CryptoProvider;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -141,7 +142,7 @@ impl ClientTls {
             &client_auth,
             Arc::new(ServerCheck {
                 trust: Some(trust.clone()),
-                algorithms: provider.signature_verification_algorithms,
+                signatures: HandshakeSignatures::of(&provider),
             }),
         )?;
         let accepting = build_config(
@@ -153,7 +154,7 @@ impl ClientTls {
             provider.clone(),
             Arc::new(ServerCheck {
                 trust: Some(trust.clone()),
-                algorithms: provider.signature_verification_algorithms,
+                signatures: HandshakeSignatures::of(&provider),
             }),
         )
         .map_err(|e| TlsSetupError::Config(e.to_string()))?
@@ -368,7 +369,7 @@ fn is_self_issued(der: &CertificateDer<'_>) -> bool {
 /// hold the key of the certificate it shows.
 pub struct ServerCheck {
     trust: Option<Arc<Trust>>,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl ServerCheck {
@@ -376,7 +377,7 @@ impl ServerCheck {
     pub fn accept_any(provider: &CryptoProvider) -> Self {
         Self {
             trust: None,
-            algorithms: provider.signature_verification_algorithms,
+            signatures: HandshakeSignatures::of(&provider),
         }
     }
 }
@@ -410,7 +411,7 @@ impl ServerCertVerifier for ServerCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -419,11 +420,11 @@ impl ServerCertVerifier for ServerCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 

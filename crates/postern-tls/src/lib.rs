@@ -26,7 +26,8 @@
 //!
 //! Layout: `keys` (generation), `dkim` (DKIM keys), `pem` (parsing and import checks),
 //! `describe` (certificate descriptions), `server` (inbound configuration and
-//! client-certificate verifiers), `names` (version and cipher names for
+//! client-certificate verifiers), `signatures` (the handshake-signature
+//! checks every verifier delegates to), `names` (version and cipher names for
 //! `Received:` headers and traces).
 //!
 //! Exactly one rustls crypto provider is used in the process: aws-lc-rs
@@ -40,6 +41,7 @@ mod keys;
 mod names;
 mod pem;
 mod server;
+mod signatures;
 mod tlsa;
 
 use std::sync::{Arc, OnceLock};
@@ -55,6 +57,7 @@ pub use names::{
 };
 pub use pem::{parse_chain, parse_key, validate_entry};
 pub use server::{CertKeyPem, ClientCertStatus, InboundTlsParams, ServerTls};
+pub use signatures::HandshakeSignatures;
 pub use tlsa::{tlsa_association, TlsaMatching, TlsaSelector};
 
 /// What went wrong with a certificate, a key or the TLS configuration,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use postern_config::{ClientCertMode, TlsVersion};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
     ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier,
@@ -20,6 +20,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 
 use crate::pem::{parse_certificate, parse_chain, parse_key, validate_entry};
+use crate::signatures::HandshakeSignatures;
 use crate::{provider, TlsError};
 
 /// Size of the TLS 1.2 session-ID cache (clients without ticket support).
@@ -301,7 +302,7 @@ fn client_verifiers(
             };
             let verifier = Arc::new(RequestAnyClientCert {
                 hints,
-                algorithms: provider.signature_verification_algorithms,
+                signatures: HandshakeSignatures::of(provider),
             });
             Ok((verifier, trust))
         }
@@ -315,7 +316,7 @@ fn client_verifiers(
 #[derive(Debug)]
 struct RequestAnyClientCert {
     hints: Vec<DistinguishedName>,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl ClientCertVerifier for RequestAnyClientCert {
@@ -346,7 +347,7 @@ impl ClientCertVerifier for RequestAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -355,11 +356,11 @@ impl ClientCertVerifier for RequestAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 

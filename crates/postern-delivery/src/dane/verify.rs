@@ -17,9 +17,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use postern_tls::HandshakeSignatures;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -51,7 +52,7 @@ pub struct DaneVerifier {
     /// The MX host: the reference identity for DANE-TA.
     host: ServerName<'static>,
     provider: Arc<CryptoProvider>,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl fmt::Debug for DaneVerifier {
@@ -69,12 +70,11 @@ impl DaneVerifier {
         host: ServerName<'static>,
         provider: Arc<CryptoProvider>,
     ) -> DaneVerifier {
-        let algorithms = provider.signature_verification_algorithms;
         DaneVerifier {
             records,
             host,
+            signatures: HandshakeSignatures::of(&provider),
             provider,
-            algorithms,
         }
     }
 
@@ -174,7 +174,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -183,11 +183,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
