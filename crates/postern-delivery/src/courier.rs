@@ -24,9 +24,8 @@ use crate::dane::{self, TlsaReport};
 use crate::learning::LearnedLevels;
 use crate::mta_sts::{MtaSts, StsStatus};
 use crate::policy::{
-    after_handshake, after_tls_failure, decide, requirement, Authenticity, Base, CertAuth,
-    CertProblem, DaneInput, Fallback, Inputs, MtaStsPolicy, Plan, Requirement, TlsFailure,
-    TlsPolicyFailure,
+    after_handshake, after_tls_failure, decide, requirement, Base, CertAuth, CertProblem,
+    DaneInput, Fallback, Inputs, MtaStsPolicy, Plan, Requirement, TlsFailure, TlsPolicyFailure,
 };
 use crate::requiretls;
 use crate::route::{resolve, Resolver, RouteError, Target};
@@ -107,36 +106,29 @@ impl Courier {
     /// The requirement for `host` of `domain` from the sources fed so far.
     fn requirement_for(
         base: &Base,
-        host: &str,
+        target: &Target,
         sts: Option<&MtaStsPolicy>,
         dane: &DaneInput,
         learned: Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)>,
     ) -> Requirement {
-        requirement(&Self::inputs(base, host, sts, dane, learned))
+        requirement(&Self::inputs(base, target, sts, dane, learned))
     }
 
-    /// The domain's sources for one host. The MX lookup counts as
-    /// authenticated (REQUIRETLS routing) when DANE found it so.
+    /// The domain's sources for one host; whether its MX lookup was
+    /// authenticated (REQUIRETLS routing) is the route's.
     fn inputs<'a>(
         base: &'a Base,
-        host: &'a str,
+        target: &'a Target,
         sts: Option<&'a MtaStsPolicy>,
         dane: &'a DaneInput,
         learned: Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)>,
     ) -> Inputs<'a> {
-        let mx_authenticated = matches!(
-            dane,
-            DaneInput::Looked {
-                mx: Authenticity::Authenticated,
-                ..
-            }
-        );
         Inputs {
             mta_sts: sts,
             dane,
-            mx_authenticated,
+            mx_authenticated: target.dnssec.mx_authenticated(),
             learned,
-            ..Inputs::base_only(base, host)
+            ..Inputs::base_only(base, &target.host)
         }
     }
 
@@ -166,13 +158,13 @@ impl Courier {
     /// flags.
     fn message_requirement(
         base: &Base,
-        host: &str,
+        target: &Target,
         sts: Option<&MtaStsPolicy>,
         dane: &DaneInput,
         learned: Option<(crate::policy::LearnedLevel, crate::policy::LearnMode)>,
         message: &Outgoing<'_>,
     ) -> Requirement {
-        let mut inputs = Self::inputs(base, host, sts, dane, learned);
+        let mut inputs = Self::inputs(base, target, sts, dane, learned);
         inputs.requiretls = message.requiretls;
         inputs.tls_required_no = message.tls_required_no && !message.requiretls;
         requirement(&inputs)
@@ -189,7 +181,7 @@ impl Courier {
         if !dane::applies(settings, &self.resolver, domain) {
             return targets.iter().map(|_| (DaneInput::Off, None)).collect();
         }
-        dane::inputs(&self.resolver, domain, targets, probe).await
+        dane::inputs(&self.resolver, targets, probe).await
     }
 
     /// The learned level of `domain` and what to do with it, when kept.
@@ -229,14 +221,8 @@ impl Courier {
         let learned = self.learned_for(settings, domain);
         let mut last_failure = None;
         for (target, (dane, _)) in targets.iter().zip(&dane) {
-            let requirement = Self::message_requirement(
-                &base,
-                &target.host,
-                policy.as_ref(),
-                dane,
-                learned,
-                message,
-            );
+            let requirement =
+                Self::message_requirement(&base, target, policy.as_ref(), dane, learned, message);
             if let Some(refusal) = &requirement.refusal {
                 let host = HostRef::new(target.host.clone(), None);
                 let failure = Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
@@ -392,7 +378,7 @@ impl Courier {
         let mut hosts = Vec::with_capacity(targets.len());
         for (target, (dane, tlsa)) in targets.into_iter().zip(dane) {
             let requirement =
-                Self::requirement_for(&base, &target.host, policy.as_ref(), &dane, learned);
+                Self::requirement_for(&base, &target, policy.as_ref(), &dane, learned);
             // DANE is checked in the handshake itself (the record keeps no
             // certificates to match afterwards): a DANE host is probed
             // with its real requirement, everything else opportunistically.

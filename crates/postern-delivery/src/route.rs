@@ -17,10 +17,17 @@
 //! Everything else that goes wrong in DNS — SERVFAIL, timeouts, MX hosts
 //! without addresses — is temporary (see [`crate::classify`]).
 //!
+//! With `[dns] dnssec` on, a route found by MX also says, per target,
+//! whether the MX RRset and the host's addresses were DNSSEC-authenticated
+//! ([`Target::dnssec`], from `authenticity`): DANE and REQUIRETLS read that
+//! one fact. The route itself is looked up exactly as without DNSSEC, and
+//! DNSSEC never makes a route fail.
+//!
 //! [`Resolver`] wraps hickory's Tokio resolver, built from
 //! `[dns] nameservers` (UDP and TCP) or the system configuration, and
-//! carries the DNSSEC-aware queries of `[dns] dnssec` (used by DANE; the
-//! route itself is looked up exactly as without DNSSEC).
+//! carries the DNSSEC-aware queries of `[dns] dnssec`.
+
+mod authenticity;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +47,7 @@ use postern_config::{DnsNode, Dnssec, NextHopHost, Settings};
 use rand::seq::SliceRandom;
 
 use crate::dane::dnssec::SecureDns;
+use crate::policy::RouteAuth;
 
 /// One host to try, with everything needed to connect and verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +60,9 @@ pub struct Target {
     pub port: u16,
     /// MX preference (0 for next hops and the implicit MX).
     pub preference: u16,
+    /// Whether DNSSEC authenticated the MX answer naming this host and its
+    /// addresses (`NotLooked` without DNSSEC or for a static route).
+    pub dnssec: RouteAuth,
 }
 
 impl Target {
@@ -406,6 +417,7 @@ pub async fn resolve(
                 addrs: vec![ip],
                 port: hop.port,
                 preference: 0,
+                dnssec: RouteAuth::NotLooked,
             }]),
             NextHopHost::Name(name) => {
                 let addrs = resolver
@@ -417,6 +429,7 @@ pub async fn resolve(
                     addrs,
                     port: hop.port,
                     preference: 0,
+                    dnssec: RouteAuth::NotLooked,
                 }])
             }
         };
@@ -427,12 +440,25 @@ pub async fn resolve(
             addrs: vec![ip],
             port: mx_port,
             preference: 0,
+            dnssec: RouteAuth::NotLooked,
         }]);
     }
     if domain.is_empty() || domain.contains(['[', ']', ' ', '/', '\\', '@']) {
         return Err(RouteError::InvalidDomain { domain });
     }
+    let mut targets = by_mx(domain.clone(), resolver, mx_port).await?;
+    if let Some(dns) = resolver.secure() {
+        authenticity::authenticate(dns, &domain, &mut targets).await;
+    }
+    Ok(targets)
+}
 
+/// The MX hosts of `domain` (or the domain itself, the implicit MX).
+async fn by_mx(
+    domain: String,
+    resolver: &Resolver,
+    mx_port: u16,
+) -> Result<Vec<Target>, RouteError> {
     let Some(mut mxs) = resolver.mx(&domain).await? else {
         // No MX: the domain itself is the implicit MX.
         return match resolver.addresses(&domain).await {
@@ -441,6 +467,7 @@ pub async fn resolve(
                 addrs,
                 port: mx_port,
                 preference: 0,
+                dnssec: RouteAuth::NotLooked,
             }]),
             Err(AddressFailure::Negative(Negative::NxDomain)) => {
                 Err(RouteError::NxDomain { domain })
@@ -466,6 +493,7 @@ pub async fn resolve(
                 addrs,
                 port: mx_port,
                 preference,
+                dnssec: RouteAuth::NotLooked,
             }),
             Err(failure) => {
                 first_error.get_or_insert_with(|| failure.for_host(&host));

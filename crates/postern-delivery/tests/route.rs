@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use postern_config::{DomainEntry, Settings};
+use postern_delivery::policy::RouteAuth;
 use postern_delivery::{resolve, Failure, FailureKind, Resolver, RouteError, Target};
 use support::dns::{DnsServer, Rr};
 use support::*;
@@ -68,6 +69,7 @@ fn target(host: &str, addrs: &[&str], port: u16, preference: u16) -> Target {
         addrs: addrs.iter().map(|a| a.parse().expect("ip")).collect(),
         port,
         preference,
+        dnssec: RouteAuth::NotLooked,
     }
 }
 

@@ -4,29 +4,25 @@
 //!
 //! Layout: `dnssec` (answers with their DNSSEC status, per `[dns]
 //! dnssec`), `verify` (DANE-EE and DANE-TA as a rustls verifier), and here
-//! the lookup that joins them: for a domain routed by MX, the MX RRset's
-//! status, each host's address status and its TLSA records at
-//! `_<port>._tcp.<host>`.
+//! the TLSA lookup at `_<port>._tcp.<host>` for each host of a domain
+//! routed by MX.
 //!
-//! An MX or address answer only counts as authenticated when it also
-//! contains what the route uses (the route's own lookups come from the
-//! plain resolver): a spoofed plain answer never borrows the authenticity
-//! of the real one. The TLSA lookup is made only where MX and addresses
-//! are authenticated (RFC 7672 §2.2): elsewhere DANE cannot apply, and an
-//! unsigned zone's broken TLSA name must not stop its mail.
+//! Whether the MX RRset and the host's addresses were authenticated is the
+//! route's fact ([`Target::dnssec`], found by [`crate::route`]), read here,
+//! not looked up again. The TLSA lookup is made only where MX and
+//! addresses are authenticated (RFC 7672 §2.2): elsewhere DANE cannot
+//! apply, and an unsigned zone's broken TLSA name must not stop its mail.
 
 pub mod dnssec;
 pub mod verify;
-
-use std::net::IpAddr;
 
 use hickory_resolver::proto::rr::{RData, RecordType};
 use postern_config::Settings;
 use serde::Serialize;
 
-use crate::policy::{Authenticity, DaneInput, Tlsa};
+use crate::policy::{Authenticity, DaneInput, RouteAuth, Tlsa};
 use crate::route::{Resolver, Target};
-use dnssec::{Answer, QueryFailure, SecureDns};
+use dnssec::SecureDns;
 
 /// What `postern probe` shows for one host: the TLSA name, the records and
 /// their DNSSEC status, beside the input the requirement was formed from.
@@ -55,45 +51,35 @@ pub fn applies(settings: &Settings, resolver: &Resolver, domain: &str) -> bool {
         && !domain.starts_with('[')
 }
 
-/// The DANE input for every target of `domain` (same order). With
-/// `probe`, the TLSA records are looked up for every host, also where
-/// they cannot apply, and reported.
+/// The DANE input for every target (same order). With `probe`, the TLSA
+/// records are looked up for every host, also where they cannot apply,
+/// and reported.
 pub async fn inputs(
     resolver: &Resolver,
-    domain: &str,
     targets: &[Target],
     probe: bool,
 ) -> Vec<(DaneInput, Option<TlsaReport>)> {
     let Some(dns) = resolver.secure() else {
         return targets.iter().map(|_| (DaneInput::Off, None)).collect();
     };
-    let mx = dns.query(domain, RecordType::MX).await;
     let mut out = Vec::with_capacity(targets.len());
     for target in targets {
-        out.push(for_target(dns, domain, &mx, target, probe).await);
+        out.push(for_target(dns, target, probe).await);
     }
     out
 }
 
 async fn for_target(
     dns: &SecureDns,
-    domain: &str,
-    mx: &Result<Answer, QueryFailure>,
     target: &Target,
     probe: bool,
 ) -> (DaneInput, Option<TlsaReport>) {
-    let mx_status = match mx {
-        Err(QueryFailure::Bogus(detail)) => {
-            return (DaneInput::Failed(format!("MX of {domain}: {detail}")), None)
-        }
-        // The route's own MX lookup worked; a failing status query only
-        // means DNSSEC cannot say anything (never a reason to stop mail).
-        Err(QueryFailure::Failed(_)) => Authenticity::Unauthenticated,
-        Ok(answer) => mx_authenticity(answer, domain, &target.host),
-    };
-    let addresses = match address_authenticity(dns, target).await {
-        Ok(status) => status,
-        Err(detail) => return (DaneInput::Failed(detail), None),
+    let (mx_status, addresses) = match &target.dnssec {
+        RouteAuth::Looked { mx, addresses } => (*mx, *addresses),
+        RouteAuth::Bogus(detail) => return (DaneInput::Failed(detail.clone()), None),
+        // A route not found by MX: nothing to authenticate (`applies`
+        // keeps DANE away from those).
+        RouteAuth::NotLooked => (Authenticity::Unauthenticated, Authenticity::Unauthenticated),
     };
     let name = tlsa_name(&target.host, target.port);
     let authenticated =
@@ -147,71 +133,6 @@ async fn for_target(
     }
 }
 
-/// Authenticated only when the authenticated answer names `host` (or, for
-/// the implicit MX, proves there is no MX and `host` is the domain).
-fn mx_authenticity(answer: &Answer, domain: &str, host: &str) -> Authenticity {
-    if answer.authenticity != Authenticity::Authenticated {
-        return Authenticity::Unauthenticated;
-    }
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let exchanges: Vec<String> = answer
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            RData::MX(mx) => Some(
-                mx.exchange
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase(),
-            ),
-            _ => None,
-        })
-        .collect();
-    let named = if exchanges.is_empty() {
-        host == domain.trim_end_matches('.').to_ascii_lowercase()
-    } else {
-        exchanges.contains(&host)
-    };
-    if named {
-        Authenticity::Authenticated
-    } else {
-        Authenticity::Unauthenticated
-    }
-}
-
-/// The A and AAAA answers of the host: authenticated when every family
-/// that has addresses is, and the route's addresses are all among them.
-/// `Err` only for bogus answers.
-async fn address_authenticity(dns: &SecureDns, target: &Target) -> Result<Authenticity, String> {
-    let mut found: Vec<IpAddr> = Vec::new();
-    let mut all_authenticated = true;
-    for rtype in [RecordType::A, RecordType::AAAA] {
-        match dns.query(&target.host, rtype).await {
-            Ok(answer) => {
-                if answer.records.is_empty() {
-                    continue;
-                }
-                all_authenticated &= answer.authenticity == Authenticity::Authenticated;
-                found.extend(answer.records.iter().filter_map(|r| match r {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                    _ => None,
-                }));
-            }
-            Err(QueryFailure::Bogus(detail)) => {
-                return Err(format!("{rtype} of {}: {detail}", target.host))
-            }
-            Err(QueryFailure::Failed(_)) => all_authenticated = false,
-        }
-    }
-    let covered = !found.is_empty() && target.addrs.iter().all(|ip| found.contains(ip));
-    Ok(if all_authenticated && covered {
-        Authenticity::Authenticated
-    } else {
-        Authenticity::Unauthenticated
-    })
-}
-
 fn tlsa_records(records: &[RData]) -> Vec<Tlsa> {
     let mut out: Vec<Tlsa> = records
         .iter()
@@ -237,52 +158,6 @@ fn tlsa_records(records: &[RData]) -> Vec<Tlsa> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::rr::rdata::MX;
-    use hickory_resolver::proto::rr::Name;
-
-    fn mx_answer(authenticity: Authenticity, hosts: &[&str]) -> Answer {
-        Answer {
-            authenticity,
-            records: hosts
-                .iter()
-                .map(|h| {
-                    RData::MX(MX::new(
-                        10,
-                        Name::from_ascii(format!("{h}.")).expect("name"),
-                    ))
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn mx_must_name_the_host() {
-        use Authenticity::{Authenticated, Unauthenticated};
-        let signed = mx_answer(Authenticated, &["mx1.partner.test"]);
-        assert_eq!(
-            mx_authenticity(&signed, "partner.test", "MX1.partner.test."),
-            Authenticated
-        );
-        assert_eq!(
-            mx_authenticity(&signed, "partner.test", "mx.attacker.test"),
-            Unauthenticated
-        );
-        let unsigned = mx_answer(Unauthenticated, &["mx1.partner.test"]);
-        assert_eq!(
-            mx_authenticity(&unsigned, "partner.test", "mx1.partner.test"),
-            Unauthenticated
-        );
-        // Implicit MX: an authenticated denial and the domain itself.
-        let none = mx_answer(Authenticated, &[]);
-        assert_eq!(
-            mx_authenticity(&none, "partner.test", "partner.test"),
-            Authenticated
-        );
-        assert_eq!(
-            mx_authenticity(&none, "partner.test", "other.test"),
-            Unauthenticated
-        );
-    }
 
     #[test]
     fn tlsa_owner_names() {

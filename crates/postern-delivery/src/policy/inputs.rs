@@ -61,6 +61,37 @@ pub enum Authenticity {
     Unauthenticated,
 }
 
+/// What DNSSEC said about the route to one host (SPEC §10): the MX RRset
+/// that named it and its address records. Found by the route lookup
+/// ([`crate::route`]); DANE and REQUIRETLS both read it from there.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RouteAuth {
+    /// Not looked up: `dns.dnssec = "off"`, or a route not found by MX
+    /// (a static `next_hop`, an address literal).
+    #[default]
+    NotLooked,
+    Looked {
+        mx: Authenticity,
+        addresses: Authenticity,
+    },
+    /// An answer carried signatures that failed validation (bogus): where
+    /// DNSSEC matters for the host, it is deferred.
+    Bogus(String),
+}
+
+impl RouteAuth {
+    /// The MX lookup authenticated this host (REQUIRETLS routing).
+    pub fn mx_authenticated(&self) -> bool {
+        matches!(
+            self,
+            RouteAuth::Looked {
+                mx: Authenticity::Authenticated,
+                ..
+            }
+        )
+    }
+}
+
 /// One TLSA record (RFC 6698 §2.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
 pub struct Tlsa {

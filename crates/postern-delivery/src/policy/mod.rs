@@ -25,7 +25,7 @@ mod verdict;
 
 pub use inputs::{
     Authenticity, Base, DaneInput, DomainRule, Inputs, LearnMode, LearnedLevel, MtaStsMode,
-    MtaStsPolicy, Tlsa,
+    MtaStsPolicy, RouteAuth, Tlsa,
 };
 pub use requirement::{requirement, CertAuth, Enforcement, MxRule, Requirement, Source, StsRef};
 pub use verdict::{
