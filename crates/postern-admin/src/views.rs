@@ -283,7 +283,7 @@ pub struct Hop {
     /// Outbound: the MTA-STS policy (`id 2026a, mode enforce`) or the TLSA
     /// records used.
     pub policy: Option<String>,
-    /// Outbound: report-only requirements and their would-be verdicts
+    /// Outbound: the report-only requirements the attempt did not meet
     /// (`MTA-STS testing (mta-sts): failed, certificate-not-trusted`).
     pub report_only: Vec<String>,
     /// Outbound: the server's last reply.
@@ -459,20 +459,15 @@ fn outbound_hop(at: i64, d: &DeliveryAttempt) -> Hop {
         policy_type: has_policy.then(|| a.policy_type.as_str().to_string()),
         policy: policy_text(a),
         report_only: a
-            .report_only
+            .would_fail
             .iter()
             .map(|w| {
-                let mut text = format!(
-                    "{} ({}): {}",
+                format!(
+                    "{} ({}): failed, {}",
                     w.requirement,
                     w.source.as_str(),
-                    w.verdict.as_str()
-                );
-                if let Some(t) = w.result_type {
-                    text.push_str(", ");
-                    text.push_str(t.as_str());
-                }
-                text
+                    w.result_type.as_str()
+                )
             })
             .collect(),
         reply: non_empty(&a.reply),

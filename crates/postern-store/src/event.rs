@@ -163,17 +163,15 @@ pub struct Attempt {
     /// The RFC 8460 result type of a TLS policy failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_type: Option<ResultType>,
-    /// Stricter requirements evaluated but not enforced (`monitor`
-    /// domains, MTA-STS `testing`, learned `monitor`) and what they would
-    /// have decided.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub report_only: Vec<WouldBe>,
     /// What the MTA-STS lookup saw for the domain: the TXT record, where
     /// the policy came from, a failed fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mta_sts_lookup: Option<StsLookup>,
-    /// Report-only requirements the attempt did not meet, with what
-    /// failed (as the courier saw it).
+    /// The report-only requirements (`monitor` domains, MTA-STS
+    /// `testing`, learned `monitor`) the attempt did not meet, with what
+    /// failed (as the courier saw it): the one record of report-only
+    /// verdicts. Attempts recorded before it kept them in `report_only`,
+    /// read into this field ([`TrackingEvent::parse`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub would_fail: Vec<WouldFail>,
 
@@ -403,17 +401,6 @@ impl ResultType {
     }
 }
 
-/// A report-only requirement and what it would have decided.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WouldBe {
-    /// Its label (`MTA-STS testing`, `domain verify`).
-    pub requirement: String,
-    pub source: Source,
-    pub verdict: Verdict,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result_type: Option<ResultType>,
-}
-
 impl TrackingEvent {
     /// A row for `event` of message `queue_id`.
     pub fn new(queue_id: &str, message_id: Option<String>, at: i64, event: &Event) -> Self {
@@ -438,6 +425,11 @@ impl TrackingEvent {
             return None;
         };
         let mut map = map.clone();
+        if self.kind == event_kind::DELIVERY_ATTEMPT {
+            if let Some(serde_json::Value::Object(attempt)) = map.get_mut("attempt") {
+                read_legacy_report_only(attempt);
+            }
+        }
         map.insert(
             "kind".to_string(),
             serde_json::Value::String(self.kind.clone()),
@@ -448,6 +440,38 @@ impl TrackingEvent {
     /// The node that recorded it (the store stamps every event).
     pub fn node(&self) -> Option<&str> {
         crate::events::node_of(&self.detail)
+    }
+}
+
+/// Attempts recorded before `would_fail` kept every report-only verdict,
+/// met ones too, in `report_only` (`{requirement, source, verdict,
+/// result_type}`): the failed ones become `would_fail`, their failure
+/// named by the result type (no more was recorded). Where both were
+/// written, `would_fail` is the record and `report_only` is dropped.
+fn read_legacy_report_only(attempt: &mut serde_json::Map<String, serde_json::Value>) {
+    let Some(serde_json::Value::Array(old)) = attempt.remove("report_only") else {
+        return;
+    };
+    if attempt.contains_key("would_fail") {
+        return;
+    }
+    let would_fail: Vec<serde_json::Value> = old
+        .into_iter()
+        .filter(|w| w["verdict"] == "failed" && w["result_type"].is_string())
+        .map(|w| {
+            serde_json::json!({
+                "requirement": w["requirement"],
+                "source": w["source"],
+                "result_type": w["result_type"],
+                "failure": w["result_type"],
+            })
+        })
+        .collect();
+    if !would_fail.is_empty() {
+        attempt.insert(
+            "would_fail".to_string(),
+            serde_json::Value::Array(would_fail),
+        );
     }
 }
 
@@ -544,6 +568,48 @@ mod tests {
         }
     }
 
+    /// Report-only verdicts as earlier versions stored them: `report_only`
+    /// alone (from the policy engine until MTA-STS), and `report_only`
+    /// beside `would_fail` (until both were folded into `would_fail`).
+    #[test]
+    fn report_only_verdicts_of_earlier_versions_read_as_would_fail() {
+        // Copied from the store of a whole-gateway run (test_mta_sts.py,
+        // MTA-STS testing) by the version that wrote both.
+        const BOTH: &str = r#"{"attempt":{"cert_chain":["CN=mx.bad.test (issuer CN=mx.bad.test, until 2027-01-02T00:38:58Z)"],"cert_names":["mx.bad.test"],"cert_verified":false,"cipher":"TLS13_AES_256_GCM_SHA384","host":"mx.bad.test","ip":"127.0.0.4","local_ip":"127.0.0.1","mode":"opportunistic","mta_sts_lookup":{"from":"fetched","policy":{"expires_at":1796344739,"fetched_at":1796258339,"id":"a1","max_age":86400,"mode":"testing","mx":["mx.bad.test"]},"txt":"v=STSv1; id=a1"},"policy_type":"no-policy-found","port":40123,"reply":"250 2.0.0 Ok: queued as B3DF39D609F","report_only":[{"requirement":"MTA-STS testing","result_type":"certificate-not-trusted","source":"mta-sts","verdict":"failed"}],"requirement":"global opportunistic","source":"global","starttls_offered":true,"tls_error":null,"tls_fallback_plaintext":false,"tls_version":"TLSv1.3","verdict":"met","verify_error":"certificate is self-signed (not issued by a trusted CA)","would_fail":[{"failure":"certificate verification failed: certificate is self-signed (not issued by a trusted CA)","requirement":"MTA-STS testing","result_type":"certificate-not-trusted","source":"mta-sts"}]},"domain":"testing-badcert.test","node":"mx.postern.test","requiretls":false,"tls_required_no":false}"#;
+        // The same attempt in the shape before `would_fail` and
+        // `mta_sts_lookup` existed, with a met report-only verdict too.
+        const REPORT_ONLY: &str = r#"{"attempt":{"cert_chain":["CN=mx.bad.test (issuer CN=mx.bad.test, until 2027-01-02T00:38:58Z)"],"cert_names":["mx.bad.test"],"cert_verified":false,"cipher":"TLS13_AES_256_GCM_SHA384","host":"mx.bad.test","ip":"127.0.0.4","local_ip":"127.0.0.1","mode":"opportunistic","policy_type":"no-policy-found","port":40123,"reply":"250 2.0.0 Ok: queued as B3DF39D609F","report_only":[{"requirement":"MTA-STS testing","result_type":"certificate-not-trusted","source":"mta-sts","verdict":"failed"},{"requirement":"domain require","source":"domain","verdict":"met"}],"requirement":"global opportunistic","source":"global","starttls_offered":true,"tls_error":null,"tls_fallback_plaintext":false,"tls_version":"TLSv1.3","verdict":"met","verify_error":"certificate is self-signed (not issued by a trusted CA)"},"domain":"testing-badcert.test","node":"mx.postern.test"}"#;
+        for (name, json, failure) in [
+            (
+                "both",
+                BOTH,
+                "certificate verification failed: certificate is self-signed (not issued by a trusted CA)",
+            ),
+            ("report_only", REPORT_ONLY, "certificate-not-trusted"),
+        ] {
+            let event = row("delivery_attempt", serde_json::from_str(json).unwrap());
+            let Some(Event::DeliveryAttempt(d)) = event.parse() else {
+                panic!("{name}: not parsed");
+            };
+            assert_eq!(d.domain, "testing-badcert.test", "{name}");
+            assert_eq!(d.attempt.verdict(), Verdict::Met, "{name}");
+            // One failed report-only verdict; the met one is no record.
+            assert_eq!(
+                d.attempt.would_fail,
+                [WouldFail {
+                    requirement: "MTA-STS testing".into(),
+                    source: Source::MtaSts,
+                    result_type: ResultType::CertificateNotTrusted,
+                    failure: failure.into(),
+                }],
+                "{name}"
+            );
+            // Written again, it has one record of them.
+            let again = serde_json::to_value(&d.attempt).unwrap();
+            assert!(again.get("report_only").is_none(), "{name}: {again}");
+        }
+    }
+
     #[test]
     fn received_and_outcomes_stored_by_the_previous_shape_still_parse() {
         let received = row(
@@ -586,12 +652,6 @@ mod tests {
             tlsa: Vec::new(),
             recorded_verdict: Some(Verdict::Failed),
             result_type: Some(ResultType::CertificateHostMismatch),
-            report_only: vec![WouldBe {
-                requirement: "learned verify".into(),
-                source: Source::Learned,
-                verdict: Verdict::Failed,
-                result_type: Some(ResultType::CertificateHostMismatch),
-            }],
             starttls_offered: true,
             tls_version: None,
             cipher: None,
@@ -603,7 +663,12 @@ mod tests {
             tls_fallback_plaintext: false,
             reply: "220 go ahead".into(),
             mta_sts_lookup: None,
-            would_fail: Vec::new(),
+            would_fail: vec![WouldFail {
+                requirement: "learned verified".into(),
+                source: Source::Learned,
+                result_type: ResultType::CertificateHostMismatch,
+                failure: "certificate names mx.other.test".into(),
+            }],
         };
         let event = Event::DeliveryAttempt(DeliveryAttempt {
             domain: "partner.test".into(),
@@ -619,6 +684,10 @@ mod tests {
         );
         assert_eq!(row.detail["attempt"]["policy_type"], "sts");
         assert_eq!(row.detail["attempt"]["verdict"], "failed");
+        assert!(
+            row.detail["attempt"].get("report_only").is_none(),
+            "report-only verdicts are written once, as would_fail"
+        );
         assert_eq!(row.parse(), Some(event));
     }
 

@@ -105,16 +105,13 @@ fn attempt_summary(a: &Attempt) -> String {
     if !a.tlsa.is_empty() {
         text.push_str(&format!("; TLSA {}", a.tlsa.join(", ")));
     }
-    for w in &a.report_only {
+    for w in &a.would_fail {
         text.push_str(&format!(
-            "; report-only {} (set by {}) would be {}",
+            "; report-only {} (set by {}) would be failed ({})",
             w.requirement,
             w.source.as_str(),
-            w.verdict.as_str()
+            w.result_type.as_str()
         ));
-        if let Some(result_type) = w.result_type {
-            text.push_str(&format!(" ({})", result_type.as_str()));
-        }
     }
     text
 }

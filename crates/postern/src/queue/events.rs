@@ -5,10 +5,8 @@
 //! are missing.
 
 use postern_delivery::policy::MtaStsMode;
-use postern_delivery::{
-    would_deliver, AttemptRecord, Capabilities, CertAuth, Requirement, ResultType, Source,
-};
-use postern_store::event::{self, Attempt, PolicyType, StsPolicyRef, Verdict, WouldBe};
+use postern_delivery::{AttemptRecord, CertAuth, Requirement, ResultType, Source};
+use postern_store::event::{self, Attempt, PolicyType, StsPolicyRef, Verdict};
 
 /// The tracking event's view of one attempt.
 pub fn attempt(record: &AttemptRecord) -> Attempt {
@@ -32,11 +30,6 @@ pub fn attempt(record: &AttemptRecord) -> Attempt {
         },
         recorded_verdict: Some(verdict(record.requirement_met)),
         result_type: record.result_type.map(result_type),
-        report_only: policy
-            .report_only
-            .iter()
-            .map(|req| would_be(req, record))
-            .collect(),
         mta_sts_lookup: record.mta_sts.as_ref().map(sts_lookup),
         would_fail: record
             .would_fail
@@ -91,33 +84,6 @@ fn verdict(requirement_met: Option<bool>) -> Verdict {
         Some(true) => Verdict::Met,
         Some(false) => Verdict::Failed,
         None => Verdict::NotReached,
-    }
-}
-
-/// What a report-only requirement would have decided on what the attempt
-/// saw — the same policy functions delivery applies.
-fn would_be(req: &Requirement, seen: &AttemptRecord) -> WouldBe {
-    let outcome = match &req.refusal {
-        Some(refusal) => Err(refusal.clone()),
-        None if seen.requirement_met.is_none() => {
-            return WouldBe {
-                requirement: req.label(),
-                source: source(req.source),
-                verdict: Verdict::NotReached,
-                result_type: None,
-            }
-        }
-        None => would_deliver(req, seen, &Capabilities::default()),
-    };
-    WouldBe {
-        requirement: req.label(),
-        source: source(req.source),
-        verdict: if outcome.is_ok() {
-            Verdict::Met
-        } else {
-            Verdict::Failed
-        },
-        result_type: outcome.err().map(|f| result_type(f.result_type())),
     }
 }
 
@@ -326,46 +292,30 @@ mod tests {
     }
 
     #[test]
-    fn report_only_requirements_get_would_be_verdicts() {
+    fn report_only_verdicts_are_recorded_once_as_would_fail() {
         let mut req = Requirement::at(OutboundMode::Opportunistic, Source::Global, HOST);
         // MTA-STS testing: verify would fail on this untrusted certificate.
         let mut testing = sts(MtaStsMode::Testing);
         testing.enforcement = postern_delivery::policy::Enforcement::ReportOnly;
-        // A monitor domain asking only `require`: met over TLS.
-        let mut monitor = Requirement::at(OutboundMode::Require, Source::Domain, HOST);
-        monitor.enforcement = postern_delivery::policy::Enforcement::ReportOnly;
-        // A host outside the testing policy's MX list.
-        let mut outside = sts(MtaStsMode::Testing);
-        outside.refusal = Some(TlsPolicyFailure::MxNotInPolicy { host: HOST.into() });
-        req.report_only = vec![testing, monitor, outside];
-        let a = attempt(&record(req));
-        let got: Vec<(String, &str, Option<&str>)> = a
-            .report_only
-            .iter()
-            .map(|w| {
-                (
-                    w.requirement.clone(),
-                    w.verdict.as_str(),
-                    w.result_type.map(|t| t.as_str()),
-                )
-            })
-            .collect();
+        req.report_only = vec![testing.clone()];
+        let failure = TlsPolicyFailure::CertificateUnverified(CertProblem {
+            fault: CertFault::NotTrusted,
+            detail: "unknown issuer".into(),
+        });
+        let mut r = record(req);
+        r.would_fail = vec![postern_delivery::ReportOnlyVerdict::new(&testing, &failure)];
+        let a = attempt(&r);
         assert_eq!(
-            got,
-            [
-                (
-                    "MTA-STS testing".to_string(),
-                    "failed",
-                    Some("certificate-not-trusted")
-                ),
-                ("domain require".to_string(), "met", None),
-                (
-                    "MTA-STS testing".to_string(),
-                    "failed",
-                    Some("validation-failure")
-                ),
-            ]
+            a.would_fail,
+            [event::WouldFail {
+                requirement: "MTA-STS testing".into(),
+                source: event::Source::MtaSts,
+                result_type: event::ResultType::CertificateNotTrusted,
+                failure: "certificate verification failed: unknown issuer".into(),
+            }]
         );
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("report_only").is_none(), "{json}");
     }
 
     /// The store's enums spell every source and result type as delivery
