@@ -187,7 +187,9 @@ pub fn classify(kind: &FailureKind) -> Classification {
             | TlsPolicyFailure::RouteNotAuthenticated { .. } => {
                 (Temporary, PeerIncompatible, (4, 7, 30))
             }
-            TlsPolicyFailure::DaneLookupFailed(_) => (Temporary, Network, (4, 7, 5)),
+            TlsPolicyFailure::DaneLookupFailed(_) | TlsPolicyFailure::RouteStatusFailed(_) => {
+                (Temporary, Network, (4, 7, 5))
+            }
         },
         FailureKind::Reply { stage, reply } => {
             let class = reply.code / 100;

@@ -126,7 +126,7 @@ impl Courier {
         Inputs {
             mta_sts: sts,
             dane,
-            mx_authenticated: target.dnssec.mx_authenticated(),
+            route: &target.dnssec,
             learned,
             ..Inputs::base_only(base, &target.host)
         }

@@ -37,7 +37,10 @@ pub fn is_definitive(failure: &Failure) -> bool {
         TlsPolicyFailure::RouteNotAuthenticated { .. } | TlsPolicyFailure::MxNotInPolicy { .. } => {
             true
         }
-        TlsPolicyFailure::HandshakeFailed(_) | TlsPolicyFailure::DaneLookupFailed(_) => false,
+        // A bogus or unanswered DNSSEC status is trouble, not a fact.
+        TlsPolicyFailure::HandshakeFailed(_)
+        | TlsPolicyFailure::DaneLookupFailed(_)
+        | TlsPolicyFailure::RouteStatusFailed(_) => false,
     }
 }
 
@@ -90,6 +93,7 @@ mod tests {
             ("not in STS", policy(TlsPolicyFailure::MxNotInPolicy { host: "h".into() }), true),
             ("handshake", policy(TlsPolicyFailure::HandshakeFailed("reset".into())), false),
             ("TLSA servfail", policy(TlsPolicyFailure::DaneLookupFailed("SERVFAIL".into())), false),
+            ("MX status bogus", policy(TlsPolicyFailure::RouteStatusFailed("bogus".into())), false),
             ("timeout", Failure::new(None, FailureKind::Timeout(Stage::Connect)), false),
             ("refused", Failure::new(None, FailureKind::Connect("refused".into())), false),
         ];

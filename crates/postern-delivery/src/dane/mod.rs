@@ -77,9 +77,12 @@ async fn for_target(
     let (mx_status, addresses) = match &target.dnssec {
         RouteAuth::Looked { mx, addresses } => (*mx, *addresses),
         RouteAuth::Bogus(detail) => return (DaneInput::Failed(detail.clone()), None),
-        // A route not found by MX: nothing to authenticate (`applies`
-        // keeps DANE away from those).
-        RouteAuth::NotLooked => (Authenticity::Unauthenticated, Authenticity::Unauthenticated),
+        // A failed status query only means DNSSEC cannot say anything
+        // (never a reason to stop mail); a route not found by MX has
+        // nothing to authenticate (`applies` keeps DANE away from those).
+        RouteAuth::MxUnknown(_) | RouteAuth::NotLooked => {
+            (Authenticity::Unauthenticated, Authenticity::Unauthenticated)
+        }
     };
     let name = tlsa_name(&target.host, target.port);
     let authenticated =

@@ -74,6 +74,11 @@ pub enum RouteAuth {
         mx: Authenticity,
         addresses: Authenticity,
     },
+    /// The MX status query failed (timeout, SERVFAIL) although the route's
+    /// own lookup worked: nothing is known. DANE reads it as
+    /// unauthenticated (DNSSEC never stops mail by itself); REQUIRETLS,
+    /// which needs the fact, defers.
+    MxUnknown(String),
     /// An answer carried signatures that failed validation (bogus): where
     /// DNSSEC matters for the host, it is deferred.
     Bogus(String),
@@ -198,8 +203,8 @@ pub struct Inputs<'a> {
     /// The domain's MTA-STS policy, when `mta_sts` is on and one is known.
     pub mta_sts: Option<&'a MtaStsPolicy>,
     pub dane: &'a DaneInput,
-    /// The MX RRset was DNSSEC-authenticated (REQUIRETLS routing).
-    pub mx_authenticated: bool,
+    /// What DNSSEC said about the route to the host (REQUIRETLS routing).
+    pub route: &'a RouteAuth,
     /// The learned level and what to do with it, when one is known.
     pub learned: Option<(LearnedLevel, LearnMode)>,
     /// The message arrived with `MAIL FROM:<..> REQUIRETLS`.
@@ -213,12 +218,13 @@ impl<'a> Inputs<'a> {
     /// lookup feeds the other sources.
     pub fn base_only(base: &'a Base, host: &'a str) -> Inputs<'a> {
         const NO_DANE: &DaneInput = &DaneInput::Off;
+        const NOT_LOOKED: &RouteAuth = &RouteAuth::NotLooked;
         Inputs {
             base,
             host,
             mta_sts: None,
             dane: NO_DANE,
-            mx_authenticated: false,
+            route: NOT_LOOKED,
             learned: None,
             requiretls: false,
             tls_required_no: false,

@@ -28,7 +28,8 @@ use postern_config::OutboundMode;
 use serde::Serialize;
 
 use super::inputs::{
-    Authenticity, DaneInput, Inputs, LearnMode, LearnedLevel, MtaStsMode, MtaStsPolicy, Tlsa,
+    Authenticity, DaneInput, Inputs, LearnMode, LearnedLevel, MtaStsMode, MtaStsPolicy, RouteAuth,
+    Tlsa,
 };
 use super::verdict::TlsPolicyFailure;
 
@@ -335,12 +336,20 @@ fn apply_requiretls(req: &mut Requirement, inputs: &Inputs<'_>, host: &str) {
         .domain
         .as_ref()
         .is_some_and(|r| r.static_route && r.tls == Some(OutboundMode::Verify) && !r.monitor);
-    if !(inputs.mx_authenticated || sts_enforced || static_verified) {
+    if !(inputs.route.mx_authenticated() || sts_enforced || static_verified) {
         req.mx = MxRule::Authenticated;
-        req.refusal
-            .get_or_insert(TlsPolicyFailure::RouteNotAuthenticated {
-                host: host.to_string(),
-            });
+        let refusal = match inputs.route {
+            // Not known either way: transient, the message waits.
+            RouteAuth::MxUnknown(detail) | RouteAuth::Bogus(detail) => {
+                TlsPolicyFailure::RouteStatusFailed(detail.clone())
+            }
+            RouteAuth::NotLooked | RouteAuth::Looked { .. } => {
+                TlsPolicyFailure::RouteNotAuthenticated {
+                    host: host.to_string(),
+                }
+            }
+        };
+        req.refusal.get_or_insert(refusal);
     }
 }
 
@@ -384,6 +393,14 @@ mod tests {
             addresses: all,
             tlsa: all,
             records,
+        }
+    }
+
+    /// A route whose MX and addresses DNSSEC authenticated.
+    fn signed() -> RouteAuth {
+        RouteAuth::Looked {
+            mx: Authenticity::Authenticated,
+            addresses: Authenticity::Authenticated,
         }
     }
 
@@ -439,7 +456,7 @@ mod tests {
         host: &'static str,
         sts: Option<MtaStsPolicy>,
         dane: DaneInput,
-        mx_authenticated: bool,
+        route: RouteAuth,
         learned: Option<(LearnedLevel, LearnMode)>,
         requiretls: bool,
         tls_required_no: bool,
@@ -453,7 +470,7 @@ mod tests {
             host: HOST,
             sts: None,
             dane: DaneInput::Off,
-            mx_authenticated: false,
+            route: RouteAuth::NotLooked,
             learned: None,
             requiretls: false,
             tls_required_no: false,
@@ -744,7 +761,7 @@ mod tests {
             // 5. REQUIRETLS.
             Row {
                 requiretls: true,
-                mx_authenticated: true,
+                route: signed(),
                 ..row(
                     "requiretls",
                     base(Opportunistic, None),
@@ -757,6 +774,28 @@ mod tests {
                     "requiretls unauthenticated mx",
                     base(Opportunistic, None),
                     with_requiretls(refused(want(Verify, Source::Requiretls, "pkix"))),
+                )
+            },
+            Row {
+                requiretls: true,
+                route: RouteAuth::Looked {
+                    mx: Unauthenticated,
+                    addresses: Authenticated,
+                },
+                ..row(
+                    "requiretls mx answer not authenticated",
+                    base(Opportunistic, None),
+                    with_requiretls(refused(want(Verify, Source::Requiretls, "pkix"))),
+                )
+            },
+            Row {
+                requiretls: true,
+                route: RouteAuth::MxUnknown("SERVFAIL".into()),
+                sts: Some(sts(MtaStsMode::Enforce, &[HOST])),
+                ..row(
+                    "requiretls status unknown but sts enforce",
+                    base(Opportunistic, None),
+                    with_requiretls(want(Verify, Source::MtaSts, "pkix")),
                 )
             },
             Row {
@@ -782,7 +821,7 @@ mod tests {
             },
             Row {
                 requiretls: true,
-                mx_authenticated: true,
+                route: signed(),
                 dane: dane(vec![tlsa(3)], Authenticated),
                 ..row(
                     "requiretls with dane",
@@ -821,7 +860,7 @@ mod tests {
             Row {
                 requiretls: true,
                 tls_required_no: true,
-                mx_authenticated: true,
+                route: signed(),
                 dane: dane(vec![tlsa(3)], Authenticated),
                 ..row(
                     "requiretls wins over TLS-Required: No",
@@ -872,7 +911,7 @@ mod tests {
                 host: r.host,
                 mta_sts: r.sts.as_ref(),
                 dane: &r.dane,
-                mx_authenticated: r.mx_authenticated,
+                route: &r.route,
                 learned: r.learned,
                 requiretls: r.requiretls,
                 tls_required_no: r.tls_required_no,
@@ -887,6 +926,39 @@ mod tests {
                 "{}",
                 r.name
             );
+        }
+    }
+
+    /// REQUIRETLS refuses an unauthenticated route as a fact, but a route
+    /// whose DNSSEC status could not be established (bogus, a failed
+    /// status query) as transient trouble.
+    #[test]
+    fn requiretls_route_refusals() {
+        let b = base(Opportunistic, None);
+        let failures = [
+            (RouteAuth::NotLooked, "not-authenticated"),
+            (
+                RouteAuth::Looked {
+                    mx: Authenticity::Unauthenticated,
+                    addresses: Authenticity::Authenticated,
+                },
+                "not-authenticated",
+            ),
+            (RouteAuth::MxUnknown("timeout".into()), "status-failed"),
+            (RouteAuth::Bogus("MX answer".into()), "status-failed"),
+        ];
+        for (route, want) in failures {
+            let req = requirement(&Inputs {
+                route: &route,
+                requiretls: true,
+                ..Inputs::base_only(&b, HOST)
+            });
+            let got = match req.refusal {
+                Some(TlsPolicyFailure::RouteNotAuthenticated { .. }) => "not-authenticated",
+                Some(TlsPolicyFailure::RouteStatusFailed(_)) => "status-failed",
+                ref other => panic!("{route:?}: {other:?}"),
+            };
+            assert_eq!(got, want, "{route:?}");
         }
     }
 

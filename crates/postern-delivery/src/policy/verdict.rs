@@ -128,6 +128,9 @@ pub enum TlsPolicyFailure {
     },
     /// The TLSA lookup failed (SERVFAIL, timeout, bogus).
     DaneLookupFailed(String),
+    /// REQUIRETLS: whether DNSSEC authenticated the route could not be
+    /// established (a bogus answer, a failed status query).
+    RouteStatusFailed(String),
 }
 
 impl TlsPolicyFailure {
@@ -144,7 +147,9 @@ impl TlsPolicyFailure {
                 CertFault::TlsaMismatch => ResultType::TlsaInvalid,
                 CertFault::Other => ResultType::ValidationFailure,
             },
-            TlsPolicyFailure::DaneLookupFailed(_) => ResultType::DnssecInvalid,
+            TlsPolicyFailure::DaneLookupFailed(_) | TlsPolicyFailure::RouteStatusFailed(_) => {
+                ResultType::DnssecInvalid
+            }
             TlsPolicyFailure::HandshakeFailed(_)
             | TlsPolicyFailure::RequireTlsNotOffered
             | TlsPolicyFailure::MxNotInPolicy { .. }
@@ -180,6 +185,12 @@ impl fmt::Display for TlsPolicyFailure {
             ),
             TlsPolicyFailure::DaneLookupFailed(reason) => {
                 write!(f, "TLSA lookup failed: {reason}")
+            }
+            TlsPolicyFailure::RouteStatusFailed(reason) => {
+                write!(
+                    f,
+                    "cannot tell whether the route is authenticated: {reason}"
+                )
             }
         }
     }

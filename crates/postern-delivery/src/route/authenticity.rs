@@ -38,9 +38,10 @@ async fn for_target(
         Err(QueryFailure::Bogus(detail)) => {
             return RouteAuth::Bogus(format!("MX of {domain}: {detail}"))
         }
-        // The route's own MX lookup worked; a failing status query only
-        // means DNSSEC cannot say anything (never a reason to stop mail).
-        Err(QueryFailure::Failed(_)) => Authenticity::Unauthenticated,
+        // The route's own MX lookup worked; the status query did not.
+        Err(QueryFailure::Failed(detail)) => {
+            return RouteAuth::MxUnknown(format!("DNSSEC status of the MX of {domain}: {detail}"))
+        }
         Ok(answer) => mx_authenticity(answer, domain, &target.host),
     };
     match address_authenticity(dns, target).await {
