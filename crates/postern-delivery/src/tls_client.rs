@@ -377,7 +377,7 @@ impl ServerCheck {
     pub fn accept_any(provider: &CryptoProvider) -> Self {
         Self {
             trust: None,
-            signatures: HandshakeSignatures::of(&provider),
+            signatures: HandshakeSignatures::of(provider),
         }
     }
 }

@@ -93,6 +93,53 @@ async fn mx_records_in_preference_order() {
     .await;
 }
 
+/// With DNSSEC on, a route found by MX says per target whether its
+/// answers were authenticated: this zone is unsigned (hickory-server sets
+/// no AD), so `Looked` and unauthenticated; a static next hop and
+/// `dnssec = off` are not looked up at all.
+#[tokio::test]
+async fn mx_routes_carry_their_dnssec_status() {
+    use postern_config::Dnssec;
+    use postern_delivery::policy::Authenticity::Unauthenticated;
+    bounded(async {
+        let dns = zone().await;
+        let trust_ad = Resolver::with_dnssec(&[dns.addr], Dnssec::TrustAd, Duration::from_secs(2))
+            .expect("resolver");
+        for domain in ["partner.test", "implicit.test"] {
+            let targets = resolve(domain, &Settings::default(), &trust_ad, 25)
+                .await
+                .expect("routes");
+            for t in &targets {
+                assert_eq!(
+                    t.dnssec,
+                    RouteAuth::Looked {
+                        mx: Unauthenticated,
+                        addresses: Unauthenticated
+                    },
+                    "{domain} {}",
+                    t.host
+                );
+                assert!(!t.dnssec.mx_authenticated());
+            }
+        }
+        let settings = settings_with(&[("partner.test", "relay.partner.test:2526")]);
+        let [hop] = &resolve("partner.test", &settings, &trust_ad, 25)
+            .await
+            .expect("next hop")[..]
+        else {
+            panic!("one next hop");
+        };
+        assert_eq!(hop.dnssec, RouteAuth::NotLooked);
+        let off = Resolver::with_dnssec(&[dns.addr], Dnssec::Off, Duration::from_secs(2))
+            .expect("resolver");
+        let targets = resolve("partner.test", &Settings::default(), &off, 25)
+            .await
+            .expect("routes");
+        assert!(targets.iter().all(|t| t.dnssec == RouteAuth::NotLooked));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn address_fallback_without_mx() {
     bounded(async {
