@@ -115,7 +115,9 @@ async fn send_here(ctx: &Context, period: &Period, domain: Option<&str>) -> Resu
         runner: None,
     };
     let reporter = reporter(ctx)?;
-    let lines = send::send(&reporter, &settings, &tls, &queue, period, domain).await?;
+    let lines = send::send(&reporter, &settings, &tls, &queue, period, domain)
+        .await?
+        .lines;
     print_lines(&lines);
     if lines.iter().any(|l| l.contains("queued as")) {
         eprintln!("no gateway is running: queued report mails go out when it starts");

@@ -21,6 +21,8 @@ use crate::gateway::LiveConfig;
 
 /// Reports of day D go out from D+1 00:10 UTC.
 pub const SEND_AFTER_SECS: i64 = 600;
+/// A daily run that failed (or whose lookups did) is tried again after this.
+const RETRY_RUN_SECS: i64 = 300;
 /// How often retries and the daily run are looked at.
 const TICK: Duration = Duration::from_secs(2);
 
@@ -55,6 +57,8 @@ async fn run_loop(reporter: Arc<Reporter>, live: Arc<LiveConfig>, queue: LocalQu
     // The day this process has sent (claims make a second pass harmless,
     // this only spares the DNS lookups).
     let mut done: Option<String> = None;
+    // After a failed run or lookup: not before this (unix seconds).
+    let mut not_before = 0;
     loop {
         tokio::time::sleep(TICK).await;
         let current = live.get();
@@ -67,7 +71,7 @@ async fn run_loop(reporter: Arc<Reporter>, live: Arc<LiveConfig>, queue: LocalQu
         let Some(day) = due_day(unix_now()) else {
             continue;
         };
-        if done.as_deref() == Some(day.as_str()) {
+        if done.as_deref() == Some(day.as_str()) || unix_now() < not_before {
             continue;
         }
         let period = match Period::of(Some(&day), unix_now()) {
@@ -87,13 +91,25 @@ async fn run_loop(reporter: Arc<Reporter>, live: Arc<LiveConfig>, queue: LocalQu
         )
         .await
         {
-            Ok(lines) => {
-                for line in lines {
+            Ok(sent) => {
+                for line in &sent.lines {
                     tracing::info!("tlsrpt: {line}");
                 }
-                done = Some(day);
+                if sent.incomplete {
+                    tracing::warn!(
+                        "tlsrpt: some _smtp._tls lookups failed; trying {day} again in 5 minutes"
+                    );
+                    not_before = unix_now() + RETRY_RUN_SECS;
+                } else {
+                    done = Some(day);
+                }
             }
-            Err(e) => tracing::warn!("tlsrpt: the daily run for {day} failed: {e}"),
+            Err(e) => {
+                tracing::warn!(
+                    "tlsrpt: the daily run for {day} failed: {e}; trying again in 5 minutes"
+                );
+                not_before = unix_now() + RETRY_RUN_SECS;
+            }
         }
     }
 }
@@ -164,6 +180,7 @@ async fn handle(
         domain,
     )
     .await
+    .map(|sent| sent.lines)
     .map_err(|e| e.to_string())
 }
 

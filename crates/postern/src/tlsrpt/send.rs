@@ -61,6 +61,8 @@ pub struct Planned {
     pub domain: String,
     /// The `rua`, or why nothing is sent.
     pub destinations: Result<Vec<Destination>, String>,
+    /// The `_smtp._tls` lookup itself failed (worth another try later).
+    pub lookup_failed: bool,
     pub report: Report,
 }
 
@@ -83,10 +85,11 @@ fn submitter(sender: &str) -> String {
 /// A report id unique to this report: day, domain, a per-call nonce, and
 /// the submitter (message-id form, as RFC 8460's example).
 fn report_id(period: &Period, domain: &str, submitter: &str) -> String {
-    let nonce = std::time::SystemTime::now()
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-        ^ u128::from(std::process::id()) << 64;
+        .map_or(0, |d| d.as_nanos());
+    // Two processes in the same nanosecond still differ by their pid.
+    let nonce = nanos ^ u128::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     format!(
         "{}.{domain}.{:x}@{submitter}",
         period.day,
@@ -124,10 +127,11 @@ pub async fn plan(
     };
     let mut planned = Vec::new();
     for domain in domains {
-        let destinations = match discovery::lookup(&reporter.resolver, &domain).await {
+        let looked_up = discovery::lookup(&reporter.resolver, &domain).await;
+        let lookup_failed = looked_up.is_err();
+        let destinations = match looked_up {
             Ok(Published::Rua(rua)) => Ok(rua),
-            Ok(Published::Nothing(why)) => Err(why),
-            Err(why) => Err(why),
+            Ok(Published::Nothing(why)) | Err(why) => Err(why),
         };
         let meta = ReportMeta {
             organization: organization.clone(),
@@ -140,6 +144,7 @@ pub async fn plan(
         planned.push(Planned {
             domain,
             destinations,
+            lookup_failed,
             report,
         });
     }
@@ -152,8 +157,16 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(encoder.finish()?)
 }
 
-/// Plan and send the reports of `period` (or of `only`); one line per
-/// domain and destination says what happened.
+/// What a send did: one line per domain and destination.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub lines: Vec<String>,
+    /// Some domain's `_smtp._tls` lookup failed: try the period again later
+    /// (claims keep what was sent from being sent twice).
+    pub incomplete: bool,
+}
+
+/// Plan and send the reports of `period` (or of `only`).
 pub async fn send(
     reporter: &Reporter,
     settings: &Settings,
@@ -161,9 +174,11 @@ pub async fn send(
     queue: &LocalQueue,
     period: &Period,
     only: Option<&str>,
-) -> Result<Vec<String>> {
+) -> Result<Sent> {
     let mut lines = Vec::new();
+    let mut incomplete = false;
     for planned in plan(reporter, settings, period, only).await? {
+        incomplete |= planned.lookup_failed;
         let domain = planned.domain.clone();
         let destinations = match planned.destinations {
             Ok(d) => d,
@@ -248,7 +263,7 @@ pub async fn send(
             ));
         }
     }
-    Ok(lines)
+    Ok(Sent { lines, incomplete })
 }
 
 /// Sign `message` with `tlsrpt.dkim_key` (unsigned, logged, when empty).
