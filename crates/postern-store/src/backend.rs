@@ -199,6 +199,9 @@ pub trait Backend: Send + Sync {
     /// The alerts table (the backend itself).
     fn alerts(&self) -> &dyn crate::AlertStore;
 
+    /// The TLS-RPT tables (the backend itself).
+    fn tlsrpt(&self) -> &dyn crate::TlsRptStore;
+
     /// Human-readable location (file path, or URL without password).
     fn describe(&self) -> String;
 

@@ -577,6 +577,10 @@ impl Store for CachedPgStore {
         self
     }
 
+    fn tlsrpt(&self) -> &dyn crate::TlsRptStore {
+        self
+    }
+
     fn change_hint(&self) -> Option<Arc<tokio::sync::Notify>> {
         // A node started during an outage has no listener until it connects;
         // the periodic check covers it.
@@ -629,5 +633,51 @@ impl crate::AlertStore for CachedPgStore {
 
     fn recent_alerts(&self, limit: usize) -> Result<Vec<crate::Alert>, StoreError> {
         self.write(|s| s.alerts().recent_alerts(limit))
+    }
+}
+
+// Report claims and deliveries need the shared store: without it no node
+// can know whether another sent the report, so nothing is sent.
+impl crate::TlsRptStore for CachedPgStore {
+    fn attempt_events(&self, since: i64, until: i64) -> Result<Vec<TrackingEvent>, StoreError> {
+        self.write(|s| s.tlsrpt().attempt_events(since, until))
+    }
+
+    fn claim_report(&self, claim: &crate::tlsrpt::ReportClaim) -> Result<bool, StoreError> {
+        self.write(|s| s.tlsrpt().claim_report(claim))
+    }
+
+    fn report_claims(&self, day: &str) -> Result<Vec<crate::tlsrpt::ReportClaim>, StoreError> {
+        self.write(|s| s.tlsrpt().report_claims(day))
+    }
+
+    fn add_report_delivery(
+        &self,
+        delivery: &crate::tlsrpt::ReportDelivery,
+    ) -> Result<i64, StoreError> {
+        self.write(|s| s.tlsrpt().add_report_delivery(delivery))
+    }
+
+    fn update_report_delivery(
+        &self,
+        id: i64,
+        update: &crate::tlsrpt::DeliveryUpdate,
+    ) -> Result<(), StoreError> {
+        self.write(|s| s.tlsrpt().update_report_delivery(id, update))
+    }
+
+    fn report_deliveries(
+        &self,
+        day: &str,
+    ) -> Result<Vec<crate::tlsrpt::ReportDelivery>, StoreError> {
+        self.write(|s| s.tlsrpt().report_deliveries(day))
+    }
+
+    fn take_due_report_deliveries(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<crate::tlsrpt::ReportDelivery>, StoreError> {
+        self.write(|s| s.tlsrpt().take_due_report_deliveries(now, lease_until))
     }
 }

@@ -46,6 +46,7 @@ mod rules;
 mod sessions;
 mod settings;
 mod sqlite;
+pub mod tlsrpt;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,6 +73,7 @@ pub use queue::{
 };
 pub use sqlite::schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
+pub use tlsrpt::TlsRptStore;
 
 /// The store shared by the CLI, the admin API and the gateway.
 pub trait Store: Send + Sync {
@@ -307,6 +309,9 @@ pub trait Store: Send + Sync {
 
     /// The kept alerts (SPEC §12).
     fn alerts(&self) -> &dyn AlertStore;
+
+    /// The TLS-RPT claims and report deliveries (SPEC §11).
+    fn tlsrpt(&self) -> &dyn TlsRptStore;
 
     /// Woken when another process or node may have changed the store
     /// (PostgreSQL `NOTIFY`); `None` where only polling tells. A hint only:

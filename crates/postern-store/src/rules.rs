@@ -418,6 +418,10 @@ impl<B: Backend> Store for B {
         Backend::alerts(self)
     }
 
+    fn tlsrpt(&self) -> &dyn crate::TlsRptStore {
+        Backend::tlsrpt(self)
+    }
+
     fn change_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         Backend::change_hint(self)
     }

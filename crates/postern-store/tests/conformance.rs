@@ -123,6 +123,9 @@ conformance!(
     monitor_verdicts_counted_per_domain_and_source,
     learned_pin_writes_a_validated_domain_rule,
     alerts_kept_newest_first_and_shared,
+    tlsrpt_report_claimed_once_across_nodes,
+    tlsrpt_attempts_of_a_period_skip_report_mails,
+    tlsrpt_deliveries_retry_once_per_lease,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -1598,4 +1601,188 @@ fn alerts_kept_newest_first_and_shared(h: &dyn Harness) {
         a.alerts().recent_alerts(10).unwrap()[2],
         alert(AlertKind::Downgrade, 100)
     );
+}
+
+fn tlsrpt_claim(node: &str) -> postern_store::tlsrpt::ReportClaim {
+    postern_store::tlsrpt::ReportClaim {
+        domain: "rcpt.test".into(),
+        day: "2026-12-01".into(),
+        node: node.into(),
+        report_id: format!("2026-12-01.rcpt.test@{node}"),
+        claimed_at: 100,
+        successful: 3,
+        failed: 1,
+    }
+}
+
+fn tlsrpt_report_claimed_once_across_nodes(h: &dyn Harness) {
+    // Eight connections (nodes) race for one (domain, day): one wins.
+    let opener = h.opener();
+    let barrier = Arc::new(Barrier::new(8));
+    let wins = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (opener, barrier, wins) = (opener.clone(), barrier.clone(), wins.clone());
+            std::thread::spawn(move || {
+                let store = opener();
+                barrier.wait();
+                if store
+                    .tlsrpt()
+                    .claim_report(&tlsrpt_claim(&format!("gw{i}")))
+                    .unwrap()
+                {
+                    wins.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(wins.load(Ordering::SeqCst), 1);
+    let store = h.open();
+    let claims = store.tlsrpt().report_claims("2026-12-01").unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!((claims[0].successful, claims[0].failed), (3, 1));
+    assert!(!store.tlsrpt().claim_report(&tlsrpt_claim("late")).unwrap());
+    // Another day of the same domain is its own report.
+    let mut next = tlsrpt_claim("gw1");
+    next.day = "2026-12-02".into();
+    assert!(store.tlsrpt().claim_report(&next).unwrap());
+    assert!(store
+        .tlsrpt()
+        .report_claims("2026-11-30")
+        .unwrap()
+        .is_empty());
+}
+
+fn tlsrpt_delivery(
+    destination: &str,
+    queue_id: Option<&str>,
+) -> postern_store::tlsrpt::ReportDelivery {
+    use postern_store::tlsrpt::{DeliveryStatus, ReportDelivery};
+    ReportDelivery {
+        id: 0,
+        domain: "rcpt.test".into(),
+        day: "2026-12-01".into(),
+        destination: destination.into(),
+        node: "gw1".into(),
+        status: if queue_id.is_some() {
+            DeliveryStatus::Queued
+        } else {
+            DeliveryStatus::Retrying
+        },
+        detail: "first try".into(),
+        queue_id: queue_id.map(str::to_string),
+        attempts: 1,
+        created_at: 100,
+        updated_at: 100,
+        next_attempt: queue_id.is_none().then_some(160),
+        body: queue_id.is_none().then(|| vec![0x1f, 0x8b, 0, 1, 2]),
+    }
+}
+
+fn tlsrpt_attempts_of_a_period_skip_report_mails(h: &dyn Harness) {
+    let store = h.open();
+    let attempt = |queue_id: &str, at: i64| event(queue_id, None, at, event_kind::DELIVERY_ATTEMPT);
+    store
+        .record_events(&[
+            attempt("Q1", 99),
+            attempt("Q1", 100),
+            event("Q1", None, 150, event_kind::DELIVERED),
+            attempt("Q2", 199),
+            attempt("REPORT", 150),
+            attempt("Q3", 200),
+        ])
+        .unwrap();
+    store
+        .tlsrpt()
+        .add_report_delivery(&tlsrpt_delivery("mailto:tlsrpt@rcpt.test", Some("REPORT")))
+        .unwrap();
+    let found: Vec<(String, i64)> = h
+        .open()
+        .tlsrpt()
+        .attempt_events(100, 200)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.queue_id, e.at))
+        .collect();
+    assert_eq!(
+        found,
+        vec![("Q1".to_string(), 100), ("Q2".to_string(), 199)]
+    );
+}
+
+fn tlsrpt_deliveries_retry_once_per_lease(h: &dyn Harness) {
+    use postern_store::tlsrpt::{DeliveryStatus, DeliveryUpdate};
+    let a = h.open();
+    let b = h.open();
+    let id = a
+        .tlsrpt()
+        .add_report_delivery(&tlsrpt_delivery("https://tlsrpt.rcpt.test/v1", None))
+        .unwrap();
+    a.tlsrpt()
+        .add_report_delivery(&tlsrpt_delivery("mailto:tlsrpt@rcpt.test", Some("Q9")))
+        .unwrap();
+    assert!(a
+        .tlsrpt()
+        .take_due_report_deliveries(159, 999)
+        .unwrap()
+        .is_empty());
+    let taken = a.tlsrpt().take_due_report_deliveries(160, 220).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, id);
+    assert_eq!(taken[0].body.as_deref(), Some(&[0x1f, 0x8b, 0, 1, 2][..]));
+    // Leased: another node polling now takes nothing, until the lease ends.
+    assert!(b
+        .tlsrpt()
+        .take_due_report_deliveries(200, 260)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        b.tlsrpt()
+            .take_due_report_deliveries(220, 280)
+            .unwrap()
+            .len(),
+        1
+    );
+    b.tlsrpt()
+        .update_report_delivery(
+            id,
+            &DeliveryUpdate {
+                status: DeliveryStatus::Sent,
+                detail: "HTTP 202".into(),
+                node: "gw2".into(),
+                attempts: 3,
+                updated_at: 230,
+                next_attempt: None,
+            },
+        )
+        .unwrap();
+    assert!(a
+        .tlsrpt()
+        .take_due_report_deliveries(10_000, 10_060)
+        .unwrap()
+        .is_empty());
+    let listed = a.tlsrpt().report_deliveries("2026-12-01").unwrap();
+    assert_eq!(listed.len(), 2);
+    let https = listed.iter().find(|d| d.id == id).unwrap();
+    assert_eq!(
+        (
+            https.status,
+            https.detail.as_str(),
+            https.node.as_str(),
+            https.attempts
+        ),
+        (DeliveryStatus::Sent, "HTTP 202", "gw2", 3)
+    );
+    assert_eq!(https.body, None, "listing does not load bodies");
+    let mail = listed.iter().find(|d| d.id != id).unwrap();
+    assert_eq!(mail.queue_id.as_deref(), Some("Q9"));
+    assert_eq!(mail.status, DeliveryStatus::Queued);
+    assert!(a
+        .tlsrpt()
+        .report_deliveries("2026-12-02")
+        .unwrap()
+        .is_empty());
 }

@@ -48,6 +48,9 @@ pub enum Command {
     /// Learned outbound TLS levels: list, show, forget, pin.
     #[command(subcommand)]
     Policy(crate::commands::policy::PolicyCommand),
+    /// Daily TLS-RPT reports (RFC 8460): preview, send now.
+    #[command(subcommand)]
+    Tlsrpt(crate::commands::tlsrpt::TlsRptCommand),
 }
 
 #[derive(Debug, Subcommand)]

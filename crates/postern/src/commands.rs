@@ -10,6 +10,7 @@ pub use trace::trace;
 pub mod dkim;
 pub mod policy;
 pub mod tlsa;
+pub mod tlsrpt;
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -21,6 +21,7 @@ mod queue;
 mod registry;
 mod sts_cache;
 mod systemd;
+mod tlsrpt;
 mod tracker;
 
 use std::process::ExitCode;
@@ -90,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(command) => commands::cluster::store(&open()?, command),
         Command::Dkim(command) => commands::dkim::run(&open()?, command),
         Command::Policy(command) => commands::policy::run(&open()?, command),
+        Command::Tlsrpt(command) => commands::tlsrpt::run(&open()?, command),
         Command::Probe { domain } => {
             let ctx = open()?;
             let runtime = tokio::runtime::Builder::new_current_thread()

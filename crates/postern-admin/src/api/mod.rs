@@ -10,6 +10,7 @@ pub mod policies;
 pub mod queue;
 pub mod session;
 pub mod settings;
+pub mod tlsrpt;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,6 +61,7 @@ pub fn routes() -> Router<Shared> {
         )
         .route("/api/v1/policies/{domain}/pin", post(policies::pin))
         .route("/api/v1/alerts", get(alerts::alerts))
+        .route("/api/v1/tlsrpt", get(tlsrpt::show))
 }
 
 pub async fn openapi() -> Response {

@@ -12,6 +12,7 @@ pub mod login;
 pub mod policies;
 pub mod queue;
 pub mod tls;
+pub mod tlsrpt;
 pub mod tracking;
 
 use axum::http::{header, StatusCode};
@@ -50,6 +51,7 @@ pub fn routes() -> Router<Shared> {
         .route("/tracking/{id}", get(tracking::detail))
         .route("/cluster", get(cluster::page))
         .route("/policies", get(policies::page))
+        .route("/tlsrpt", get(tlsrpt::page))
         .route("/policies/{domain}/forget", post(policies::forget))
         .route("/policies/{domain}/pin", post(policies::pin))
 }
@@ -66,6 +68,7 @@ pub enum Section {
     Tracking,
     Cluster,
     Policies,
+    TlsReports,
 }
 
 const NAV: &[(Section, &str, &str)] = &[
@@ -78,6 +81,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Tracking, "/tracking", "Message tracking"),
     (Section::Cluster, "/cluster", "Cluster"),
     (Section::Policies, "/policies", "Outbound policies"),
+    (Section::TlsReports, "/tlsrpt", "TLS reports"),
 ];
 
 /// The page frame: header, navigation, logout, content.

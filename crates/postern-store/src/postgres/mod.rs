@@ -26,6 +26,7 @@ mod queue;
 mod row;
 mod schema;
 mod tls;
+mod tlsrpt;
 mod tx;
 
 use std::future::Future;
@@ -560,6 +561,10 @@ impl Backend for PgStore {
     }
 
     fn alerts(&self) -> &dyn crate::AlertStore {
+        self
+    }
+
+    fn tlsrpt(&self) -> &dyn crate::TlsRptStore {
         self
     }
 

@@ -168,6 +168,37 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alerts_at ON alerts (at);
     ",
+    "
+    -- tlsrpt: TLS-RPT reports: one claim per (domain, UTC day), one row per destination sent to
+    CREATE TABLE tlsrpt_reports (
+        domain     TEXT NOT NULL,
+        day        TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        report_id  TEXT NOT NULL,
+        claimed_at BIGINT NOT NULL,
+        successful BIGINT NOT NULL,
+        failed     BIGINT NOT NULL,
+        PRIMARY KEY (domain, day)
+    );
+    CREATE TABLE tlsrpt_deliveries (
+        id           BIGSERIAL PRIMARY KEY,
+        domain       TEXT NOT NULL,
+        day          TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        node         TEXT NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('queued', 'sent', 'retrying', 'failed')),
+        detail       TEXT NOT NULL,
+        queue_id     TEXT,
+        attempts     BIGINT NOT NULL,
+        created_at   BIGINT NOT NULL,
+        updated_at   BIGINT NOT NULL,
+        next_attempt BIGINT,
+        body         BYTEA
+    );
+    CREATE INDEX tlsrpt_deliveries_day ON tlsrpt_deliveries (day, domain);
+    CREATE INDEX tlsrpt_deliveries_due ON tlsrpt_deliveries (next_attempt) WHERE status = 'retrying';
+    CREATE INDEX tlsrpt_deliveries_queue_id ON tlsrpt_deliveries (queue_id) WHERE queue_id IS NOT NULL;
+    ",
 ];
 
 /// The schema version this build creates and understands.

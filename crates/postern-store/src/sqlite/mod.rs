@@ -15,6 +15,7 @@ mod mta_sts;
 mod nodes;
 mod queue;
 pub(crate) mod schema;
+mod tlsrpt;
 mod tx;
 
 pub(crate) use tx::ROW_COUNTED;
@@ -226,6 +227,10 @@ impl Backend for SqliteStore {
     }
 
     fn alerts(&self) -> &dyn crate::AlertStore {
+        self
+    }
+
+    fn tlsrpt(&self) -> &dyn crate::TlsRptStore {
         self
     }
 

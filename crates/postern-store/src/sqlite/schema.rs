@@ -182,6 +182,37 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alerts_at ON alerts (at);
     ",
+    "
+    -- tlsrpt: TLS-RPT reports: one claim per (domain, UTC day), one row per destination sent to
+    CREATE TABLE tlsrpt_reports (
+        domain     TEXT NOT NULL,
+        day        TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        report_id  TEXT NOT NULL,
+        claimed_at INTEGER NOT NULL,
+        successful INTEGER NOT NULL,
+        failed     INTEGER NOT NULL,
+        PRIMARY KEY (domain, day)
+    );
+    CREATE TABLE tlsrpt_deliveries (
+        id           INTEGER PRIMARY KEY,
+        domain       TEXT NOT NULL,
+        day          TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        node         TEXT NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('queued', 'sent', 'retrying', 'failed')),
+        detail       TEXT NOT NULL,
+        queue_id     TEXT,
+        attempts     INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        next_attempt INTEGER,
+        body         BLOB
+    );
+    CREATE INDEX tlsrpt_deliveries_day ON tlsrpt_deliveries (day, domain);
+    CREATE INDEX tlsrpt_deliveries_due ON tlsrpt_deliveries (next_attempt) WHERE status = 'retrying';
+    CREATE INDEX tlsrpt_deliveries_queue_id ON tlsrpt_deliveries (queue_id) WHERE queue_id IS NOT NULL;
+    ",
 ];
 
 /// The schema version this build creates and understands.

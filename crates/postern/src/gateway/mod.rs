@@ -217,6 +217,21 @@ pub async fn run(ctx: Context) -> Result<()> {
     } else {
         Vec::new()
     };
+    let tlsrpt_tasks = crate::tlsrpt::daily::start(
+        Arc::new(crate::tlsrpt::Reporter {
+            store: Arc::clone(&ctx.store),
+            resolver: Resolver::for_node(&node.dns).context("[dns]")?,
+            hostname: ctx.hostname.clone(),
+            node_name: ctx.node_name.clone(),
+            https_port: node.delivery.https_port,
+        }),
+        Arc::clone(&shared.live),
+        crate::tlsrpt::LocalQueue {
+            spool: Arc::clone(&shared.spool),
+            runner: Some(Arc::clone(&runner)),
+        },
+        &node.data_dir,
+    );
     let pruner = tokio::spawn(crate::tracker::prune_loop(
         Arc::clone(&ctx.store),
         Arc::clone(&shared.live),
@@ -244,6 +259,10 @@ pub async fn run(ctx: Context) -> Result<()> {
         task.abort();
     }
     pruner.abort();
+    for task in &tlsrpt_tasks {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(crate::tlsrpt::daily::socket_path(&node.data_dir));
     // Delivery attempts in flight are abandoned: their recipients stay
     // queued and are tried again at the next start.
     delivery.abort();
