@@ -168,6 +168,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alerts_at ON alerts (at);
     ",
+    "
+    -- adminui: alert acknowledgement and the raising node
+    ALTER TABLE alerts ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alerts ADD COLUMN acknowledged_at BIGINT;
+    ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+    CREATE INDEX alerts_unacknowledged ON alerts (id) WHERE acknowledged_at IS NULL;
+    ",
 ];
 
 /// The schema version this build creates and understands.
