@@ -4,6 +4,7 @@
 //! message next to the field.
 
 pub mod advanced;
+pub mod alerts;
 pub mod certificates;
 pub mod cluster;
 pub mod dashboard;
@@ -52,6 +53,9 @@ pub fn routes() -> Router<Shared> {
         .route("/policies", get(policies::page))
         .route("/policies/{domain}/forget", post(policies::forget))
         .route("/policies/{domain}/pin", post(policies::pin))
+        .route("/alerts", get(alerts::page))
+        .route("/alerts/acknowledge", post(alerts::acknowledge_shown))
+        .route("/alerts/{id}/acknowledge", post(alerts::acknowledge))
 }
 
 /// Which navigation entry a page belongs to.
@@ -66,6 +70,7 @@ pub enum Section {
     Tracking,
     Cluster,
     Policies,
+    Alerts,
 }
 
 const NAV: &[(Section, &str, &str)] = &[
@@ -78,6 +83,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Tracking, "/tracking", "Message tracking"),
     (Section::Cluster, "/cluster", "Cluster"),
     (Section::Policies, "/policies", "Outbound policies"),
+    (Section::Alerts, "/alerts", "Alerts"),
 ];
 
 /// The page frame: header, navigation, logout, content.
