@@ -115,3 +115,74 @@ def test_alerts_page_banner_filter_acknowledge(dns_server, make_gateway, make_pe
     assert "domain-saved" in events
     [entry] = [d for d in api.get("/api/v1/settings").json()["domain"] if d["name"] == KEEP]
     assert entry.get("mta_sts") is False and entry.get("relay") is True, entry
+
+
+STS_DOMAIN, STS_MX, STS_IP, POLICY_IP = "sts-ok.test", "mx.sts-ok.test", "127.0.0.43", "127.0.0.44"
+DANE_DOMAIN, DANE_MX, DANE_IP = "ee.test", "mx.ee.test", "127.0.0.45"
+
+
+def test_policies_page_shows_the_mta_sts_cache_and_dane_status(dns_server, make_downstream,
+                                                               make_gateway, tls_ca, tmp_path):
+    """A delivery to a domain with a real MTA-STS policy host (enforce) and
+    one to a DANE-EE domain (signed TLSA for a self-signed downstream): the
+    Outbound policies page lists the cached policy and the DANE status, the
+    filter narrows both, and /api/v1/policies/{domain} has the same."""
+    from test_dane import spki_sha256, tlsa_owner
+    from test_mta_sts import PolicyHost, policy
+
+    mx_port = free_port(STS_IP, DANE_IP)
+    https_port = free_port(POLICY_IP)
+    cert = tls_ca.issue(f"mta-sts.{STS_DOMAIN}", directory=tmp_path / "policy-cert")
+    host = PolicyHost(POLICY_IP, https_port, str(cert.cert), str(cert.key))
+    host.responses[f"mta-sts.{STS_DOMAIN}"] = policy("enforce", STS_MX)
+    try:
+        make_downstream("sts", STS_IP, mx_port, domains=[STS_DOMAIN], hostname=STS_MX, tls="ca")
+        ee = make_downstream("ee", DANE_IP, mx_port, domains=[DANE_DOMAIN], hostname=DANE_MX,
+                             tls="selfsigned")
+        record = f"3 1 1 {spki_sha256(ee.cert_file)}"
+        dns_server.set_records({
+            STS_DOMAIN: {"MX": [(10, STS_MX)]}, STS_MX: {"A": STS_IP},
+            f"_mta-sts.{STS_DOMAIN}": {"TXT": ["v=STSv1; id=p1"]},
+            f"mta-sts.{STS_DOMAIN}": {"A": POLICY_IP},
+            DANE_DOMAIN: {"MX": [(10, DANE_MX)], "authenticated": True},
+            DANE_MX: {"A": DANE_IP, "authenticated": True},
+            tlsa_owner("ee", mx_port): {"TLSA": [record], "authenticated": True},
+        })
+        gw = delivery_gateway(make_gateway, dns_server, mx_port, ca=tls_ca, trusted_ca="Test CA",
+                              start=False)
+        text = gw.config.read_text()
+        text = text.replace("[delivery]\n", f"[delivery]\nhttps_port = {https_port}\n", 1)
+        gw.config.write_text(text.replace("[dns]\n", '[dns]\ndnssec = "trust-ad"\n', 1))
+        gw.cli_ok("admin", "passwd", "--password-stdin", input=(PASSWORD + "\n").encode())
+        gw.start()
+        wait_admin(gw)
+        for rcpt in (f"bob@{STS_DOMAIN}", f"bob@{DANE_DOMAIN}"):
+            qid = submit(gw, rcpt, "policy sources")
+            outcome = wait_outcome(gw, qid, rcpt)
+            assert outcome["event"] == "delivered" and outcome.get("verified") == "true", outcome
+        assert host.fetches[f"mta-sts.{STS_DOMAIN}"] == 1, host.fetches
+
+        api = logged_in(gw)
+        dane = wait_for(lambda: api.get(f"/api/v1/policies/{DANE_DOMAIN}").status == 200
+                        and api.get(f"/api/v1/policies/{DANE_DOMAIN}").json()["dane"], 10,
+                        "the DANE attempt in the store")
+        assert dane["usages"] == ["DANE-EE"] and dane["verdict"] == "met", dane
+        assert dane["host"] == DANE_MX and dane["tlsa"] == [record], dane
+        sts = api.get(f"/api/v1/policies/{STS_DOMAIN}").json()
+        assert sts["mta_sts"]["mode"] == "enforce" and sts["mta_sts"]["mx"] == [STS_MX], sts
+        assert sts["mta_sts"]["id"] == "p1" and sts["mta_sts"]["max_age"] == 86400, sts
+        assert sts["dane"] is None, sts
+        assert api.get("/api/v1/policies/nothing.test").status == 404
+
+        events = {e["event"]: e for e in run(gw, "policy-sources", tmp_path)}
+        [row] = events["listed"]["mta_sts"]
+        assert row["domain"] == STS_DOMAIN and row["mode"] == "enforce", row
+        assert row["mx"] == STS_MX and row["policy-id"] == "p1" and "86400 s" in row["max-age"], row
+        [drow] = events["listed"]["dane"]
+        assert drow["domain"] == DANE_DOMAIN and drow["verdict"] == "met", drow
+        assert drow["usage"] == "DANE-EE" and drow["host"] == DANE_MX, drow
+        assert record in drow["tlsa"], drow
+        assert events["filtered"] == {"event": "filtered", "at": events["filtered"]["at"],
+                                      "mta_sts": 0, "dane": [DANE_DOMAIN]}, events["filtered"]
+    finally:
+        host.stop()

@@ -392,6 +392,26 @@ const scenarios = {
     await page.getByText("Updated.").waitFor();
     emit("domain-saved");
   },
+
+  // Outbound policies: the MTA-STS cache and DANE status sections, and the
+  // filter over them (tests/test_alerts_page.py).
+  async "policy-sources"(page) {
+    await login(page);
+    await open(page, "Outbound policies", "Outbound policies");
+    const table = async (id, cells) => page.locator(`#${id} tbody tr`).evaluateAll((trs, cells) => trs.map((tr) => {
+      const row = { ...tr.dataset };
+      for (const c of cells) row[c] = tr.querySelector(`td.${c}`).textContent.replace(/\s+/g, " ").trim();
+      return row;
+    }), cells);
+    emit("listed", { mta_sts: await table("mta-sts", ["mode", "max-age", "mx", "policy-id"]),
+      dane: await table("dane", ["host", "usage", "verdict", "tlsa"]) });
+    await shot(page, "sources");
+    await page.getByLabel("Domain or MX host").fill("mx.ee");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.waitForURL(/q=mx.ee/);
+    emit("filtered", { mta_sts: await page.locator("#mta-sts tbody tr").count(),
+      dane: await page.locator("#dane tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.domain)) });
+  },
 };
 
 /** The trimmed text of an element that may be absent (null then). */
