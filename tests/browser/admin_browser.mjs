@@ -348,6 +348,70 @@ const scenarios = {
     emit("forgotten", { domains: left });
     await shot(page, "forgotten");
   },
+
+  // Alerts (tests/test_alerts_page.py): the Dashboard banner, the Alerts
+  // page and its filter, acknowledge one, then all shown: the banner goes.
+  // Then the Domains form of DOMAIN saved as it is (mta_sts stays off).
+  async alerts(page) {
+    await login(page);
+    const banner = page.locator("#alert-banner");
+    emit("banner", { count: await banner.getAttribute("data-unacknowledged"), text: await optionalText(banner) });
+    await banner.getByRole("link", { name: "Review and acknowledge on the Alerts page" }).click();
+    await page.getByRole("heading", { name: "Alerts" }).waitFor();
+    const rows = async () => page.locator("#alerts tbody tr").evaluateAll((trs) => trs.map((tr) => ({
+      id: tr.dataset.id, kind: tr.dataset.kind, acknowledged: tr.dataset.acknowledged,
+      subject: tr.querySelector("td.subject").textContent.trim(), host: tr.querySelector("td.host").textContent.trim(),
+      node: tr.querySelector("td.node").textContent.trim(), todo: tr.querySelector(".todo").textContent.trim(),
+      ack: tr.querySelector("td.ack").textContent.replace(/\s+/g, " ").trim() })));
+    emit("listed", { rows: await rows() });
+    await shot(page, "alerts");
+    await page.getByLabel("Kind").selectOption("downgrade");
+    await page.getByLabel("Acknowledged").selectOption("");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.waitForURL(/kind=downgrade/);
+    emit("filtered", { rows: await rows() });
+    await page.locator("#alerts tbody tr").first().getByRole("button", { name: "Acknowledge" }).click();
+    await page.getByText("Acknowledged.", { exact: true }).waitFor();
+    check(/kind=downgrade/.test(page.url()), `the filter is kept: ${page.url()}`);
+    emit("acknowledged-one", { rows: await rows() });
+    await open(page, "Dashboard", "Dashboard");
+    emit("banner-after-one", { count: await page.locator("#alert-banner").getAttribute("data-unacknowledged") });
+    await open(page, "Alerts", "Alerts");
+    page.once("dialog", (dialog) => dialog.accept());
+    await page.getByRole("button", { name: "Acknowledge all shown" }).click();
+    await page.getByText("Acknowledged.", { exact: true }).waitFor();
+    emit("acknowledged-all", { rows: await rows(), buttons: await page.getByRole("button", { name: /Acknowledge/ }).count() });
+    await shot(page, "acknowledged");
+    await open(page, "Dashboard", "Dashboard");
+    emit("banner-after-all", { banners: await page.locator("#alert-banner").count() });
+    await open(page, "Domains", "Domains");
+    await page.locator(`#domains tr[data-domain="${process.env.DOMAIN}"]`).getByRole("link", { name: "Edit" }).click();
+    const box = page.getByLabel("Honour this domain's MTA-STS policy");
+    emit("domain-form", { mta_sts: await box.isChecked(), dane: await page.getByLabel("Honour this domain's DANE (TLSA) records").isChecked() });
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.getByText("Updated.").waitFor();
+    emit("domain-saved");
+  },
+
+  // Outbound policies: the MTA-STS cache and DANE status sections, and the
+  // filter over them (tests/test_alerts_page.py).
+  async "policy-sources"(page) {
+    await login(page);
+    await open(page, "Outbound policies", "Outbound policies");
+    const table = async (id, cells) => page.locator(`#${id} tbody tr`).evaluateAll((trs, cells) => trs.map((tr) => {
+      const row = { ...tr.dataset };
+      for (const c of cells) row[c] = tr.querySelector(`td.${c}`).textContent.replace(/\s+/g, " ").trim();
+      return row;
+    }), cells);
+    emit("listed", { mta_sts: await table("mta-sts", ["mode", "max-age", "mx", "policy-id"]),
+      dane: await table("dane", ["host", "usage", "verdict", "tlsa"]) });
+    await shot(page, "sources");
+    await page.getByLabel("Domain or MX host").fill("mx.ee");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.waitForURL(/q=mx.ee/);
+    emit("filtered", { mta_sts: await page.locator("#mta-sts tbody tr").count(),
+      dane: await page.locator("#dane tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.domain)) });
+  },
 };
 
 /** The trimmed text of an element that may be absent (null then). */

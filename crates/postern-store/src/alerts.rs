@@ -72,9 +72,84 @@ pub struct Alert {
 }
 
 /// Kept alerts.
-pub trait AlertStore: Send + Sync {
+pub trait AlertStore: AlertReview + Send + Sync {
     /// Append alerts (one transaction).
     fn record_alerts(&self, batch: &[Alert]) -> Result<(), StoreError>;
     /// The newest alerts first, at most `limit`.
     fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError>;
+}
+
+/// A kept alert with its row id, the node that raised it and its
+/// acknowledgement (the Alerts page, the Dashboard banner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptAlert {
+    pub id: i64,
+    #[serde(flatten)]
+    pub alert: Alert,
+    /// The raising node's `node_name`; empty for alerts kept before nodes
+    /// were recorded.
+    pub node: String,
+    /// Unix seconds; `None` while unacknowledged.
+    pub acknowledged_at: Option<i64>,
+    /// Who acknowledged it: `admin` (a browser session) or `token NAME`.
+    pub acknowledged_by: Option<String>,
+}
+
+/// Which kept alerts to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertFilter {
+    pub kind: Option<AlertKind>,
+    /// `Some(false)`: only unacknowledged ones; `Some(true)`: only
+    /// acknowledged ones.
+    pub acknowledged: Option<bool>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+impl AlertFilter {
+    /// The newest unacknowledged alerts.
+    pub fn unacknowledged(limit: usize) -> AlertFilter {
+        AlertFilter {
+            kind: None,
+            acknowledged: Some(false),
+            limit,
+        }
+    }
+}
+
+/// What acknowledging a list of alerts did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Acknowledged {
+    /// Alerts acknowledged now (already acknowledged ones keep their first
+    /// acknowledgement and are not counted).
+    pub count: usize,
+    /// Ids that name no alert: when any is, nothing was acknowledged.
+    pub unknown: Vec<i64>,
+}
+
+/// Reviewing kept alerts: list, count and acknowledge them. Separate from
+/// [`AlertStore`]'s recording so that each can grow on its own.
+pub trait AlertReview: Send + Sync {
+    /// Kept alerts matching `filter`, newest first.
+    fn kept_alerts(&self, filter: &AlertFilter) -> Result<Vec<KeptAlert>, StoreError>;
+    /// One kept alert.
+    fn kept_alert(&self, id: i64) -> Result<Option<KeptAlert>, StoreError>;
+    /// How many alerts are not acknowledged yet.
+    fn unacknowledged_alert_count(&self) -> Result<u64, StoreError>;
+    /// Acknowledge the alerts `ids` (one transaction): all of them, or
+    /// none when an id is unknown.
+    fn acknowledge_alerts(
+        &self,
+        ids: &[i64],
+        by: &str,
+        at: i64,
+    ) -> Result<Acknowledged, StoreError>;
+    /// Acknowledge every unacknowledged alert up to and including id
+    /// `through` (what the reviewer has seen, not what arrived since).
+    fn acknowledge_alerts_through(
+        &self,
+        through: i64,
+        by: &str,
+        at: i64,
+    ) -> Result<usize, StoreError>;
 }

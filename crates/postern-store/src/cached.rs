@@ -681,3 +681,38 @@ impl crate::TlsRptStore for CachedPgStore {
         self.write(|s| s.tlsrpt().take_due_report_deliveries(now, lease_until))
     }
 }
+
+impl crate::AlertReview for CachedPgStore {
+    fn kept_alerts(
+        &self,
+        filter: &crate::AlertFilter,
+    ) -> Result<Vec<crate::KeptAlert>, StoreError> {
+        self.write(|s| s.alerts().kept_alerts(filter))
+    }
+
+    fn kept_alert(&self, id: i64) -> Result<Option<crate::KeptAlert>, StoreError> {
+        self.write(|s| s.alerts().kept_alert(id))
+    }
+
+    fn unacknowledged_alert_count(&self) -> Result<u64, StoreError> {
+        self.write(|s| s.alerts().unacknowledged_alert_count())
+    }
+
+    fn acknowledge_alerts(
+        &self,
+        ids: &[i64],
+        by: &str,
+        at: i64,
+    ) -> Result<crate::Acknowledged, StoreError> {
+        self.write(|s| s.alerts().acknowledge_alerts(ids, by, at))
+    }
+
+    fn acknowledge_alerts_through(
+        &self,
+        through: i64,
+        by: &str,
+        at: i64,
+    ) -> Result<usize, StoreError> {
+        self.write(|s| s.alerts().acknowledge_alerts_through(through, by, at))
+    }
+}

@@ -126,6 +126,7 @@ conformance!(
     tlsrpt_report_claimed_once_across_nodes,
     tlsrpt_attempts_of_a_period_skip_report_mails,
     tlsrpt_deliveries_retry_once_per_lease,
+    alerts_acknowledged_one_listed_and_all_through,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -1783,6 +1784,118 @@ fn tlsrpt_deliveries_retry_once_per_lease(h: &dyn Harness) {
     assert!(a
         .tlsrpt()
         .report_deliveries("2026-12-02")
+        .unwrap()
+        .is_empty());
+}
+
+fn alerts_acknowledged_one_listed_and_all_through(h: &dyn Harness) {
+    use postern_store::{Alert, AlertFilter, AlertKind};
+    let a = h.open();
+    let alert = |kind, subject: &str, at| Alert {
+        kind,
+        subject: subject.into(),
+        host: "mx1.partner.test".into(),
+        detail: "what happened".into(),
+        at,
+    };
+    a.alerts()
+        .record_alerts(&[
+            alert(AlertKind::Downgrade, "a.test", 100),
+            alert(AlertKind::StarttlsMissing, "a.test", 200),
+            alert(AlertKind::Downgrade, "b.test", 300),
+        ])
+        .unwrap();
+    let all = |acknowledged| AlertFilter {
+        kind: None,
+        acknowledged,
+        limit: 10,
+    };
+    let listed = a.alerts().kept_alerts(&all(None)).unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].alert.subject, "b.test", "newest first");
+    assert_eq!(listed[0].node, "gw1", "the raising node is kept");
+    assert!(listed.iter().all(|k| k.acknowledged_at.is_none()));
+    let ids: Vec<i64> = listed.iter().map(|k| k.id).collect();
+    let (newest, middle, oldest) = (ids[0], ids[1], ids[2]);
+    assert_eq!(a.alerts().unacknowledged_alert_count().unwrap(), 3);
+
+    // A list with an unknown id acknowledges nothing and names it.
+    let refused = a
+        .alerts()
+        .acknowledge_alerts(&[oldest, newest + 1000], "admin", 400)
+        .unwrap();
+    assert_eq!((refused.count, refused.unknown), (0, vec![newest + 1000]));
+    assert_eq!(a.alerts().unacknowledged_alert_count().unwrap(), 3);
+
+    // One, seen by another connection; a second acknowledgement keeps the first.
+    let done = a
+        .alerts()
+        .acknowledge_alerts(&[oldest], "admin", 400)
+        .unwrap();
+    assert_eq!((done.count, done.unknown.len()), (1, 0));
+    let again = h
+        .open()
+        .alerts()
+        .acknowledge_alerts(&[oldest], "token ops", 500)
+        .unwrap();
+    assert_eq!(again.count, 0);
+    let kept = h.open().alerts().kept_alert(oldest).unwrap().unwrap();
+    assert_eq!(kept.acknowledged_at, Some(400));
+    assert_eq!(kept.acknowledged_by.as_deref(), Some("admin"));
+    assert_eq!(kept.alert, alert(AlertKind::Downgrade, "a.test", 100));
+    assert!(a.alerts().kept_alert(newest + 1000).unwrap().is_none());
+
+    // Filters: unacknowledged, acknowledged, by kind.
+    let open: Vec<i64> = a
+        .alerts()
+        .kept_alerts(&AlertFilter::unacknowledged(10))
+        .unwrap()
+        .iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(open, vec![newest, middle]);
+    let closed = a.alerts().kept_alerts(&all(Some(true))).unwrap();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].id, oldest);
+    let downgrades = a
+        .alerts()
+        .kept_alerts(&AlertFilter {
+            kind: Some(AlertKind::Downgrade),
+            acknowledged: Some(false),
+            limit: 10,
+        })
+        .unwrap();
+    assert_eq!(downgrades.len(), 1);
+    assert_eq!(downgrades[0].id, newest);
+    assert_eq!(a.alerts().unacknowledged_alert_count().unwrap(), 2);
+
+    // All through an id: what arrived after it stays unacknowledged.
+    assert_eq!(
+        a.alerts()
+            .acknowledge_alerts_through(middle, "token ops", 600)
+            .unwrap(),
+        1
+    );
+    assert_eq!(a.alerts().unacknowledged_alert_count().unwrap(), 1);
+    assert_eq!(
+        a.alerts()
+            .kept_alert(middle)
+            .unwrap()
+            .unwrap()
+            .acknowledged_by
+            .as_deref(),
+        Some("token ops")
+    );
+    assert_eq!(
+        a.alerts()
+            .acknowledge_alerts_through(newest, "admin", 700)
+            .unwrap(),
+        1
+    );
+    assert_eq!(a.alerts().unacknowledged_alert_count().unwrap(), 0);
+    assert!(a
+        .alerts()
+        .kept_alerts(&AlertFilter::unacknowledged(10))
         .unwrap()
         .is_empty());
 }

@@ -62,6 +62,8 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/policies/{domain}/pin", post(policies::pin))
         .route("/api/v1/alerts", get(alerts::alerts))
         .route("/api/v1/tlsrpt", get(tlsrpt::show))
+        .route("/api/v1/alerts/acknowledge", post(alerts::acknowledge_all))
+        .route("/api/v1/alerts/{id}/acknowledge", post(alerts::acknowledge))
 }
 
 pub async fn openapi() -> Response {

@@ -1,6 +1,7 @@
 //! The dashboard: messages received, delivered, deferred and bounced per
 //! hour over the last day (an inline SVG chart drawn here, no scripts), the
-//! share of TLS inbound and outbound, and the queue size.
+//! share of TLS inbound and outbound, and the queue size; above them a
+//! banner while any alert is unacknowledged.
 
 use std::fmt::Write as _;
 
@@ -124,6 +125,7 @@ pub async fn page(
     State(state): State<Shared>,
     Extension(principal): Extension<Principal>,
 ) -> Response {
+    let alerts = super::alerts::banner_facts(&state).await;
     let stats = match blocking(move || messages::stats_now(&state)).await {
         Ok(stats) => stats,
         Err(e) => return failure(&principal, &e),
@@ -131,6 +133,9 @@ pub async fn page(
     let t = &stats.totals;
     let content = html! {
         h1 { "Dashboard" }
+        @if let Some((count, newest)) = &alerts {
+            (super::alerts::banner(*count, newest.as_ref()))
+        }
         p.help { "Last 24 hours, from the message tracking records (times in UTC)." }
         div.cards {
             div.card data-card="queue" { span.num { (stats.queue.messages) } span.label { "messages in the queue" } }

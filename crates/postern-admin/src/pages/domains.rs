@@ -28,15 +28,27 @@ struct DomainForm {
     next_hop: String,
     tls: String,
     dane: bool,
+    mta_sts: bool,
     monitor: bool,
 }
 
 impl DomainForm {
+    /// The add form: what a new `[[domain]]` entry defaults to.
+    fn blank() -> Self {
+        Self {
+            relay: true,
+            dane: true,
+            mta_sts: true,
+            ..Self::default()
+        }
+    }
+
     fn from_entry(entry: &DomainEntry) -> Self {
         Self {
             name: entry.name.clone(),
             relay: entry.relay,
             dane: entry.dane,
+            mta_sts: entry.mta_sts,
             next_hop: entry.next_hop.clone().unwrap_or_default(),
             tls: entry
                 .tls
@@ -54,6 +66,7 @@ impl DomainForm {
             next_hop: form.get("next_hop"),
             tls: form.get("tls"),
             dane: form.has("dane"),
+            mta_sts: form.has("mta_sts"),
             monitor: form.has("monitor"),
         }
     }
@@ -70,7 +83,7 @@ impl DomainForm {
             relay: self.relay,
             next_hop: (!self.next_hop.is_empty()).then(|| self.next_hop.clone()),
             tls: parse_mode(&self.tls)?,
-            mta_sts: true,
+            mta_sts: self.mta_sts,
             dane: self.dane,
             monitor: self.monitor,
         })
@@ -118,6 +131,12 @@ fn entry_form(
                 label.check {
                     input #dane type="checkbox" name="dane" value="true" checked[form.dane];
                     " Honour this domain's DANE (TLSA) records"
+                }
+            }
+            div.field {
+                label.check {
+                    input #mta_sts type="checkbox" name="mta_sts" value="true" checked[form.mta_sts];
+                    " Honour this domain's MTA-STS policy"
                 }
             }
             div.field {
@@ -273,11 +292,7 @@ pub async fn page(
                 list_markup(
                     &principal,
                     &settings,
-                    &DomainForm {
-                        relay: true,
-                        dane: true,
-                        ..DomainForm::default()
-                    },
+                    &DomainForm::blank(),
                     &FieldErrors::default(),
                     done.ok.as_deref(),
                     &counts,
@@ -443,7 +458,7 @@ pub async fn delete(
                     list_markup(
                         &principal,
                         settings,
-                        &DomainForm::default(),
+                        &DomainForm::blank(),
                         errors,
                         None,
                         &MonitorCounts::default(),
@@ -453,4 +468,38 @@ pub async fn delete(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_keeps_mta_sts_off_across_an_edit() {
+        let entry = DomainEntry {
+            name: "partner.test".into(),
+            relay: false,
+            next_hop: None,
+            tls: None,
+            mta_sts: false,
+            dane: true,
+            monitor: false,
+        };
+        let form = DomainForm::from_entry(&entry);
+        let html = entry_form(
+            &Principal::Token("t".into()),
+            "/x",
+            &form,
+            &FieldErrors::default(),
+            "Save",
+        )
+        .into_string();
+        assert!(
+            html.contains(r#"<input id="mta_sts" type="checkbox" name="mta_sts" value="true">"#),
+            "unchecked: {html}"
+        );
+        assert!(html.contains(r#"name="dane" value="true" checked"#));
+        assert_eq!(form.entry().unwrap(), entry);
+        assert!(DomainForm::blank().mta_sts, "a new entry honours MTA-STS");
+    }
 }

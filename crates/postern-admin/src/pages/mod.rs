@@ -4,6 +4,7 @@
 //! message next to the field.
 
 pub mod advanced;
+pub mod alerts;
 pub mod certificates;
 pub mod cluster;
 pub mod dashboard;
@@ -54,6 +55,9 @@ pub fn routes() -> Router<Shared> {
         .route("/tlsrpt", get(tlsrpt::page))
         .route("/policies/{domain}/forget", post(policies::forget))
         .route("/policies/{domain}/pin", post(policies::pin))
+        .route("/alerts", get(alerts::page))
+        .route("/alerts/acknowledge", post(alerts::acknowledge_shown))
+        .route("/alerts/{id}/acknowledge", post(alerts::acknowledge))
 }
 
 /// Which navigation entry a page belongs to.
@@ -69,6 +73,7 @@ pub enum Section {
     Cluster,
     Policies,
     TlsReports,
+    Alerts,
 }
 
 const NAV: &[(Section, &str, &str)] = &[
@@ -82,6 +87,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Cluster, "/cluster", "Cluster"),
     (Section::Policies, "/policies", "Outbound policies"),
     (Section::TlsReports, "/tlsrpt", "TLS reports"),
+    (Section::Alerts, "/alerts", "Alerts"),
 ];
 
 /// The page frame: header, navigation, logout, content.

@@ -161,9 +161,9 @@ impl crate::AlertStore for PgStore {
         let ats: Vec<i64> = batch.iter().map(|a| a.at).collect();
         self.with(&self.events, |client| {
             wait(client.execute(
-                "INSERT INTO alerts (kind, subject, host, detail, at)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
-                &[&kinds, &subjects, &hosts, &details, &ats],
+                "INSERT INTO alerts (kind, subject, host, detail, at, node)
+                 SELECT *, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
+                &[&kinds, &subjects, &hosts, &details, &ats, &self.node_name],
             ))?;
             Ok(())
         })

@@ -154,10 +154,18 @@ impl crate::AlertStore for SqliteStore {
         let mut conn = self.events();
         write_on(&mut conn, |tx| {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO alerts (kind, subject, host, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO alerts (kind, subject, host, detail, at, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for a in batch {
-                stmt.execute(params![a.kind.as_str(), a.subject, a.host, a.detail, a.at])?;
+                stmt.execute(params![
+                    a.kind.as_str(),
+                    a.subject,
+                    a.host,
+                    a.detail,
+                    a.at,
+                    self.node_name
+                ])?;
             }
             Ok(())
         })

@@ -213,6 +213,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tlsrpt_deliveries_due ON tlsrpt_deliveries (next_attempt) WHERE status = 'retrying';
     CREATE INDEX tlsrpt_deliveries_queue_id ON tlsrpt_deliveries (queue_id) WHERE queue_id IS NOT NULL;
     ",
+    "
+    -- adminui: alert acknowledgement and the raising node
+    ALTER TABLE alerts ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alerts ADD COLUMN acknowledged_at INTEGER;
+    ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+    CREATE INDEX alerts_unacknowledged ON alerts (id) WHERE acknowledged_at IS NULL;
+    ",
 ];
 
 /// The schema version this build creates and understands.
