@@ -41,6 +41,7 @@ mod error;
 mod format;
 mod group_sync;
 mod id;
+mod pool;
 mod spool;
 mod types;
 mod writer;
