@@ -14,15 +14,19 @@
 //!   the old message must still be intact under it;
 //! - at start, a name in `free/` whose inode is also named in `queue/` (a
 //!   rename torn by a machine crash on a file system without a journal) is
-//!   left alone: writing into it would overwrite a queued message.
+//!   left alone: writing into it would overwrite a queued message;
+//! - a file some [`crate::MessageFile`] of this process still reads is not
+//!   recycled but unlinked, so the reader keeps the bytes it verified (as
+//!   with any unlinked file); readers in other processes only use
+//!   `load_envelope`, which checks the name after reading.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::SpoolError;
 
@@ -103,9 +107,11 @@ impl FilePool {
     }
 
     /// Admit a removed message's file, whose removal is now durable; a file
-    /// too large, or one more than the pool keeps, is unlinked instead.
-    pub(crate) fn admit(&self, path: &Path) {
-        let small = fs::symlink_metadata(path).is_ok_and(|m| m.len() <= MAX_FREE_FILE_BYTES);
+    /// too large, one still being read, or one more than the pool keeps, is
+    /// unlinked instead.
+    pub(crate) fn admit(&self, path: &Path, open: &OpenFiles) {
+        let small = fs::symlink_metadata(path)
+            .is_ok_and(|m| m.len() <= MAX_FREE_FILE_BYTES && !open.contains((m.dev(), m.ino())));
         let mut names = self.lock();
         if small && names.len() < MAX_FREE_FILES {
             if let Some(name) = path.file_name() {
@@ -128,6 +134,53 @@ impl FilePool {
         self.names
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The inodes of queue files this process has open for reading
+/// ([`crate::MessageFile`]), with how many readers each.
+#[derive(Debug, Default)]
+pub(crate) struct OpenFiles {
+    inodes: Mutex<HashMap<(u64, u64), usize>>,
+}
+
+impl OpenFiles {
+    /// Count a reader of `key` (device, inode) until the guard is dropped.
+    pub(crate) fn register(self: &Arc<Self>, key: (u64, u64)) -> OpenGuard {
+        *self.lock().entry(key).or_insert(0) += 1;
+        OpenGuard {
+            files: Arc::clone(self),
+            key,
+        }
+    }
+
+    fn contains(&self, key: (u64, u64)) -> bool {
+        self.lock().contains_key(&key)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(u64, u64), usize>> {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One reader of a queue file; see [`OpenFiles`].
+#[derive(Debug)]
+pub(crate) struct OpenGuard {
+    files: Arc<OpenFiles>,
+    key: (u64, u64),
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut inodes = self.files.lock();
+        if let Some(n) = inodes.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                inodes.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -185,13 +238,13 @@ mod tests {
         let big = pool.fresh_name();
         let f = File::create(&big).unwrap();
         f.set_len(MAX_FREE_FILE_BYTES + 1).unwrap();
-        pool.admit(&big);
+        pool.admit(&big, &OpenFiles::default());
         assert!(!big.exists());
         assert_eq!(pool.len(), 0);
         for _ in 0..MAX_FREE_FILES + 3 {
             let p = pool.fresh_name();
             fs::write(&p, b"x").unwrap();
-            pool.admit(&p);
+            pool.admit(&p, &OpenFiles::default());
         }
         assert_eq!(pool.len(), MAX_FREE_FILES);
         assert_eq!(fs::read_dir(&free).unwrap().count(), MAX_FREE_FILES);

@@ -14,7 +14,7 @@ use crate::error::SpoolError;
 use crate::format::{self, DecodeError, MessageHeader};
 use crate::group_sync::GroupSync;
 use crate::id::QueueId;
-use crate::pool::FilePool;
+use crate::pool::{FilePool, OpenFiles, OpenGuard};
 use crate::types::{Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport};
 use crate::writer::{Dirs, MessageWriter, Place, NAME_ATTEMPTS};
 
@@ -47,6 +47,8 @@ pub struct Spool {
     corrupt: PathBuf,
     /// Files of removed messages, recycled for new ones; `None` when read-only.
     pool: Option<Arc<FilePool>>,
+    /// Queue files open for reading here: never recycled while read.
+    open_files: Arc<OpenFiles>,
     /// Names in `free/` left unused at open (see [`FilePool::load`]).
     free_skipped: usize,
     /// Held for the lifetime of a writable spool; `None` when read-only.
@@ -116,6 +118,7 @@ impl Spool {
             unnamed_unsupported: Arc::new(AtomicBool::new(false)),
             corrupt: dir.join(CORRUPT),
             pool: None,
+            open_files: Arc::default(),
             free_skipped: 0,
             _lock: lock,
             read_only,
@@ -216,7 +219,7 @@ impl Spool {
     /// marker, envelope, and its state file) and keep it open for reading
     /// its bytes: the message itself is not held in memory.
     pub fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
-        let (decoded, file) = self.read_message(id)?;
+        let (decoded, file, reading) = self.read_message(id)?;
         let recipients = self.read_state(id, &decoded.envelope)?;
         Ok(QueuedMessage {
             envelope: QueuedEnvelope {
@@ -225,7 +228,7 @@ impl Spool {
                 recipients,
                 size: decoded.size,
             },
-            body: MessageFile::new(file, decoded.offset, decoded.size),
+            body: MessageFile::new(file, decoded.offset, decoded.size, reading),
         })
     }
 
@@ -233,7 +236,7 @@ impl Spool {
     /// The whole file is still checksummed, but the message bytes are not
     /// kept in memory.
     pub fn load_envelope(&self, id: &QueueId) -> Result<QueuedEnvelope, SpoolError> {
-        let (decoded, _) = self.read_message(id)?;
+        let (decoded, _, _) = self.read_message(id)?;
         let recipients = self.read_state(id, &decoded.envelope)?;
         Ok(QueuedEnvelope {
             id: id.clone(),
@@ -244,7 +247,11 @@ impl Spool {
     }
 
     /// Verify `queue/<id>`; returns what it holds and the open file.
-    fn read_message(&self, id: &QueueId) -> Result<(format::DecodedMessage, File), SpoolError> {
+    /// The guard keeps `remove` from recycling the file while it is read.
+    fn read_message(
+        &self,
+        id: &QueueId,
+    ) -> Result<(format::DecodedMessage, File, OpenGuard), SpoolError> {
         let path = self.queue.join(id.as_str());
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -256,6 +263,7 @@ impl Spool {
         let meta = file
             .metadata()
             .map_err(|e| SpoolError::io("stat", &path, e))?;
+        let reading = self.open_files.register((meta.dev(), meta.ino()));
         if !meta.is_file() {
             return Err(SpoolError::Corrupt {
                 path,
@@ -275,7 +283,7 @@ impl Spool {
             _ => return Err(SpoolError::NotFound { id: id.clone() }),
         }
         match decoded {
-            Ok(decoded) => Ok((decoded, file)),
+            Ok(decoded) => Ok((decoded, file, reading)),
             Err(DecodeError::Damage(d)) => Err(SpoolError::Corrupt {
                 path,
                 reason: d.to_string(),
@@ -394,7 +402,7 @@ impl Spool {
         recipients: &[RecipientState],
     ) -> Result<(), SpoolError> {
         self.writable()?;
-        let (decoded, _) = self.read_message(id)?;
+        let (decoded, _, _) = self.read_message(id)?;
         check_matches(&decoded.envelope, recipients).map_err(|reason| {
             SpoolError::StateMismatch {
                 id: id.clone(),
@@ -473,7 +481,7 @@ impl Spool {
         // Only now may the file be overwritten: before this sync, a crash
         // could bring `queue/<ID>` back, and it must still be the message.
         if let (Some(free), Some(pool)) = (recycled, &self.pool) {
-            pool.admit(&free);
+            pool.admit(&free, &self.open_files);
         }
         Ok(())
     }

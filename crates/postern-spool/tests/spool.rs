@@ -921,8 +921,11 @@ fn concurrent_recycling_keeps_every_message_its_own() -> TestResult {
                     let id = spool
                         .store(&envelope(), body.as_bytes())
                         .map_err(|e| e.to_string())?;
-                    let read = spool.load(&id).map_err(|e| e.to_string())?;
-                    if read.body.read_to_vec().map_err(|e| e.to_string())? != body.as_bytes() {
+                    // Dropped before the removal: a file still read is not recycled.
+                    let read = (spool.load(&id).map_err(|e| e.to_string())?.body)
+                        .read_to_vec()
+                        .map_err(|e| e.to_string())?;
+                    if read != body.as_bytes() {
                         return Err(format!("{id} does not read back as thread {t} message {i}"));
                     }
                     if i % 3 != 0 {
@@ -940,5 +943,81 @@ fn concurrent_recycling_keeps_every_message_its_own() -> TestResult {
     assert!(report.quarantined.is_empty(), "{:?}", report.quarantined);
     assert_eq!(report.ok.len(), 8 * 20);
     assert!(spool.free_files() > 0);
+    Ok(())
+}
+
+/// A reader racing the removal of the message it reads gets that message
+/// or "no such message" — never a recycled file's next content under the
+/// old id, and never a false "damaged".
+#[test]
+fn readers_racing_removal_never_see_the_next_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Arc::new(Spool::open(dir.path())?);
+    type Recent = std::sync::Mutex<Vec<(QueueId, Vec<u8>)>>;
+    let recent: Arc<Recent> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (spool, recent, done) =
+                (Arc::clone(&spool), Arc::clone(&recent), Arc::clone(&done));
+            thread::spawn(move || -> Result<usize, String> {
+                let mut hits = 0;
+                let mut n = r;
+                while !done.load(Ordering::Relaxed) {
+                    n += 7;
+                    let pick = {
+                        let list = recent.lock().map_err(|_| "poisoned")?;
+                        list.get(list.len().saturating_sub(1 + n % 8)).cloned()
+                    };
+                    let Some((id, body)) = pick else { continue };
+                    match spool.load(&id) {
+                        Ok(m) => {
+                            let read = m.body.read_to_vec().map_err(|e| e.to_string())?;
+                            if read != body {
+                                return Err(format!("{id} read back another message"));
+                            }
+                            hits += 1;
+                        }
+                        Err(SpoolError::NotFound { .. }) => {}
+                        Err(e) => return Err(format!("{id}: {e}")),
+                    }
+                }
+                Ok(hits)
+            })
+        })
+        .collect();
+    for i in 0..3000 {
+        let body = format!("message {i}\r\n").repeat(1 + i % 300).into_bytes();
+        let id = spool.store(&envelope(), &body)?;
+        let mut list = recent.lock().map_err(|_| "poisoned")?;
+        list.push((id, body));
+        if list.len() > 4 {
+            let (old, _) = list.remove(0);
+            drop(list);
+            spool.remove(&old)?;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    for r in readers {
+        let hits = r.join().map_err(|_| "reader panicked")??;
+        assert!(hits > 0, "the reader never read a message");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_file_still_being_read_is_not_recycled() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    let id = spool.store(&envelope(), MESSAGE)?;
+    let reading = spool.load(&id)?;
+    spool.remove(&id)?;
+    assert_eq!(spool.free_files(), 0);
+    assert!(names(&dir.path().join("free")).is_empty());
+    let next = spool.store(&envelope(), b"the next message\r\n")?;
+    assert_eq!(reading.body.read_to_vec()?, MESSAGE);
+    drop(reading);
+    spool.remove(&next)?;
+    assert_eq!(spool.free_files(), 1, "a file nobody reads is recycled");
     Ok(())
 }
