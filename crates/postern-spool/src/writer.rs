@@ -148,7 +148,8 @@ impl MessageWriter {
                     .set_len(len)
                     .map_err(|e| SpoolError::io("truncate message in", &location, e))?;
             }
-            // Data and length; the inode's times need not be durable.
+            // Data and length (fdatasync(2) flushes a size change, from
+            // writing or ftruncate); the inode's times need not be durable.
             self.file
                 .sync_data()
                 .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
