@@ -267,9 +267,11 @@ def test_kill9_under_load_loses_nothing_end_to_end(make_gateway, bench_sink, rep
            f"duplicates {duplicates} (of acknowledged messages {dup_acked}), "
            f"unacknowledged but delivered {unacked_arrived}, body-length mismatches {stats['corrupt']}, "
            f"foreign (no token) {total.get('foreign')}")
+    free_dir = gw.data_dir / "spool" / "free"
+    free_files = len(list(free_dir.iterdir())) if free_dir.is_dir() else 0
     report(f"client reconnects {errors}, 4xx at end of data {temp}; queue empty after "
            f"{drain_seconds:.1f} s: {not remaining} (left {len(remaining)}); "
-           f"spool/corrupt files {len(corrupt_files)}")
+           f"spool/corrupt files {len(corrupt_files)}; recycled files in spool/free {free_files}")
 
     assert not anomalies, anomalies[:10]
     assert len(set(ids)) == len(ids), "a queue ID was acknowledged twice"
@@ -287,6 +289,13 @@ def test_kill9_under_load_loses_nothing_end_to_end(make_gateway, bench_sink, rep
             f"({still_queued} still queued, {in_corrupt} in spool/corrupt); e.g. {sample}")
     assert stats["corrupt"] == 0, f"{stats['corrupt']} messages arrived with a damaged body"
     assert not remaining, f"queue not empty after {DRAIN_TIMEOUT} s: {remaining[:10]}"
+    # A kill -9 tears nothing in the page cache: a file in queue/ is always whole.
+    assert not corrupt_files, f"kill -9 left damaged spool files: {corrupt_files[:10]}"
+    # A message can arrive twice only if it was still queued when a kill hit.
+    assert dup_acked <= sum(spooled_at_kill), \
+        f"{dup_acked} duplicates, but only {sum(spooled_at_kill)} messages were queued at the kills"
+    # Delivered messages' files were recycled (the path under test, not unlink).
+    assert free_files > 0, "no recycled file in spool/free after thousands of deliveries"
 
 
 # ---------------------------------------------------------------------------

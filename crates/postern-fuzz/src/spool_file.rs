@@ -10,11 +10,16 @@
 //! Invariants: nothing panics; `load` and `load_envelope` agree; a loaded
 //! message has the size its envelope says, at least one recipient, and one
 //! state per recipient, in envelope order.
+//!
+//! Then the file, whatever it holds, is removed — so it is recycled into
+//! `free/` — and a new message (the input's first bytes) is stored: it is
+//! written over that file, and must read back exactly, whatever length and
+//! content the old file had.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use postern_spool::{QueueId, Spool, SpoolError};
+use postern_spool::{Envelope, QueueId, Spool, SpoolError};
 
 use crate::Input;
 
@@ -59,6 +64,38 @@ pub fn run(data: &[u8]) {
         (Err(a), Err(b)) => assert_eq!(kind(a), kind(b), "{a} / {b}"),
         _ => panic!("load and load_envelope disagree: {full:?} / {envelope:?}"),
     }
+    drop(full);
+    recycle(spool, &id, &message[..message.len().min(8192)]);
+}
+
+/// Remove `id` (its file goes to `free/`), store `bytes` over a recycled
+/// file, read it back, remove it again.
+fn recycle(spool: &Spool, id: &QueueId, bytes: &[u8]) {
+    spool.remove(id).expect("remove the fuzzed file");
+    let envelope = Envelope {
+        sender: "a@example.test".into(),
+        recipients: vec!["b@example.test".into()],
+        received_at: 1,
+        client_addr: "192.0.2.1:25".into(),
+        helo: "client.example.test".into(),
+        tls: None,
+        body: "8BITMIME".into(),
+        smtputf8: false,
+        message_id: None,
+        requiretls: false,
+        tls_required_no: false,
+    };
+    let new = spool
+        .store(&envelope, bytes)
+        .expect("store over a recycled file");
+    let loaded = spool
+        .load(&new)
+        .expect("load a message stored over a recycled file");
+    assert_eq!(loaded.envelope.envelope, envelope);
+    let read = loaded.body.read_to_vec().expect("read it");
+    assert_eq!(read, bytes, "a recycled file kept bytes of its old content");
+    drop(loaded);
+    spool.remove(&new).expect("remove it");
 }
 
 fn kind(error: &SpoolError) -> std::mem::Discriminant<SpoolError> {

@@ -4,20 +4,31 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use crate::pool::OpenGuard;
+
 /// The message of a queued file: an open descriptor and where in the file
 /// the message lies. The file was verified (checksum, length) when it was
 /// opened, and queue files are never modified, so positional reads return
 /// the verified bytes without holding them in memory.
+///
+/// While it exists, `Spool::remove` of its message unlinks the file instead
+/// of recycling it, so the bytes cannot change under it.
 #[derive(Debug)]
 pub struct MessageFile {
     file: File,
     offset: u64,
     len: u64,
+    _reading: OpenGuard,
 }
 
 impl MessageFile {
-    pub(crate) fn new(file: File, offset: u64, len: u64) -> Self {
-        Self { file, offset, len }
+    pub(crate) fn new(file: File, offset: u64, len: u64, reading: OpenGuard) -> Self {
+        Self {
+            file,
+            offset,
+            len,
+            _reading: reading,
+        }
     }
 
     /// Message size in bytes.
@@ -55,6 +66,9 @@ impl MessageFile {
     }
 
     /// The descriptor, and the message's offset and length in the file.
+    /// The descriptor alone no longer keeps the file from being recycled:
+    /// read it only while the message cannot be removed (the queue runner
+    /// holds it in flight).
     pub fn into_parts(self) -> (File, u64, u64) {
         (self.file, self.offset, self.len)
     }

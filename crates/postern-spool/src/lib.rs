@@ -1,9 +1,12 @@
 //! Postern's durable mail spool: the only code that writes queue files.
 //!
-//! A spool is a directory with `tmp/`, `queue/` and `corrupt/` (all mode
-//! 0700, files 0600). Each accepted message is one file `queue/<ID>`, written
-//! once and never modified; its per-recipient delivery state lives beside it
-//! in `queue/<ID>.state`, replaced atomically after each attempt. The format
+//! A spool is a directory with `tmp/`, `queue/`, `corrupt/` and `free/`
+//! (all mode 0700, files 0600). Each accepted message is one file
+//! `queue/<ID>`, written once and never modified while it has that name;
+//! its per-recipient delivery state lives beside it in `queue/<ID>.state`,
+//! replaced atomically after each attempt. A removed message's file is
+//! renamed into `free/` and overwritten by a later message, so the file
+//! system does not allocate an inode per message (see `pool.rs`). The format
 //! is described for operators in `docs/queue-format.md`.
 //!
 //! # Guarantees
@@ -41,6 +44,7 @@ mod error;
 mod format;
 mod group_sync;
 mod id;
+mod pool;
 mod spool;
 mod types;
 mod writer;

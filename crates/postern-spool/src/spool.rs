@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,12 +14,14 @@ use crate::error::SpoolError;
 use crate::format::{self, DecodeError, MessageHeader};
 use crate::group_sync::GroupSync;
 use crate::id::QueueId;
+use crate::pool::{FilePool, OpenFiles, OpenGuard};
 use crate::types::{Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport};
 use crate::writer::{Dirs, MessageWriter, Place, NAME_ATTEMPTS};
 
 const TMP: &str = "tmp";
 const QUEUE: &str = "queue";
 const CORRUPT: &str = "corrupt";
+const FREE: &str = "free";
 const LOCK: &str = "lock";
 const STATE_SUFFIX: &str = ".state";
 const REASON_SUFFIX: &str = ".reason";
@@ -43,6 +45,12 @@ pub struct Spool {
     /// Set once unnamed files (`O_TMPFILE`) turned out not to work here.
     unnamed_unsupported: Arc<AtomicBool>,
     corrupt: PathBuf,
+    /// Files of removed messages, recycled for new ones; `None` when read-only.
+    pool: Option<Arc<FilePool>>,
+    /// Queue files open for reading here: never recycled while read.
+    open_files: Arc<OpenFiles>,
+    /// Names in `free/` left unused at open (see [`FilePool::load`]).
+    free_skipped: usize,
     /// Held for the lifetime of a writable spool; `None` when read-only.
     _lock: Option<File>,
     read_only: bool,
@@ -71,7 +79,7 @@ impl Spool {
         }
         let lock = take_lock(dir)?;
         let mut created = false;
-        for sub in [TMP, QUEUE, CORRUPT] {
+        for sub in [TMP, QUEUE, CORRUPT, FREE] {
             created |= ensure_private_dir(&dir.join(sub))?;
         }
         if created || !root_existed {
@@ -79,6 +87,9 @@ impl Spool {
         }
         let mut spool = Spool::paths(dir, Some(lock), false);
         spool.tmp_removed = spool.clear_tmp()?;
+        let (pool, skipped) = FilePool::load(&dir.join(FREE), &spool.queue)?;
+        spool.pool = Some(Arc::new(pool));
+        spool.free_skipped = skipped;
         Ok(spool)
     }
 
@@ -106,6 +117,9 @@ impl Spool {
             queue_sync: Arc::new(GroupSync::new(&dir.join(QUEUE))),
             unnamed_unsupported: Arc::new(AtomicBool::new(false)),
             corrupt: dir.join(CORRUPT),
+            pool: None,
+            open_files: Arc::default(),
+            free_skipped: 0,
             _lock: lock,
             read_only,
             tmp_removed: 0,
@@ -121,6 +135,17 @@ impl Spool {
     /// log line: each one is a message or state update interrupted by a crash).
     pub fn tmp_files_removed(&self) -> usize {
         self.tmp_removed
+    }
+
+    /// How many names in `free/` `open` left unused because their file is
+    /// also a queued message (a rename torn by a machine crash).
+    pub fn free_files_skipped(&self) -> usize {
+        self.free_skipped
+    }
+
+    /// Recycled files ready for new messages (for tests and metrics).
+    pub fn free_files(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.len())
     }
 
     /// Durably store one message that is already in memory: the same as
@@ -152,7 +177,15 @@ impl Spool {
             queue: self.queue.clone(),
             queue_sync: Arc::clone(&self.queue_sync),
             unnamed_unsupported: Arc::clone(&self.unnamed_unsupported),
+            pool: self.pool.clone(),
         };
+        if let Some(reused) = self.pool.as_ref().and_then(|p| p.take()) {
+            let place = Place::Reused {
+                path: reused.path,
+                old_len: reused.old_len,
+            };
+            return Ok(MessageWriter::new(reused.file, place, dirs, header));
+        }
         if !self.unnamed_unsupported.load(Ordering::Relaxed) {
             if let Some(file) = self.open_unnamed()? {
                 return Ok(MessageWriter::new(file, Place::Unnamed, dirs, header));
@@ -186,7 +219,7 @@ impl Spool {
     /// marker, envelope, and its state file) and keep it open for reading
     /// its bytes: the message itself is not held in memory.
     pub fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
-        let (decoded, file) = self.read_message(id)?;
+        let (decoded, file, reading) = self.read_message(id)?;
         let recipients = self.read_state(id, &decoded.envelope)?;
         Ok(QueuedMessage {
             envelope: QueuedEnvelope {
@@ -195,7 +228,7 @@ impl Spool {
                 recipients,
                 size: decoded.size,
             },
-            body: MessageFile::new(file, decoded.offset, decoded.size),
+            body: MessageFile::new(file, decoded.offset, decoded.size, reading),
         })
     }
 
@@ -203,7 +236,7 @@ impl Spool {
     /// The whole file is still checksummed, but the message bytes are not
     /// kept in memory.
     pub fn load_envelope(&self, id: &QueueId) -> Result<QueuedEnvelope, SpoolError> {
-        let (decoded, _) = self.read_message(id)?;
+        let (decoded, _, _) = self.read_message(id)?;
         let recipients = self.read_state(id, &decoded.envelope)?;
         Ok(QueuedEnvelope {
             id: id.clone(),
@@ -214,7 +247,11 @@ impl Spool {
     }
 
     /// Verify `queue/<id>`; returns what it holds and the open file.
-    fn read_message(&self, id: &QueueId) -> Result<(format::DecodedMessage, File), SpoolError> {
+    /// The guard keeps `remove` from recycling the file while it is read.
+    fn read_message(
+        &self,
+        id: &QueueId,
+    ) -> Result<(format::DecodedMessage, File, OpenGuard), SpoolError> {
         let path = self.queue.join(id.as_str());
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -226,6 +263,7 @@ impl Spool {
         let meta = file
             .metadata()
             .map_err(|e| SpoolError::io("stat", &path, e))?;
+        let reading = self.open_files.register((meta.dev(), meta.ino()));
         if !meta.is_file() {
             return Err(SpoolError::Corrupt {
                 path,
@@ -233,8 +271,19 @@ impl Spool {
             });
         }
         let mut reader = BufReader::with_capacity(READ_BUFFER, &file);
-        match format::decode_message(&mut reader, meta.len()) {
-            Ok(decoded) => Ok((decoded, file)),
+        let decoded = format::decode_message(&mut reader, meta.len());
+        // Files are recycled: if the name no longer points at the inode we
+        // read, the message was removed meanwhile and what we read (damaged
+        // or not) may be the next message's.
+        match fs::symlink_metadata(&path) {
+            Ok(now) if now.ino() == meta.ino() && now.dev() == meta.dev() => {}
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(SpoolError::io("stat", path, e))
+            }
+            _ => return Err(SpoolError::NotFound { id: id.clone() }),
+        }
+        match decoded {
+            Ok(decoded) => Ok((decoded, file, reading)),
             Err(DecodeError::Damage(d)) => Err(SpoolError::Corrupt {
                 path,
                 reason: d.to_string(),
@@ -353,7 +402,7 @@ impl Spool {
         recipients: &[RecipientState],
     ) -> Result<(), SpoolError> {
         self.writable()?;
-        let (decoded, _) = self.read_message(id)?;
+        let (decoded, _, _) = self.read_message(id)?;
         check_matches(&decoded.envelope, recipients).map_err(|reason| {
             SpoolError::StateMismatch {
                 id: id.clone(),
@@ -411,14 +460,14 @@ impl Spool {
     /// Remove a message and its state durably (unlink, then fsync `queue/`).
     /// The message goes first: a crash in between leaves an orphan state
     /// file (quarantined by `recover`), never a message that looks undelivered.
+    ///
+    /// The message file is not unlinked but renamed into `free/`, and once
+    /// `queue/` is fsync'd it may be overwritten by a new message (see
+    /// [`crate::pool`]).
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.writable()?;
         let path = self.queue.join(id.as_str());
-        let message_existed = match fs::remove_file(&path) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => return Err(SpoolError::io("remove", path, e)),
-        };
+        let (message_existed, recycled) = self.remove_message_file(&path)?;
         let state_path = self.state_path(id);
         let state_existed = match fs::remove_file(&state_path) {
             Ok(()) => true,
@@ -428,7 +477,38 @@ impl Spool {
         if !message_existed && !state_existed {
             return Err(SpoolError::NotFound { id: id.clone() });
         }
-        self.queue_sync.sync()
+        self.queue_sync.sync()?;
+        // Only now may the file be overwritten: before this sync, a crash
+        // could bring `queue/<ID>` back, and it must still be the message.
+        if let (Some(free), Some(pool)) = (recycled, &self.pool) {
+            pool.admit(&free, &self.open_files);
+        }
+        Ok(())
+    }
+
+    /// Take `queue/<ID>` out of the queue: renamed into `free/`, or unlinked
+    /// where it cannot be. Returns whether it existed and its new name.
+    fn remove_message_file(&self, path: &Path) -> Result<(bool, Option<PathBuf>), SpoolError> {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        use rustix::io::Errno;
+
+        if let Some(pool) = &self.pool {
+            for _ in 0..NAME_ATTEMPTS {
+                let free = pool.fresh_name();
+                match renameat_with(CWD, path, CWD, &free, RenameFlags::NOREPLACE) {
+                    Ok(()) => return Ok((true, Some(free))),
+                    Err(Errno::NOENT) => return Ok((false, None)),
+                    Err(Errno::EXIST) => continue,
+                    // No RENAME_NOREPLACE (or no rename across): unlink.
+                    Err(_) => break,
+                }
+            }
+        }
+        match fs::remove_file(path) {
+            Ok(()) => Ok((true, None)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((false, None)),
+            Err(e) => Err(SpoolError::io("remove", path, e)),
+        }
     }
 
     /// Move a message and its state file to `corrupt/`, with the reason in

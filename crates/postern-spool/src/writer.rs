@@ -8,6 +8,10 @@
 //! it its name in `queue/` and fsyncs `queue/`. Until then nothing in
 //! `queue/` shows the message; dropping the writer discards it (an unnamed
 //! file vanishes with its descriptor, a `tmp/` file is unlinked).
+//!
+//! Where `free/` has a file of a removed message, the writer overwrites that
+//! one instead (see [`crate::pool`]): it is renamed into `queue/` at commit,
+//! and an abandoned one goes back to the pool.
 
 use std::fs::{self, File};
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
@@ -20,6 +24,7 @@ use crate::error::SpoolError;
 use crate::format::MessageHeader;
 use crate::group_sync::GroupSync;
 use crate::id::QueueId;
+use crate::pool::FilePool;
 
 /// Attempts at finding a free name before giving up.
 pub(crate) const NAME_ATTEMPTS: u32 = 16;
@@ -31,6 +36,9 @@ pub(crate) enum Place {
     Unnamed,
     /// `tmp/<id>`, renamed to `queue/<id>` at commit.
     Tmp { id: QueueId, path: PathBuf },
+    /// A recycled file `free/<name>`, renamed to `queue/<ID>` at commit;
+    /// `old_len` is its length before, cut back to the new message's.
+    Reused { path: PathBuf, old_len: u64 },
 }
 
 /// What a writer needs of its spool.
@@ -41,6 +49,8 @@ pub(crate) struct Dirs {
     pub queue_sync: Arc<GroupSync>,
     /// Set once unnamed files turned out not to be linkable here.
     pub unnamed_unsupported: Arc<AtomicBool>,
+    /// Recycled files; `None` for a spool without `free/`.
+    pub pool: Option<Arc<FilePool>>,
 }
 
 /// One message being stored; see the module documentation.
@@ -54,6 +64,11 @@ pub struct MessageWriter {
     crc: crc32fast::Hasher,
     size: u64,
     committed: bool,
+}
+
+/// Header, message and trailer: the file's length once committed.
+fn file_len(header: &MessageHeader, size: u64) -> u64 {
+    (header.bytes().len() + crate::format::TRAILER_LEN) as u64 + size
 }
 
 impl MessageWriter {
@@ -125,11 +140,27 @@ impl MessageWriter {
             )
         };
         written.map_err(|e| SpoolError::io("write message in", &location, e))?;
-        self.file
-            .sync_all()
-            .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
+        if let Place::Reused { old_len, .. } = &self.place {
+            // The old message was longer: its end must not stay behind ours.
+            let len = file_len(&self.header, self.size);
+            if *old_len > len {
+                self.file
+                    .set_len(len)
+                    .map_err(|e| SpoolError::io("truncate message in", &location, e))?;
+            }
+            // Data and length (fdatasync(2) flushes a size change, from
+            // writing or ftruncate); the inode's times need not be durable.
+            self.file
+                .sync_data()
+                .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
+        } else {
+            self.file
+                .sync_all()
+                .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
+        }
         let id = match &self.place {
             Place::Unnamed => self.link_unnamed()?,
+            Place::Reused { path, .. } => rename_into_queue(path, &self.dirs.queue)?,
             Place::Tmp { id, path } => {
                 let final_path = self.dirs.queue.join(id.as_str());
                 fs::rename(path, &final_path)
@@ -214,7 +245,7 @@ impl MessageWriter {
     fn location(&self) -> PathBuf {
         match &self.place {
             Place::Unnamed => self.dirs.queue.clone(),
-            Place::Tmp { path, .. } => path.clone(),
+            Place::Tmp { path, .. } | Place::Reused { path, .. } => path.clone(),
         }
     }
 }
@@ -222,11 +253,55 @@ impl MessageWriter {
 impl Drop for MessageWriter {
     fn drop(&mut self) {
         // Not committed (aborted, or commit failed before the rename): the
-        // `tmp/` file must go; an unnamed file goes with its descriptor.
-        if let (false, Place::Tmp { path, .. }) = (self.committed, &self.place) {
-            let _ = fs::remove_file(path);
+        // `tmp/` file must go, a recycled one goes back to the pool; an
+        // unnamed file goes with its descriptor.
+        if self.committed {
+            return;
+        }
+        match (&self.place, &self.dirs.pool) {
+            (Place::Tmp { path, .. }, _) => {
+                let _ = fs::remove_file(path);
+            }
+            (Place::Reused { path, .. }, Some(pool)) => pool.give_back(path),
+            _ => {}
         }
     }
+}
+
+/// Rename `from` to `queue/<ID>` under a fresh id; a rename never replaces
+/// an existing name, so a taken id just means another try.
+fn rename_into_queue(
+    from: &std::path::Path,
+    queue: &std::path::Path,
+) -> Result<QueueId, SpoolError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+
+    for _ in 0..NAME_ATTEMPTS {
+        let id = QueueId::generate();
+        let to = queue.join(id.as_str());
+        match renameat_with(CWD, from, CWD, &to, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(id),
+            Err(Errno::EXIST) => continue,
+            // No RENAME_NOREPLACE on this file system: a link never
+            // replaces either.
+            Err(Errno::INVAL | Errno::NOSYS) => match fs::hard_link(from, &to) {
+                Ok(()) => {
+                    fs::remove_file(from)
+                        .map_err(|e| SpoolError::io("unlink reused file", from, e))?;
+                    return Ok(id);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SpoolError::io("link into queue", from, e)),
+            },
+            Err(e) => return Err(SpoolError::io("rename into queue", from, e.into())),
+        }
+    }
+    Err(SpoolError::io(
+        "find a free queue id in",
+        queue,
+        io::Error::from(io::ErrorKind::AlreadyExists),
+    ))
 }
 
 /// Reserve a fresh id: `tmp/<ID>` created exclusively, and no `queue/<ID>`.

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -101,7 +101,7 @@ fn store_returns_after_file_is_complete_in_queue() -> TestResult {
     assert!(names(&dir.path().join("tmp")).is_empty());
     let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
     assert_eq!(mode(&dir.path().join("queue").join(id.as_str()))?, 0o600);
-    for sub in ["tmp", "queue", "corrupt"] {
+    for sub in ["tmp", "queue", "corrupt", "free"] {
         assert_eq!(mode(&dir.path().join(sub))?, 0o700, "{sub}");
     }
     Ok(())
@@ -747,5 +747,277 @@ fn flags_are_written_as_version_3_and_read_back() -> TestResult {
         let streamed = writer.commit(&MESSAGE[10..])?;
         assert_eq!(spool.load(&streamed)?.envelope.envelope, flagged);
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Recycled files (`free/`): no new inode per message once messages are removed.
+
+fn inode(path: &Path) -> u64 {
+    fs::metadata(path).expect("stat").ino()
+}
+
+/// The expected file for `message`, as `store_returns_after_file_is_complete_in_queue` builds it.
+fn expected_file(message: &[u8]) -> Vec<u8> {
+    let json = serde_json::to_string(&envelope()).expect("json");
+    let mut expected =
+        format!("POSTERN-SPOOL 2\n{json}\nSIZE {:020}\n", message.len()).into_bytes();
+    expected.extend_from_slice(message);
+    let crc = crc32fast::hash(&expected);
+    expected.extend_from_slice(format!("\nEND {crc:08x}\n").as_bytes());
+    expected
+}
+
+#[test]
+fn removed_files_are_overwritten_by_the_next_messages() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let queue = dir.path().join("queue");
+    let spool = Spool::open(dir.path())?;
+    let long = vec![b'L'; 300_000];
+    let first = spool.store(&envelope(), &long)?;
+    let first_ino = inode(&queue.join(first.as_str()));
+    spool.remove(&first)?;
+    assert!(names(&queue).is_empty());
+    assert_eq!(names(&dir.path().join("free")).len(), 1);
+    assert_eq!(spool.free_files(), 1);
+
+    // Shorter than the file it reuses: cut to its exact length.
+    let second = spool.store(&envelope(), MESSAGE)?;
+    let path = queue.join(second.as_str());
+    assert_eq!(inode(&path), first_ino, "the inode was not reused");
+    assert_eq!(fs::read(&path)?, expected_file(MESSAGE));
+    assert_eq!(spool.load(&second)?.body.read_to_vec()?, MESSAGE);
+    assert!(names(&dir.path().join("free")).is_empty());
+    assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+
+    // Longer than the file it reuses, streamed.
+    spool.remove(&second)?;
+    let mut writer = spool.create_message(&envelope())?;
+    for _ in 0..3 {
+        writer.write(&long)?;
+    }
+    let third = writer.commit(b"end\r\n")?;
+    let path = queue.join(third.as_str());
+    assert_eq!(inode(&path), first_ino);
+    let mut whole = [long.as_slice(), &long, &long, b"end\r\n"].concat();
+    assert_eq!(fs::read(&path)?, expected_file(&whole));
+    assert_eq!(spool.load(&third)?.body.read_to_vec()?, whole);
+    whole.clear();
+
+    // Removed for good: the old id is gone even though its inode lives on.
+    assert!(matches!(
+        spool.load(&first),
+        Err(SpoolError::NotFound { .. })
+    ));
+    assert!(matches!(
+        spool.load(&second),
+        Err(SpoolError::NotFound { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn an_abandoned_message_gives_its_recycled_file_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    let id = spool.store(&envelope(), MESSAGE)?;
+    spool.remove(&id)?;
+    let ino = inode(
+        &dir.path()
+            .join("free")
+            .join(&names(&dir.path().join("free"))[0]),
+    );
+    let mut writer = spool.create_message(&envelope())?;
+    writer.write(&vec![b'x'; 1 << 20])?;
+    assert_eq!(spool.free_files(), 0);
+    drop(writer);
+    assert!(names(&dir.path().join("queue")).is_empty());
+    assert_eq!(spool.free_files(), 1);
+    let next = spool.store(&envelope(), MESSAGE)?;
+    assert_eq!(inode(&dir.path().join("queue").join(next.as_str())), ino);
+    assert_eq!(spool.load(&next)?.body.read_to_vec()?, MESSAGE);
+    Ok(())
+}
+
+#[test]
+fn free_files_survive_a_restart_and_large_ones_are_not_kept() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let free = dir.path().join("free");
+    {
+        let spool = Spool::open(dir.path())?;
+        let small = spool.store(&envelope(), MESSAGE)?;
+        let large = spool.store(&envelope(), &vec![b'x'; 2 << 20])?;
+        spool.remove(&small)?;
+        spool.remove(&large)?;
+        assert_eq!(names(&free).len(), 1, "a 2 MiB file is unlinked, not kept");
+    }
+    let ino = inode(&free.join(&names(&free)[0]));
+    let spool = Spool::open(dir.path())?;
+    assert_eq!((spool.free_files(), spool.free_files_skipped()), (1, 0));
+    let id = spool.store(&envelope(), MESSAGE)?;
+    assert_eq!(inode(&dir.path().join("queue").join(id.as_str())), ino);
+    Ok(())
+}
+
+/// What a rename torn by a machine crash on a journal-less file system can
+/// leave: the same inode named in `free/` and in `queue/`. Writing into it
+/// would overwrite a queued message, so the free name is never used.
+#[test]
+fn a_free_name_of_a_queued_file_is_left_alone() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let id = {
+        let spool = Spool::open(dir.path())?;
+        spool.store(&envelope(), MESSAGE)?
+    };
+    let queued = dir.path().join("queue").join(id.as_str());
+    fs::hard_link(&queued, dir.path().join("free").join("00000000000000aa"))?;
+    let spool = Spool::open(dir.path())?;
+    assert_eq!((spool.free_files(), spool.free_files_skipped()), (0, 1));
+    let other = spool.store(&envelope(), b"another message\r\n")?;
+    assert_ne!(
+        inode(&dir.path().join("queue").join(other.as_str())),
+        inode(&queued)
+    );
+    assert_eq!(spool.recover()?.ok, vec![id.clone(), other]);
+    assert_eq!(spool.load(&id)?.body.read_to_vec()?, MESSAGE);
+    Ok(())
+}
+
+/// A spool of the previous release has no `free/`: it is created, and the
+/// old files load and are recycled like new ones.
+#[test]
+fn a_spool_without_free_dir_is_upgraded() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for sub in ["tmp", "queue", "corrupt"] {
+        fs::create_dir_all(dir.path().join(sub))?;
+    }
+    let old: QueueId = "01HF3K5Q8M0ABCDE".parse()?;
+    fs::write(dir.path().join("queue").join(old.as_str()), VERSION_2_FILE)?;
+    let spool = Spool::open(dir.path())?;
+    assert_eq!(
+        fs::metadata(dir.path().join("free"))?.permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(spool.recover()?.ok, vec![old.clone()]);
+    let ino = inode(&dir.path().join("queue").join(old.as_str()));
+    spool.remove(&old)?;
+    let new = spool.store(&envelope(), MESSAGE)?;
+    assert_eq!(inode(&dir.path().join("queue").join(new.as_str())), ino);
+    Ok(())
+}
+
+/// Many threads storing and removing at once: every message reads back as
+/// itself, whichever recycled file it landed in.
+#[test]
+fn concurrent_recycling_keeps_every_message_its_own() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Arc::new(Spool::open(dir.path())?);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let spool = Arc::clone(&spool);
+            thread::spawn(move || -> Result<(), String> {
+                for i in 0..60 {
+                    let body = format!("thread {t} message {i}\r\n").repeat(1 + (i * 7 + t) % 50);
+                    let id = spool
+                        .store(&envelope(), body.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    // Dropped before the removal: a file still read is not recycled.
+                    let read = (spool.load(&id).map_err(|e| e.to_string())?.body)
+                        .read_to_vec()
+                        .map_err(|e| e.to_string())?;
+                    if read != body.as_bytes() {
+                        return Err(format!("{id} does not read back as thread {t} message {i}"));
+                    }
+                    if i % 3 != 0 {
+                        spool.remove(&id).map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "thread panicked")??;
+    }
+    let report = spool.recover()?;
+    assert!(report.quarantined.is_empty(), "{:?}", report.quarantined);
+    assert_eq!(report.ok.len(), 8 * 20);
+    assert!(spool.free_files() > 0);
+    Ok(())
+}
+
+/// A reader racing the removal of the message it reads gets that message
+/// or "no such message" — never a recycled file's next content under the
+/// old id, and never a false "damaged".
+#[test]
+fn readers_racing_removal_never_see_the_next_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Arc::new(Spool::open(dir.path())?);
+    type Recent = std::sync::Mutex<Vec<(QueueId, Vec<u8>)>>;
+    let recent: Arc<Recent> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (spool, recent, done) =
+                (Arc::clone(&spool), Arc::clone(&recent), Arc::clone(&done));
+            thread::spawn(move || -> Result<usize, String> {
+                let mut hits = 0;
+                let mut n = r;
+                while !done.load(Ordering::Relaxed) {
+                    n += 7;
+                    let pick = {
+                        let list = recent.lock().map_err(|_| "poisoned")?;
+                        list.get(list.len().saturating_sub(1 + n % 8)).cloned()
+                    };
+                    let Some((id, body)) = pick else { continue };
+                    match spool.load(&id) {
+                        Ok(m) => {
+                            let read = m.body.read_to_vec().map_err(|e| e.to_string())?;
+                            if read != body {
+                                return Err(format!("{id} read back another message"));
+                            }
+                            hits += 1;
+                        }
+                        Err(SpoolError::NotFound { .. }) => {}
+                        Err(e) => return Err(format!("{id}: {e}")),
+                    }
+                }
+                Ok(hits)
+            })
+        })
+        .collect();
+    for i in 0..3000 {
+        let body = format!("message {i}\r\n").repeat(1 + i % 300).into_bytes();
+        let id = spool.store(&envelope(), &body)?;
+        let mut list = recent.lock().map_err(|_| "poisoned")?;
+        list.push((id, body));
+        if list.len() > 4 {
+            let (old, _) = list.remove(0);
+            drop(list);
+            spool.remove(&old)?;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    for r in readers {
+        let hits = r.join().map_err(|_| "reader panicked")??;
+        assert!(hits > 0, "the reader never read a message");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_file_still_being_read_is_not_recycled() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::open(dir.path())?;
+    let id = spool.store(&envelope(), MESSAGE)?;
+    let reading = spool.load(&id)?;
+    spool.remove(&id)?;
+    assert_eq!(spool.free_files(), 0);
+    assert!(names(&dir.path().join("free")).is_empty());
+    let next = spool.store(&envelope(), b"the next message\r\n")?;
+    assert_eq!(reading.body.read_to_vec()?, MESSAGE);
+    drop(reading);
+    spool.remove(&next)?;
+    assert_eq!(spool.free_files(), 1, "a file nobody reads is recycled");
     Ok(())
 }

@@ -67,7 +67,17 @@ pub async fn run(ctx: Context) -> Result<()> {
         for (file, reason) in &report.quarantined {
             tracing::warn!("damaged spool file {file} moved to corrupt/: {reason}");
         }
-        tracing::info!("spool: {} queued message(s)", report.ok.len());
+        tracing::info!(
+            "spool: {} queued message(s), {} recycled file(s) in free/",
+            report.ok.len(),
+            spool.free_files()
+        );
+        if spool.free_files_skipped() > 0 {
+            tracing::warn!(
+                "spool: {} name(s) in free/ share a file with a queued message (a rename torn by a crash); left unused",
+                spool.free_files_skipped()
+            );
+        }
         Ok(spool)
     })
     .await??;
