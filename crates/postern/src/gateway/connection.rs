@@ -17,8 +17,13 @@ use super::enqueue::Incoming;
 use super::limits::ConnectionSlot;
 use super::Shared;
 
-/// Read buffer per connection; small, because most connections are idle.
-const READ_BUFFER: usize = 8 * 1024;
+/// Read buffer between messages. Most connections sit idle here, so it is
+/// small (a pipelined MAIL/RCPT/DATA group fits); 50,000 idle connections
+/// must fit in memory.
+const COMMAND_READ: usize = 1024;
+/// Read buffer while message data arrives (allocated for the message,
+/// freed after it).
+const DATA_READ: usize = 16 * 1024;
 
 /// Message data that counts as progress for the session timeout.
 const DATA_PROGRESS: usize = 4096;
@@ -169,8 +174,11 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = Vec::with_capacity(512);
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut out = Vec::new();
+    // Read into spare capacity (`read_buf`): never zeroed, so an idle
+    // connection's untouched buffer pages stay out of memory.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_size = 0;
     let mut shutdown = shared.shutdown.clone();
     // A command, or a stretch of message data, must arrive in full within
     // the session timeout: trickling a byte at a time does not keep a
@@ -223,8 +231,18 @@ where
                     return end;
                 }
                 let accepting_shutdown = !session.is_receiving_message();
+                let want = if accepting_shutdown {
+                    COMMAND_READ
+                } else {
+                    DATA_READ
+                };
+                if buf_size != want {
+                    buf = Vec::with_capacity(want);
+                    buf_size = want;
+                }
+                buf.clear();
                 let read = tokio::select! {
-                    read = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)) => read,
+                    read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => read,
                     () = stopped(&mut shutdown), if accepting_shutdown => {
                         session.shutdown_reply().write_to(&mut out);
                         let _ = flush(stream, &mut out, Duration::from_secs(1)).await;
@@ -239,7 +257,7 @@ where
                     }
                     Ok(Ok(0)) => return End::ClientGone,
                     Ok(Ok(n)) => {
-                        session.receive(buf.get(..n).unwrap_or_default());
+                        session.receive(&buf);
                         data_since_progress += n;
                         if data_since_progress >= DATA_PROGRESS {
                             deadline = Instant::now() + idle;
