@@ -5,6 +5,7 @@
 
 pub mod control;
 mod events;
+mod fresh;
 pub mod publish;
 pub mod requests;
 mod runner;
