@@ -52,6 +52,12 @@ impl End {
 }
 
 /// Serve one accepted connection until it ends.
+///
+/// This future is the task's allocation for the connection's whole life,
+/// sized by its largest state. The session loop, the TLS handshake and
+/// the storing of a message are boxed: each is allocated at its own size
+/// while it runs, instead of all of them nested in one task allocation
+/// for the connection's whole life (10 KiB per connection before).
 pub async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
@@ -81,12 +87,14 @@ pub async fn serve(
             );
             return;
         };
-        match handshake(&server_tls, tcp, idle).await {
+        match Box::pin(handshake(&server_tls, tcp, idle)).await {
             Ok((mut stream, info)) => {
                 let mut session = Session::new(config, peer, Some(info));
                 let greeting = session.greeting().to_bytes();
                 let end = match write_all(&mut stream, &greeting, idle).await {
-                    Ok(()) => drive(&shared, &mut stream, &mut session, idle, &slot).await,
+                    Ok(()) => {
+                        Box::pin(drive(&shared, &mut stream, &mut session, idle, &slot)).await
+                    }
                     Err(e) => e,
                 };
                 (end, session)
@@ -105,24 +113,27 @@ pub async fn serve(
         let mut session = Session::new(config, peer, None);
         let greeting = session.greeting().to_bytes();
         let end = match write_all(&mut tcp, &greeting, idle).await {
-            Ok(()) => drive(&shared, &mut tcp, &mut session, idle, &slot).await,
+            Ok(()) => Box::pin(drive(&shared, &mut tcp, &mut session, idle, &slot)).await,
             Err(e) => e,
         };
         match (end, live.tls.clone()) {
-            (End::StartTls, Some(server_tls)) => match handshake(&server_tls, tcp, idle).await {
-                Ok((mut stream, info)) => {
-                    session.tls_established(info);
-                    let end = drive(&shared, &mut stream, &mut session, idle, &slot).await;
-                    (end, session)
+            (End::StartTls, Some(server_tls)) => {
+                match Box::pin(handshake(&server_tls, tcp, idle)).await {
+                    Ok((mut stream, info)) => {
+                        session.tls_established(info);
+                        let end =
+                            Box::pin(drive(&shared, &mut stream, &mut session, idle, &slot)).await;
+                        (end, session)
+                    }
+                    Err(reason) => {
+                        shared.metrics.inbound_handshake_failed();
+                        (
+                            End::Error(format!("TLS handshake failed: {reason}")),
+                            session,
+                        )
+                    }
                 }
-                Err(reason) => {
-                    shared.metrics.inbound_handshake_failed();
-                    (
-                        End::Error(format!("TLS handshake failed: {reason}")),
-                        session,
-                    )
-                }
-            },
+            }
             (End::StartTls, None) => (End::Error("TLS not available".into()), session),
             (end, _) => (end, session),
         }
@@ -201,12 +212,14 @@ where
             }
             Action::MessageData(bytes) => {
                 if let Some(message) = &mut incoming {
-                    message.write(shared, bytes).await;
+                    // Boxed here and below: rare, large futures kept out of
+                    // every idle connection's task (see `serve`).
+                    Box::pin(message.write(shared, bytes)).await;
                 }
             }
             Action::Enqueue(last) => {
                 let result = match incoming.take() {
-                    Some(message) => message.commit(shared, last).await,
+                    Some(message) => Box::pin(message.commit(shared, last)).await,
                     None => Err("no message was begun".to_string()),
                 };
                 session.enqueued(result);
