@@ -481,10 +481,10 @@ async fn pipelining_when_advertised_only() {
             .all(RecipientOutcome::is_delivered));
         let reads = server.seen.reads();
         assert!(
-            reads
-                .iter()
-                .any(|r| r.starts_with("MAIL FROM:") && r.matches("RCPT TO:").count() == 3),
-            "MAIL and RCPTs in one write: {reads:?}"
+            reads.iter().any(|r| r.starts_with("MAIL FROM:")
+                && r.matches("RCPT TO:").count() == 3
+                && r.ends_with("DATA\r\n")),
+            "MAIL, RCPTs and DATA in one write: {reads:?}"
         );
 
         let mut options = ServerOptions::new(TlsLayer::Off);

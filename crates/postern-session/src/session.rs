@@ -22,6 +22,9 @@ pub const MAX_JUNK_COMMANDS: u32 = 100;
 /// size: the body goes to disk as it arrives.
 pub const BODY_CHUNK: usize = 64 * 1024;
 
+/// Input buffer capacity kept while waiting for the next command.
+const IDLE_INPUT_CAPACITY: usize = 1024;
+
 /// What the session needs to know about its listener and the settings.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -252,6 +255,12 @@ impl Session {
         &self.stats
     }
 
+    /// Bytes of buffer this session holds for input and message data (what
+    /// an idle connection costs beyond its socket).
+    pub fn buffered_capacity(&self) -> usize {
+        self.input.capacity() + self.body.capacity()
+    }
+
     /// Whether a message is being received (shutdown lets it finish).
     pub fn is_receiving_message(&self) -> bool {
         matches!(
@@ -278,7 +287,7 @@ impl Session {
                 }
                 Phase::Command => {
                     if !self.next_command() {
-                        return Action::NeedInput;
+                        return self.need_input();
                     }
                 }
                 Phase::DiscardLine => match self.input.iter().position(|&b| b == b'\n') {
@@ -288,7 +297,7 @@ impl Session {
                     }
                     None => {
                         self.input.clear();
-                        return Action::NeedInput;
+                        return self.need_input();
                     }
                 },
                 Phase::Data(_) => {
@@ -303,6 +312,16 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Waiting for the client between messages: an empty input buffer that
+    /// message data made large is given back, so an idle connection holds
+    /// no large buffer.
+    fn need_input(&mut self) -> Action {
+        if self.input.is_empty() && self.input.capacity() > IDLE_INPUT_CAPACITY {
+            self.input = Vec::new();
+        }
+        Action::NeedInput
     }
 
     /// Take and handle one command line; false when more input is needed.

@@ -644,6 +644,33 @@ fn large_message_is_handed_over_in_bounded_pieces() {
 }
 
 #[test]
+fn an_idle_session_gives_back_the_buffers_a_message_grew() {
+    let (content, wire) = big_body(3_000); // 240 KB, sent in one piece
+    let mut bdat = format!("BDAT {} LAST\r\n", content.len()).into_bytes();
+    bdat.extend_from_slice(&content);
+    for (data, body) in [(&b"DATA\r\n"[..], wire), (b"", bdat)] {
+        let mut d = Dialog::new(Settings::default(), TRUSTED);
+        begin_transaction(&mut d);
+        if !data.is_empty() {
+            assert_eq!(d.send_bytes(data).len(), 1);
+        }
+        let replies = d.send_bytes(&body);
+        assert!(
+            replies.last().is_some_and(|r| r.starts_with("250 2.0.0")),
+            "{replies:?}"
+        );
+        assert_eq!(d.stored.len(), 1);
+        assert!(
+            d.session.buffered_capacity() <= 1024,
+            "idle session holds {} bytes of buffer",
+            d.session.buffered_capacity()
+        );
+        // And it still reads the next command.
+        d.expect("NOOP", "250");
+    }
+}
+
+#[test]
 fn large_bdat_message_is_handed_over_in_bounded_pieces() {
     let (content, _) = big_body(20_000);
     let mut d = Dialog::new(Settings::default(), TRUSTED);

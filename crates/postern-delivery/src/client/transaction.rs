@@ -88,18 +88,22 @@ impl Connection {
             .map(|r| format!("RCPT TO:<{r}>\r\n"))
             .collect();
 
-        // MAIL and every RCPT: in one write when the server pipelines.
+        // MAIL, every RCPT and DATA: in one write when the server pipelines
+        // (RFC 2920 §3.1: DATA may end the group), one round trip.
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        let mut data_reply = None;
         let mail_reply = if self.caps.pipelining {
             let mut batch = mail.into_bytes();
             for rcpt in &rcpts {
                 batch.extend_from_slice(rcpt.as_bytes());
             }
+            batch.extend_from_slice(b"DATA\r\n");
             self.io.write(&batch, limit, Stage::MailFrom).await?;
             let mail_reply = self.read(limit, Stage::MailFrom).await?;
             for _ in &rcpts {
                 rcpt_replies.push(self.read(limit, Stage::RcptTo).await?);
             }
+            data_reply = Some(self.read(limit, Stage::Data).await?);
             mail_reply
         } else {
             let mail_reply = self.command(&mail, Stage::MailFrom).await?;
@@ -112,6 +116,7 @@ impl Connection {
         };
 
         if mail_reply.code / 100 != 2 {
+            self.end_unwanted_data(data_reply.as_ref()).await?;
             self.rset().await?;
             let failure = self.reply_failure(Stage::MailFrom, mail_reply);
             return Ok(all_failed(message.recipients, &failure));
@@ -129,11 +134,15 @@ impl Connection {
             }
         }
         if accepted.is_empty() {
+            self.end_unwanted_data(data_reply.as_ref()).await?;
             self.rset().await?;
             return Ok(finish(message.recipients, outcomes));
         }
 
-        let data_reply = self.command("DATA\r\n", Stage::Data).await?;
+        let data_reply = match data_reply {
+            Some(reply) => reply,
+            None => self.command("DATA\r\n", Stage::Data).await?,
+        };
         let final_result = if data_reply.code != 354 {
             if data_reply.code / 100 == 2 {
                 // 2xx to DATA is a protocol violation: we cannot know what
@@ -202,6 +211,19 @@ impl Connection {
         self.read(limit, stage).await
     }
 
+    /// A pipelined DATA that the server accepted although MAIL or every
+    /// RCPT failed: RFC 2920 §3.1 says to send a lone dot, so the server
+    /// takes no message and reads commands again.
+    async fn end_unwanted_data(&mut self, data_reply: Option<&Reply>) -> Result<(), FailureKind> {
+        if data_reply.is_some_and(|r| r.code == 354) {
+            self.io
+                .write(b".\r\n", self.timeouts.command, Stage::DataEnd)
+                .await?;
+            self.read(self.timeouts.data_end, Stage::DataEnd).await?;
+        }
+        Ok(())
+    }
+
     /// Abandon a transaction that did not reach the end of DATA.
     async fn rset(&mut self) -> Result<(), FailureKind> {
         let reply = self.command("RSET\r\n", Stage::Rset).await?;
@@ -241,8 +263,12 @@ impl Connection {
                 [] => {}
             }
             dot_stuff(&piece, &mut at_line_start, &mut out);
-            self.io.write(&out, limit, Stage::DataEnd).await?;
-            out.clear();
+            // The last piece goes out with the end-of-data marker: one
+            // write (one TCP segment) for a small message.
+            if pos < message.len() {
+                self.io.write(&out, limit, Stage::DataEnd).await?;
+                out.clear();
+            }
         }
         if !message.is_empty() && tail != *b"\r\n" {
             out.extend_from_slice(b"\r\n");
@@ -255,12 +281,14 @@ impl Connection {
 /// Append `input` to `out` with a dot doubled at the start of every line
 /// (after any LF, so a bare LF cannot end the data early anywhere).
 pub fn dot_stuff(input: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
-    for &byte in input {
-        if *at_line_start && byte == b'.' {
+    out.reserve(input.len());
+    // Whole lines at a time: only a line's first byte can need a dot.
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        if *at_line_start && line.first() == Some(&b'.') {
             out.push(b'.');
         }
-        out.push(byte);
-        *at_line_start = byte == b'\n';
+        out.extend_from_slice(line);
+        *at_line_start = line.last() == Some(&b'\n');
     }
 }
 

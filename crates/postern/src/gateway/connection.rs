@@ -17,8 +17,13 @@ use super::enqueue::Incoming;
 use super::limits::ConnectionSlot;
 use super::Shared;
 
-/// Read buffer per connection; small, because most connections are idle.
-const READ_BUFFER: usize = 8 * 1024;
+/// Read buffer between messages. Most connections sit idle here, so it is
+/// small (a pipelined MAIL/RCPT/DATA group fits); 50,000 idle connections
+/// must fit in memory.
+const COMMAND_READ: usize = 1024;
+/// Read buffer while message data arrives (allocated for the message,
+/// freed after it).
+const DATA_READ: usize = 16 * 1024;
 
 /// Message data that counts as progress for the session timeout.
 const DATA_PROGRESS: usize = 4096;
@@ -47,6 +52,12 @@ impl End {
 }
 
 /// Serve one accepted connection until it ends.
+///
+/// This future is the task's allocation for the connection's whole life,
+/// sized by its largest state. The session loop, the TLS handshake and
+/// the storing of a message are boxed: each is allocated at its own size
+/// while it runs, instead of all of them nested in one task allocation
+/// for the connection's whole life (10 KiB per connection before).
 pub async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
@@ -76,12 +87,14 @@ pub async fn serve(
             );
             return;
         };
-        match handshake(&server_tls, tcp, idle).await {
+        match Box::pin(handshake(&server_tls, tcp, idle)).await {
             Ok((mut stream, info)) => {
                 let mut session = Session::new(config, peer, Some(info));
                 let greeting = session.greeting().to_bytes();
                 let end = match write_all(&mut stream, &greeting, idle).await {
-                    Ok(()) => drive(&shared, &mut stream, &mut session, idle, &slot).await,
+                    Ok(()) => {
+                        Box::pin(drive(&shared, &mut stream, &mut session, idle, &slot)).await
+                    }
                     Err(e) => e,
                 };
                 (end, session)
@@ -100,24 +113,27 @@ pub async fn serve(
         let mut session = Session::new(config, peer, None);
         let greeting = session.greeting().to_bytes();
         let end = match write_all(&mut tcp, &greeting, idle).await {
-            Ok(()) => drive(&shared, &mut tcp, &mut session, idle, &slot).await,
+            Ok(()) => Box::pin(drive(&shared, &mut tcp, &mut session, idle, &slot)).await,
             Err(e) => e,
         };
         match (end, live.tls.clone()) {
-            (End::StartTls, Some(server_tls)) => match handshake(&server_tls, tcp, idle).await {
-                Ok((mut stream, info)) => {
-                    session.tls_established(info);
-                    let end = drive(&shared, &mut stream, &mut session, idle, &slot).await;
-                    (end, session)
+            (End::StartTls, Some(server_tls)) => {
+                match Box::pin(handshake(&server_tls, tcp, idle)).await {
+                    Ok((mut stream, info)) => {
+                        session.tls_established(info);
+                        let end =
+                            Box::pin(drive(&shared, &mut stream, &mut session, idle, &slot)).await;
+                        (end, session)
+                    }
+                    Err(reason) => {
+                        shared.metrics.inbound_handshake_failed();
+                        (
+                            End::Error(format!("TLS handshake failed: {reason}")),
+                            session,
+                        )
+                    }
                 }
-                Err(reason) => {
-                    shared.metrics.inbound_handshake_failed();
-                    (
-                        End::Error(format!("TLS handshake failed: {reason}")),
-                        session,
-                    )
-                }
-            },
+            }
             (End::StartTls, None) => (End::Error("TLS not available".into()), session),
             (end, _) => (end, session),
         }
@@ -169,8 +185,11 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = Vec::with_capacity(512);
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut out = Vec::new();
+    // Read into spare capacity (`read_buf`): never zeroed, so an idle
+    // connection's untouched buffer pages stay out of memory.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_size = 0;
     let mut shutdown = shared.shutdown.clone();
     // A command, or a stretch of message data, must arrive in full within
     // the session timeout: trickling a byte at a time does not keep a
@@ -193,12 +212,14 @@ where
             }
             Action::MessageData(bytes) => {
                 if let Some(message) = &mut incoming {
-                    message.write(shared, bytes).await;
+                    // Boxed here and below: rare, large futures kept out of
+                    // every idle connection's task (see `serve`).
+                    Box::pin(message.write(shared, bytes)).await;
                 }
             }
             Action::Enqueue(last) => {
                 let result = match incoming.take() {
-                    Some(message) => message.commit(shared, last).await,
+                    Some(message) => Box::pin(message.commit(shared, last)).await,
                     None => Err("no message was begun".to_string()),
                 };
                 session.enqueued(result);
@@ -223,8 +244,18 @@ where
                     return end;
                 }
                 let accepting_shutdown = !session.is_receiving_message();
+                let want = if accepting_shutdown {
+                    COMMAND_READ
+                } else {
+                    DATA_READ
+                };
+                if buf_size != want {
+                    buf = Vec::with_capacity(want);
+                    buf_size = want;
+                }
+                buf.clear();
                 let read = tokio::select! {
-                    read = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)) => read,
+                    read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => read,
                     () = stopped(&mut shutdown), if accepting_shutdown => {
                         session.shutdown_reply().write_to(&mut out);
                         let _ = flush(stream, &mut out, Duration::from_secs(1)).await;
@@ -239,7 +270,7 @@ where
                     }
                     Ok(Ok(0)) => return End::ClientGone,
                     Ok(Ok(n)) => {
-                        session.receive(buf.get(..n).unwrap_or_default());
+                        session.receive(&buf);
                         data_since_progress += n;
                         if data_since_progress >= DATA_PROGRESS {
                             deadline = Instant::now() + idle;

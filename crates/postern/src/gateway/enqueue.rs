@@ -164,24 +164,34 @@ impl Incoming {
         let received = std::mem::take(&mut self.received);
         // Never closed, so this only waits; on a (theoretical) error, go on.
         let slot = shared.store_slots.acquire().await.ok();
+        // A message stored in one go comes back with its bytes, for the
+        // runner's first attempt (no read back of the file).
         let stored = tokio::task::spawn_blocking(move || match writer {
-            Some(writer) => writer.commit(&last),
+            Some(writer) => writer.commit(&last).map(|id| (id, None)),
             None => {
                 let mut message = Vec::with_capacity(received.len() + first.len() + last.len());
                 message.extend_from_slice(received.as_bytes());
                 message.extend_from_slice(&first);
                 message.extend_from_slice(&last);
-                spool.store(&envelope, &message)
+                spool
+                    .store(&envelope, &message)
+                    .map(|id| (id, Some((envelope, message))))
             }
         })
         .await;
         drop(slot);
         let client = format!("[{}]", self.delivery.peer.ip());
         let id = match stored {
-            Ok(Ok(id)) => {
+            Ok(Ok((id, stored))) => {
                 shared.metrics.message_received(self.delivery.tls.is_some());
-                shared.runner.schedule(id.clone(), 0);
-                id.to_string()
+                let text = id.to_string();
+                match stored {
+                    Some((envelope, message)) => {
+                        shared.runner.schedule_received(id, envelope, message);
+                    }
+                    None => shared.runner.schedule(id, 0),
+                }
+                text
             }
             Ok(Err(e)) => {
                 tracing::error!("spool write failed, answering 451: {e}");

@@ -13,9 +13,7 @@ use postern_delivery::{
     should_bounce, transition, AttemptRecord, Bounce, Courier, FailedRecipient, MessageBody,
     Outgoing, RetryPolicy, Transition,
 };
-use postern_spool::{
-    DeliveryState, Envelope, QueueId, QueuedEnvelope, RecipientState, Spool, SpoolError,
-};
+use postern_spool::{DeliveryState, Envelope, QueueId, RecipientState, Spool, SpoolError};
 use postern_store::event::{self, DeliveryAttempt};
 use postern_store::{event_kind, Event, TrackingEvent};
 use tokio::sync::{Notify, Semaphore};
@@ -26,6 +24,7 @@ use crate::maillog::MailLog;
 use crate::tracker::Tracker;
 
 use super::events;
+use super::fresh::{Fresh, Loaded};
 
 /// Messages being attempted at once.
 const MAX_ACTIVE: usize = 64;
@@ -68,6 +67,8 @@ pub struct QueueRunner {
     /// snapshot: nothing to publish while it stands still).
     changes: AtomicU64,
     learning: Option<Arc<crate::learning::Learning>>,
+    /// Just-received messages, for their first attempt without a read back.
+    fresh: Fresh,
 }
 
 impl QueueRunner {
@@ -94,6 +95,7 @@ impl QueueRunner {
             per_domain: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
             learning: None,
+            fresh: Fresh::default(),
         }
     }
 
@@ -132,6 +134,14 @@ impl QueueRunner {
         s.due.insert((due, id));
         drop(s);
         self.wake.notify_one();
+    }
+
+    /// A message just stored durably as `id`: due now, and its first
+    /// attempt sends `message` from memory instead of reading the file back
+    /// (when it is small enough: [`Fresh::keep`]).
+    pub fn schedule_received(&self, id: QueueId, envelope: Envelope, message: Vec<u8>) {
+        self.fresh.keep(&id, envelope, message);
+        self.schedule(id, 0);
     }
 
     /// Schedule everything in the spool (at start).
@@ -244,6 +254,7 @@ impl QueueRunner {
             Err(_) => false,
         };
         if deleted {
+            self.fresh.forget(id);
             if let Err(e) = self.spool.remove(id) {
                 tracing::error!("deleting {id} failed: {e}");
             }
@@ -375,6 +386,7 @@ impl QueueRunner {
                 return Ok(());
             }
         }
+        self.fresh.forget(&id);
         let spool = Arc::clone(&self.spool);
         let id2 = id.clone();
         tokio::task::spawn_blocking(move || spool.remove(&id2))
@@ -400,9 +412,15 @@ impl QueueRunner {
     /// One delivery attempt for every due recipient of one message.
     /// Returns when to try it again (`None`: done, or nothing to do).
     async fn attempt(&self, id: QueueId) -> Option<i64> {
-        let spool = Arc::clone(&self.spool);
-        let id2 = id.clone();
-        let queued = match tokio::task::spawn_blocking(move || Loaded::open(&spool, &id2)).await {
+        let queued = match self.fresh.take(&id) {
+            Some(loaded) => Ok(Ok(loaded)),
+            None => {
+                let spool = Arc::clone(&self.spool);
+                let id2 = id.clone();
+                tokio::task::spawn_blocking(move || load(&spool, &id2)).await
+            }
+        };
+        let queued = match queued {
             Ok(Ok(queued)) => queued,
             Ok(Err(SpoolError::NotFound { .. })) => return None,
             Ok(Err(SpoolError::Corrupt { reason, .. })) => {
@@ -755,26 +773,18 @@ fn domain_of(address: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// A queued message opened for delivery: verified, its body read from the
-/// file in bounded chunks while it is sent.
-struct Loaded {
-    envelope: QueuedEnvelope,
-    body: MessageBody,
-}
-
-impl Loaded {
-    /// Blocking: call from `spawn_blocking`.
-    fn open(spool: &Spool, id: &QueueId) -> Result<Loaded, SpoolError> {
-        let queued = spool.load(id)?;
-        let (file, offset, len) = queued.body.into_parts();
-        let body = MessageBody::from_file(file, offset, len).map_err(|source| SpoolError::Io {
-            action: "read queued message",
-            path: spool.path().join("queue").join(id.as_str()),
-            source,
-        })?;
-        Ok(Loaded {
-            envelope: queued.envelope,
-            body,
-        })
-    }
+/// A queued message read from the spool and verified, for delivery.
+/// Blocking: call from `spawn_blocking`.
+fn load(spool: &Spool, id: &QueueId) -> Result<Loaded, SpoolError> {
+    let queued = spool.load(id)?;
+    let (file, offset, len) = queued.body.into_parts();
+    let body = MessageBody::from_file(file, offset, len).map_err(|source| SpoolError::Io {
+        action: "read queued message",
+        path: spool.path().join("queue").join(id.as_str()),
+        source,
+    })?;
+    Ok(Loaded {
+        envelope: queued.envelope,
+        body,
+    })
 }
