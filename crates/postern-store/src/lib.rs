@@ -53,7 +53,7 @@ use std::sync::Arc;
 use postern_config::{ConfigError, Settings};
 
 pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
-pub use alerts::{Alert, AlertKind, AlertStore};
+pub use alerts::{Alert, AlertClaim, AlertClaims, AlertKind, AlertStore};
 pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};
