@@ -5,6 +5,7 @@
 
 pub mod control;
 mod events;
+pub mod local;
 pub mod publish;
 pub mod requests;
 mod runner;

@@ -68,6 +68,7 @@ pub struct QueueRunner {
     /// snapshot: nothing to publish while it stands still).
     changes: AtomicU64,
     learning: Option<Arc<crate::learning::Learning>>,
+    alerts: Option<Arc<crate::alerts::delivery::DeliveryAlerts>>,
 }
 
 impl QueueRunner {
@@ -94,12 +95,19 @@ impl QueueRunner {
             per_domain: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
             learning: None,
+            alerts: None,
         }
     }
 
     /// Learn per-domain TLS levels from every domain delivery.
     pub fn with_learning(mut self, learning: Arc<crate::learning::Learning>) -> Self {
         self.learning = Some(learning);
+        self
+    }
+
+    /// Raise alerts from every domain delivery's attempts.
+    pub fn with_alerts(mut self, alerts: Arc<crate::alerts::delivery::DeliveryAlerts>) -> Self {
+        self.alerts = Some(alerts);
         self
     }
 
@@ -464,6 +472,9 @@ impl QueueRunner {
             self.record_attempts(&id, envelope, &domain, &report.attempts);
             if let Some(learning) = &self.learning {
                 learning.observe(settings, &domain, &report);
+            }
+            if let Some(alerts) = &self.alerts {
+                alerts.observe(&domain, &report);
             }
             let relay = report.attempts.last();
             for outcome in report.outcomes {
