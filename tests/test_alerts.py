@@ -13,7 +13,8 @@ Real conditions, real destinations, all on loopback:
 * a `tls = "verify"` domain whose MX presents a self-signed certificate
   raises `required-tls-deferred`;
 * two nodes on one PostgreSQL store see the same expiring certificate:
-  each logs it, the webhook receives it once.
+  each logs it, the webhook receives it once (and one mail goes out); when
+  one node dies, the other raises `node-unreachable`.
 """
 
 from __future__ import annotations
@@ -329,3 +330,14 @@ def test_two_nodes_send_one_webhook_per_condition(world, webhook, make_gateway, 
     wait_for(lambda: alert_mails(world["mailbox"], "certificate-expiry: Expiring"), 20,
              "the alert mail")
     assert len(alert_mails(world["mailbox"], "certificate-expiry: Expiring")) == 1
+
+    # A node that stops writing its registry row: the other one alerts
+    # (30 s without a heartbeat, seen by a check every 10 s).
+    assert not log_events(first, "alert", kind="node-unreachable")
+    second.kill9()
+    [gone] = wait_for(lambda: log_events(first, "alert", kind="node-unreachable"), 70,
+                      "gw-a to see gw-b unreachable", interval=1)
+    assert gone["domain"] == "gw-b" and gone["host"] == second.hostname, gone["line"]
+    assert re.match(r"node gw-b \(\S+\) not seen for \d+ s$", gone["detail"]), gone["line"]
+    [post] = wait_for(lambda: webhook.received("node-unreachable", "gw-b"), 15, "its webhook POST")
+    assert post["body"]["node"] == "gw-a", post
