@@ -157,7 +157,8 @@ fn split_host_port(authority: &str) -> Option<(String, u16)> {
         };
         let host = host.to_ascii_lowercase();
         let is_v4 = host.parse::<std::net::Ipv4Addr>().is_ok();
-        if !is_v4 && !(is_domain_name(&host) && !host.ends_with('.')) {
+        let is_name = is_domain_name(&host) && !host.ends_with('.');
+        if !is_v4 && !is_name {
             return None;
         }
         (host, port)
@@ -184,20 +185,45 @@ mod tests {
     #[test]
     fn webhook_forms() {
         #[rustfmt::skip]
-        let rows: &[(&str, Result<(&str, u16), &str>)] = &[
-            ("https://hooks.example.com/postern", Ok(("hooks.example.com", 443))),
-            ("HTTPS://Hooks.Example.com:8443/a?b=c", Ok(("hooks.example.com", 8443))),
+        type Row<'a> = (&'a str, Result<(&'a str, u16), &'a str>);
+        let rows: &[Row<'_>] = &[
+            (
+                "https://hooks.example.com/postern",
+                Ok(("hooks.example.com", 443)),
+            ),
+            (
+                "HTTPS://Hooks.Example.com:8443/a?b=c",
+                Ok(("hooks.example.com", 8443)),
+            ),
             ("https://127.0.0.1:9443/hook", Ok(("127.0.0.1", 9443))),
             ("https://[::1]:9443/hook", Ok(("::1", 9443))),
             ("https://[::1]", Ok(("::1", 443))),
-            ("https://hooks.example.com?token=x", Ok(("hooks.example.com", 443))),
+            (
+                "https://hooks.example.com?token=x",
+                Ok(("hooks.example.com", 443)),
+            ),
             ("http://hooks.example.com/", Err("is not an https URL")),
             ("hooks.example.com", Err("is not an https URL")),
-            ("https://user:pw@hooks.example.com/", Err("no user name or password")),
-            ("https://hooks.example.com:0/", Err("optional port 1 to 65535")),
-            ("https://hooks.example.com:99999/", Err("optional port 1 to 65535")),
-            ("https://hooks example.com/", Err("spaces and control characters")),
-            ("https://hooks.example.com/\n", Err("spaces and control characters")),
+            (
+                "https://user:pw@hooks.example.com/",
+                Err("no user name or password"),
+            ),
+            (
+                "https://hooks.example.com:0/",
+                Err("optional port 1 to 65535"),
+            ),
+            (
+                "https://hooks.example.com:99999/",
+                Err("optional port 1 to 65535"),
+            ),
+            (
+                "https://hooks example.com/",
+                Err("spaces and control characters"),
+            ),
+            (
+                "https://hooks.example.com/\n",
+                Err("spaces and control characters"),
+            ),
             ("https:///path", Err("must be a domain name")),
             ("https://[127.0.0.1]/", Err("must be a domain name")),
             ("https://bad_host!/", Err("must be a domain name")),

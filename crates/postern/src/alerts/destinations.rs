@@ -69,7 +69,7 @@ impl Destinations {
             let mut wanted: Vec<String> = settings
                 .email
                 .iter()
-                .map(|a| format!("mailto:{}", a.to_ascii_lowercase()))
+                .map(|a| format!("mailto:{a}"))
                 .collect();
             if let Some(hook) = &webhook {
                 wanted.push(format!("webhook {}", hook.url));
