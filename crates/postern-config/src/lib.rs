@@ -10,6 +10,7 @@
 //!
 //! Validation errors always name the key and, for choices, the allowed values.
 
+mod alerts;
 mod domain;
 mod duration;
 mod node;
@@ -18,6 +19,7 @@ mod settings;
 mod tlsrpt;
 mod toml_syntax;
 
+pub use alerts::{AlertSettings, WebhookUrl, MAX_ALERT_ADDRESSES};
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
 pub use duration::Duration;
 pub use node::{

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertSettings;
 use crate::domain::DomainEntry;
 use crate::duration::Duration;
 use crate::tlsrpt::TlsRptSettings;
@@ -21,6 +22,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub mta: MtaSettings,
     pub tlsrpt: TlsRptSettings,
+    pub alerts: AlertSettings,
     #[serde(rename = "domain", skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<DomainEntry>,
 }
@@ -561,6 +563,7 @@ impl Settings {
         }
 
         self.tlsrpt.validate()?;
+        self.alerts.validate()?;
 
         let mut seen = std::collections::HashSet::new();
         for (index, entry) in self.domains.iter().enumerate() {

@@ -126,7 +126,7 @@ fn check_text(key: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn is_address(value: &str) -> bool {
+pub(crate) fn is_address(value: &str) -> bool {
     let Some((local, domain)) = value.rsplit_once('@') else {
         return false;
     };

@@ -1,10 +1,11 @@
-//! One HTTPS GET with the limits a mail gateway needs when it fetches from
-//! servers it does not control: the certificate verified for the URL's
+//! One HTTPS request (GET, or a POST) with the limits a mail gateway needs when it
+//! talks to servers it does not control: the certificate verified for the URL's
 //! host against `tls.outbound.trusted_ca` (the rustls configuration from
 //! [`ClientTls::https_config`], the one aws-lc-rs provider), the host's
 //! addresses from our own resolver, no redirects followed, no proxy,
 //! bounded connect and total time, and a body size cap. MTA-STS policy
-//! fetches use it; so will TLS-RPT https reports and alert webhooks.
+//! fetches use it ([`get`]), and alert webhooks ([`post`]); so will TLS-RPT
+//! https reports.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -76,7 +77,40 @@ pub async fn get(
     addrs: &[SocketAddr],
     limits: Limits,
 ) -> Result<Response, FetchError> {
-    let client = reqwest::Client::builder()
+    let client = client(tls, host, addrs, limits)?;
+    let response = client.get(url).send().await.map_err(|e| describe(&e))?;
+    read(response, limits).await
+}
+
+/// POST `body` as `content_type` to `url`, with the same limits and
+/// checks as [`get`] (alert webhooks; TLS-RPT https reports).
+pub async fn post(
+    tls: &ClientTls,
+    url: &str,
+    host: &str,
+    addrs: &[SocketAddr],
+    limits: Limits,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<Response, FetchError> {
+    let client = client(tls, host, addrs, limits)?;
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    read(response, limits).await
+}
+
+fn client(
+    tls: &ClientTls,
+    host: &str,
+    addrs: &[SocketAddr],
+    limits: Limits,
+) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder()
         .use_preconfigured_tls((*tls.https_config()).clone())
         .https_only(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -86,8 +120,11 @@ pub async fn get(
         .resolve_to_addrs(host, addrs)
         .user_agent(concat!("Postern/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| FetchError::Transport(format!("cannot build the HTTPS client: {e}")))?;
-    let mut response = client.get(url).send().await.map_err(|e| describe(&e))?;
+        .map_err(|e| FetchError::Transport(format!("cannot build the HTTPS client: {e}")))
+}
+
+/// Status, headers and the body (within the size cap) of `response`.
+async fn read(mut response: reqwest::Response, limits: Limits) -> Result<Response, FetchError> {
     let header = |name: reqwest::header::HeaderName| {
         response
             .headers()

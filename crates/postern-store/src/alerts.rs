@@ -72,7 +72,7 @@ pub struct Alert {
 }
 
 /// Kept alerts.
-pub trait AlertStore: AlertReview + Send + Sync {
+pub trait AlertStore: AlertReview + AlertClaims + Send + Sync {
     /// Append alerts (one transaction).
     fn record_alerts(&self, batch: &[Alert]) -> Result<(), StoreError>;
     /// The newest alerts first, at most `limit`.
@@ -152,4 +152,35 @@ pub trait AlertReview: Send + Sync {
         by: &str,
         at: i64,
     ) -> Result<usize, StoreError>;
+}
+
+/// One condition sent to one destination, for [`AlertClaims`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertClaim<'a> {
+    pub kind: AlertKind,
+    /// As [`Alert::subject`].
+    pub subject: &'a str,
+    /// What else tells the condition apart: the MX host, or for
+    /// `certificate-expiry` the threshold and the certificate's fingerprint.
+    pub scope: &'a str,
+    /// `webhook <url>`, `mailto:<address>`, or `node <name>`.
+    pub destination: &'a str,
+}
+
+/// The rate limit of alert destinations, shared by every node of a
+/// cluster: whoever claims a (condition, destination) pair first sends it;
+/// the others, and repeats within the window, do not.
+pub trait AlertClaims: Send + Sync {
+    /// Claim `claim` at `now` (unix seconds): `true` when there was no
+    /// claim of it at or after `now - window` (the claim is now ours),
+    /// `false` when there was. One statement, so two nodes claiming at
+    /// once get one `true`.
+    fn claim_alert(
+        &self,
+        claim: &AlertClaim<'_>,
+        now: i64,
+        window: i64,
+    ) -> Result<bool, StoreError>;
+    /// Delete claims made before `before`; returns how many.
+    fn prune_alert_claims(&self, before: i64) -> Result<usize, StoreError>;
 }

@@ -716,3 +716,21 @@ impl crate::AlertReview for CachedPgStore {
         self.write(|s| s.alerts().acknowledge_alerts_through(through, by, at))
     }
 }
+
+/// The alert rate limit, like the alerts, only in the cluster store: while
+/// it is unreachable a claim fails and the gateway falls back to its own
+/// once-an-hour memory.
+impl crate::AlertClaims for CachedPgStore {
+    fn claim_alert(
+        &self,
+        claim: &crate::AlertClaim<'_>,
+        now: i64,
+        window: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(|s| s.alerts().claim_alert(claim, now, window))
+    }
+
+    fn prune_alert_claims(&self, before: i64) -> Result<usize, StoreError> {
+        self.write(|s| s.alerts().prune_alert_claims(before))
+    }
+}

@@ -54,7 +54,10 @@ use std::sync::Arc;
 use postern_config::{ConfigError, Settings};
 
 pub use admin::{validate_token_name, ApiToken, MAX_TOKEN_NAME_CHARS};
-pub use alerts::{Acknowledged, Alert, AlertFilter, AlertKind, AlertReview, AlertStore, KeptAlert};
+pub use alerts::{
+    Acknowledged, Alert, AlertClaim, AlertClaims, AlertFilter, AlertKind, AlertReview, AlertStore,
+    KeptAlert,
+};
 pub use cached::CachedPgStore;
 pub use certificates::{validate_certificate_name, CertificateRecord, MAX_CERTIFICATE_NAME_CHARS};
 pub use copy::{copy_installation, CopyReport};

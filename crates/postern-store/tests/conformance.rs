@@ -127,6 +127,7 @@ conformance!(
     tlsrpt_attempts_of_a_period_skip_report_mails,
     tlsrpt_deliveries_retry_once_per_lease,
     alerts_acknowledged_one_listed_and_all_through,
+    alert_claims_once_per_window_and_destination_across_nodes,
 );
 
 const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -1898,4 +1899,83 @@ fn alerts_acknowledged_one_listed_and_all_through(h: &dyn Harness) {
         .kept_alerts(&AlertFilter::unacknowledged(10))
         .unwrap()
         .is_empty());
+}
+
+fn alert_claims_once_per_window_and_destination_across_nodes(h: &dyn Harness) {
+    use postern_store::{AlertClaim, AlertKind};
+    const HOUR: i64 = 3600;
+    let claim = |destination| AlertClaim {
+        kind: AlertKind::HandshakeFailures,
+        subject: "partner.test",
+        scope: "mx1.partner.test",
+        destination,
+    };
+    let webhook = claim("webhook https://hooks.example/x");
+    let (a, b) = (h.open(), h.open());
+    assert!(a.alerts().claim_alert(&webhook, 1000, HOUR).unwrap());
+    // Within the hour: neither this node nor another one claims it again.
+    assert!(!a
+        .alerts()
+        .claim_alert(&webhook, 1000 + 59 * 60, HOUR)
+        .unwrap());
+    assert!(!b.alerts().claim_alert(&webhook, 1000 + 60, HOUR).unwrap());
+    // Another destination, another scope, another kind: claims of their own.
+    assert!(b
+        .alerts()
+        .claim_alert(&claim("mailto:tls@example.com"), 1100, HOUR)
+        .unwrap());
+    let other_host = AlertClaim {
+        scope: "mx2.partner.test",
+        ..webhook
+    };
+    assert!(b.alerts().claim_alert(&other_host, 1100, HOUR).unwrap());
+    let other_kind = AlertClaim {
+        kind: AlertKind::RequiredTlsDeferred,
+        ..webhook
+    };
+    assert!(b.alerts().claim_alert(&other_kind, 1100, HOUR).unwrap());
+    // An hour after the claim: due again, once.
+    assert!(b
+        .alerts()
+        .claim_alert(&webhook, 1000 + HOUR + 1, HOUR)
+        .unwrap());
+    assert!(!a
+        .alerts()
+        .claim_alert(&webhook, 1000 + HOUR + 2, HOUR)
+        .unwrap());
+    // A longer window (certificate expiry) is honoured as given.
+    assert!(!a
+        .alerts()
+        .claim_alert(&webhook, 1000 + 2 * HOUR, 30 * 86_400)
+        .unwrap());
+
+    // Eight nodes claiming the same new condition at once: exactly one wins.
+    let opener = h.opener();
+    let barrier = Arc::new(Barrier::new(8));
+    let won = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, barrier, won) = (opener(), barrier.clone(), won.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let race = AlertClaim {
+                    kind: AlertKind::NodeUnreachable,
+                    subject: "gw3",
+                    scope: "gw3.example",
+                    destination: "webhook https://hooks.example/x",
+                };
+                if store.alerts().claim_alert(&race, 5000, HOUR).unwrap() {
+                    won.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(won.load(Ordering::SeqCst), 1);
+
+    // Pruning old claims makes them claimable again.
+    assert_eq!(a.alerts().prune_alert_claims(1200).unwrap(), 3);
+    assert!(a.alerts().claim_alert(&other_host, 1300, HOUR).unwrap());
 }

@@ -18,6 +18,7 @@
 //! at a time in the whole installation, like SQLite's `BEGIN IMMEDIATE`, so
 //! every read-check-write sequence of the rules sees what it changes.
 
+mod alert_claims;
 mod alert_review;
 pub mod conninfo;
 mod events;

@@ -8,6 +8,7 @@
 //! generation poll. A write transaction is `BEGIN IMMEDIATE`: SQLite's one
 //! writer lock is the installation-wide write lock.
 
+mod alert_claims;
 mod alert_review;
 mod events;
 mod learned;

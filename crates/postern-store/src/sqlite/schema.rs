@@ -220,6 +220,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
     CREATE INDEX alerts_unacknowledged ON alerts (id) WHERE acknowledged_at IS NULL;
     ",
+    "
+    -- alerts: the cluster-wide rate limit of alert destinations (webhook, each address)
+    CREATE TABLE alert_claims (
+        kind        TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        scope       TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        claimed_at  INTEGER NOT NULL,
+        PRIMARY KEY (kind, subject, scope, destination)
+    );
+    CREATE INDEX alert_claims_at ON alert_claims (claimed_at);
+    ",
 ];
 
 /// The schema version this build creates and understands.

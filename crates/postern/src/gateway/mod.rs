@@ -94,11 +94,14 @@ pub async fn run(ctx: Context) -> Result<()> {
         .context("starting the tracking-event writer")?,
     );
     let metrics = Arc::new(Metrics::new());
+    let (alerts, unsent_alerts) =
+        crate::alerts::Alerts::new(Arc::clone(&maillog), Arc::clone(&metrics));
     let learning = Arc::new(crate::learning::Learning::new(
         Arc::clone(&ctx.store),
         Arc::clone(&maillog),
-        crate::alerts::Alerts::new(Arc::clone(&maillog), Arc::clone(&metrics)),
+        alerts.clone(),
     ));
+    let alert_resolver = resolver.clone();
     let courier = postern_delivery::Courier::new(
         resolver,
         ctx.hostname.clone(),
@@ -120,7 +123,10 @@ pub async fn run(ctx: Context) -> Result<()> {
             ctx.hostname.clone(),
             Arc::clone(&metrics),
         )
-        .with_learning(Arc::clone(&learning)),
+        .with_learning(Arc::clone(&learning))
+        .with_alerts(Arc::new(crate::alerts::delivery::DeliveryAlerts::new(
+            alerts.clone(),
+        ))),
     );
     let (stop, shutdown) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -242,6 +248,33 @@ pub async fn run(ctx: Context) -> Result<()> {
         },
         &node.data_dir,
     );
+    let mut alert_tasks = vec![
+        tokio::spawn(
+            crate::alerts::destinations::Destinations {
+                store: Arc::clone(&ctx.store),
+                live: Arc::clone(&shared.live),
+                resolver: alert_resolver,
+                spool: Arc::clone(&shared.spool),
+                runner: Arc::clone(&runner),
+                maillog: Arc::clone(&shared.maillog),
+                node: ctx.node_name.clone(),
+                hostname: ctx.hostname.clone(),
+            }
+            .run(unsent_alerts),
+        ),
+        tokio::spawn(crate::alerts::certificates::check_loop(
+            alerts.clone(),
+            Arc::clone(&ctx.store),
+            ctx.node_name.clone(),
+        )),
+    ];
+    if cluster {
+        alert_tasks.push(tokio::spawn(crate::alerts::nodes::watch_loop(
+            alerts.clone(),
+            Arc::clone(&ctx.store),
+            ctx.node_name.clone(),
+        )));
+    }
     let pruner = tokio::spawn(crate::tracker::prune_loop(
         Arc::clone(&ctx.store),
         Arc::clone(&shared.live),
@@ -273,6 +306,9 @@ pub async fn run(ctx: Context) -> Result<()> {
         task.abort();
     }
     let _ = std::fs::remove_file(crate::tlsrpt::daily::socket_path(&node.data_dir));
+    for task in &alert_tasks {
+        task.abort();
+    }
     // Delivery attempts in flight are abandoned: their recipients stay
     // queued and are tried again at the next start.
     delivery.abort();

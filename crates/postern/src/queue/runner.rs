@@ -69,6 +69,7 @@ pub struct QueueRunner {
     learning: Option<Arc<crate::learning::Learning>>,
     /// Just-received messages, for their first attempt without a read back.
     fresh: Fresh,
+    alerts: Option<Arc<crate::alerts::delivery::DeliveryAlerts>>,
 }
 
 impl QueueRunner {
@@ -96,12 +97,19 @@ impl QueueRunner {
             changes: AtomicU64::new(0),
             learning: None,
             fresh: Fresh::default(),
+            alerts: None,
         }
     }
 
     /// Learn per-domain TLS levels from every domain delivery.
     pub fn with_learning(mut self, learning: Arc<crate::learning::Learning>) -> Self {
         self.learning = Some(learning);
+        self
+    }
+
+    /// Raise alerts from every domain delivery's attempts.
+    pub fn with_alerts(mut self, alerts: Arc<crate::alerts::delivery::DeliveryAlerts>) -> Self {
+        self.alerts = Some(alerts);
         self
     }
 
@@ -482,6 +490,9 @@ impl QueueRunner {
             self.record_attempts(&id, envelope, &domain, &report.attempts);
             if let Some(learning) = &self.learning {
                 learning.observe(settings, &domain, &report);
+            }
+            if let Some(alerts) = &self.alerts {
+                alerts.observe(&domain, &report);
             }
             let relay = report.attempts.last();
             for outcome in report.outcomes {
