@@ -226,8 +226,13 @@ def _leaf_ext(dns, ips, client: bool, ca_signed: bool) -> str:
     return "[leaf]\n" + "\n".join(lines) + "\n"
 
 
+# Test certificates outlive the 30-day certificate-expiry alert (SPEC §12),
+# so that only a test that wants that alert (tests/test_alerts.py makes its
+# own short-lived certificates) sees one.
+DEFAULT_DAYS = 90
+
 def make_self_signed(directory: Path, common_name: str, *, dns: Sequence[str] | None = None,
-                     ips: Sequence[str] = (), key_type: str = "ec", days: int = 30) -> CertPair:
+                     ips: Sequence[str] = (), key_type: str = "ec", days: int = DEFAULT_DAYS) -> CertPair:
     """A self-signed leaf certificate (not a CA) for common_name (+ SANs)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -247,7 +252,7 @@ class CertAuthority:
 
     __test__ = False
 
-    def __init__(self, directory: Path, name: str = "Postern Test CA", key_type: str = "ec", days: int = 30):
+    def __init__(self, directory: Path, name: str = "Postern Test CA", key_type: str = "ec", days: int = DEFAULT_DAYS):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -265,7 +270,7 @@ class CertAuthority:
         return self.cert.read_text()
 
     def issue(self, common_name: str, *, dns: Sequence[str] | None = None, ips: Sequence[str] = (),
-              client: bool = True, key_type: str | None = None, days: int = 30,
+              client: bool = True, key_type: str | None = None, days: int = DEFAULT_DAYS,
               directory: Path | None = None) -> CertPair:
         """A leaf certificate for common_name (SAN DNS:common_name unless dns= given, plus IP SANs).
         client=True adds the clientAuth EKU (serverAuth is always there)."""

@@ -156,7 +156,7 @@ def test_monitor_learns_then_delivers_a_downgrade_and_records_it(partner, dns_se
     metrics = Admin(gw, admin_context(gw), token=token).get("/metrics").text
     assert 'postern_alerts_total{kind="downgrade"} 1' in metrics, metrics
     assert 'postern_alerts_total{kind="starttls-missing"} 1' in metrics, metrics
-    # (The 30-day Test CA has a certificate-expiry alert of its own.)
+    # (Only this domain: other alerts, e.g. certificate-expiry, are not ours.)
     def domain_alerts():
         return [a for a in api.get("/api/v1/alerts").json()["alerts"] if a["subject"] == DOMAIN]
     alerts = wait_for(lambda: len(domain_alerts()) == 2 and domain_alerts(), 10, "alerts in the store")
