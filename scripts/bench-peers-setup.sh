@@ -15,7 +15,8 @@
 #   * the system users: Debian-exim (exim4-config's postinst), opensmtpd and
 #     opensmtpq (opensmtpd's postinst);
 #   * /var/lib/opensmtpd/empty, the empty directory OpenSMTPD's unprivileged
-#     processes chroot into (the package ships it).
+#     processes chroot into (the package ships it), and an empty /etc/exim4
+#     (a mount point, see below).
 # scripts/bench.py then runs each as a private relay under
 # /tmp/postern-bench-*/ on its own loopback ports (scripts/bench_peers.py).
 # Idempotent: a second call with the packages unpacked does nothing but
@@ -71,6 +72,10 @@ for u in opensmtpd opensmtpq; do
     --no-create-home --disabled-password --ingroup "$u" "$u"
 done
 as_root install -d -m 0755 /var/lib/opensmtpd/empty
+# An empty mount point: each private Exim binds its own directory (holding
+# trusted_configs, Debian's TRUSTED_CONFIG_LIST) over it in a private mount
+# namespace, so that it keeps root with -C as an installed Exim does.
+[ -e /etc/exim4 ] || as_root install -d -m 0755 /etc/exim4
 
 # Can they run? (missing libraries or users show here, not mid-bench)
 "$dir/root/usr/sbin/exim4" -C /dev/null -bV >/dev/null 2>&1 \

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_peers  # Exim and OpenSMTPD beside Postfix (scripts/bench_peers.py)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -610,7 +612,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 small cases, 1 round, small idle test")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5; --quick: 1)")
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
-    ap.add_argument("--no-postfix", action="store_true", help="Postern only")
+    ap.add_argument("--no-postfix", action="store_true", help="Postern only (no peer MTA at all)")
+    ap.add_argument("--peers", default=None,
+                    help="comma-separated MTAs beside Postern: postfix, exim, opensmtpd (default: all three; "
+                         "Exim and OpenSMTPD when scripts/bench-peers-setup.sh has unpacked them)")
+    ap.add_argument("--peers-root", default=str(bench_peers.DEFAULT_ROOT),
+                    help="where Exim and OpenSMTPD are unpacked (default: %(default)s)")
     ap.add_argument("--rsa-only", action="store_true",
                     help="serve only the RSA-4096 certificate (no ECDSA certificate beside it, on either MTA)")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-connection tests")
@@ -637,12 +644,30 @@ def main() -> int:
             ap.error(f"unknown case(s) {sorted(unknown)}; known: {sorted(pool)}")
         cases = [pool[n] for n in args.only.split(",")]
     rounds = args.rounds or (1 if args.quick else 5)
+    peers_root = Path(args.peers_root)
+    if args.no_postfix:
+        peers = []
+    elif args.peers is not None:
+        peers = [p for p in args.peers.split(",") if p]
+        unknown = set(peers) - {"postfix", *bench_peers.CLASSES}
+        if unknown:
+            ap.error(f"unknown peer(s) {sorted(unknown)}; known: postfix, {', '.join(bench_peers.CLASSES)}")
+        for p in peers:
+            if p != "postfix" and not bench_peers.available(p, peers_root):
+                ap.error(f"{p} is not unpacked in {peers_root}: run scripts/bench-peers-setup.sh")
+    else:
+        peers = ["postfix"] + [p for p in bench_peers.CLASSES if bench_peers.available(p, peers_root)]
+        for p in bench_peers.CLASSES:
+            if p not in peers:
+                log(f"{p} not unpacked in {peers_root} (scripts/bench-peers-setup.sh): not run")
+    args.no_postfix = "postfix" not in peers
     idle_n = args.idle or (200 if args.quick else 1000)
     idle_max = args.idle_max if args.idle_max is not None else (0 if args.quick else 10000)
 
     started = time.time()
     meta = {"started": dt.datetime.now().isoformat(timespec="seconds"), "rounds": rounds,
-            "certificates": "RSA-4096 only" if args.rsa_only else "RSA-4096 + ECDSA P-256 (both MTAs)",
+            "certificates": "RSA-4096 only" if args.rsa_only else "RSA-4096 + ECDSA P-256 (Postern, Postfix)",
+            "peers": peers, "peer_versions": bench_peers.versions(peers_root),
             "quick": args.quick, "machine": machine(), "load_before": loadavg(),
             "argv": sys.argv[1:]}
     log(f"machine: {meta['machine']}")
@@ -696,6 +721,14 @@ def main() -> int:
             postfix = Postfix(work / "postfix", sink, cert, key, ecdsa=ecdsa)
             postfix.start()
             mtas.append(postfix)
+        for p in peers:
+            if p in bench_peers.CLASSES:
+                peer = bench_peers.CLASSES[p](work / p, sink, cert, key, ecdsa=ecdsa, peers_root=peers_root)
+                peer.start()
+                mtas.append(peer)
+        if any(p in bench_peers.CLASSES for p in peers):
+            meta["certificates"] += "; " + "; ".join(f"{m.name}: {m.certificates}" for m in mtas
+                                                      if hasattr(m, "certificates"))
         log("started: " + ", ".join(f"{m.name} pid {m.pid} port {m.port}" for m in mtas)
             + f"; sink plain {sink.plain} tls {sink.tls}")
 
@@ -761,6 +794,8 @@ def main() -> int:
     meta["duration_s"] = time.time() - started
     summary = {name: {who: summarize(rs) for who, rs in by.items()} for name, by in results.items()}
     text = report(meta, summary, idle_results, cases)
+    if any(p in bench_peers.CLASSES for p in peers):
+        text += "\n\n" + bench_peers.report_side_by_side(summary, cases, [m.name for m in mtas])
     if args.postern_b:
         text += "\n\n" + report_ab(summary, cases)
     out = Path(args.out)

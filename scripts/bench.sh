@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Postern vs Postfix, side by side on loopback (docs/performance.md).
+# Postern vs Postfix, Exim and OpenSMTPD, side by side on loopback (docs/performance.md).
 #
 #   ./scripts/bench.sh --quick      # smoke run, < 2 minutes after the build
 #   ./scripts/bench.sh              # the full matrix, 5 rounds (~10 minutes)
@@ -8,10 +8,12 @@
 #
 # Builds postern and postern-bench (release), installs Postfix from Debian
 # when missing (package only: "No configuration", the system instance stays
-# unconfigured and stopped), raises the open-files limit for the
+# unconfigured and stopped), unpacks Exim 4 and OpenSMTPD from Debian
+# without installing them (scripts/bench-peers-setup.sh; BENCH_NO_PEERS=1
+# skips it, and so do --no-postfix and a --peers list without them), raises the open-files limit for the
 # idle-connection test, then runs scripts/bench.py, which sets up the sink,
-# Postern and a private Postfix instance under /tmp/postern-bench-*/ and
-# prints the table. Raw results: target/bench/results-*.json.
+# Postern and private Postfix, Exim and OpenSMTPD instances under
+# /tmp/postern-bench-*/ and prints the tables. Raw results: target/bench/results-*.json.
 # Needs root (or sudo for apt-get; Postfix's master must start as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,23 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# Exim 4 and OpenSMTPD from Debian, unpacked under target/bench-peers (not
+# installed: they conflict with Postfix), unless the run is Postern only or
+# names its peers without them.
+peers_wanted=yes
+prev=""
+for a in "$@"; do
+  case "$a" in
+    --no-postfix) peers_wanted=no ;;
+    --peers=*) case "${a#--peers=}" in *exim*|*opensmtpd*) ;; *) peers_wanted=no ;; esac ;;
+  esac
+  if [ "$prev" = --peers ]; then case "$a" in *exim*|*opensmtpd*) ;; *) peers_wanted=no ;; esac; fi
+  prev="$a"
+done
+if [ "$peers_wanted" = yes ] && [ "${BENCH_NO_PEERS:-}" = "" ]; then
+  ./scripts/bench-peers-setup.sh
 fi
 
 if [ "${BENCH_NO_BUILD:-}" = "" ]; then

@@ -1,0 +1,491 @@
+"""Exim 4 and OpenSMTPD beside Postern and Postfix (issue 15 item 3; docs/performance.md).
+
+scripts/bench-peers-setup.sh unpacks Debian's exim4-daemon-light and
+opensmtpd into target/bench-peers/root (not installed: both conflict with
+Postfix). Each runs here as a private relay configured like the Postfix of
+scripts/bench.py:
+
+  * listens on two loopback ports of its own: STARTTLS offered, and implicit
+    TLS; the bench's RSA-4096 certificate (Exim also the ECDSA P-256 one;
+    OpenSMTPD takes one certificate per listener, so RSA only);
+  * relays plain.sink.bench and tls.sink.bench from 127.0.0.0/8 to the
+    sink's two listeners, by IP address (no DNS), TLS out opportunistic;
+  * its normal durable queue and its log under the bench's work directory
+    (/tmp/postern-bench-*/, the same file system as the others);
+  * default concurrency settings, except where a default would refuse or
+    park the bench's load (see EXIM_CHANGED / OPENSMTPD_CHANGED).
+
+CPU and memory are counted as for Postfix (postern-bench --watch-pid): the
+daemon is started as a process-group leader and everything it forks stays in
+its group; the leader's cutime/cstime covers reaped children. Each class
+checks that at start (`Exim.check_accounting`).
+
+The config generators are pure functions (tests/test_bench_peers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import grp
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_ROOT = REPO / "target" / "bench-peers" / "root"
+
+# Non-default settings and why (also in docs/performance.md).
+EXIM_CHANGED = {
+    "smtp_accept_max": ("100", "default 20 refuses the 50-connection cases with 421; 100 = Postfix's default_process_limit"),
+    "smtp_accept_queue_per_connection": ("0", "default 10 queues every message after the 10th of a connection "
+                                             "without delivering it until the next queue run (30 min on Debian); "
+                                             "0 keeps Exim's normal immediate delivery for every message"),
+}
+OPENSMTPD_CHANGED = {
+    "smtp limit max-mails": ("1000", "default 100 per session refuses the 150-message connections of the c10 cases"),
+}
+
+
+def _bench():
+    import bench  # scripts/bench.py: free_port, wait_port, run, group_members, log
+    return bench
+
+
+def available(name: str, root: Path = DEFAULT_ROOT) -> bool:
+    binary = {"exim": root / "usr/sbin/exim4", "opensmtpd": root / "usr/sbin/smtpd"}[name]
+    return binary.is_file() and os.access(binary, os.X_OK)
+
+
+def versions(root: Path = DEFAULT_ROOT) -> dict:
+    out = {}
+    stamp = root / ".unpacked"
+    if stamp.is_file():
+        for item in stamp.read_text().split():
+            pkg, _, ver = item.partition("=")
+            out[pkg] = ver
+    return out
+
+
+# ---------------------------------------------------------------------------
+# configuration (pure)
+
+
+def exim_config(*, exim_bin: Path, spool: Path, log_dir: Path, pid_file: Path, port: int, port_tls: int,
+                sink_plain: int, sink_tls: int, certs: list[tuple[Path, Path]]) -> str:
+    """Exim's runtime configuration: a relay like the bench's Postfix.
+
+    `certs` are (certificate, key) pairs; Exim 4.96 with GnuTLS takes a list
+    and picks by what the client supports (RSA, ECDSA)."""
+    cert_list = " : ".join(str(c) for c, _ in certs)
+    key_list = " : ".join(str(k) for _, k in certs)
+    lines = [
+        "# Private Exim relay for scripts/bench.py (scripts/bench_peers.py). Defaults unless noted.",
+        f"exim_path = {exim_bin}",
+        f"spool_directory = {spool}",
+        f"log_file_path = {log_dir}/%slog",
+        f"pid_file_path = {pid_file}",
+        "primary_hostname = exim.bench",
+        "qualify_domain = exim.bench",
+        "local_interfaces = 127.0.0.1",
+        f"daemon_smtp_ports = {port} : {port_tls}",
+        f"tls_on_connect_ports = {port_tls}",
+        "tls_advertise_hosts = *",
+        f"tls_certificate = {cert_list}",
+        f"tls_privatekey = {key_list}",
+        "# No DNS and no ident: the system resolver is not on loopback (Postfix: smtpd_peername_lookup = no).",
+        "host_lookup =",
+        "rfc1413_hosts =",
+        "message_size_limit = 100M",
+        "keep_environment =",
+        "hostlist relay_from_hosts = 127.0.0.0/8",
+        "domainlist relay_to_domains = plain.sink.bench : tls.sink.bench",
+        "acl_smtp_rcpt = acl_check_rcpt",
+    ]
+    for key, (value, why) in EXIM_CHANGED.items():
+        lines.append(f"# {why}")
+        lines.append(f"{key} = {value}")
+    lines += [
+        "",
+        "begin acl",
+        "acl_check_rcpt:",
+        "  accept hosts = +relay_from_hosts",
+        "         domains = +relay_to_domains",
+        "  deny   message = relay not permitted",
+        "",
+        "begin routers",
+    ]
+    for name, domain, sink in (("sink_plain", "plain.sink.bench", sink_plain),
+                               ("sink_tls", "tls.sink.bench", sink_tls)):
+        lines += [
+            f"{name}:",
+            "  driver = manualroute",
+            f"  domains = {domain}",
+            "  transport = remote_smtp",
+            f"  route_list = * 127.0.0.1::{sink}",
+            "  # 127.0.0.1 is also a local interface: send anyway (another port)",
+            "  self = send",
+            "",
+        ]
+    lines += [
+        "begin transports",
+        "remote_smtp:",
+        "  driver = smtp",
+        "  # hosts_try_tls = * (default): opportunistic TLS out",
+        "",
+        "begin retry",
+        "# A short retry (Postern's bench runs with min_backoff 1s): a deferral shows as delay",
+        "*   *   F,1h,1s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def opensmtpd_config(*, port: int, port_tls: int, sink_plain: int, sink_tls: int, cert: Path, key: Path) -> str:
+    """smtpd.conf: a relay like the bench's Postfix (one certificate per listener in 6.8: RSA)."""
+    lines = [
+        "# Private OpenSMTPD relay for scripts/bench.py (scripts/bench_peers.py). Defaults unless noted.",
+        f'pki bench cert "{cert}"',
+        f'pki bench key "{key}"',
+        "smtp max-message-size 100M",
+    ]
+    for key_, (value, why) in OPENSMTPD_CHANGED.items():
+        lines.append(f"# {why}")
+        lines.append(f"{key_} {value}")
+    lines += [
+        "table trusted { 127.0.0.0/8 }",
+        f"listen on 127.0.0.1 port {port} tls pki bench hostname opensmtpd.bench",
+        f"listen on 127.0.0.1 port {port_tls} smtps pki bench hostname opensmtpd.bench",
+        "# smtp:// = opportunistic STARTTLS out (the default protocol)",
+        f'action "sink_plain" relay host smtp://127.0.0.1:{sink_plain} helo opensmtpd.bench',
+        f'action "sink_tls" relay host smtp://127.0.0.1:{sink_tls} helo opensmtpd.bench',
+        'match from src <trusted> for domain "plain.sink.bench" action "sink_plain"',
+        'match from src <trusted> for domain "tls.sink.bench" action "sink_tls"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# the processes
+
+
+class _Daemon:
+    """A daemon started as a process-group leader; stopped like Postfix (TERM, then KILL the group)."""
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.out = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _spawn(self, cmd: list[str], out: Path) -> None:
+        b = _bench()
+        self.out = open(out, "a")
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        try:
+            b.wait_port(self.port, 20, self.name, self.proc)
+            b.wait_port(self.port_tls, 5, self.name, self.proc)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}\n{self.log_tail()}") from None
+
+    def log_tail(self) -> str:
+        return ""
+
+    def group_outsiders(self) -> list[int]:
+        """Descendants of the daemon that left its process group (their CPU would not be counted)."""
+        children: dict[int, list[int]] = {}
+        pgrp: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            f = stat[stat.rfind(")") + 2:].split()
+            children.setdefault(int(f[1]), []).append(int(entry))
+            pgrp[int(entry)] = int(f[2])
+        out, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            for c in children.get(p, []):
+                if pgrp.get(c) != self.pid:
+                    out.append(c)
+                todo.append(c)
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        b = _bench()
+        pid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while b.group_members(pid) and time.monotonic() < deadline:
+            self.proc.poll()
+            time.sleep(0.1)
+        if b.group_members(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc = None
+        if self.out:
+            self.out.close()
+            self.out = None
+
+
+class Exim(_Daemon):
+    """A private Exim (`exim4 -C CONF -bdf -q30m`), never the system instance (there is none)."""
+
+    name = "exim"
+    user = "Debian-exim"
+
+    def __init__(self, root: Path, sink, cert: Path, key: Path, ecdsa: tuple[Path, Path] | None = None,
+                 peers_root: Path = DEFAULT_ROOT):
+        super().__init__()
+        b = _bench()
+        self.root = root
+        root.mkdir(mode=0o755)
+        uid = pwd.getpwnam(self.user).pw_uid
+        gid = grp.getgrnam(self.user).gr_gid
+        # A private copy of the binary (as for Postern and postern-bench), with the package's modes
+        # (setuid root): the receiving process runs as Debian-exim and re-executes it to deliver.
+        bindir = root / "bin"
+        bindir.mkdir(mode=0o755)
+        self.bin = bindir / "exim4"
+        shutil.copy2(peers_root / "usr/sbin/exim4", self.bin)
+        tls = root / "tls"
+        tls.mkdir(mode=0o750)
+        os.chown(tls, 0, gid)
+        pairs = [(cert, key, "mta")] + ([(ecdsa[0], ecdsa[1], "mta-ec")] if ecdsa else [])
+        certs = []
+        for c, k, stem in pairs:
+            # Exim reads the key after dropping root (as Debian-exim), as Debian's README says.
+            shutil.copyfile(c, tls / f"{stem}.pem")
+            shutil.copyfile(k, tls / f"{stem}.key")
+            os.chown(tls / f"{stem}.key", 0, gid)
+            os.chmod(tls / f"{stem}.key", 0o640)
+            certs.append((tls / f"{stem}.pem", tls / f"{stem}.key"))
+        self.spool = root / "spool"
+        logs = root / "log"
+        for d in (self.spool, logs):
+            d.mkdir(mode=0o750)
+            os.chown(d, uid, gid)
+        self.port = b.free_port()
+        self.port_tls = b.free_port()
+        self.config = root / "exim.conf"
+        self.config.write_text(exim_config(exim_bin=self.bin, spool=self.spool, log_dir=logs,
+                                           pid_file=root / "exim.pid", port=self.port, port_tls=self.port_tls,
+                                           sink_plain=sink.plain, sink_tls=sink.tls, certs=certs))
+        os.chmod(self.config, 0o644)
+        self.etc = root / "etc-exim4"
+        self.etc.mkdir(mode=0o755)
+        (self.etc / "trusted_configs").write_text(f"{self.config}\n")
+        os.chmod(self.etc / "trusted_configs", 0o644)
+        b.run([str(self.bin), "-C", str(self.config), "-bV"])   # syntax check
+        self.logs = logs
+        # -D/-H files of queued messages, and their per-message logs (removed when done).
+        self.queue_dirs = [self.spool / "input", self.spool / "msglog"]
+        self.certificates = "RSA-4096 + ECDSA P-256" if ecdsa else "RSA-4096"
+
+    def start(self) -> None:
+        # -bdf: the daemon in the foreground (no fork into the background), so it is our
+        # process-group leader; -q30m: a queue runner every 30 minutes, as Debian runs it.
+        # Debian's Exim trusts an alternate configuration (-C) only when it is listed in
+        # TRUSTED_CONFIG_LIST, /etc/exim4/trusted_configs; otherwise every re-execution
+        # (each delivery, each queue run) gives up root and says so in the paniclog. The
+        # list is bound over the host's (empty) /etc/exim4 in a private mount namespace,
+        # so the host's /etc is not written.
+        script = (f'mount --bind "{self.etc}" /etc/exim4 && '
+                  f'exec "{self.bin}" -C "{self.config}" -bdf -q30m')
+        self._spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                    self.root / "exim.stderr")
+
+    def log_tail(self) -> str:
+        out = []
+        for f in ("mainlog", "paniclog", "rejectlog"):
+            try:
+                out.append(f"--- {f}\n" + (self.logs / f).read_text(errors="replace")[-2000:])
+            except OSError:
+                pass
+        try:
+            out.append("--- stderr\n" + (self.root / "exim.stderr").read_text(errors="replace")[-2000:])
+        except OSError:
+            pass
+        return "\n".join(out)
+
+
+class OpenSMTPD(_Daemon):
+    """A private OpenSMTPD (`smtpd -d -f CONF`) in its own mount namespace.
+
+    Its spool (/var/spool/smtpd) and control socket (/var/run/smtpd.sock) are
+    compiled in; a private mount namespace binds ROOT/var-spool over /var/spool
+    and ROOT/run over /run, so its queue lives under the bench's work
+    directory and nothing of the host's is touched."""
+
+    name = "opensmtpd"
+
+    def __init__(self, root: Path, sink, cert: Path, key: Path, ecdsa: tuple[Path, Path] | None = None,
+                 peers_root: Path = DEFAULT_ROOT):
+        super().__init__()
+        b = _bench()
+        self.root = root
+        root.mkdir(mode=0o755)
+        bindir = root / "bin"
+        bindir.mkdir(mode=0o755)
+        self.bin = bindir / "smtpd"   # smtpd re-executes itself: an absolute path
+        shutil.copy2(peers_root / "usr/sbin/smtpd", self.bin)
+        tls = root / "tls"
+        tls.mkdir(mode=0o700)
+        shutil.copyfile(cert, tls / "mta.pem")
+        shutil.copyfile(key, tls / "mta.key")
+        os.chmod(tls / "mta.key", 0o600)
+        (root / "var-spool").mkdir(mode=0o755)
+        (root / "run").mkdir(mode=0o755)
+        self.spool = root / "var-spool" / "smtpd"
+        self.port = b.free_port()
+        self.port_tls = b.free_port()
+        self.config = root / "smtpd.conf"
+        self.config.write_text(opensmtpd_config(port=self.port, port_tls=self.port_tls, sink_plain=sink.plain,
+                                                sink_tls=sink.tls, cert=tls / "mta.pem", key=tls / "mta.key"))
+        os.chmod(self.config, 0o644)
+        b.run([str(self.bin), "-n", "-f", str(self.config)])   # syntax check
+        self.queue_dirs = [self.spool / d for d in ("incoming", "queue", "temporary")]
+        self.certificates = "RSA-4096 only (one pki per listener)"
+
+    def start(self) -> None:
+        script = (f'mount --bind "{self.root}/var-spool" /var/spool && mount --bind "{self.root}/run" /run && '
+                  f'exec "{self.bin}" -d -f "{self.config}"')
+        # unshare and sh exec, so the pid is smtpd's (the process-group leader).
+        self._spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                    self.root / "smtpd.log")
+
+    def log_tail(self) -> str:
+        try:
+            return (self.root / "smtpd.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+CLASSES = {"exim": Exim, "opensmtpd": OpenSMTPD}
+LABELS = {"postern": "Postern", "postfix": "Postfix", "exim": "Exim", "opensmtpd": "OpenSMTPD"}
+
+
+# ---------------------------------------------------------------------------
+# the side-by-side table
+
+
+def _fmt(v, digits=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def _ratio(a, b, digits=2):
+    if a is None or b in (None, 0):
+        return "–"
+    return f"{a / b:.{digits}f}"
+
+
+def peak_mib(s: dict) -> tuple[float | None, float | None]:
+    """(RSS, PSS) MiB of one summary: Postern's VmHWM is both; multi-process MTAs: summed peaks."""
+    return s.get("peak_rss_mib"), s.get("peak_pss_mib")
+
+
+def report_side_by_side(summary: dict, cases, names: list[str], reasons: dict | None = None) -> str:
+    """One row per case, every MTA of the run side by side; ratios are Postern/each.
+
+    `reasons` maps (case, mta) or mta to why a cell is empty ("—")."""
+    reasons = reasons or {}
+    others = [n for n in names if n != "postern"]
+    cols = ["postern"] + others
+    labels = " / ".join(LABELS.get(n, n) for n in cols)
+    rlabels = " / ".join(LABELS.get(n, n) for n in others)
+
+    def cell(case, who, key, digits=0):
+        s = summary.get(case, {}).get(who)
+        if not s:
+            return "—"
+        return _fmt(s.get(key), digits)
+
+    def ratios(case, key, digits=2):
+        p = summary.get(case, {}).get("postern") or {}
+        out = []
+        for n in others:
+            s = summary.get(case, {}).get(n)
+            out.append(_ratio(p.get(key), s.get(key), digits) if s else "—")
+        return " / ".join(out)
+
+    lines = [f"Side by side: {labels}. Ratios are Postern/each ({rlabels}): above 1 is better for "
+             "msg/s, below 1 is better for latency, CPU and memory. CPU ms per message = CPU s per 1,000 messages. "
+             "Memory: Postern's peak RSS (VmHWM); the others' sampled peak of the summed RSS (PSS) of their processes.",
+             "",
+             f"| case | delivered msg/s {labels} | delivered, Postern ÷ each | accepted msg/s "
+             f"| p50 DATA→250 ms | p99 DATA→250 ms | p99, Postern ÷ each | CPU ms per msg | CPU, Postern ÷ each "
+             f"| peak memory MiB RSS (PSS) | memory (RSS), Postern ÷ each | exactly once |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for case in cases:
+        name = case[0]
+        row = summary.get(name, {})
+        if not row:
+            continue
+        mem = []
+        for n in cols:
+            s = row.get(n)
+            if not s:
+                mem.append("—")
+                continue
+            rss, pss = peak_mib(s)
+            mem.append(_fmt(rss, 1) if n == "postern" or s.get("peak_processes", 0) <= 1
+                       else f"{_fmt(rss, 0)} ({_fmt(pss, 0)})")
+        once = [LABELS.get(n, n) for n in cols if row.get(n) and not row[n]["exactly_once"]]
+        missing = [LABELS.get(n, n) for n in cols if not row.get(n)]
+        lines.append(
+            f"| {name} "
+            f"| {' / '.join(cell(name, n, 'delivered_per_sec') for n in cols)} "
+            f"| {ratios(name, 'delivered_per_sec')} "
+            f"| {' / '.join(cell(name, n, 'accepted_per_sec') for n in cols)} "
+            f"| {' / '.join(cell(name, n, 'p50_ms', 1) for n in cols)} "
+            f"| {' / '.join(cell(name, n, 'p99_ms', 1) for n in cols)} "
+            f"| {ratios(name, 'p99_ms')} "
+            f"| {' / '.join(cell(name, n, 'cpu_per_1000', 2) for n in cols)} "
+            f"| {ratios(name, 'cpu_per_1000')} "
+            f"| {' / '.join(mem)} "
+            f"| {ratios(name, 'peak_rss_mib')} "
+            f"| {('NO: ' + ', '.join(once)) if once else 'yes, all'}"
+            f"{(' (' + ', '.join(missing) + ' not run)') if missing else ''} |")
+    lines += ["",
+              f"Outbound side (median per run): connections each MTA opened to the sink, of which TLS resumed; "
+              f"{labels}.",
+              "",
+              "| case | messages | outbound connections | of which TLS resumed | inbound setup p50 ms |",
+              "|---|---|---|---|---|"]
+    for case in cases:
+        name = case[0]
+        if not summary.get(name):
+            continue
+        lines.append(f"| {name} | {case[4] * case[5]} "
+                     f"| {' / '.join(cell(name, n, 'outbound_connections') for n in cols)} "
+                     f"| {' / '.join(cell(name, n, 'outbound_tls_resumed') for n in cols)} "
+                     f"| {' / '.join(cell(name, n, 'setup_p50_ms', 1) for n in cols)} |")
+    notes = [f"- {LABELS.get(k, k) if isinstance(k, str) else k[0] + '/' + LABELS.get(k[1], k[1])}: {v}"
+             for k, v in reasons.items()]
+    if notes:
+        lines += [""] + notes
+    return "\n".join(lines)
