@@ -77,6 +77,12 @@ as_root install -d -m 0755 /var/lib/opensmtpd/empty
 # namespace, so that it keeps root with -C as an installed Exim does.
 [ -e /etc/exim4 ] || as_root install -d -m 0755 /etc/exim4
 
+# The subreaper Exim runs under, so that the CPU of its per-message
+# processes is counted (scripts/bench-reaper.c).
+if [ ! -x "$dir/bench-reaper" ] || [ scripts/bench-reaper.c -nt "$dir/bench-reaper" ]; then
+  cc -O2 -Wall -Werror -o "$dir/bench-reaper" scripts/bench-reaper.c
+fi
+
 # Can they run? (missing libraries or users show here, not mid-bench)
 "$dir/root/usr/sbin/exim4" -C /dev/null -bV >/dev/null 2>&1 \
   || { "$dir/root/usr/sbin/exim4" -C /dev/null -bV >&2 || true; echo "bench-peers: exim4 does not run" >&2; exit 1; }

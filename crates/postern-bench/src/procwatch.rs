@@ -6,9 +6,13 @@
 //! cleanup, qmgr, smtp, tlsmgr, ...). No cgroups needed.
 //!
 //! * CPU: `utime + stime` of every live (or not yet reaped) member, plus
-//!   `cutime + cstime` of the leader — the children it has already reaped
-//!   (Postfix's master reaps its children, so short-lived smtpd/smtp
-//!   processes are counted too). Deltas of that sum over a run.
+//!   `cutime + cstime` of every member — the children each has already
+//!   reaped (Postfix's master reaps its children, so short-lived smtpd/smtp
+//!   processes are counted too; Exim's daemon reaps the processes that
+//!   received a message, and they their delivery processes). A reaped
+//!   child is no longer a member, so nothing counts twice. Orphans reaped
+//!   by init would be lost: `scripts/bench-reaper.c` (a child subreaper as
+//!   the leader) keeps them. Deltas of that sum over a run.
 //! * Memory: the leader's `VmHWM` after resetting it (`clear_refs` = 5) at
 //!   the start of a run, and a sampled peak of the summed `VmRSS` and `Pss`
 //!   of all members (the only meaningful figure for a multi-process MTA:
@@ -26,7 +30,6 @@ pub struct Watch {
 }
 
 struct Stat {
-    pid: i32,
     pgrp: i32,
     utime: u64,
     stime: u64,
@@ -42,7 +45,6 @@ fn read_stat(pid: i32) -> Option<Stat> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
     Some(Stat {
-        pid,
         pgrp: f.get(2)?.parse().ok()?,
         utime: num(11)?,
         stime: num(12)?,
@@ -85,10 +87,9 @@ impl Watch {
         let mut ticks = 0u64;
         for pid in self.members() {
             if let Some(s) = read_stat(pid) {
-                ticks += s.utime + s.stime;
-                if s.pid == self.leader {
-                    ticks += s.cutime + s.cstime;
-                }
+                // A reaped child's time moves into its parent's cutime/cstime;
+                // it is no longer a member, so nothing is counted twice.
+                ticks += s.utime + s.stime + s.cutime + s.cstime;
             }
         }
         ticks as f64 / TICKS_PER_SEC
