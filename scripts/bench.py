@@ -758,7 +758,7 @@ def main() -> int:
                         continue
                     seq += 1
                     run_id = f"{name.replace('-', '')}r{rnd}{m.name}{seq}"
-                    r = load(bench_bin, m, sink, case, run_id, args.delivery_timeout)
+                    r = bench_peers.load_counting_cgroup(load, bench_bin, m, sink, case, run_id, args.delivery_timeout)
                     results.setdefault(name, {}).setdefault(m.name, []).append(r)
                     d = r.get("delivery", {})
                     good = d.get("exactly_once") and r.get("failed") == 0
