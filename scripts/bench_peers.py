@@ -44,6 +44,9 @@ DEFAULT_ROOT = REPO / "target" / "bench-peers" / "root"
 # Non-default settings and why (also in docs/performance.md).
 EXIM_CHANGED = {
     "smtp_accept_max": ("100", "default 20 refuses the 50-connection cases with 421; 100 = Postfix's default_process_limit"),
+    "smtp_connect_backlog": ("100", "default 20: 50 clients connecting at once overflow the listen queue "
+                                    "and some never get a banner (\"reply timeout\" in newconn-tls-4k-c50); "
+                                    "100, the backlog Postfix listens with (ss -ltn)"),
     "smtp_accept_queue_per_connection": ("0", "default 10 queues every message after the 10th of a connection "
                                              "without delivering it until the next queue run (30 min on Debian); "
                                              "0 keeps Exim's normal immediate delivery for every message"),

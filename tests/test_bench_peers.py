@@ -66,6 +66,7 @@ def test_exim_config_relays_the_two_domains_to_their_sink_ports(tmp_path):
     # The two defaults that would refuse or park the bench's load, and nothing else relaxed.
     assert opts["smtp_accept_max"] == "100"
     assert opts["smtp_accept_queue_per_connection"] == "0"
+    assert opts["smtp_connect_backlog"] == "100"
     assert "queue_only" not in opts and "remote_max_parallel" not in opts
     routers = _routers(conf)
     assert {r["domains"]: r["route_list"] for r in routers.values()} == {
