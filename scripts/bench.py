@@ -11,7 +11,10 @@ One run sets up, on loopback:
     same relay: the same RSA-4096 (and ECDSA) certificates and keys, STARTTLS offered
     inbound (smtpd_tls_security_level = may), opportunistic TLS outbound
     (smtp_tls_security_level = may), routed with transport_maps to the same
-    two sink listeners; TLS session caches as in Debian's default main.cf.
+    two sink listeners; TLS session caches as in Debian's default main.cf;
+  * beside it, unless --peers or --no-postfix says otherwise, private Exim and
+    OpenSMTPD relays configured the same way (scripts/bench_peers.py; unpacked
+    from Debian by scripts/bench-peers-setup.sh), with a four-way table.
 Then for every case and round it runs the identical `postern-bench load`
 against Postern and against Postfix (alternating which goes first), each run
 verifying that every accepted message reached the sink exactly once and
