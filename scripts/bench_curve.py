@@ -269,14 +269,15 @@ def plot(case: str, res: dict, meta: dict) -> str:
     return svg_curve(
         f"DATA→250 latency vs offered load, {case} ({mode})",
         f"{meta['connections']} connections, open loop; % = share of Postern's closed-loop peak "
-        f"({res['peak']:,.0f} msg/s); {meta['started']} UTC, load avg {meta['load_before'][0]:.1f}",
+        f"({res['peak']:,.0f} msg/s); {meta['started']} UTC, load avg {meta['load_before'][0]:.1f}"
+        + (f" → {meta['load_after'][0]:.1f}" if meta.get("load_after") else ""),
         series, "offered load, msg/s (same for both MTAs)", "DATA→250, ms (log scale)", notes)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--postern-bin", required=True)
-    ap.add_argument("--bench-bin", required=True)
+    ap.add_argument("--postern-bin", default=str(bench.REPO / "target" / "release" / "postern"))
+    ap.add_argument("--bench-bin", default=str(bench.REPO / "target" / "release" / "postern-bench"))
     ap.add_argument("--cases", default="tls-4k,plain-4k", help=f"comma-separated, of {sorted(CASES)}")
     ap.add_argument("-c", "--connections", type=int, default=50)
     ap.add_argument("--peak-messages", type=int, default=60, help="messages per connection, peak runs")
@@ -288,7 +289,17 @@ def main() -> int:
     ap.add_argument("--out", default=str(bench.REPO / "target" / "bench"))
     ap.add_argument("--svg-dir", default="", help="where the SVGs go (default: --out)")
     ap.add_argument("--delivery-timeout", type=float, default=120)
+    ap.add_argument("--replot", default="", metavar="CURVE.json",
+                    help="only redraw the SVGs (and print the tables) from an earlier run's curve-*.json")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        svg_dir = Path(args.svg_dir or args.out)
+        svg_dir.mkdir(parents=True, exist_ok=True)
+        for case, res in saved["results"].items():
+            (svg_dir / f"latency-curve-{case}.svg").write_text(plot(case, res, saved["meta"]))
+        print(report(saved["meta"], saved["results"]))
+        return 0
     cases = args.cases.split(",")
     for c in cases:
         if c not in CASES:

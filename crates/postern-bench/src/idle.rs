@@ -95,10 +95,7 @@ pub async fn run(args: IdleArgs) -> Result<bool> {
         let gate = Arc::clone(&gate);
         let opts = Arc::clone(&opts[i as usize % opts.len()]);
         tasks.push(tokio::spawn(async move {
-            let _permit = gate
-                .acquire_owned()
-                .await
-                .map_err(|e| e.to_string())?;
+            let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
             Client::open(&opts).await.map_err(|e| format!("{e:#}"))
         }));
     }
