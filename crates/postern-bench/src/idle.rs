@@ -50,6 +50,39 @@ pub struct IdleArgs {
     label: String,
 }
 
+/// The kernel's side, which the MTA's RSS does not include: slab memory
+/// (socket structures, among everything else the kernel allocates) from
+/// `/proc/meminfo`, and the pages TCP socket buffers hold from
+/// `/proc/net/sockstat`. Machine-wide: both ends of every loopback
+/// connection, and whatever else runs.
+fn kernel_memory() -> serde_json::Value {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:")).map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let get = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        json!({ "inuse": get("inuse"), "mem_pages": get("mem") })
+    });
+    json!({
+        "slab_kib": field("Slab:"),
+        "sunreclaim_kib": field("SUnreclaim:"),
+        "tcp": tcp,
+    })
+}
+
 fn memory(watch: Option<Watch>) -> serde_json::Value {
     match watch {
         None => serde_json::Value::Null,
@@ -88,6 +121,7 @@ pub async fn run(args: IdleArgs) -> Result<bool> {
         .collect();
     let watch = args.watch_pid.map(Watch::new);
     let before = memory(watch);
+    let kernel_before = kernel_memory();
     let start = Instant::now();
     let gate = Arc::new(Semaphore::new(args.parallel.max(1)));
     let mut tasks = Vec::new();
@@ -123,6 +157,7 @@ pub async fn run(args: IdleArgs) -> Result<bool> {
     let established = clients.len();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = memory(watch);
+    let kernel_after = kernel_memory();
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     // Still held? One NOOP round trip each, a few hundred at a time.
     let gate = Arc::new(Semaphore::new(args.parallel.max(1)));
@@ -166,6 +201,11 @@ pub async fn run(args: IdleArgs) -> Result<bool> {
         "open_secs": open_secs,
         "mta_before": before,
         "mta_after": after,
+        "kernel_before": kernel_before,
+        "kernel_after": kernel_after,
+        // Machine-wide slab growth per connection (both ends' sockets).
+        "kernel_slab_kib_per_connection": kernel_before["slab_kib"].as_u64().zip(kernel_after["slab_kib"].as_u64())
+            .and_then(|(b, a)| (established > 0).then(|| (a as f64 - b as f64) / established as f64)),
         "rss_kib_per_connection": per_conn("rss_kib"),
         "pss_kib_per_connection": per_conn("pss_kib"),
     });
