@@ -124,7 +124,8 @@ def svg_curve(title: str, subtitle: str, series: list[dict], x_label: str, y_lab
     series: [{"name": "Postern p99", "mta": "Postern", "dash": bool,
               "points": [(x, y), ...]}]; points with y None are skipped.
     x_notes: extra text under x tick positions (e.g. "25%")."""
-    left, right, top, bottom = 78, 190, 62, 78
+    sub_lines = subtitle.split("\n")
+    left, right, top, bottom = 78, 190, 62 + 14 * (len(sub_lines) - 1), 78
     pw, ph = width - left - right, height - top - bottom
     xs = [x for s in series for x, y in s["points"] if y is not None]
     ys = [y for s in series for x, y in s["points"] if y is not None and y > 0]
@@ -146,7 +147,8 @@ def svg_curve(title: str, subtitle: str, series: list[dict], x_label: str, y_lab
            f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
            f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
            f'<text x="{left}" y="24" font-size="16" font-weight="bold">{escape(title)}</text>',
-           f'<text x="{left}" y="44" font-size="11" fill="#444">{escape(subtitle)}</text>']
+           *(f'<text x="{left}" y="{44 + 14 * i}" font-size="11" fill="#444">{escape(line)}</text>'
+             for i, line in enumerate(sub_lines))]
     # grid and y ticks
     for t in _nice_log_ticks(y_lo, y_hi):
         y = py(t)
@@ -269,8 +271,8 @@ def plot(case: str, res: dict, meta: dict) -> str:
     return svg_curve(
         f"DATA→250 latency vs offered load, {case} ({mode})",
         f"{meta['connections']} connections, open loop; % = share of Postern's closed-loop peak "
-        f"({res['peak']:,.0f} msg/s); {meta['started']} UTC, load avg {meta['load_before'][0]:.1f}"
-        + (f" → {meta['load_after'][0]:.1f}" if meta.get("load_after") else ""),
+        f"({res['peak']:,.0f} msg/s)\n{meta['started']} UTC, 1-minute load average {meta['load_before'][0]:.1f}"
+        + (f" before, {meta['load_after'][0]:.1f} after" if meta.get("load_after") else ""),
         series, "offered load, msg/s (same for both MTAs)", "DATA→250, ms (log scale)", notes)
 
 
