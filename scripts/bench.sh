@@ -5,6 +5,7 @@
 #   ./scripts/bench.sh              # the full matrix, 5 rounds (~10 minutes)
 #   ./scripts/bench.sh --only tls-4k-c10,newconn-tls-4k-c10 --rounds 3
 #   ./scripts/bench.sh --help       # every option (scripts/bench.py)
+#   ./scripts/bench.sh --curve      # latency curve at 25/50/75/90% of Postern's peak (scripts/bench_curve.py)
 #
 # Builds postern and postern-bench (release), installs Postfix from Debian
 # when missing (package only: "No configuration", the system instance stays
@@ -38,7 +39,7 @@ peers_wanted=yes
 prev=""
 for a in "$@"; do
   case "$a" in
-    --no-postfix) peers_wanted=no ;;
+    --no-postfix|--curve) peers_wanted=no ;;
     --peers=*) case "${a#--peers=}" in *exim*|*opensmtpd*) ;; *) peers_wanted=no ;; esac ;;
   esac
   if [ "$prev" = --peers ]; then case "$a" in *exim*|*opensmtpd*) ;; *) peers_wanted=no ;; esac; fi
@@ -53,13 +54,22 @@ if [ "${BENCH_NO_BUILD:-}" = "" ]; then
   cargo build --release -p postern -p postern-bench
 fi
 
-# 10,000 idle connections: one descriptor each in Postern and in the load
-# generator, plus the rest.
+# 10,000 idle connections (50,000 with --idle-max 50000): one descriptor
+# each in Postern and in the load generator, plus the rest. Both raise
+# their own soft limit to the hard one; bench.py raises the hard limit
+# when it is too low and it runs as root.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
+if [ "$(id -u)" != 0 ] && [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
   echo "note: open-files limit is $(ulimit -n); the 10,000-connection test needs ~10,100" >&2
 fi
 
-exec python3 scripts/bench.py \
+# ./scripts/bench.sh --curve [options]: the open-loop latency curve instead
+# (scripts/bench_curve.py --help; SVGs in target/bench/ unless --svg-dir).
+script=scripts/bench.py
+if [ "${1:-}" = --curve ]; then
+  shift
+  script=scripts/bench_curve.py
+fi
+exec python3 "$script" \
   --postern-bin target/release/postern \
   --bench-bin target/release/postern-bench "$@"

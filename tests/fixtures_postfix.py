@@ -59,6 +59,9 @@ from typing import Iterable, NamedTuple, Sequence
 
 import pytest
 
+# One port allocator for every fixture (see postern_testlib.free_port).
+from postern_testlib import free_port  # noqa: F401
+
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
@@ -73,29 +76,6 @@ _LIVE: dict[str, "PostfixInstance"] = {}   # root -> instance, for atexit cleanu
 
 # ---------------------------------------------------------------------------
 # small helpers
-
-
-def free_port(*ips: str, attempts: int = 100) -> int:
-    """A TCP port that is free on every given loopback IP (default 127.0.0.1)."""
-    ips = ips or ("127.0.0.1",)
-    for _ in range(attempts):
-        socks: list[socket.socket] = []
-        try:
-            s = socket.socket()
-            socks.append(s)
-            s.bind((ips[0], 0))
-            port = s.getsockname()[1]
-            for ip in ips[1:]:
-                t = socket.socket()
-                socks.append(t)
-                t.bind((ip, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no TCP port free on all of {ips}")
 
 
 def is_listening(ip: str, port: int) -> bool:

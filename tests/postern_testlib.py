@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -50,18 +51,56 @@ _handed_out: set[int] = set()
 _port_lock = threading.Lock()
 
 
-def free_port() -> int:
-    """A currently unused 127.0.0.1 TCP port, never the same one twice in a run."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+# Test listeners take ports from here, below the kernel's ephemeral range.
+# A port from bind(("127.0.0.1", 0)) is an ephemeral port: any outgoing
+# connection on the machine (a delivery, a benchmark, the browser) can take
+# it as its source port between the test choosing it and the gateway binding
+# it, and the start fails with "Address already in use" (seen in CI while a
+# benchmark ran beside the tests).
+_TEST_PORTS = range(12000, min(_ephemeral_ports()[0], 32768))
+
+
+def _bindable(port: int, ips: tuple[str, ...]) -> bool:
+    socks: list[socket.socket] = []
+    try:
+        for ip in ips:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((ip, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port(*ips: str, attempts: int = 500) -> int:
+    """A TCP port free on every given loopback IP (default 127.0.0.1), never
+    the same one twice in a run, outside the ephemeral range when there is
+    room below it."""
+    ips = ips or ("127.0.0.1",)
+    for _ in range(attempts):
+        if len(_TEST_PORTS) >= 1000:
+            port = random.choice(_TEST_PORTS)
+        else:  # an unusual ip_local_port_range: fall back to the kernel's choice
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((ips[0], 0))
+                port = s.getsockname()[1]
         with _port_lock:
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
-    raise RuntimeError("could not find a free port")
+            if port in _handed_out or not _bindable(port, ips):
+                continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no TCP port free on all of {ips}")
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //! STARTTLS or implicit TLS), EHLO, pipelined MAIL/RCPT/DATA, QUIT.
 //! Replies are parsed with Postern's own `postern_proto::Reply::parse`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use postern_delivery::client::Stream;
 use postern_proto::Reply;
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
@@ -42,6 +42,11 @@ pub struct TlsInfo {
 
 pub struct Options {
     pub target: SocketAddr,
+    /// Connect from this address (bind before connect; the port is the
+    /// kernel's choice). One source address to one listener gets at most
+    /// the ephemeral port range (~28,000 ports here): more connections
+    /// need more source addresses (`idle --sources`).
+    pub source: Option<IpAddr>,
     pub mode: Mode,
     pub helo: String,
     pub tls: Option<Arc<ClientConfig>>,
@@ -49,6 +54,18 @@ pub struct Options {
     pub limit: Duration,
     /// Just the greeting (a server at its process limit may never send one).
     pub greeting_limit: Duration,
+}
+
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(target).await;
+    };
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }
 
 async fn tls_wrap(tcp: TcpStream, config: &Arc<ClientConfig>, limit: Duration) -> Result<Stream> {
@@ -77,7 +94,7 @@ fn tls_info(stream: &Stream) -> Option<TlsInfo> {
 impl Client {
     /// Connect, read the greeting, EHLO (and STARTTLS + EHLO): ready for MAIL.
     pub async fn open(opts: &Options) -> Result<Client> {
-        let tcp = timeout(opts.limit, TcpStream::connect(opts.target))
+        let tcp = timeout(opts.limit, connect(opts.target, opts.source))
             .await
             .map_err(|_| anyhow!("connect timeout"))??;
         tcp.set_nodelay(true)?;

@@ -53,6 +53,11 @@ pub struct LoadArgs {
     /// the MTA answers (closed loop).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Send no new message after this many seconds from the start (0: no
+    /// limit): bounds an open-loop run against an MTA that cannot keep up.
+    /// Messages not sent by then are counted as `not_sent`.
+    #[arg(long, default_value_t = 0.0)]
+    deadline: f64,
     /// Token prefix identifying this run at the sink (no dots).
     #[arg(long)]
     run: Option<String>,
@@ -164,6 +169,12 @@ impl Template {
 struct ConnResult {
     accepted: Vec<u32>,
     latencies_us: Vec<u32>,
+    /// Under `--rate`: how late each message started (now − due).
+    behind_us: Vec<u32>,
+    /// Under `--rate`: from when the message was due to its 250 (the
+    /// open-loop response time, including any wait behind earlier ones).
+    due_to_ok_us: Vec<u32>,
+    not_sent: u32,
     setup_us: Vec<u32>,
     failed: u32,
     errors: Vec<String>,
@@ -187,6 +198,8 @@ struct Pace {
     start: tokio::time::Instant,
     connections: u32,
     rate: f64,
+    /// No new message after this (`--deadline`).
+    stop: Option<tokio::time::Instant>,
 }
 
 impl Pace {
@@ -214,8 +227,19 @@ async fn connection(
         template.from, template.rcpt
     );
     for msg in 0..messages {
-        if let Some(due) = pace.due(index, msg) {
+        let due = pace.due(index, msg);
+        if let Some(due) = due {
             tokio::time::sleep_until(due).await;
+        }
+        if pace
+            .stop
+            .is_some_and(|stop| tokio::time::Instant::now() >= stop)
+        {
+            r.not_sent += messages - msg;
+            break;
+        }
+        if let Some(due) = due {
+            r.behind_us.push(micros(due.elapsed()));
         }
         let mut c = match client.take() {
             Some(c) => c,
@@ -249,6 +273,9 @@ async fn connection(
                 r.latencies_us
                     .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
                 r.last_ok = Some(Instant::now());
+                if let Some(due) = due {
+                    r.due_to_ok_us.push(micros(due.elapsed()));
+                }
                 if new_per_message {
                     c.quit().await;
                 } else {
@@ -321,6 +348,10 @@ async fn send_one(c: &mut Client, envelope: &str, message: &[u8]) -> Result<Sent
     }
 }
 
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
 pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -379,6 +410,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     };
     let opts = Arc::new(Options {
         target: args.target,
+        source: None,
         mode: args.mode,
         helo: args.helo.clone(),
         tls,
@@ -410,10 +442,15 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     }
     let start = Instant::now();
     let start_epoch = epoch();
+    if !(args.deadline >= 0.0 && args.deadline.is_finite()) {
+        anyhow::bail!("--deadline must be a number of seconds, 0 or more");
+    }
+    let pace_start = tokio::time::Instant::now();
     let pace = Pace {
-        start: tokio::time::Instant::now(),
+        start: pace_start,
         connections: args.connections,
         rate: args.rate,
+        stop: (args.deadline > 0.0).then(|| pace_start + Duration::from_secs_f64(args.deadline)),
     };
     let mut tasks = Vec::new();
     for index in 0..args.connections {
@@ -440,6 +477,17 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         .flat_map(|r| r.latencies_us.iter().copied())
         .collect();
     lat.sort_unstable();
+    let sorted = |pick: fn(&ConnResult) -> &Vec<u32>| {
+        let mut v: Vec<u32> = results
+            .iter()
+            .flat_map(|r| pick(r).iter().copied())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let behind = sorted(|r| &r.behind_us);
+    let due_to_ok = sorted(|r| &r.due_to_ok_us);
+    let not_sent: u32 = results.iter().map(|r| r.not_sent).sum();
     let mut setup: Vec<u32> = results
         .iter()
         .flat_map(|r| r.setup_us.iter().copied())
@@ -469,7 +517,9 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         "new_connection_per_message": args.new_connection_per_message,
         "resume": !args.no_resume,
         "rate": args.rate,
-        "sent": u64::from(args.connections) * u64::from(args.messages),
+        "deadline": args.deadline,
+        "sent": (u64::from(args.connections) * u64::from(args.messages)).saturating_sub(u64::from(not_sent)),
+        "not_sent": not_sent,
         "accepted": accepted,
         "failed": failed,
         "errors": errors,
@@ -480,6 +530,16 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
             "p90": percentile(&lat, 90.0) / 1000.0,
             "p99": percentile(&lat, 99.0) / 1000.0,
             "max": percentile(&lat, 100.0) / 1000.0,
+        },
+        // Open loop only (--rate): how late messages started, and due → 250.
+        "behind_ms": {
+            "p50": percentile(&behind, 50.0) / 1000.0,
+            "p99": percentile(&behind, 99.0) / 1000.0,
+            "max": percentile(&behind, 100.0) / 1000.0,
+        },
+        "due_to_250_ms": {
+            "p50": percentile(&due_to_ok, 50.0) / 1000.0,
+            "p99": percentile(&due_to_ok, 99.0) / 1000.0,
         },
         "setup_ms": {
             "count": setup.len(),

@@ -45,8 +45,30 @@ enum Command {
     Idle(idle::IdleArgs),
 }
 
+/// Raise the soft open-files limit to the hard limit: 50,000 idle
+/// connections need more than 50,000 descriptors, and the soft limit is
+/// often 1,024 (the hard limit is what root, systemd or `ulimit -Hn`
+/// granted). Returns (soft, hard) after the attempt.
+fn raise_nofile() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return (0, 0);
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return (hard, hard);
+    }
+    (soft, hard)
+}
+
+/// The open-files limit (soft, hard) now.
+pub fn nofile_limit() -> [u64; 2] {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or([0, 0], |(s, h)| [s, h])
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    raise_nofile();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = cli.threads {

@@ -37,6 +37,55 @@ use postern_delivery::Resolver;
 /// connections with equal or better throughput (docs/performance.md).
 pub const MAX_CONCURRENT_STORES: usize = 12;
 
+/// Descriptors the gateway needs besides one per SMTP connection: the
+/// spool's files, the store, the mail log, listeners, outbound deliveries
+/// (up to 8 idle per destination plus those in flight), DNS, the admin UI.
+const DESCRIPTOR_RESERVE: u64 = 1024;
+
+/// Raise the soft open-files limit (RLIMIT_NOFILE) to the hard limit.
+///
+/// Every SMTP connection is one descriptor, and the soft limit a process
+/// inherits is often 1,024 (systemd's default for services; the shell's
+/// `ulimit -n`), while `mta.max_connections` may be up to 100,000. The
+/// hard limit is what the administrator granted (`LimitNOFILE=` in
+/// postern.service, `ulimit -Hn`); raising the soft limit up to it needs no
+/// privilege. Past the limit, `accept` fails with "too many open files":
+/// the accept loop backs off and the connection waits in the listen queue.
+/// Logs the limit it got, and warns when the hard limit is below what
+/// `max_connections` needs. (glibc's `setrlimit` is the `prlimit64` system
+/// call, which postern.service's `SystemCallFilter=@system-service` allows.)
+fn raise_open_files_limit(max_connections: u32) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("open-files limit: getrlimit failed: {e}");
+            return;
+        }
+    };
+    let soft = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("open-files limit: raising {soft} to {hard} failed: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    tracing::info!("open-files limit: {soft} (hard limit {hard})");
+    let needed = u64::from(max_connections) + DESCRIPTOR_RESERVE;
+    if soft < needed {
+        tracing::warn!(
+            "open-files limit {soft} is below the {needed} that mta.max_connections = \
+             {max_connections} needs (one per connection + {DESCRIPTOR_RESERVE}); connections \
+             beyond it wait in the listen queue: raise the hard limit (LimitNOFILE= in \
+             postern.service, ulimit -Hn) or lower mta.max_connections"
+        );
+    }
+}
+
 /// Everything the connections share.
 pub struct Shared {
     pub hostname: String,
@@ -83,6 +132,7 @@ pub async fn run(ctx: Context) -> Result<()> {
     .await??;
     let maillog = Arc::new(MailLog::open(&node.mail_log_path())?);
     let live = Live::load(ctx.store.as_ref()).context("loading settings and certificates")?;
+    raise_open_files_limit(live.settings.mta.max_connections);
     let live = Arc::new(LiveConfig::new(live));
     let spool = Arc::new(spool);
     let resolver = Resolver::for_node(&node.dns).context("[dns]")?;
