@@ -35,7 +35,7 @@ from delivery_support import (
     wait_outcome,
     wait_rcpt_state,
 )
-from fixtures_postfix import free_port
+from fixtures_postfix import free_port, wait_until
 
 IPS = {"ee": "127.0.0.3", "ta": "127.0.0.4", "mismatch": "127.0.0.5", "unusable": "127.0.0.6",
        "servfail": "127.0.0.7", "unsigned": "127.0.0.8", "optout": "127.0.0.9"}
@@ -105,6 +105,18 @@ def dane_gateway(make_gateway, dns_server, port, dnssec="trust-ad", **kw):
 
 def arrived(pf, subject: str) -> list[bytes]:
     return [m for m in pf.messages() if f"Subject: {subject}".encode() in m]
+
+
+def wait_arrived(pf, subject: str, n: int, timeout: float = 15) -> list[bytes]:
+    """The messages with this subject once n are in the maildir (bounded).
+    Postfix answers 250 when it has queued a message and writes the maildir
+    file a moment later, so Postern's "delivered" can come first."""
+    try:
+        wait_until(lambda: len(arrived(pf, subject)) >= n, timeout,
+                   what=f"{n} message(s) '{subject}' in {pf.name}'s maildir")
+    except TimeoutError:
+        pass
+    return arrived(pf, subject)
 
 
 def test_dane_with_trust_ad(peers, dns_server, make_gateway):
@@ -189,7 +201,7 @@ def test_validate_against_an_unsigned_zone_delivers_as_today(peers, dns_server, 
         entry = wait_outcome(gw, qid, "bob@mismatch.test")
         assert entry["event"] == "delivered", entry["line"]
         assert entry.get("verified") == "false", entry["line"]
-    assert len(arrived(peers["postfix"]["mismatch"], "validate")) == 2
+    assert len(wait_arrived(peers["postfix"]["mismatch"], "validate", 2)) == 2
     warnings = [line for line in gw.stderr().splitlines() if "do not serve DNSSEC" in line]
     assert len(warnings) == 1, gw.stderr()[-3000:]
 
@@ -238,7 +250,7 @@ def test_tlsa_answers_are_cached_for_their_ttl(peers, dns_server, make_gateway):
         qid = submit(gw, "bob@ee.test", f"cached {i}")
         entry = wait_outcome(gw, qid, "bob@ee.test")
         assert entry["event"] == "delivered" and entry.get("verified") == "true", entry["line"]
-    assert len(arrived(peers["postfix"]["ee"], "cached")) == 3
+    assert len(wait_arrived(peers["postfix"]["ee"], "cached", 3)) == 3
     owner = tlsa_owner("ee", peers["port"])
     assert len(dns_server.queries_for(owner, "TLSA")) == 1, dns_server.queries_for(owner)
     ad_mx = [f for f in dns_server.flags if f[0] == "ee.test" and f[1] == "MX" and f[2]]
