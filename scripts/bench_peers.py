@@ -229,9 +229,14 @@ class _Daemon:
     name = "?"
     UNSUPPORTED_MODES: dict[str, str] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
         self.proc: subprocess.Popen | None = None
         self.out = None
+        # ROOT/bin holds the private copies of the binaries (as for Postern and postern-bench).
+        self.root = root
+        root.mkdir(mode=0o755)
+        self.bindir = root / "bin"
+        self.bindir.mkdir(mode=0o755)
 
     @property
     def pid(self) -> int:
@@ -287,19 +292,15 @@ class Exim(_Daemon):
 
     def __init__(self, root: Path, sink, cert: Path, key: Path, ecdsa: tuple[Path, Path] | None = None,
                  peers_root: Path = DEFAULT_ROOT):
-        super().__init__()
+        super().__init__(root)
         b = _bench()
-        self.root = root
-        root.mkdir(mode=0o755)
         uid = pwd.getpwnam(self.user).pw_uid
         gid = grp.getgrnam(self.user).gr_gid
         # A private copy of the binary (as for Postern and postern-bench), with the package's modes
         # (setuid root): the receiving process runs as Debian-exim and re-executes it to deliver.
-        bindir = root / "bin"
-        bindir.mkdir(mode=0o755)
-        self.bin = bindir / "exim4"
+        self.bin = self.bindir / "exim4"
         shutil.copy2(peers_root / "usr/sbin/exim4", self.bin)
-        self.reaper = bindir / "bench-reaper"
+        self.reaper = self.bindir / "bench-reaper"
         shutil.copy2(peers_root.parent / "bench-reaper", self.reaper)
         tls = root / "tls"
         tls.mkdir(mode=0o750)
@@ -397,13 +398,9 @@ class OpenSMTPD(_Daemon):
 
     def __init__(self, root: Path, sink, cert: Path, key: Path, ecdsa: tuple[Path, Path] | None = None,
                  peers_root: Path = DEFAULT_ROOT):
-        super().__init__()
+        super().__init__(root)
         b = _bench()
-        self.root = root
-        root.mkdir(mode=0o755)
-        bindir = root / "bin"
-        bindir.mkdir(mode=0o755)
-        self.bin = bindir / "smtpd"   # smtpd re-executes itself: an absolute path
+        self.bin = self.bindir / "smtpd"   # smtpd re-executes itself: an absolute path
         shutil.copy2(peers_root / "usr/sbin/smtpd", self.bin)
         tls = root / "tls"
         tls.mkdir(mode=0o700)
@@ -448,15 +445,11 @@ LABELS = {"postern": "Postern", "postfix": "Postfix", "exim": "Exim", "opensmtpd
 
 
 def _fmt(v, digits=0):
-    if v is None:
-        return "–"
-    return f"{v:,.{digits}f}"
+    return _bench().fmt(v, digits)
 
 
 def _ratio(a, b, digits=2):
-    if a is None or b in (None, 0):
-        return "–"
-    return f"{a / b:.{digits}f}"
+    return _bench().ratio(a, b, digits)
 
 
 def peak_mib(s: dict) -> tuple[float | None, float | None]:
