@@ -48,16 +48,14 @@ enum Command {
 /// Raise the soft open-files limit to the hard limit: 50,000 idle
 /// connections need more than 50,000 descriptors, and the soft limit is
 /// often 1,024 (the hard limit is what root, systemd or `ulimit -Hn`
-/// granted). Returns (soft, hard) after the attempt.
-fn raise_nofile() -> (u64, u64) {
+/// granted). What it got is reported by [`nofile_limit`].
+fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return (0, 0);
-    };
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        return (hard, hard);
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
-    (soft, hard)
 }
 
 /// The open-files limit (soft, hard) now.
