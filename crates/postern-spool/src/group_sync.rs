@@ -39,6 +39,10 @@ struct State {
     running: bool,
     /// `(first, last, error)` of rounds whose fsync failed.
     failed: VecDeque<(u64, u64, io::ErrorKind, String)>,
+    /// The directory, opened by the first round and kept: a round is then
+    /// one `fsync`, not `open`, `fsync` and `close`. Dropped after a failed
+    /// round, so the next one opens the directory afresh.
+    dir: Option<File>,
 }
 
 impl GroupSync {
@@ -79,11 +83,17 @@ impl GroupSync {
             state.running = true;
             let first = state.finished + 1;
             let last = state.issued;
+            let dir = state.dir.take();
             drop(state);
-            let result = File::open(&self.path).and_then(|dir| dir.sync_all());
+            let result = match dir {
+                Some(dir) => Ok(dir),
+                None => File::open(&self.path),
+            }
+            .and_then(|dir| dir.sync_all().map(|()| dir));
             state = self.lock();
             state.running = false;
             state.finished = last;
+            let result = result.map(|dir| state.dir = Some(dir));
             if let Err(e) = result {
                 state
                     .failed
@@ -106,6 +116,7 @@ impl GroupSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::sync::Arc;
 
     #[test]
@@ -139,7 +150,22 @@ mod tests {
         let sync = GroupSync::new(&gone);
         let err = sync.sync().unwrap_err();
         assert!(err.to_string().contains("fsync directory"), "{err}");
+        assert!(
+            sync.lock().dir.is_none(),
+            "a failed round keeps no directory"
+        );
         std::fs::create_dir(&gone).unwrap();
         sync.sync().unwrap();
+    }
+
+    #[test]
+    fn rounds_share_one_open_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = GroupSync::new(dir.path());
+        sync.sync().unwrap();
+        let first = sync.lock().dir.as_ref().map(|f| f.as_raw_fd());
+        assert!(first.is_some(), "the first round keeps the directory open");
+        sync.sync().unwrap();
+        assert_eq!(sync.lock().dir.as_ref().map(|f| f.as_raw_fd()), first);
     }
 }
