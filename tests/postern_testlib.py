@@ -467,8 +467,12 @@ class Gateway:
                  implicit_tls: bool = True, shutdown_grace: str = "5s",
                  store_template: Path | None = None, hostname: str = HOSTNAME,
                  paused: bool = True, mx_port: int | None = None,
-                 nameservers: list[str] | None = None, user: str | None = None):
+                 nameservers: list[str] | None = None, user: str | None = None,
+                 open_files: int | None = None):
         self.root = Path(root)
+        # RLIMIT_NOFILE (soft and hard) for the gateway process, when a test
+        # needs one lower than its own.
+        self.open_files = open_files
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "postern.toml"
         self.data_dir = self.root / "data"
@@ -604,7 +608,7 @@ class Gateway:
         self.proc = subprocess.Popen(
             [str(postern_bin()), "--config", str(self.config), "run"],
             stdin=subprocess.DEVNULL, stdout=self._stderr_file, stderr=self._stderr_file,
-            cwd=self.cwd,
+            cwd=self.cwd, preexec_fn=self._limit_open_files if self.open_files else None,
         )
         expected = [f"listening on 127.0.0.1:{self.smtp_port}"]
         if self.tls_port:
@@ -623,6 +627,10 @@ class Gateway:
                     f"gateway not ready after {timeout}s (expected {expected} in stderr and "
                     f"a 220 banner):\n{self.stderr()}")
             time.sleep(0.05)
+
+    def _limit_open_files(self) -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _answers_220(self) -> bool:
         try:

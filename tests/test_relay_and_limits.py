@@ -465,3 +465,41 @@ def test_trusted_clients_keep_a_reserved_share(make_gateway):
     finally:
         for s in flood:
             s.close()
+
+
+def _wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_open_files_limit_is_checked_at_start_and_when_max_connections_changes(make_gateway):
+    # 4,096 descriptors: enough for the default 1,000 connections (+ 1,024),
+    # not for 5,000.
+    gw = make_gateway(open_files=4096)
+    assert "open-files limit: 4096 (hard limit 4096)" in gw.stderr(), gw.stderr()
+    assert "is below the" not in gw.stderr(), gw.stderr()
+
+    gw.set("mta.max_connections", "5000")
+    short = "open-files limit 4096 is below the 6024 that mta.max_connections = 5000 needs"
+    assert _wait_until(lambda: short in gw.stderr()), gw.stderr()
+    # Connections are still served while the warning stands.
+    with SmtpConn(gw.smtp_port) as c:
+        assert c.banner().code == 220
+
+    # Back within the limit: no new warning from that reload.
+    gw.set("mta.max_connections", "2000")
+    assert _wait_until(lambda: gw.stderr().count("settings reloaded") == 2), gw.stderr()
+    time.sleep(1.5)
+    assert gw.stderr().count("is below the") == 1, gw.stderr()
+
+    # At start, with the setting stored: warned before any reload.
+    gw.set("mta.max_connections", "5000")
+    assert _wait_until(lambda: gw.stderr().count(short) == 2), gw.stderr()
+    gw.stop()
+    gw.start()
+    start_text = gw.stderr().rsplit("===== start #2 =====", 1)[1]
+    assert short in start_text, start_text

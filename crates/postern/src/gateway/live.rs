@@ -205,6 +205,10 @@ pub async fn reload_loop(
             Ok(Ok(Some(next))) => {
                 tracing::info!(generation = next.generation, "settings reloaded");
                 failed_generation = None;
+                let max_connections = next.settings.mta.max_connections;
+                if max_connections != live.get().settings.mta.max_connections {
+                    super::check_open_files_after_reload(max_connections);
+                }
                 live.set(next);
             }
             Ok(Ok(None)) => {}

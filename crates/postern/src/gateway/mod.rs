@@ -75,6 +75,13 @@ fn raise_open_files_limit(max_connections: u32) {
         soft
     };
     tracing::info!("open-files limit: {soft} (hard limit {hard})");
+    warn_if_open_files_short(soft, max_connections);
+}
+
+/// Warn when `max_connections` needs more descriptors than the soft limit
+/// allows. At start, and again whenever a reload changes
+/// `mta.max_connections`: a limit that was enough may no longer be.
+fn warn_if_open_files_short(soft: u64, max_connections: u32) {
     let needed = u64::from(max_connections) + DESCRIPTOR_RESERVE;
     if soft < needed {
         tracing::warn!(
@@ -83,6 +90,16 @@ fn raise_open_files_limit(max_connections: u32) {
              beyond it wait in the listen queue: raise the hard limit (LimitNOFILE= in \
              postern.service, ulimit -Hn) or lower mta.max_connections"
         );
+    }
+}
+
+/// After a reload that changed `mta.max_connections`: check it against the
+/// open-files limit the process has now (raised to the hard limit at start).
+pub(crate) fn check_open_files_after_reload(max_connections: u32) {
+    use nix::sys::resource::{getrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => warn_if_open_files_short(soft, max_connections),
+        Err(e) => tracing::warn!("open-files limit: getrlimit failed: {e}"),
     }
 }
 
