@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -57,12 +58,28 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+# Listener ports for the bench's MTAs and sinks. Not from bind(0): that is
+# an ephemeral port, which the load generator's own outgoing connections
+# (tens of thousands in the idle test) may take as source ports before the
+# MTA binds it. Below the tests' range (12000 up, tests/postern_testlib.py),
+# so a bench beside a test run does not take the tests' ports either.
+_BENCH_PORTS = range(10000, 12000)
+_bench_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    for _ in range(500):
+        port = random.choice(_BENCH_PORTS)
+        if port in _bench_ports_given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _bench_ports_given.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {_BENCH_PORTS.start}-{_BENCH_PORTS.stop - 1}")
 
 
 def wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
