@@ -680,6 +680,10 @@ impl crate::TlsRptStore for CachedPgStore {
     ) -> Result<Vec<crate::tlsrpt::ReportDelivery>, StoreError> {
         self.write(|s| s.tlsrpt().take_due_report_deliveries(now, lease_until))
     }
+
+    fn prune_reports(&self, day: &str) -> Result<usize, StoreError> {
+        self.write(|s| s.tlsrpt().prune_reports(day))
+    }
 }
 
 impl crate::AlertReview for CachedPgStore {

@@ -126,6 +126,7 @@ conformance!(
     tlsrpt_report_claimed_once_across_nodes,
     tlsrpt_attempts_of_a_period_skip_report_mails,
     tlsrpt_deliveries_retry_once_per_lease,
+    tlsrpt_old_reports_pruned_but_not_retries,
     alerts_acknowledged_one_listed_and_all_through,
     alert_claims_once_per_window_and_destination_across_nodes,
 );
@@ -1787,6 +1788,37 @@ fn tlsrpt_deliveries_retry_once_per_lease(h: &dyn Harness) {
         .report_deliveries("2026-12-02")
         .unwrap()
         .is_empty());
+}
+
+fn tlsrpt_old_reports_pruned_but_not_retries(h: &dyn Harness) {
+    let store = h.open();
+    let t = store.tlsrpt();
+    for day in ["2026-08-31", "2026-09-01", "2026-09-02"] {
+        let mut claim = tlsrpt_claim("gw1");
+        claim.day = day.into();
+        assert!(t.claim_report(&claim).unwrap());
+        for (destination, queue_id) in [
+            ("mailto:tlsrpt@rcpt.test", Some("Q1")),
+            ("https://tlsrpt.rcpt.test/v1", None),
+        ] {
+            let mut delivery = tlsrpt_delivery(destination, queue_id);
+            delivery.day = day.into();
+            t.add_report_delivery(&delivery).unwrap();
+        }
+    }
+    // Before 2026-09-02: two claims and the two mailed deliveries; the
+    // two https deliveries still retrying stay until they end.
+    assert_eq!(t.prune_reports("2026-09-02").unwrap(), 4);
+    assert!(t.report_claims("2026-09-01").unwrap().is_empty());
+    let kept = t.report_deliveries("2026-09-01").unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].destination, "https://tlsrpt.rcpt.test/v1");
+    assert_eq!(
+        h.open().tlsrpt().report_claims("2026-09-02").unwrap().len(),
+        1
+    );
+    assert_eq!(t.report_deliveries("2026-09-02").unwrap().len(), 2);
+    assert_eq!(t.prune_reports("2026-09-02").unwrap(), 0);
 }
 
 fn alerts_acknowledged_one_listed_and_all_through(h: &dyn Harness) {

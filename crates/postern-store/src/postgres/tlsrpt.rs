@@ -187,4 +187,17 @@ impl TlsRptStore for PgStore {
             rows.iter().map(|row| delivery(row, true)).collect()
         })
     }
+
+    fn prune_reports(&self, day: &str) -> Result<usize, StoreError> {
+        self.check_writable()?;
+        self.with(&self.main, |client| {
+            let claims =
+                wait(client.execute("DELETE FROM tlsrpt_reports WHERE day < $1", &[&day]))?;
+            let deliveries = wait(client.execute(
+                "DELETE FROM tlsrpt_deliveries WHERE day < $1 AND status <> 'retrying'",
+                &[&day],
+            ))?;
+            Ok(usize::try_from(claims + deliveries).unwrap_or(usize::MAX))
+        })
+    }
 }

@@ -190,4 +190,16 @@ impl TlsRptStore for SqliteStore {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+
+    fn prune_reports(&self, day: &str) -> Result<usize, StoreError> {
+        let mut conn = self.main();
+        write_on(&mut conn, |tx| {
+            let claims = tx.execute("DELETE FROM tlsrpt_reports WHERE day < ?1", [day])?;
+            let deliveries = tx.execute(
+                "DELETE FROM tlsrpt_deliveries WHERE day < ?1 AND status <> 'retrying'",
+                [day],
+            )?;
+            Ok(claims + deliveries)
+        })
+    }
 }

@@ -143,4 +143,9 @@ pub trait TlsRptStore: Send + Sync {
         now: i64,
         lease_until: i64,
     ) -> Result<Vec<ReportDelivery>, StoreError>;
+
+    /// Delete the claims and deliveries of days before `day` (`YYYY-MM-DD`,
+    /// so text order is date order), except deliveries still `retrying`.
+    /// Returns the rows deleted.
+    fn prune_reports(&self, day: &str) -> Result<usize, StoreError>;
 }

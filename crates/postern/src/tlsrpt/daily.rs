@@ -25,6 +25,10 @@ pub const SEND_AFTER_SECS: i64 = 600;
 const RETRY_RUN_SECS: i64 = 300;
 /// How often retries and the daily run are looked at.
 const TICK: Duration = Duration::from_secs(2);
+/// Reports (claims and delivery records) are kept this many days, then
+/// deleted by the daily run: the TLS reports page and `/api/v1/tlsrpt`
+/// show a quarter's history, and the tables do not grow without end.
+pub const KEEP_DAYS: i64 = 90;
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("tlsrpt.sock")
@@ -34,6 +38,27 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub fn due_day(now: i64) -> Option<String> {
     let today = now - now.rem_euclid(DAY_SECS);
     (now >= today + SEND_AFTER_SECS).then(|| report::day_of(today - DAY_SECS))
+}
+
+/// The first day whose reports are kept at `now`: older ones are pruned.
+pub fn first_kept_day(now: i64) -> String {
+    let today = now - now.rem_euclid(DAY_SECS);
+    report::day_of(today - KEEP_DAYS * DAY_SECS)
+}
+
+/// Delete the reports older than [`KEEP_DAYS`]; a failure is only logged
+/// (the next daily run tries again).
+async fn prune(reporter: &Reporter) {
+    let store = reporter.store.clone();
+    let day = first_kept_day(unix_now());
+    match tokio::task::spawn_blocking(move || store.tlsrpt().prune_reports(&day)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            tracing::info!("tlsrpt: deleted {n} report records older than {KEEP_DAYS} days")
+        }
+        Ok(Err(e)) => tracing::warn!("tlsrpt: deleting old report records failed: {e}"),
+        Err(e) => tracing::warn!("tlsrpt: deleting old report records failed: {e}"),
+    }
 }
 
 /// Start the tasks; abort them at shutdown.
@@ -102,6 +127,7 @@ async fn run_loop(reporter: Arc<Reporter>, live: Arc<LiveConfig>, queue: LocalQu
                     not_before = unix_now() + RETRY_RUN_SECS;
                 } else {
                     done = Some(day);
+                    prune(&reporter).await;
                 }
             }
             Err(e) => {
@@ -217,6 +243,14 @@ pub fn request(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn reports_are_kept_ninety_days() {
+        // 2026-12-03 12:00 UTC
+        let now = 1_796_299_200;
+        assert_eq!(report::day_of(now), "2026-12-03");
+        assert_eq!(first_kept_day(now), "2026-09-04");
+    }
 
     #[test]
     fn the_previous_day_is_due_from_ten_past_midnight() {
