@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -629,7 +630,6 @@ class Gateway:
             time.sleep(0.05)
 
     def _limit_open_files(self) -> None:
-        import resource
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _answers_220(self) -> bool:

@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 
+from fixtures_postfix import wait_until
 from postern_testlib import SmtpConn, capabilities, queued_id
 
 DOMAINS_TOML = """
@@ -467,15 +468,6 @@ def test_trusted_clients_keep_a_reserved_share(make_gateway):
             s.close()
 
 
-def _wait_until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def test_open_files_limit_is_checked_at_start_and_when_max_connections_changes(make_gateway):
     # 4,096 descriptors: enough for the default 1,000 connections (+ 1,024),
     # not for 5,000.
@@ -485,20 +477,20 @@ def test_open_files_limit_is_checked_at_start_and_when_max_connections_changes(m
 
     gw.set("mta.max_connections", "5000")
     short = "open-files limit 4096 is below the 6024 that mta.max_connections = 5000 needs"
-    assert _wait_until(lambda: short in gw.stderr()), gw.stderr()
+    wait_until(lambda: short in gw.stderr(), 10, what="the open-files warning after the reload")
     # Connections are still served while the warning stands.
     with SmtpConn(gw.smtp_port) as c:
         assert c.banner().code == 220
 
     # Back within the limit: no new warning from that reload.
     gw.set("mta.max_connections", "2000")
-    assert _wait_until(lambda: gw.stderr().count("settings reloaded") == 2), gw.stderr()
+    wait_until(lambda: gw.stderr().count("settings reloaded") == 2, 10, what="the second reload")
     time.sleep(1.5)
     assert gw.stderr().count("is below the") == 1, gw.stderr()
 
     # At start, with the setting stored: warned before any reload.
     gw.set("mta.max_connections", "5000")
-    assert _wait_until(lambda: gw.stderr().count(short) == 2), gw.stderr()
+    wait_until(lambda: gw.stderr().count(short) == 2, 10, what="the warning after the third reload")
     gw.stop()
     gw.start()
     start_text = gw.stderr().rsplit("===== start #2 =====", 1)[1]

@@ -94,12 +94,13 @@ pub async fn serve(
         match Box::pin(handshake(&server_tls, tcp, idle)).await {
             Ok((mut stream, info)) => {
                 let mut session = Box::new(Session::new(config, peer, Some(info)));
-                let end = Box::pin(greet_and_drive(
+                let end = Box::pin(drive(
                     &shared,
                     stream.as_mut(),
                     &mut session,
                     idle,
                     &slot,
+                    Greet::Yes,
                 ))
                 .await;
                 (end, session)
@@ -116,12 +117,13 @@ pub async fn serve(
     } else {
         let mut tcp = tcp;
         let mut session = Box::new(Session::new(config, peer, None));
-        let end = Box::pin(greet_and_drive(
+        let end = Box::pin(drive(
             &shared,
             &mut tcp,
             &mut session,
             idle,
             &slot,
+            Greet::Yes,
         ))
         .await;
         match (end, server_tls) {
@@ -129,9 +131,15 @@ pub async fn serve(
                 match Box::pin(handshake(&server_tls, tcp, idle)).await {
                     Ok((mut stream, info)) => {
                         session.tls_established(info);
-                        let end =
-                            Box::pin(drive(&shared, stream.as_mut(), &mut session, idle, &slot))
-                                .await;
+                        let end = Box::pin(drive(
+                            &shared,
+                            stream.as_mut(),
+                            &mut session,
+                            idle,
+                            &slot,
+                            Greet::No,
+                        ))
+                        .await;
                         (end, session)
                     }
                     Err(reason) => {
@@ -149,24 +157,6 @@ pub async fn serve(
     };
     log_disconnect(&shared, peer, &session, &end, started);
     drop(slot);
-}
-
-/// Send the greeting, then run the session.
-async fn greet_and_drive<S>(
-    shared: &Arc<Shared>,
-    stream: &mut S,
-    session: &mut Session,
-    idle: Duration,
-    slot: &ConnectionSlot,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let greeting = session.greeting().to_bytes();
-    match write_all(stream, &greeting, idle).await {
-        Ok(()) => drive(shared, stream, session, idle, slot).await,
-        Err(end) => end,
-    }
 }
 
 async fn handshake(
@@ -201,6 +191,13 @@ async fn handshake(
     Ok((Box::new(stream), info))
 }
 
+/// Whether [`drive`] starts with the greeting (not after STARTTLS).
+#[derive(PartialEq)]
+enum Greet {
+    Yes,
+    No,
+}
+
 /// Run the session until it closes, the client goes, or STARTTLS.
 async fn drive<S>(
     shared: &Arc<Shared>,
@@ -208,11 +205,18 @@ async fn drive<S>(
     session: &mut Session,
     idle: Duration,
     slot: &ConnectionSlot,
+    greet: Greet,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = Vec::new();
+    // Replies wait here until the session needs input; the greeting goes
+    // out with the first flush, before anything is read.
+    let mut out = if greet == Greet::Yes {
+        session.greeting().to_bytes()
+    } else {
+        Vec::new()
+    };
     // Read into spare capacity (`read_buf`): never zeroed, so an idle
     // connection's untouched buffer pages stay out of memory.
     let mut buf: Vec<u8> = Vec::new();

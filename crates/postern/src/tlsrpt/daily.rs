@@ -51,13 +51,14 @@ pub fn first_kept_day(now: i64) -> String {
 async fn prune(reporter: &Reporter) {
     let store = reporter.store.clone();
     let day = first_kept_day(unix_now());
-    match tokio::task::spawn_blocking(move || store.tlsrpt().prune_reports(&day)).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => {
-            tracing::info!("tlsrpt: deleted {n} report records older than {KEEP_DAYS} days")
-        }
-        Ok(Err(e)) => tracing::warn!("tlsrpt: deleting old report records failed: {e}"),
-        Err(e) => tracing::warn!("tlsrpt: deleting old report records failed: {e}"),
+    let pruned = tokio::task::spawn_blocking(move || store.tlsrpt().prune_reports(&day))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|deleted| deleted.map_err(anyhow::Error::from));
+    match pruned {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("tlsrpt: deleted {n} report records older than {KEEP_DAYS} days"),
+        Err(e) => tracing::warn!("tlsrpt: deleting old report records failed: {e:#}"),
     }
 }
 
