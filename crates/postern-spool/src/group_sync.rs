@@ -11,23 +11,40 @@
 //! rename, and a round covers exactly the tickets taken before the round's
 //! fsync started. A writer returns only when a round that covers its ticket
 //! has finished — successfully, or with that round's error.
+//!
+//! A change that need not be durable before its caller goes on (a delivered
+//! message's removal) takes a ticket with [`GroupSync::sync_soon`] instead
+//! and does not wait: the next round covers it, whoever leads that round.
+//! So that "next" is never far off when nobody stores, the flusher thread
+//! ([`GroupSync::start_flusher`]) leads a round itself once such a ticket
+//! has waited [`FLUSH_DELAY`] uncovered.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::SpoolError;
 
 /// Failed rounds remembered for waiters that have not woken yet.
 const FAILED_ROUNDS_KEPT: usize = 256;
 
+/// How long a [`GroupSync::sync_soon`] ticket waits for somebody else's
+/// round before the flusher leads one: the longest a delivered message's
+/// removal stays undone by a machine crash (the message would be delivered
+/// again, never lost), beyond the round's own fsync.
+pub(crate) const FLUSH_DELAY: Duration = Duration::from_millis(20);
+
 #[derive(Debug)]
 pub(crate) struct GroupSync {
     path: PathBuf,
     state: Mutex<State>,
     round_done: Condvar,
+    /// Wakes the flusher: a first uncovered `sync_soon` ticket, or closing.
+    flusher_wake: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +60,15 @@ struct State {
     /// one `fsync`, not `open`, `fsync` and `close`. Dropped after a failed
     /// round, so the next one opens the directory afresh.
     dir: Option<File>,
+    /// The last ticket taken by `sync_soon` (0: none yet).
+    soon: u64,
+    /// Every failed round ending at or before this ticket has been
+    /// forgotten (see `FAILED_ROUNDS_KEPT`): their outcome is unknown.
+    forgotten_through: u64,
+    /// The flusher waits for work: `sync_soon` must wake it.
+    flusher_idle: bool,
+    /// The flusher should lead its last round and stop.
+    closing: bool,
 }
 
 impl GroupSync {
@@ -51,6 +77,80 @@ impl GroupSync {
             path: path.to_path_buf(),
             state: Mutex::new(State::default()),
             round_done: Condvar::new(),
+            flusher_wake: Condvar::new(),
+        }
+    }
+
+    /// Take a ticket for the entry changes made in the directory before
+    /// this call, without waiting: a later round makes them durable (see
+    /// [`GroupSync::outcome`]). Needs a running flusher to be bounded.
+    pub(crate) fn sync_soon(&self) -> u64 {
+        let mut state = self.lock();
+        state.issued += 1;
+        state.soon = state.issued;
+        if state.flusher_idle {
+            state.flusher_idle = false;
+            self.flusher_wake.notify_one();
+        }
+        state.soon
+    }
+
+    /// Whether the changes before `ticket` are durable: `None` while no
+    /// round has covered it yet, `Some(false)` when the round that did
+    /// failed (or its outcome is forgotten).
+    pub(crate) fn outcome(&self, ticket: u64) -> Option<bool> {
+        let state = self.lock();
+        if state.finished < ticket {
+            return None;
+        }
+        let failed = ticket <= state.forgotten_through
+            || state.failed.iter().any(|f| f.0 <= ticket && ticket <= f.1);
+        Some(!failed)
+    }
+
+    /// Start the flusher thread; it stops (after a last round for what
+    /// `sync_soon` left uncovered) when the returned handle is dropped.
+    pub(crate) fn start_flusher(self: &Arc<Self>) -> io::Result<Flusher> {
+        let sync = Arc::clone(self);
+        let thread = std::thread::Builder::new()
+            .name("spool-flush".into())
+            .spawn(move || sync.flush_loop())?;
+        Ok(Flusher {
+            sync: Arc::clone(self),
+            thread: Some(thread),
+        })
+    }
+
+    fn flush_loop(&self) {
+        let mut state = self.lock();
+        loop {
+            if state.soon > state.finished {
+                let target = state.soon;
+                if !state.closing {
+                    // Give a store's round the chance to cover it first.
+                    state = self
+                        .flusher_wake
+                        .wait_timeout(state, FLUSH_DELAY)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0;
+                }
+                if state.finished < target {
+                    drop(state);
+                    // A failure is the round's: `outcome` reports it.
+                    let _ = self.sync();
+                    state = self.lock();
+                }
+                continue;
+            }
+            if state.closing {
+                return;
+            }
+            state.flusher_idle = true;
+            state = self
+                .flusher_wake
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.flusher_idle = false;
         }
     }
 
@@ -99,7 +199,9 @@ impl GroupSync {
                     .failed
                     .push_back((first, last, e.kind(), e.to_string()));
                 if state.failed.len() > FAILED_ROUNDS_KEPT {
-                    state.failed.pop_front();
+                    if let Some((_, last, _, _)) = state.failed.pop_front() {
+                        state.forgotten_through = last;
+                    }
                 }
             }
             self.round_done.notify_all();
@@ -110,6 +212,24 @@ impl GroupSync {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The running flusher thread of a [`GroupSync`]; dropping it stops the
+/// thread after its last round.
+#[derive(Debug)]
+pub(crate) struct Flusher {
+    sync: Arc<GroupSync>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.sync.lock().closing = true;
+        self.sync.flusher_wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -156,6 +276,56 @@ mod tests {
         );
         std::fs::create_dir(&gone).unwrap();
         sync.sync().unwrap();
+    }
+
+    #[test]
+    fn a_soon_ticket_is_covered_by_the_next_round_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = GroupSync::new(dir.path());
+        let ticket = sync.sync_soon();
+        assert_eq!(sync.outcome(ticket), None, "no round has run yet");
+        sync.sync().unwrap();
+        assert_eq!(sync.outcome(ticket), Some(true));
+        // A ticket taken after a round started is not covered by it.
+        let later = sync.sync_soon();
+        assert_eq!(sync.outcome(later), None);
+    }
+
+    #[test]
+    fn the_flusher_covers_a_soon_ticket_when_nobody_else_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(GroupSync::new(dir.path()));
+        let _flusher = sync.start_flusher().unwrap();
+        for _ in 0..3 {
+            let ticket = sync.sync_soon();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while sync.outcome(ticket).is_none() {
+                assert!(std::time::Instant::now() < deadline, "never flushed");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(sync.outcome(ticket), Some(true));
+        }
+    }
+
+    #[test]
+    fn stopping_the_flusher_leads_a_last_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(GroupSync::new(dir.path()));
+        let flusher = sync.start_flusher().unwrap();
+        // Let the flusher go idle first, so the ticket has to wake it.
+        std::thread::sleep(Duration::from_millis(50));
+        let ticket = sync.sync_soon();
+        drop(flusher);
+        assert_eq!(sync.outcome(ticket), Some(true));
+    }
+
+    #[test]
+    fn a_soon_ticket_of_a_failed_round_is_not_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = GroupSync::new(&dir.path().join("gone"));
+        let ticket = sync.sync_soon();
+        assert!(sync.sync().is_err());
+        assert_eq!(sync.outcome(ticket), Some(false));
     }
 
     #[test]

@@ -33,6 +33,11 @@
 //! - **No silent duplicate delivery.** A damaged state file is not replaced
 //!   by "all pending": the message and its state go to `corrupt/` together,
 //!   for an operator to decide. `remove` unlinks the message before its state.
+//! - **Removals are durable soon, or now.** [`Spool::remove`] returns after
+//!   the `queue/` fsync (an operator's delete must not come back);
+//!   [`Spool::remove_delivered`] returns before it, and the next fsync —
+//!   a store's, or the flush thread's within 20 ms — makes it durable: a
+//!   machine crash in between delivers the message again, never loses it.
 //! - **One writer.** [`Spool::open`] takes a lock on the directory; all
 //!   methods take `&self` and may run on many threads at once. Queue ids are
 //!   time-ordered, so `list` returns messages oldest first.

@@ -8,10 +8,12 @@
 //! message is written over a file taken from here, then renamed into
 //! `queue/` under its id: the file system keeps the inode and its blocks.
 //!
-//! Two rules keep it safe:
+//! Three rules keep it safe:
 //! - a file joins the pool only after the `queue/` fsync that made its
 //!   removal durable: until then a crash could bring the old name back, and
-//!   the old message must still be intact under it;
+//!   the old message must still be intact under it (a removal that does not
+//!   wait for that fsync leaves its file pending until a round covers it:
+//!   [`FilePool::defer`]);
 //! - at start, a name in `free/` whose inode is also named in `queue/` (a
 //!   rename torn by a machine crash on a file system without a journal) is
 //!   left alone: writing into it would overwrite a queued message;
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::SpoolError;
+use crate::group_sync::GroupSync;
 
 /// Free files kept at most; beyond that, removed messages are unlinked.
 pub(crate) const MAX_FREE_FILES: usize = 1024;
@@ -50,6 +53,9 @@ pub(crate) struct Reused {
 pub(crate) struct FilePool {
     dir: PathBuf,
     names: Mutex<Vec<OsString>>,
+    /// Removed messages' files whose removal is not durable yet, with the
+    /// `queue/` fsync ticket that will make it so.
+    pending: Mutex<Vec<(u64, PathBuf)>>,
 }
 
 impl FilePool {
@@ -74,6 +80,7 @@ impl FilePool {
         let pool = FilePool {
             dir: dir.to_path_buf(),
             names: Mutex::new(names),
+            pending: Mutex::new(Vec::new()),
         };
         Ok((pool, skipped))
     }
@@ -125,16 +132,57 @@ impl FilePool {
         let _ = fs::remove_file(path);
     }
 
+    /// A removed message's file whose removal becomes durable with the
+    /// round covering `ticket`: admitted by [`FilePool::settle`] after that.
+    /// Beyond the pool's size it just stays in `free/` (a free file at the
+    /// next start).
+    pub(crate) fn defer(&self, ticket: u64, path: PathBuf) {
+        let mut pending = lock(&self.pending);
+        if pending.len() < MAX_FREE_FILES {
+            pending.push((ticket, path));
+        }
+    }
+
+    /// Admit the pending files whose removal a finished round made durable;
+    /// forget those whose round failed (they stay in `free/`, unused until
+    /// the next start, when the rules of [`FilePool::load`] apply).
+    pub(crate) fn settle(&self, sync: &GroupSync, open: &OpenFiles) {
+        let settled: Vec<(PathBuf, bool)> = {
+            let mut pending = lock(&self.pending);
+            if pending.is_empty() {
+                return;
+            }
+            let mut settled = Vec::new();
+            pending.retain(|(ticket, path)| match sync.outcome(*ticket) {
+                None => true,
+                Some(durable) => {
+                    settled.push((path.clone(), durable));
+                    false
+                }
+            });
+            settled
+        };
+        for (path, durable) in settled {
+            if durable {
+                self.admit(&path, open);
+            }
+        }
+    }
+
     /// Free files ready now.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<OsString>> {
-        self.names
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.names)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The inodes of queue files this process has open for reading

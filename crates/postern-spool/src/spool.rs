@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::body::MessageFile;
 use crate::error::SpoolError;
 use crate::format::{self, DecodeError, MessageHeader};
-use crate::group_sync::GroupSync;
+use crate::group_sync::{Flusher, GroupSync};
 use crate::id::QueueId;
 use crate::pool::{FilePool, OpenFiles, OpenGuard};
 use crate::types::{Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport};
@@ -51,6 +51,9 @@ pub struct Spool {
     open_files: Arc<OpenFiles>,
     /// Names in `free/` left unused at open (see [`FilePool::load`]).
     free_skipped: usize,
+    /// Leads a `queue/` fsync for removals nobody else's round covered;
+    /// `None` when read-only. Dropped (after its last round) before the lock.
+    _flusher: Option<Flusher>,
     /// Held for the lifetime of a writable spool; `None` when read-only.
     _lock: Option<File>,
     read_only: bool,
@@ -90,6 +93,11 @@ impl Spool {
         let (pool, skipped) = FilePool::load(&dir.join(FREE), &spool.queue)?;
         spool.pool = Some(Arc::new(pool));
         spool.free_skipped = skipped;
+        let flusher = spool
+            .queue_sync
+            .start_flusher()
+            .map_err(|e| SpoolError::io("start the flush thread for", &spool.queue, e))?;
+        spool._flusher = Some(flusher);
         Ok(spool)
     }
 
@@ -120,6 +128,7 @@ impl Spool {
             pool: None,
             open_files: Arc::default(),
             free_skipped: 0,
+            _flusher: None,
             _lock: lock,
             read_only,
             tmp_removed: 0,
@@ -145,7 +154,10 @@ impl Spool {
 
     /// Recycled files ready for new messages (for tests and metrics).
     pub fn free_files(&self) -> usize {
-        self.pool.as_ref().map_or(0, |p| p.len())
+        self.pool.as_ref().map_or(0, |pool| {
+            pool.settle(&self.queue_sync, &self.open_files);
+            pool.len()
+        })
     }
 
     /// Durably store one message that is already in memory: the same as
@@ -179,6 +191,9 @@ impl Spool {
             unnamed_unsupported: Arc::clone(&self.unnamed_unsupported),
             pool: self.pool.clone(),
         };
+        if let Some(pool) = &self.pool {
+            pool.settle(&self.queue_sync, &self.open_files);
+        }
         if let Some(reused) = self.pool.as_ref().and_then(|p| p.take()) {
             let place = Place::Reused {
                 path: reused.path,
@@ -465,6 +480,37 @@ impl Spool {
     /// `queue/` is fsync'd it may be overwritten by a new message (see
     /// [`crate::pool`]).
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let recycled = self.take_out(id)?;
+        self.queue_sync.sync()?;
+        // Only now may the file be overwritten: before this sync, a crash
+        // could bring `queue/<ID>` back, and it must still be the message.
+        if let (Some(free), Some(pool)) = (recycled, &self.pool) {
+            pool.admit(&free, &self.open_files);
+        }
+        Ok(())
+    }
+
+    /// Remove a message whose every recipient is final (delivered or
+    /// bounced) as [`Spool::remove`] does, but without waiting for the
+    /// `queue/` fsync: the next one makes it durable — a store's, or the
+    /// flush thread's within [`crate::group_sync::FLUSH_DELAY`]. Until
+    /// then a machine crash (not a killed process: the kernel has the
+    /// rename) can bring the message back, to be delivered again: a
+    /// duplicate, never a loss. Its file is recycled only after that fsync.
+    ///
+    /// Not for an operator's delete: that one must not come back.
+    pub fn remove_delivered(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let recycled = self.take_out(id)?;
+        let ticket = self.queue_sync.sync_soon();
+        if let (Some(free), Some(pool)) = (recycled, &self.pool) {
+            pool.defer(ticket, free);
+        }
+        Ok(())
+    }
+
+    /// The entry changes of a removal: the message (renamed into `free/`,
+    /// returned, or unlinked) and then its state file.
+    fn take_out(&self, id: &QueueId) -> Result<Option<PathBuf>, SpoolError> {
         self.writable()?;
         let path = self.queue.join(id.as_str());
         let (message_existed, recycled) = self.remove_message_file(&path)?;
@@ -477,13 +523,7 @@ impl Spool {
         if !message_existed && !state_existed {
             return Err(SpoolError::NotFound { id: id.clone() });
         }
-        self.queue_sync.sync()?;
-        // Only now may the file be overwritten: before this sync, a crash
-        // could bring `queue/<ID>` back, and it must still be the message.
-        if let (Some(free), Some(pool)) = (recycled, &self.pool) {
-            pool.admit(&free, &self.open_files);
-        }
-        Ok(())
+        Ok(recycled)
     }
 
     /// Take `queue/<ID>` out of the queue: renamed into `free/`, or unlinked

@@ -816,6 +816,34 @@ fn removed_files_are_overwritten_by_the_next_messages() -> TestResult {
     Ok(())
 }
 
+/// A delivered message's removal does not wait for the `queue/` fsync: it
+/// is gone at once, and its file is recycled once a round (here the flush
+/// thread's, as nothing else is stored) has made the removal durable.
+#[test]
+fn a_delivered_message_goes_at_once_and_its_file_is_recycled_after_the_flush() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let queue = dir.path().join("queue");
+    let spool = Spool::open(dir.path())?;
+    let id = spool.store(&envelope(), MESSAGE)?;
+    let ino = inode(&queue.join(id.as_str()));
+    spool.remove_delivered(&id)?;
+    assert!(names(&queue).is_empty());
+    assert!(matches!(spool.load(&id), Err(SpoolError::NotFound { .. })));
+    assert!(matches!(
+        spool.remove_delivered(&id),
+        Err(SpoolError::NotFound { .. })
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spool.free_files() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never recycled");
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let next = spool.store(&envelope(), b"the next one\r\n")?;
+    assert_eq!(inode(&queue.join(next.as_str())), ino);
+    assert_eq!(spool.load(&next)?.body.read_to_vec()?, b"the next one\r\n");
+    Ok(())
+}
+
 #[test]
 fn an_abandoned_message_gives_its_recycled_file_back() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -906,8 +934,8 @@ fn a_spool_without_free_dir_is_upgraded() -> TestResult {
     Ok(())
 }
 
-/// Many threads storing and removing at once: every message reads back as
-/// itself, whichever recycled file it landed in.
+/// Many threads storing and removing (durably, and as delivered) at once:
+/// every message reads back as itself, whichever recycled file it landed in.
 #[test]
 fn concurrent_recycling_keeps_every_message_its_own() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -928,8 +956,10 @@ fn concurrent_recycling_keeps_every_message_its_own() -> TestResult {
                     if read != body.as_bytes() {
                         return Err(format!("{id} does not read back as thread {t} message {i}"));
                     }
-                    if i % 3 != 0 {
-                        spool.remove(&id).map_err(|e| e.to_string())?;
+                    match i % 3 {
+                        0 => {}
+                        1 => spool.remove(&id).map_err(|e| e.to_string())?,
+                        _ => spool.remove_delivered(&id).map_err(|e| e.to_string())?,
                     }
                 }
                 Ok(())

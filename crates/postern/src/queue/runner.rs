@@ -610,11 +610,13 @@ impl QueueRunner {
                 None => None,
             };
             if done {
-                // Every recipient is final: the removal is the durable
-                // record of that. Writing the final state first would cost
-                // a re-read of the message, a new file, two fsyncs and a
-                // rename per message, only to be deleted right after.
-                if let Err(e) = spool.remove(&id2) {
+                // Every recipient is final: the removal is the record of
+                // that. Writing the final state first would cost a re-read
+                // of the message, a new file, two fsyncs and a rename per
+                // message, only to be deleted right after. It becomes
+                // durable with the next `queue/` fsync, not before we go
+                // on: a machine crash in between delivers it again.
+                if let Err(e) = spool.remove_delivered(&id2) {
                     // Not removed: record the final state at least, so a
                     // later attempt does not deliver again.
                     let _ = spool.update_state(&id2, &states);
