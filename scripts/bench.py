@@ -564,6 +564,8 @@ def summarize(results: list[dict]) -> dict:
         "outbound_connections": median([get(r, "delivery", "sink_connections") for r in results]),
         "outbound_tls_resumed": median([get(r, "delivery", "sink_tls_resumed") for r in results]),
         "cpu_per_1000": median([get(r, "mta", "cpu_secs_per_1000") for r in results]),
+        "load_cpu_per_1000": median([r.get("load_cpu_secs_per_1000") for r in results]),
+        "sink_cpu_per_1000": median([get(r, "delivery", "sink_cpu_secs_per_1000") for r in results]),
         "peak_rss_mib": median([p[0] for p in peak_mib]),
         "peak_pss_mib": median([p[1] for p in peak_mib]),
         "peak_threads": median([get(r, "mta", "peak_threads") for r in results]),
@@ -626,10 +628,14 @@ def report(meta: dict, summary: dict, idle_results: dict, cases) -> str:
             f"| {', '.join(ok)} |")
     lines.append("")
     lines.append("Outbound side (median per run): messages, connections the MTA opened to the sink, "
-                 "TLS handshakes resumed, and TLS connection setup of the load generator (connect → ready for MAIL, p50).")
+                 "TLS handshakes resumed, and TLS connection setup of the load generator (connect → ready for MAIL, p50); "
+                 "and the CPU the load generator (while sending) and the sink (until the last message arrived) "
+                 "spent per 1,000 messages, on the same cores as the MTA.")
     lines.append("")
-    lines.append("| case | messages | outbound connections Postern / Postfix | of which TLS resumed | inbound setup p50 ms Postern / Postfix |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| case | messages | outbound connections Postern / Postfix | of which TLS resumed "
+                 "| inbound setup p50 ms Postern / Postfix | load generator CPU s/1k, with Postern / Postfix "
+                 "| sink CPU s/1k, with Postern / Postfix |")
+    lines.append("|---|---|---|---|---|---|---|")
     for case in cases:
         p = summary.get(case[0], {}).get("postern") or {}
         f = summary.get(case[0], {}).get("postfix") or {}
@@ -637,7 +643,9 @@ def report(meta: dict, summary: dict, idle_results: dict, cases) -> str:
             continue
         lines.append(f"| {case[0]} | {case[4] * case[5]} | {fmt(p.get('outbound_connections'))} / {fmt(f.get('outbound_connections'))} "
                      f"| {fmt(p.get('outbound_tls_resumed'))} / {fmt(f.get('outbound_tls_resumed'))} "
-                     f"| {fmt(p.get('setup_p50_ms'), 1)} / {fmt(f.get('setup_p50_ms'), 1)} |")
+                     f"| {fmt(p.get('setup_p50_ms'), 1)} / {fmt(f.get('setup_p50_ms'), 1)} "
+                     f"| {fmt(p.get('load_cpu_per_1000'), 2)} / {fmt(f.get('load_cpu_per_1000'), 2)} "
+                     f"| {fmt(p.get('sink_cpu_per_1000'), 2)} / {fmt(f.get('sink_cpu_per_1000'), 2)} |")
     problems = [(n, who, s["problems"]) for n, d in summary.items() for who, s in d.items() if s.get("problems")]
     if problems:
         lines.append("")

@@ -440,6 +440,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         anyhow::bail!("--rate must be a number of messages per second, 0 or more");
     }
+    let own_cpu_before = crate::procwatch::own_cpu_micros();
     let start = Instant::now();
     let start_epoch = epoch();
     if !(args.deadline >= 0.0 && args.deadline.is_finite()) {
@@ -468,6 +469,8 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         results.push(t.await.unwrap_or_default());
     }
     let load_secs = start.elapsed().as_secs_f64();
+    // Sending only: not the wait for delivery and the checks below.
+    let own_cpu = (crate::procwatch::own_cpu_micros() - own_cpu_before) as f64 / 1e6;
     let accepted: usize = results.iter().map(|r| r.accepted.len()).sum();
     let failed: u32 = results.iter().map(|r| r.failed).sum();
     let last_ok = results.iter().filter_map(|r| r.last_ok).max();
@@ -548,6 +551,10 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         },
         "tls_versions": tls_versions,
         "tls_resumed": resumed,
+        // This load generator's own CPU while sending (it shares the
+        // machine with the MTA and the sink).
+        "load_cpu_secs": own_cpu,
+        "load_cpu_secs_per_1000": if accepted > 0 { own_cpu * 1000.0 / accepted as f64 } else { 0.0 },
     });
     let mut ok = failed == 0;
 
@@ -633,6 +640,11 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
             "sink_connections": delta("connections"),
             "sink_tls_handshakes": delta("tls_handshakes"),
             "sink_tls_resumed": delta("tls_resumed"),
+            // The sink's CPU from before the first message to after the
+            // last arrived (it serves only this run meanwhile).
+            "sink_cpu_secs_per_1000": delta("cpu_micros")
+                .filter(|_| accepted > 0)
+                .map(|micros| micros as f64 / 1e3 / accepted as f64),
         });
     }
 

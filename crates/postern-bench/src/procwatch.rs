@@ -185,3 +185,17 @@ impl Sampler {
         self.handle.await.unwrap_or_default()
     }
 }
+
+/// CPU time (user + system) this process has used so far, in
+/// microseconds: the load generator's and the sink's own cost, so a report
+/// can show where a machine's cores went besides the MTA.
+pub fn own_cpu_micros() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |usage| {
+        let micros = |t: nix::sys::time::TimeVal| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                + u64::try_from(t.tv_usec()).unwrap_or(0)
+        };
+        micros(usage.user_time()) + micros(usage.system_time())
+    })
+}

@@ -165,7 +165,8 @@ impl Sink {
         json!({"total": c.total, "foreign": c.foreign, "runs": runs,
                "connections": self.connections.load(Ordering::Relaxed),
                "tls_handshakes": self.tls_handshakes.load(Ordering::Relaxed),
-               "tls_resumed": self.tls_resumed.load(Ordering::Relaxed)})
+               "tls_resumed": self.tls_resumed.load(Ordering::Relaxed),
+               "cpu_micros": crate::procwatch::own_cpu_micros()})
     }
 }
 
