@@ -877,6 +877,15 @@ def main() -> int:
                 n = min(idle_n, 90)
                 idle_results[f"Postfix, {n} (process limit 100)"] = idle(bench_bin, postfix, n)
                 log(f"idle {n} postfix: {idle_results[f'Postfix, {n} (process limit 100)']}")
+            for m in mtas:
+                if m.name not in bench_peers.CLASSES:
+                    continue
+                # Exim: one process per connection, smtp_accept_max = 100.
+                # OpenSMTPD: sessions are events in one process.
+                n, key = (min(idle_n, 90), f"Exim, {min(idle_n, 90)} (smtp_accept_max 100)") \
+                    if m.name == "exim" else (idle_n, f"OpenSMTPD, {idle_n}")
+                idle_results[key] = idle(bench_bin, m, n)
+                log(f"idle {key}: {idle_results[key]}")
     finally:
         for m in mtas:
             try:
