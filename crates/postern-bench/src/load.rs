@@ -376,6 +376,15 @@ fn queue_files(dir: &Path) -> usize {
     n
 }
 
+/// CPU seconds per 1,000 messages (0 when none were accepted).
+fn per_thousand(cpu_secs: f64, messages: usize) -> f64 {
+    if messages == 0 {
+        0.0
+    } else {
+        cpu_secs * 1000.0 / messages as f64
+    }
+}
+
 async fn control(addr: SocketAddr, command: &str, limit: Duration) -> Result<serde_json::Value> {
     let tcp = TcpStream::connect(addr)
         .await
@@ -554,7 +563,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         // This load generator's own CPU while sending (it shares the
         // machine with the MTA and the sink).
         "load_cpu_secs": own_cpu,
-        "load_cpu_secs_per_1000": if accepted > 0 { own_cpu * 1000.0 / accepted as f64 } else { 0.0 },
+        "load_cpu_secs_per_1000": per_thousand(own_cpu, accepted),
     });
     let mut ok = failed == 0;
 
@@ -643,8 +652,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
             // The sink's CPU from before the first message to after the
             // last arrived (it serves only this run meanwhile).
             "sink_cpu_secs_per_1000": delta("cpu_micros")
-                .filter(|_| accepted > 0)
-                .map(|micros| micros as f64 / 1e3 / accepted as f64),
+                .map(|micros| per_thousand(micros as f64 / 1e6, accepted)),
         });
     }
 
@@ -668,7 +676,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         out["mta"] = json!({
             "pid": w.leader,
             "cpu_secs": cpu,
-            "cpu_secs_per_1000": if accepted > 0 { cpu * 1000.0 / accepted as f64 } else { 0.0 },
+            "cpu_secs_per_1000": per_thousand(cpu, accepted),
             "leader_vmhwm_kib": hwm,
             "peak_processes": peak.processes,
             "peak_threads": peak.threads,

@@ -100,12 +100,19 @@ impl GroupSync {
     /// failed (or its outcome is forgotten).
     pub(crate) fn outcome(&self, ticket: u64) -> Option<bool> {
         let state = self.lock();
-        if state.finished < ticket {
-            return None;
-        }
-        let failed = ticket <= state.forgotten_through
-            || state.failed.iter().any(|f| f.0 <= ticket && ticket <= f.1);
-        Some(!failed)
+        (state.finished >= ticket).then(|| self.result(&state, ticket).is_ok())
+    }
+
+    /// The outcome of the finished round that covered `ticket`.
+    fn result(&self, state: &State, ticket: u64) -> Result<(), SpoolError> {
+        let error = match state.failed.iter().find(|f| f.0 <= ticket && ticket <= f.1) {
+            Some((_, _, kind, message)) => io::Error::new(*kind, message.clone()),
+            None if ticket <= state.forgotten_through => {
+                io::Error::other("a round failed (its error is no longer known)")
+            }
+            None => return Ok(()),
+        };
+        Err(SpoolError::io("fsync directory", &self.path, error))
     }
 
     /// Start the flusher thread; it stops (after a last round for what
@@ -163,14 +170,7 @@ impl GroupSync {
         let ticket = state.issued;
         loop {
             if state.finished >= ticket {
-                return match state.failed.iter().find(|f| f.0 <= ticket && ticket <= f.1) {
-                    None => Ok(()),
-                    Some((_, _, kind, message)) => Err(SpoolError::io(
-                        "fsync directory",
-                        &self.path,
-                        io::Error::new(*kind, message.clone()),
-                    )),
-                };
+                return self.result(&state, ticket);
             }
             if state.running {
                 state = self
@@ -325,6 +325,18 @@ mod tests {
         let sync = GroupSync::new(&dir.path().join("gone"));
         let ticket = sync.sync_soon();
         assert!(sync.sync().is_err());
+        assert_eq!(sync.outcome(ticket), Some(false));
+    }
+
+    #[test]
+    fn a_failed_round_stays_failed_after_its_record_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = GroupSync::new(&dir.path().join("gone"));
+        let ticket = sync.sync_soon();
+        for _ in 0..=FAILED_ROUNDS_KEPT {
+            assert!(sync.sync().is_err());
+        }
+        assert_eq!(sync.lock().failed.len(), FAILED_ROUNDS_KEPT);
         assert_eq!(sync.outcome(ticket), Some(false));
     }
 

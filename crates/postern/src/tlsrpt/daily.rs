@@ -34,16 +34,20 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("tlsrpt.sock")
 }
 
+/// The start (00:00 UTC) of the day `now` is in.
+fn midnight(now: i64) -> i64 {
+    now - now.rem_euclid(DAY_SECS)
+}
+
 /// The day the daily run should have sent at `now`, once due.
 pub fn due_day(now: i64) -> Option<String> {
-    let today = now - now.rem_euclid(DAY_SECS);
+    let today = midnight(now);
     (now >= today + SEND_AFTER_SECS).then(|| report::day_of(today - DAY_SECS))
 }
 
 /// The first day whose reports are kept at `now`: older ones are pruned.
 pub fn first_kept_day(now: i64) -> String {
-    let today = now - now.rem_euclid(DAY_SECS);
-    report::day_of(today - KEEP_DAYS * DAY_SECS)
+    report::day_of(midnight(now) - KEEP_DAYS * DAY_SECS)
 }
 
 /// Delete the reports older than [`KEEP_DAYS`]; a failure is only logged
