@@ -61,6 +61,7 @@ class Scenario:
                  "CHROMIUM": CHROMIUM, **env})
         self.name = name
         self.events: list[dict] = []
+        self.launch_seconds: float | None = None
         self._cond = threading.Condition()
         self._stderr = ""
         threading.Thread(target=self._read, daemon=True).start()
@@ -71,6 +72,10 @@ class Scenario:
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
+                continue
+            if event.get("event") == "launched":
+                # How long Chromium took to start; kept out of the scenario's events.
+                self.launch_seconds = event.get("seconds")
                 continue
             with self._cond:
                 self.events.append(event)
@@ -87,7 +92,10 @@ class Scenario:
     def _read_err(self):
         self._stderr = self.proc.stderr.read()
 
-    def wait_event(self, name: str, timeout: float = 90) -> dict:
+    # Bounds for a stuck run, not for speed: above the script's own limits
+    # (60 s to start Chromium, 15 s per step), so that the script reports
+    # where it stood before it is stopped.
+    def wait_event(self, name: str, timeout: float = 150) -> dict:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -102,17 +110,22 @@ class Scenario:
         raise AssertionError(f"scenario {self.name}: no {name!r} event; events {self.events}\n"
                              f"stderr:\n{self._stderr}")
 
-    def finish(self, check: bool = True, timeout: float = 60) -> list[dict]:
+    def finish(self, check: bool = True, timeout: float = 150) -> list[dict]:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+            # SIGTERM first: the script then says which step it was in.
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         time.sleep(0.05)
         if check:
             assert self.proc.returncode == 0, (
-                f"scenario {self.name} failed ({self.proc.returncode}):\n{self._stderr}\n"
-                f"events: {self.events}")
+                f"scenario {self.name} failed ({self.proc.returncode}; Chromium started in "
+                f"{self.launch_seconds} s):\n{self._stderr}\nevents: {self.events}")
             assert any(e["event"] == "done" for e in self.events), self.events
         return self.events
 
@@ -126,8 +139,12 @@ def admin_gw(make_gateway):
     return start_with_password(make_gateway(start=False))
 
 
-def test_login_and_navigation(admin_gw, tmp_path):
-    events = run(admin_gw, "login", tmp_path)
+def test_login_and_navigation(admin_gw, tmp_path, report):
+    scenario = Scenario(admin_gw, "login", tmp_path)
+    started = time.monotonic()
+    events = scenario.finish()
+    report(f"Chromium started in {scenario.launch_seconds} s; the login scenario took "
+           f"{time.monotonic() - started:.1f} s")
     assert [e["event"] for e in events] == ["logged-in", "logged-out", "done"], events
     assert events[0]["title"] == "Dashboard — Postern"
 

@@ -25,6 +25,19 @@ const shots = process.env.POSTERN_SCREENSHOTS || "";
 const scenario = process.argv[2];
 const STEP_TIMEOUT = 15000;
 
+const started = Date.now();
+let lastStep = "starting node";
+/// Where the scenario is, on stderr with the time since start: when a run is
+/// cut off (the test's deadline, SIGTERM), the last line says where it stood.
+function progress(what) {
+  lastStep = what;
+  process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(2)}s] ${what}\n`);
+}
+process.on("SIGTERM", () => {
+  process.stderr.write(`scenario ${scenario} stopped by SIGTERM after ${((Date.now() - started) / 1000).toFixed(1)} s, during: ${lastStep}\n`);
+  process.exit(143);
+});
+
 function emit(event, data = {}) {
   process.stdout.write(JSON.stringify({ event, at: Date.now() / 1000, ...data }) + "\n");
 }
@@ -41,12 +54,15 @@ async function shot(page, name) {
 }
 
 async function login(page) {
+  progress("open /");
   await page.goto(base + "/");
   // Not logged in: the dashboard sends us to the login page.
   check(new URL(page.url()).pathname === "/login", `expected the login page, got ${page.url()}`);
+  progress("log in with a wrong password");
   await page.getByLabel("Admin password").fill("wrong password");
   await page.getByRole("button", { name: "Log in" }).click();
   await page.getByText("Wrong password.").waitFor();
+  progress("log in");
   await page.getByLabel("Admin password").fill(password);
   await page.getByRole("button", { name: "Log in" }).click();
   await page.getByRole("heading", { name: "Dashboard" }).waitFor();
@@ -77,6 +93,7 @@ function nextLine(ms = 60000) {
 
 /// Go to a section through the navigation, as a person would.
 async function open(page, link, heading) {
+  progress(`open ${link}`);
   await page.getByRole("navigation").getByRole("link", { name: link }).click();
   await page.getByRole("heading", { name: heading, exact: true }).waitFor();
 }
@@ -424,6 +441,7 @@ async function main() {
   const run = scenarios[scenario];
   check(run, `unknown scenario ${scenario}; known: ${Object.keys(scenarios).join(", ")}`);
   const profile = mkdtempSync(join(tmpdir(), "postern-chromium-"));
+  progress("launch Chromium");
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
@@ -433,6 +451,8 @@ async function main() {
     timeout: 60000,
   });
   const page = context.pages()[0] || await context.newPage();
+  emit("launched", { seconds: (Date.now() - started) / 1000 });
+  progress(`scenario ${scenario}`);
   page.setDefaultTimeout(STEP_TIMEOUT);
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
