@@ -193,7 +193,7 @@ MAX_CONNECTIONS = 60000
 
 class Postern:
     def __init__(self, binary: Path, root: Path, sink: Sink, cert: Path, key: Path, name: str = "postern",
-                 ecdsa: tuple[Path, Path] | None = None, store: str | None = None):
+                 ecdsa: tuple[Path, Path] | None = None, store: str | None = None, extra_toml: str = ""):
         self.name = name
         self.bin = binary
         self.root = root
@@ -208,7 +208,8 @@ class Postern:
             + (f'store = "{store}"\nnode_name = "{name}"\n' if store else "")
             + 'hostname = "postern.bench"\ndata_dir = "data"\n'
             + f'[smtp]\nlisten = ["127.0.0.1:{self.port}"]\nlisten_implicit_tls = ["127.0.0.1:{self.port_tls}"]\n'
-            + f'[delivery]\nmx_port = {sink.plain}\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n')
+            + f'[delivery]\nmx_port = {sink.plain}\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+            + (extra_toml.replace("\\n", "\n") + "\n" if extra_toml else ""))
         if user and run([str(binary), "check"], env=self.env, check=False).returncode != 0:
             # A build without the `user` key (privilege drop): run as is.
             self.config.write_text(self.config.read_text().replace(f'user = "{user}"\n', ""))
@@ -710,6 +711,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "target" / "bench"))
     ap.add_argument("--postern-b", default="", help="A/B: a second Postern binary, run as a third MTA "
                     "(\"postern-b\") in the same rotation; the report adds a postern-b/postern table")
+    ap.add_argument("--postern-b-toml", default="",
+                    help="A/B: lines appended to postern-b's postern.toml (\\n between lines), e.g. "
+                         "'[spool]\\nsync = \"filesystem\"' to compare a setting with the same binary")
     ap.add_argument("--postern-store", default="",
                     help="also run Postern on this store (a postgres:// URL of an empty database) "
                          "as a third MTA, postern-pg, beside the embedded one")
@@ -796,7 +800,8 @@ def main() -> int:
         if args.postern_b:
             b_bin = bin_dir / "postern-b"
             shutil.copy2(args.postern_b, b_bin)
-            postern_b = Postern(b_bin, work / "postern-b", sink, cert, key, name="postern-b", ecdsa=ecdsa)
+            postern_b = Postern(b_bin, work / "postern-b", sink, cert, key, name="postern-b", ecdsa=ecdsa,
+                                extra_toml=args.postern_b_toml)
             postern_b.start()
             mtas.append(postern_b)
         if args.postern_store:

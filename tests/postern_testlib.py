@@ -469,7 +469,7 @@ class Gateway:
                  store_template: Path | None = None, hostname: str = HOSTNAME,
                  paused: bool = True, mx_port: int | None = None,
                  nameservers: list[str] | None = None, user: str | None = None,
-                 open_files: int | None = None):
+                 open_files: int | None = None, spool_sync: str | None = None):
         self.root = Path(root)
         # RLIMIT_NOFILE (soft and hard) for the gateway process, when a test
         # needs one lower than its own.
@@ -524,6 +524,8 @@ class Gateway:
             lines.append(f"mx_port = {mx_port}")
         if nameservers is not None:
             lines += ["", "[dns]", "nameservers = [" + ", ".join(f'"{n}"' for n in nameservers) + "]"]
+        if spool_sync is not None:
+            lines += ["", "[spool]", f'sync = "{spool_sync}"']
         lines += [
             "",
             "[admin]",

@@ -15,6 +15,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 from postern_testlib import make_message, queued_id
 
 
@@ -57,8 +59,10 @@ class Sender(threading.Thread):
                 self.stop_event.wait(0.05)
 
 
-def test_kill9_loses_no_acknowledged_message(make_gateway, report):
-    gw = make_gateway(start=False)
+# "filesystem": the writers fsync nothing, one syncfs(2) per group does it.
+@pytest.mark.parametrize("spool_sync", ["file", "filesystem"])
+def test_kill9_loses_no_acknowledged_message(make_gateway, report, spool_sync):
+    gw = make_gateway(start=False, spool_sync=spool_sync)
     acked: list[tuple[str, str]] = []
     lock = threading.Lock()
     per_cycle = []

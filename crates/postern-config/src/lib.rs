@@ -23,7 +23,8 @@ pub use alerts::{AlertSettings, WebhookUrl, MAX_ALERT_ADDRESSES};
 pub use domain::{DomainEntry, DomainPattern, NextHop, NextHopHost};
 pub use duration::Duration;
 pub use node::{
-    check_host_name, AdminNode, DeliveryNode, DnsNode, Dnssec, NodeConfig, SmtpNode, DEFAULT_USER,
+    check_host_name, AdminNode, DeliveryNode, DnsNode, Dnssec, NodeConfig, SmtpNode, SpoolNode,
+    SpoolSync, DEFAULT_USER,
 };
 pub use set::known_keys;
 pub use settings::{

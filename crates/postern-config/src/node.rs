@@ -31,6 +31,28 @@ pub struct NodeConfig {
     pub delivery: DeliveryNode,
     pub dns: DnsNode,
     pub admin: AdminNode,
+    pub spool: SpoolNode,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolNode {
+    /// How a stored message is made durable before its `250`.
+    pub sync: SpoolSync,
+}
+
+/// `[spool] sync` (see `postern_spool::SyncMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpoolSync {
+    /// `filesystem` when the spool or the data directory is a file system
+    /// of its own (and the kernel allows it), else `file`.
+    #[default]
+    Auto,
+    /// fdatasync each message file, one shared fsync of `queue/`.
+    File,
+    /// One `syncfs(2)` per group of messages, nothing per file.
+    Filesystem,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +126,7 @@ impl Default for NodeConfig {
             delivery: DeliveryNode::default(),
             dns: DnsNode::default(),
             admin: AdminNode::default(),
+            spool: SpoolNode::default(),
         }
     }
 }

@@ -12,6 +12,10 @@
 //! fsync started. A writer returns only when a round that covers its ticket
 //! has finished — successfully, or with that round's error.
 //!
+//! With [`SyncMode::Filesystem`] a round is `syncfs(2)` instead of the
+//! directory's fsync: it also writes the files' data, so writers skip their
+//! own fdatasync and one journal commit serves the whole group.
+//!
 //! A change that need not be durable before its caller goes on (a delivered
 //! message's removal) takes a ticket with [`GroupSync::sync_soon`] instead
 //! and does not wait: the next round covers it, whoever leads that round.
@@ -28,6 +32,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::SpoolError;
+use crate::sync_mode::SyncMode;
 
 /// Failed rounds remembered for waiters that have not woken yet.
 const FAILED_ROUNDS_KEPT: usize = 256;
@@ -41,6 +46,9 @@ pub(crate) const FLUSH_DELAY: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub(crate) struct GroupSync {
     path: PathBuf,
+    /// A round is `syncfs(2)` of the directory's file system: it makes the
+    /// writers' file data durable too ([`SyncMode::Filesystem`]).
+    whole_filesystem: bool,
     state: Mutex<State>,
     round_done: Condvar,
     /// Wakes the flusher: a first uncovered `sync_soon` ticket, or closing.
@@ -72,13 +80,20 @@ struct State {
 }
 
 impl GroupSync {
-    pub(crate) fn new(path: &Path) -> Self {
+    pub(crate) fn new(path: &Path, mode: SyncMode) -> Self {
         Self {
             path: path.to_path_buf(),
+            whole_filesystem: mode == SyncMode::Filesystem,
             state: Mutex::new(State::default()),
             round_done: Condvar::new(),
             flusher_wake: Condvar::new(),
         }
+    }
+
+    /// Whether a round also makes durable what was written to files
+    /// before the ticket (so writers need not fsync their files).
+    pub(crate) fn covers_file_data(&self) -> bool {
+        self.whole_filesystem
     }
 
     /// Take a ticket for the entry changes made in the directory before
@@ -189,7 +204,7 @@ impl GroupSync {
                 Some(dir) => Ok(dir),
                 None => File::open(&self.path),
             }
-            .and_then(|dir| dir.sync_all().map(|()| dir));
+            .and_then(|dir| self.flush(&dir).map(|()| dir));
             state = self.lock();
             state.running = false;
             state.finished = last;
@@ -205,6 +220,15 @@ impl GroupSync {
                 }
             }
             self.round_done.notify_all();
+        }
+    }
+
+    /// One round's flush: the directory, or its whole file system.
+    fn flush(&self, dir: &File) -> io::Result<()> {
+        if self.whole_filesystem {
+            rustix::fs::syncfs(dir).map_err(io::Error::from)
+        } else {
+            dir.sync_all()
         }
     }
 
@@ -242,7 +266,7 @@ mod tests {
     #[test]
     fn concurrent_writers_all_return_after_a_covering_round() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = Arc::new(GroupSync::new(dir.path()));
+        let sync = Arc::new(GroupSync::new(dir.path(), SyncMode::File));
         let threads: Vec<_> = (0..16)
             .map(|i| {
                 let (sync, path) = (Arc::clone(&sync), dir.path().to_path_buf());
@@ -264,10 +288,34 @@ mod tests {
     }
 
     #[test]
+    fn whole_filesystem_rounds_cover_concurrent_writers_and_their_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(GroupSync::new(dir.path(), SyncMode::Filesystem));
+        assert!(sync.covers_file_data());
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (sync, path) = (Arc::clone(&sync), dir.path().to_path_buf());
+                std::thread::spawn(move || {
+                    for j in 0..10 {
+                        std::fs::write(path.join(format!("{i}-{j}")), b"x").unwrap();
+                        sync.sync().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let state = sync.lock();
+        assert_eq!(state.finished, 8 * 10);
+        assert!(state.failed.is_empty());
+    }
+
+    #[test]
     fn a_failed_round_fails_everyone_it_covered() {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
-        let sync = GroupSync::new(&gone);
+        let sync = GroupSync::new(&gone, SyncMode::File);
         let err = sync.sync().unwrap_err();
         assert!(err.to_string().contains("fsync directory"), "{err}");
         assert!(
@@ -281,7 +329,7 @@ mod tests {
     #[test]
     fn a_soon_ticket_is_covered_by_the_next_round_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = GroupSync::new(dir.path());
+        let sync = GroupSync::new(dir.path(), SyncMode::File);
         let ticket = sync.sync_soon();
         assert_eq!(sync.outcome(ticket), None, "no round has run yet");
         sync.sync().unwrap();
@@ -294,7 +342,7 @@ mod tests {
     #[test]
     fn the_flusher_covers_a_soon_ticket_when_nobody_else_syncs() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = Arc::new(GroupSync::new(dir.path()));
+        let sync = Arc::new(GroupSync::new(dir.path(), SyncMode::File));
         let _flusher = sync.start_flusher().unwrap();
         for _ in 0..3 {
             let ticket = sync.sync_soon();
@@ -310,7 +358,7 @@ mod tests {
     #[test]
     fn stopping_the_flusher_leads_a_last_round() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = Arc::new(GroupSync::new(dir.path()));
+        let sync = Arc::new(GroupSync::new(dir.path(), SyncMode::File));
         let flusher = sync.start_flusher().unwrap();
         // Let the flusher go idle first, so the ticket has to wake it.
         std::thread::sleep(Duration::from_millis(50));
@@ -322,7 +370,7 @@ mod tests {
     #[test]
     fn a_soon_ticket_of_a_failed_round_is_not_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = GroupSync::new(&dir.path().join("gone"));
+        let sync = GroupSync::new(&dir.path().join("gone"), SyncMode::File);
         let ticket = sync.sync_soon();
         assert!(sync.sync().is_err());
         assert_eq!(sync.outcome(ticket), Some(false));
@@ -331,7 +379,7 @@ mod tests {
     #[test]
     fn a_failed_round_stays_failed_after_its_record_is_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = GroupSync::new(&dir.path().join("gone"));
+        let sync = GroupSync::new(&dir.path().join("gone"), SyncMode::File);
         let ticket = sync.sync_soon();
         for _ in 0..=FAILED_ROUNDS_KEPT {
             assert!(sync.sync().is_err());
@@ -343,7 +391,7 @@ mod tests {
     #[test]
     fn rounds_share_one_open_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = GroupSync::new(dir.path());
+        let sync = GroupSync::new(dir.path(), SyncMode::File);
         sync.sync().unwrap();
         let first = sync.lock().dir.as_ref().map(|f| f.as_raw_fd());
         assert!(first.is_some(), "the first round keeps the directory open");

@@ -16,7 +16,8 @@
 //!   with no name in `queue/`; [`MessageWriter::commit`] (and
 //!   [`Spool::store`], for a message in memory) returns `Ok` only after the
 //!   file is fsync'd, named in `queue/`, and `queue/` itself is fsync'd
-//!   (one directory fsync shared by all writers that arrive together). A
+//!   (one directory fsync shared by all writers that arrive together; with
+//!   [`SyncMode::Filesystem`], one `syncfs(2)` that does both). A
 //!   crash at any moment loses no message that was acknowledged; an
 //!   unacknowledged one is at most a leftover in `tmp/`, removed by the
 //!   next [`Spool::open`].
@@ -51,6 +52,7 @@ mod group_sync;
 mod id;
 mod pool;
 mod spool;
+mod sync_mode;
 mod types;
 mod writer;
 
@@ -58,6 +60,7 @@ pub use body::MessageFile;
 pub use error::SpoolError;
 pub use id::{InvalidQueueId, QueueId, QUEUE_ID_LEN};
 pub use spool::Spool;
+pub use sync_mode::{filesystem_sync_supported, is_own_filesystem, SyncMode};
 pub use types::{
     DeliveryState, Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport,
 };

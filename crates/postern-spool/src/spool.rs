@@ -15,6 +15,7 @@ use crate::format::{self, DecodeError, MessageHeader};
 use crate::group_sync::{Flusher, GroupSync};
 use crate::id::QueueId;
 use crate::pool::{FilePool, OpenFiles, OpenGuard};
+use crate::sync_mode::SyncMode;
 use crate::types::{Envelope, QueuedEnvelope, QueuedMessage, RecipientState, RecoveryReport};
 use crate::writer::{Dirs, MessageWriter, Place, NAME_ATTEMPTS};
 
@@ -69,6 +70,12 @@ impl Spool {
     /// This does not verify the queue: call [`Spool::recover`] before
     /// delivery starts.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        Spool::open_with(dir, SyncMode::File)
+    }
+
+    /// [`Spool::open`], making stored messages durable as `mode` says
+    /// (the caller checks [`crate::filesystem_sync_supported`] first).
+    pub fn open_with(dir: &Path, mode: SyncMode) -> Result<Spool, SpoolError> {
         let root_existed = dir.is_dir();
         DirBuilder::new()
             .recursive(true)
@@ -88,7 +95,7 @@ impl Spool {
         if created || !root_existed {
             sync_dir(dir)?;
         }
-        let mut spool = Spool::paths(dir, Some(lock), false);
+        let mut spool = Spool::paths(dir, Some(lock), false, mode);
         spool.tmp_removed = spool.clear_tmp()?;
         let (pool, skipped) = FilePool::load(&dir.join(FREE), &spool.queue)?;
         spool.pool = Some(Arc::new(pool));
@@ -114,15 +121,15 @@ impl Spool {
                 io::Error::from(io::ErrorKind::NotFound),
             ));
         }
-        Ok(Spool::paths(dir, None, true))
+        Ok(Spool::paths(dir, None, true, SyncMode::File))
     }
 
-    fn paths(dir: &Path, lock: Option<File>, read_only: bool) -> Spool {
+    fn paths(dir: &Path, lock: Option<File>, read_only: bool, mode: SyncMode) -> Spool {
         Spool {
             root: dir.to_path_buf(),
             tmp: dir.join(TMP),
             queue: dir.join(QUEUE),
-            queue_sync: Arc::new(GroupSync::new(&dir.join(QUEUE))),
+            queue_sync: Arc::new(GroupSync::new(&dir.join(QUEUE), mode)),
             unnamed_unsupported: Arc::new(AtomicBool::new(false)),
             corrupt: dir.join(CORRUPT),
             pool: None,

@@ -148,15 +148,21 @@ impl MessageWriter {
                     .set_len(len)
                     .map_err(|e| SpoolError::io("truncate message in", &location, e))?;
             }
-            // Data and length (fdatasync(2) flushes a size change, from
-            // writing or ftruncate); the inode's times need not be durable.
-            self.file
-                .sync_data()
-                .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
-        } else {
-            self.file
-                .sync_all()
-                .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
+        }
+        // With whole-filesystem rounds, the round after the rename below
+        // writes this file's data too.
+        if !self.dirs.queue_sync.covers_file_data() {
+            if let Place::Reused { .. } = &self.place {
+                // Data and length (fdatasync(2) flushes a size change, from
+                // writing or ftruncate); the inode's times need not be durable.
+                self.file
+                    .sync_data()
+                    .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
+            } else {
+                self.file
+                    .sync_all()
+                    .map_err(|e| SpoolError::io("fsync message in", &location, e))?;
+            }
         }
         let id = match &self.place {
             Place::Unnamed => self.link_unnamed()?,

@@ -5,6 +5,7 @@ mod connection;
 mod enqueue;
 mod limits;
 mod live;
+mod spool_sync;
 
 pub use live::LiveConfig;
 
@@ -126,8 +127,13 @@ pub struct Shared {
 pub async fn run(ctx: Context) -> Result<()> {
     let node = &ctx.node;
     let spool_dir = node.spool_dir();
+    let (sync_mode, why) = spool_sync::choose(node.spool.sync, &spool_dir, &node.data_dir)?;
+    tracing::info!(
+        "spool: durable writes: {} ({why})",
+        spool_sync::describe(sync_mode)
+    );
     let spool = tokio::task::spawn_blocking(move || -> Result<Spool> {
-        let spool = Spool::open(&spool_dir)
+        let spool = Spool::open_with(&spool_dir, sync_mode)
             .with_context(|| format!("opening spool {}", spool_dir.display()))?;
         let report = spool.recover()?;
         for (file, reason) in &report.quarantined {
