@@ -8,6 +8,7 @@ subprocesses a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -703,3 +704,26 @@ class Gateway:
             assert qid, r
             c.cmd("QUIT")
             return qid
+
+
+@contextlib.contextmanager
+def spool_on_tmpfs(gw: "Gateway", size: str):
+    """Mount a tmpfs of `size` (e.g. "2m") as the gateway's spool directory
+    for the block; the gateway is killed and the tmpfs unmounted after it.
+    Fails under CI (which runs as root), skips elsewhere, when it cannot."""
+    import pytest
+    refuse = pytest.fail if os.environ.get("CI") else pytest.skip
+    if os.geteuid() != 0:
+        refuse("needs root to mount a tmpfs for the spool (CI runs as root)")
+    spool = gw.data_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(spool)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        refuse(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield spool
+    finally:
+        gw.kill9()
+        if subprocess.run(["umount", str(spool)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(spool)], capture_output=True)

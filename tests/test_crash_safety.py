@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from delivery_support import add_domains
-from postern_testlib import free_port, postern_bin, queued_id
+from postern_testlib import free_port, postern_bin, queued_id, spool_on_tmpfs
 
 RUN = "crash"
 THREADS = 4
@@ -354,16 +354,8 @@ def _spool_entries(gw) -> dict[str, list[str]]:
 
 
 def test_full_disk_answers_451_and_acknowledges_nothing(make_gateway, report):
-    if os.geteuid() != 0:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("needs root to mount a tmpfs for the spool (CI runs as root)")
     gw = make_gateway(start=False)
-    spool = gw.data_dir / "spool"
-    spool.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(spool)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with spool_on_tmpfs(gw, "2m") as spool:
         gw.start()
         first = gw.send_raw(token="before-full")
         filler = spool / "filler"
@@ -392,8 +384,3 @@ def test_full_disk_answers_451_and_acknowledges_nothing(make_gateway, report):
         qid = queued_id(reply3.first)
         assert qid and sorted(gw.queue_ids()) == sorted([first, qid])
         assert gw.spool_file(qid).is_file()
-    finally:
-        gw.kill9()
-        u = subprocess.run(["umount", str(spool)], capture_output=True, text=True)
-        if u.returncode != 0:
-            subprocess.run(["umount", "-l", str(spool)], capture_output=True)

@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from postern_testlib import make_message, queued_id
+from postern_testlib import make_message, queued_id, spool_on_tmpfs
 
 pytestmark = pytest.mark.skipif(not shutil.which("strace") and not os.environ.get("CI"),
                                 reason="needs strace")
@@ -105,26 +105,13 @@ def test_filesystem_mode_fsyncs_no_spool_file_and_syncs_the_file_system(make_gat
 
 
 def test_auto_takes_filesystem_mode_for_a_spool_of_its_own(make_gateway):
-    if os.geteuid() != 0:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("needs root to mount a tmpfs for the spool")
     gw = make_gateway(start=False)
-    spool = gw.data_dir / "spool"
-    spool.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(spool)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with spool_on_tmpfs(gw, "16m"):
         gw.start()
         log = gw.stderr()
         assert "durable writes: one syncfs(2)" in log and "is a file system of its own" in log, log[-2000:]
         qid = gw.send_raw(token="own-fs")
         assert qid in gw.queue_ids()
-    finally:
-        gw.kill9()
-        u = subprocess.run(["umount", str(spool)], capture_output=True, text=True)
-        if u.returncode != 0:
-            subprocess.run(["umount", "-l", str(spool)], capture_output=True)
 
 
 def test_an_unknown_sync_mode_is_refused_with_the_choices(make_gateway):

@@ -263,15 +263,16 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::sync::Arc;
 
-    #[test]
-    fn concurrent_writers_all_return_after_a_covering_round() {
+    /// `writers` threads each write `each` files into the directory, each
+    /// followed by `sync`; every sync must succeed.
+    fn concurrent_writers(mode: SyncMode, writers: usize, each: usize) -> State {
         let dir = tempfile::tempdir().unwrap();
-        let sync = Arc::new(GroupSync::new(dir.path(), SyncMode::File));
-        let threads: Vec<_> = (0..16)
+        let sync = Arc::new(GroupSync::new(dir.path(), mode));
+        let threads: Vec<_> = (0..writers)
             .map(|i| {
                 let (sync, path) = (Arc::clone(&sync), dir.path().to_path_buf());
                 std::thread::spawn(move || {
-                    for j in 0..20 {
+                    for j in 0..each {
                         std::fs::write(path.join(format!("{i}-{j}")), b"x").unwrap();
                         sync.sync().unwrap();
                     }
@@ -281,7 +282,13 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let state = sync.lock();
+        let mut state = sync.lock();
+        std::mem::take(&mut *state)
+    }
+
+    #[test]
+    fn concurrent_writers_all_return_after_a_covering_round() {
+        let state = concurrent_writers(SyncMode::File, 16, 20);
         assert_eq!(state.issued, 16 * 20);
         assert_eq!(state.finished, state.issued);
         assert!(!state.running);
@@ -290,23 +297,9 @@ mod tests {
     #[test]
     fn whole_filesystem_rounds_cover_concurrent_writers_and_their_data() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = Arc::new(GroupSync::new(dir.path(), SyncMode::Filesystem));
-        assert!(sync.covers_file_data());
-        let threads: Vec<_> = (0..8)
-            .map(|i| {
-                let (sync, path) = (Arc::clone(&sync), dir.path().to_path_buf());
-                std::thread::spawn(move || {
-                    for j in 0..10 {
-                        std::fs::write(path.join(format!("{i}-{j}")), b"x").unwrap();
-                        sync.sync().unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let state = sync.lock();
+        assert!(GroupSync::new(dir.path(), SyncMode::Filesystem).covers_file_data());
+        assert!(!GroupSync::new(dir.path(), SyncMode::File).covers_file_data());
+        let state = concurrent_writers(SyncMode::Filesystem, 8, 10);
         assert_eq!(state.finished, 8 * 10);
         assert!(state.failed.is_empty());
     }
