@@ -353,8 +353,10 @@ def _spool_entries(gw) -> dict[str, list[str]]:
             for d in ("queue", "tmp")}
 
 
-def test_full_disk_answers_451_and_acknowledges_nothing(make_gateway, report):
-    gw = make_gateway(start=False)
+# A spool on a tmpfs of its own is what `auto` runs in `filesystem` mode.
+@pytest.mark.parametrize("spool_sync", ["file", "auto"])
+def test_full_disk_answers_451_and_acknowledges_nothing(make_gateway, report, spool_sync):
+    gw = make_gateway(start=False, spool_sync=spool_sync)
     with spool_on_tmpfs(gw, "2m") as spool:
         gw.start()
         first = gw.send_raw(token="before-full")
