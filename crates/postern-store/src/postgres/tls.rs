@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+
+use postern_tls::HandshakeSignatures;
 
 use super::conninfo::{ConnInfo, SslMode};
 
@@ -25,7 +26,7 @@ pub(crate) fn client_config(info: &ConnInfo) -> Result<Option<ClientConfig>, Str
         .map_err(|e| format!("TLS setup: {e}"))?;
     let verifier: Arc<dyn ServerCertVerifier> = match info.sslmode {
         SslMode::Disable => return Ok(None),
-        SslMode::Require => Arc::new(AnyCertificate(provider)),
+        SslMode::Require => Arc::new(AnyCertificate(HandshakeSignatures::of(&provider))),
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let path = info
                 .sslrootcert
@@ -66,7 +67,7 @@ pub(crate) fn client_config(info: &ConnInfo) -> Result<Option<ClientConfig>, Str
 
 /// `sslmode=require`: any certificate, but a real handshake.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+struct AnyCertificate(HandshakeSignatures);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -86,12 +87,7 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -100,16 +96,11 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 
