@@ -114,6 +114,14 @@ def test_auto_takes_filesystem_mode_for_a_spool_of_its_own(make_gateway):
         assert qid in gw.queue_ids()
 
 
+def test_check_says_which_mode_the_gateway_will_use(make_gateway):
+    shared = make_gateway(name="shared", start=False)
+    assert "spool: durable writes: each message file fsync'd" in shared.cli_ok("check").stdout
+    chosen = make_gateway(name="chosen", start=False, spool_sync="filesystem")
+    assert 'one syncfs(2) of the spool\'s file system per group of messages ([spool] sync = "filesystem")' \
+        in chosen.cli_ok("check").stdout
+
+
 def test_an_unknown_sync_mode_is_refused_with_the_choices(make_gateway):
     gw = make_gateway(start=False, spool_sync="sometimes")
     r = gw.cli("check")

@@ -5,7 +5,7 @@ mod connection;
 mod enqueue;
 mod limits;
 mod live;
-mod spool_sync;
+pub(crate) mod spool_sync;
 
 pub use live::LiveConfig;
 
