@@ -116,8 +116,17 @@ done
 if ! has systemd-analyze; then
   fail "systemd-analyze is missing (Debian package systemd)"
 fi
+# tests/test_spool_sync.py also attaches strace -p -y to a running gateway
+# (ptrace may be refused in a container) and reads the paths of fds.
 if ! has strace; then
   fail "strace is missing (Debian package strace)"
+else
+  sleep 5 &
+  sleeper=$!
+  attach=$(timeout 10 strace -qq -y -p "$sleeper" -e trace=none 2>&1 & sleep 0.3; kill "$sleeper" 2>/dev/null; wait)
+  if grep -qi "operation not permitted\|attach: ptrace" <<<"$attach"; then
+    fail "strace cannot attach to a running process (${attach%%$'\n'*}): ptrace is refused here"
+  fi
 fi
 
 # The lint steps of the test command.

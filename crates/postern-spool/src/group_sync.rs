@@ -127,7 +127,12 @@ impl GroupSync {
             }
             None => return Ok(()),
         };
-        Err(SpoolError::io("fsync directory", &self.path, error))
+        let call = if self.whole_filesystem {
+            "syncfs the file system of"
+        } else {
+            "fsync directory"
+        };
+        Err(SpoolError::io(call, &self.path, error))
     }
 
     /// Start the flusher thread; it stops (after a last round for what
@@ -317,6 +322,12 @@ mod tests {
         );
         std::fs::create_dir(&gone).unwrap();
         sync.sync().unwrap();
+        let whole = GroupSync::new(&dir.path().join("also-gone"), SyncMode::Filesystem);
+        let err = whole.sync().unwrap_err();
+        assert!(
+            err.to_string().contains("syncfs the file system of"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,18 +16,20 @@
 
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
-    #[default]
     File,
     Filesystem,
 }
 
 impl SyncMode {
-    pub fn name(self) -> &'static str {
+    /// What the mode does, for the start-up log and `postern check`.
+    pub fn describe(self) -> &'static str {
         match self {
-            SyncMode::File => "file",
-            SyncMode::Filesystem => "filesystem",
+            SyncMode::File => "each message file fsync'd, one shared fsync of queue/ per group",
+            SyncMode::Filesystem => {
+                "one syncfs(2) of the spool's file system per group of messages"
+            }
         }
     }
 }
@@ -76,9 +78,20 @@ pub fn is_own_filesystem(dir: &Path) -> bool {
 
 /// Whether the last mount at `dir` in `mountinfo` (proc(5): fields 4 and 5
 /// are the mount's root within its file system and its mount point, with
-/// spaces as `\040`) mounts its file system's root.
+/// space, tab, newline and backslash written as octal escapes) mounts its
+/// file system's root.
 fn whole_mount_at(mountinfo: &str, dir: &Path) -> bool {
-    let want = dir.to_string_lossy().replace(' ', "\\040");
+    let want: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            ' ' => "\\040".to_string(),
+            '\t' => "\\011".to_string(),
+            '\n' => "\\012".to_string(),
+            '\\' => "\\134".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
     mountinfo
         .lines()
         .rev()
@@ -112,9 +125,11 @@ mod tests {
 30 22 254:16 / /var/lib/postern rw,relatime - ext4 /dev/vdb rw
 31 22 254:0 /srv/volumes/spool /data rw,relatime - ext4 /dev/vda rw
 32 22 254:32 / /mnt/mail\\040spool rw - xfs /dev/vdc rw
+34 22 254:48 / /mnt/back\\134slash rw - xfs /dev/vdd rw
 33 22 254:0 /shadow /var/lib/postern rw - ext4 /dev/vda rw
 ";
         assert!(whole_mount_at(mountinfo, Path::new("/mnt/mail spool")));
+        assert!(whole_mount_at(mountinfo, Path::new("/mnt/back\\slash")));
         assert!(
             !whole_mount_at(mountinfo, Path::new("/data")),
             "a bind mount of a directory"

@@ -370,12 +370,7 @@ pub fn check(config: Option<&Path>) -> Result<()> {
     if data_dir.exists() && !data_dir.is_dir() {
         bail!("data_dir: {} is not a directory", data_dir.display());
     }
-    let (sync_mode, why) =
-        crate::gateway::spool_sync::choose(node.spool.sync, &node.spool_dir(), data_dir)?;
-    println!(
-        "spool: durable writes: {} ({why})",
-        crate::gateway::spool_sync::describe(sync_mode)
-    );
+    println!("{}", crate::gateway::spool_sync::for_node(&node)?.1);
     if node.store != "sqlite" {
         // Opening a cluster store migrates its schema and may create the
         // installation's Default Cert: not what `check` may do.

@@ -127,11 +127,8 @@ pub struct Shared {
 pub async fn run(ctx: Context) -> Result<()> {
     let node = &ctx.node;
     let spool_dir = node.spool_dir();
-    let (sync_mode, why) = spool_sync::choose(node.spool.sync, &spool_dir, &node.data_dir)?;
-    tracing::info!(
-        "spool: durable writes: {} ({why})",
-        spool_sync::describe(sync_mode)
-    );
+    let (sync_mode, line) = spool_sync::for_node(node)?;
+    tracing::info!("{line}");
     let spool = tokio::task::spawn_blocking(move || -> Result<Spool> {
         let spool = Spool::open_with(&spool_dir, sync_mode)
             .with_context(|| format!("opening spool {}", spool_dir.display()))?;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use postern_config::SpoolSync;
+use postern_config::{NodeConfig, SpoolSync};
 use postern_spool::{filesystem_sync_supported, is_own_filesystem, SyncMode};
 
 /// The mode for `setting`, and why, for the start-up log. `auto` takes
@@ -44,12 +44,14 @@ pub fn choose(setting: SpoolSync, spool_dir: &Path, data_dir: &Path) -> Result<(
     }
 }
 
-/// How the start-up log names a mode.
-pub fn describe(mode: SyncMode) -> &'static str {
-    match mode {
-        SyncMode::File => "each message file fsync'd, one shared fsync of queue/ per group",
-        SyncMode::Filesystem => "one syncfs(2) of the spool's file system per group of messages",
-    }
+/// The node's mode and the line the start-up log and `postern check`
+/// print about it.
+pub fn for_node(node: &NodeConfig) -> Result<(SyncMode, String)> {
+    let (mode, why) = choose(node.spool.sync, &node.spool_dir(), &node.data_dir)?;
+    Ok((
+        mode,
+        format!("spool: durable writes: {} ({why})", mode.describe()),
+    ))
 }
 
 #[cfg(test)]
