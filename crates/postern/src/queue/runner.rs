@@ -586,7 +586,8 @@ impl QueueRunner {
         let hostname = self.hostname.clone();
         let id2 = id.clone();
         let sender = envelope.sender.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<Option<QueueId>, SpoolError> {
+        let inline = dsn.is_none() && done;
+        let write = move || -> Result<Option<QueueId>, SpoolError> {
             // The bounce is durable before the state that says "bounced":
             // a crash or a failed write in between can repeat a delivery or
             // a bounce, never lose one.
@@ -626,8 +627,16 @@ impl QueueRunner {
                 spool.update_state(&id2, &states)?;
             }
             Ok(bounce_id)
-        })
-        .await;
+        };
+        // A delivered message's removal is two directory entry changes
+        // and no fsync (it waits for nobody's round): done here, not
+        // handed to a blocking thread and back, once per message. (Only
+        // its error path writes a state file with an fsync: a broken spool.)
+        let result = if inline {
+            Ok(write())
+        } else {
+            tokio::task::spawn_blocking(write).await
+        };
         match result {
             Ok(Ok(bounce_id)) => {
                 if let Some(bounce_id) = bounce_id {
