@@ -129,6 +129,15 @@ else
   fi
 fi
 
+# tests/test_tlsrpt.py starts a gateway on a later UTC day with libfaketime
+# (LD_PRELOAD): it must move the clock a process reads.
+faketime_lib=/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
+if [ ! -e "$faketime_lib" ]; then
+  fail "libfaketime is missing ($faketime_lib; Debian package libfaketime)"
+elif [ "$(LD_PRELOAD=$faketime_lib FAKETIME=+3d date -u +%F)" != "$(date -u -d +3days +%F)" ]; then
+  fail "libfaketime ($faketime_lib) does not move the clock of a process it is preloaded into"
+fi
+
 # The lint steps of the test command.
 if ! cargo fmt --version >/dev/null 2>&1; then
   fail "cargo fmt is missing (rustup component add rustfmt)"

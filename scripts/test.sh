@@ -52,8 +52,11 @@ step() {
 #   systemd, strace             — systemd-analyze verify and the unit's system
 #                                 call filter checked against a traced gateway
 #                                 (systemd itself is not started)
+#   libfaketime                 — a gateway started on a later UTC day, for
+#                                 the TLS-RPT daily run (LD_PRELOAD)
 debian_pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl postfix dnsutils
-  testssl.sh chromium fonts-dejavu-core postgresql python3-venv dpkg-dev systemd strace)
+  testssl.sh chromium fonts-dejavu-core postgresql python3-venv dpkg-dev systemd strace
+  libfaketime)
 install_debian_packages() {
   local need=() pkg
   for pkg in "${debian_pkgs[@]}"; do

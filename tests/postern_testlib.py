@@ -475,6 +475,9 @@ class Gateway:
         # RLIMIT_NOFILE (soft and hard) for the gateway process, when a test
         # needs one lower than its own.
         self.open_files = open_files
+        # Variables added to the gateway process's environment (e.g.
+        # libfaketime's), from the next start on.
+        self.extra_env: dict[str, str] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "postern.toml"
         self.data_dir = self.root / "data"
@@ -613,6 +616,7 @@ class Gateway:
             [str(postern_bin()), "--config", str(self.config), "run"],
             stdin=subprocess.DEVNULL, stdout=self._stderr_file, stderr=self._stderr_file,
             cwd=self.cwd, preexec_fn=self._limit_open_files if self.open_files else None,
+            env={**os.environ, **self.extra_env} if self.extra_env else None,
         )
         expected = [f"listening on 127.0.0.1:{self.smtp_port}"]
         if self.tls_port:

@@ -19,6 +19,11 @@ The world, all on loopback:
 The report mail is read from the Postfix Maildir, its DKIM signature
 verified with dkimpy against the record the test DNS serves, and its
 gzipped JSON checked field by field; the https POST is checked likewise.
+
+The daily run (`tlsrpt.enabled`, nobody running `tlsrpt send`) is seen by
+restarting the gateway with its wall clock on the next UTC day, seconds
+before 00:10 (libfaketime, LD_PRELOAD): the report goes out by itself once
+00:10 has passed, and once only.
 """
 
 from __future__ import annotations
@@ -375,3 +380,57 @@ def test_two_nodes_racing_send_one_report(world, make_gateway, pg_database):
     world["good"].wait_for_messages(timeout=30, rcpt=RUA_MAIL)
     time.sleep(2)
     assert len(report_mails(world)) == 1
+
+
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
+def run_on_next_day(gw, after_midnight: int) -> None:
+    """From the next start on, `gw` runs with its wall clock moved to the
+    next UTC day, `after_midnight` seconds past 00:00 (libfaketime; its
+    timers, on the monotonic clock, are left alone)."""
+    now = time.time()
+    target = (int(now) // 86400 + 1) * 86400 + after_midnight
+    gw.extra_env = {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": f"+{target - now:.3f}",
+                    "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def test_daily_run_sends_the_previous_days_report_by_itself(world, make_gateway):
+    """With `tlsrpt.enabled`, nobody runs `tlsrpt send`: the gateway's own
+    daily run sends the previous UTC day's report once 00:10 UTC has
+    passed (mail and POST), and a restart the same day sends nothing again."""
+    gw = gateway(world, make_gateway)
+    gw.set("tlsrpt.enabled", "true")
+    gw.start()
+    deliver_known_sessions(world, gw)
+    day = today()
+    wait_preview(gw, day)
+    # Today is not over: its report waits (the run sends yesterday's, and
+    # yesterday had no sessions).
+    time.sleep(5)
+    assert world["endpoint"].posts == [] and report_mails(world) == []
+
+    # The next day, 00:09:55: not yet due...
+    assert gw.stop() == 0
+    run_on_next_day(gw, 600 - 8)
+    gw.start()
+    time.sleep(4)
+    assert world["endpoint"].posts == [], "sent before 00:10 UTC"
+    # ... and a few seconds later it is, without a restart.
+    wait_for(lambda: len(world["endpoint"].posts) >= 1, 30, "the daily run's POST")
+    [post] = world["endpoint"].posts
+    start, end = day_bounds(day)
+    check_report(json.loads(gzip.decompress(post["body"])), day, start, end)
+    [raw] = world["good"].wait_for_messages(timeout=30, rcpt=RUA_MAIL)
+    _, part = gzip_part(raw)
+    assert json.loads(gzip.decompress(part.get_content())) == json.loads(
+        gzip.decompress(post["body"]))
+    log = gw.stderr()
+    assert re.search(rf"tlsrpt: rcpt.test {day}: https://{ENDPOINT}/v1/report: HTTP 201", log), \
+        log[-3000:]
+
+    # Restarted the same (fake) day: the claim says it was sent; nothing twice.
+    assert gw.stop() == 0
+    gw.start()
+    time.sleep(6)
+    assert len(world["endpoint"].posts) == 1 and len(report_mails(world)) == 1
