@@ -335,3 +335,21 @@ def check_dsn(raw: bytes, *, failed: list[str], status_prefix: str = "5.",
     return {"message": msg, "recipients": reported, "human": human,
             "original_headers": original}
 
+
+
+def tlsrpt_preview(gw: Gateway, domain: str, sessions: int, timeout: float = 20) -> dict:
+    """Today's TLS-RPT report for `domain` (`postern tlsrpt preview`) once
+    it counts `sessions` sessions: the gateway records attempts in batches,
+    a moment after delivery."""
+    import datetime
+    import json
+
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+    def counted():
+        r = gw.cli_ok("tlsrpt", "preview", "--date", day, "--domain", domain)
+        [report] = json.loads(r.stdout)
+        total = sum(p["summary"]["total-successful-session-count"]
+                    + p["summary"]["total-failure-session-count"] for p in report["policies"])
+        return report if total >= sessions else None
+    return wait_for(counted, timeout, f"{sessions} TLS-RPT session(s) of {domain} recorded")

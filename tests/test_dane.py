@@ -32,6 +32,7 @@ from delivery_support import (
     add_domains,
     delivery_gateway,
     submit,
+    tlsrpt_preview,
     wait_outcome,
     wait_rcpt_state,
 )
@@ -163,6 +164,20 @@ def test_dane_with_trust_ad(peers, dns_server, make_gateway):
     check("unsigned", delivered("unsigned", "false"))
     check("optout", delivered("optout", "false"))
     assert not problems, "\n".join(problems) + "\n-- mail.log --\n" + gw.log()[-4000:]
+
+    # The day's TLS-RPT report (RFC 8460 §4.3) names the DANE policy: type
+    # tlsa, the records that applied, and a mismatch as tlsa-invalid.
+    ee_record = f"3 1 1 {spki_sha256(peers['postfix']['ee'].cert_file)}"
+    [ee] = tlsrpt_preview(gw, "ee.test", 1)["policies"]
+    assert ee["policy"] == {"policy-type": "tlsa", "policy-domain": "ee.test",
+                            "policy-string": [ee_record], "mx-host": "mx.ee.test"}, ee
+    assert ee["summary"]["total-successful-session-count"] == 1, ee
+    [mismatch] = tlsrpt_preview(gw, "mismatch.test", 1)["policies"]
+    assert mismatch["policy"]["policy-type"] == "tlsa", mismatch
+    assert mismatch["policy"]["policy-string"] == [f"3 1 1 {OTHER_KEY}"], mismatch
+    [detail] = mismatch["failure-details"]
+    assert (detail["result-type"], detail["receiving-mx-hostname"]) == (
+        "tlsa-invalid", "mx.mismatch.test"), detail
 
     # trust-ad asks for AD in every DNSSEC status query.
     tlsa_queries = [f for f in dns_server.flags if f[1] == "TLSA"]

@@ -34,6 +34,7 @@ from delivery_support import (
     arrived_over_tls,
     delivery_gateway,
     submit,
+    tlsrpt_preview,
     wait_for,
     wait_outcome,
     wait_rcpt_state,
@@ -240,6 +241,22 @@ def test_enforce(world):
     assert world["bad"].messages(rcpt="bob@enforce-badcert.test") == [], "sent despite enforce"
     assert world["good"].messages(rcpt="bob@enforce-nomatch.test") == [], "sent to an MX outside the policy"
     assert not [e for e in gw.log().splitlines() if " bounced " in e], gw.log()
+
+    # The day's TLS-RPT report (RFC 8460 §4.3) names the policy applied:
+    # type sts, the policy text line by line, and the failure's result type.
+    served = ["version: STSv1", "mode: enforce", f"mx: {GOOD_MX}", "max_age: 86400"]
+    [ok] = tlsrpt_preview(gw, "enforce-ok.test", 1)["policies"]
+    assert ok["policy"] == {"policy-type": "sts", "policy-domain": "enforce-ok.test",
+                            "policy-string": served, "mx-host": GOOD_MX}, ok
+    assert ok["summary"] == {"total-successful-session-count": 1,
+                             "total-failure-session-count": 0}, ok
+    [bad] = tlsrpt_preview(gw, "enforce-badcert.test", 1)["policies"]
+    assert bad["policy"]["policy-type"] == "sts", bad
+    assert bad["policy"]["policy-string"] == [s.replace(GOOD_MX, BAD_MX) for s in served], bad
+    assert bad["summary"]["total-failure-session-count"] >= 1, bad
+    [detail] = bad["failure-details"]
+    assert (detail["result-type"], detail["receiving-mx-hostname"], detail["receiving-ip"]) == (
+        "certificate-not-trusted", BAD_MX, BAD_IP), detail
 
 
 def test_testing_and_none_deliver_by_the_base(world):
