@@ -178,6 +178,19 @@ def test_dane_with_trust_ad(peers, dns_server, make_gateway):
     [detail] = mismatch["failure-details"]
     assert (detail["result-type"], detail["receiving-mx-hostname"]) == (
         "tlsa-invalid", "mx.mismatch.test"), detail
+    # Records none of which is usable still are the domain's DANE policy
+    # (TLS without authentication, RFC 7672 §2.2): the report lists them.
+    [unusable] = tlsrpt_preview(gw, "unusable.test", 1)["policies"]
+    assert unusable["policy"]["policy-type"] == "tlsa", unusable
+    assert sorted(unusable["policy"]["policy-string"]) == sorted([f"1 1 1 {OTHER_KEY}", f"0 0 1 {OTHER_KEY}"]), unusable
+    assert unusable["summary"]["total-successful-session-count"] == 1, unusable
+    # A TLSA lookup that failed refused the host unconnected: still one
+    # failed session of the tlsa policy, not a silence in the report.
+    [servfail] = tlsrpt_preview(gw, "servfail.test", 1)["policies"]
+    assert servfail["policy"]["policy-type"] == "tlsa", servfail
+    [detail] = servfail["failure-details"]
+    assert (detail["result-type"], detail["receiving-mx-hostname"]) == (
+        "dnssec-invalid", "mx.servfail.test"), detail
 
     # trust-ad asks for AD in every DNSSEC status query.
     tlsa_queries = [f for f in dns_server.flags if f[1] == "TLSA"]

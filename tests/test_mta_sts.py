@@ -33,6 +33,7 @@ import pytest
 from delivery_support import (
     arrived_over_tls,
     delivery_gateway,
+    log_events,
     submit,
     tlsrpt_preview,
     wait_for,
@@ -257,6 +258,21 @@ def test_enforce(world):
     [detail] = bad["failure-details"]
     assert (detail["result-type"], detail["receiving-mx-hostname"], detail["receiving-ip"]) == (
         "certificate-not-trusted", BAD_MX, BAD_IP), detail
+    # An MX outside the policy is never contacted, yet it is a failed
+    # session of the policy: the report tells the domain its policy and its
+    # MX records disagree.
+    [nomatch] = tlsrpt_preview(gw, "enforce-nomatch.test", 1)["policies"]
+    assert nomatch["policy"]["policy-type"] == "sts", nomatch
+    assert nomatch["summary"]["total-successful-session-count"] == 0, nomatch
+    [detail] = nomatch["failure-details"]
+    assert (detail["result-type"], detail["receiving-mx-hostname"], detail["receiving-ip"]) == (
+        "validation-failure", GOOD_MX, GOOD_IP), detail
+    assert "not an MX host of the MTA-STS policy" in detail["failure-reason-code"], detail
+    # ... and the mail it holds back raises the deferral alert.
+    [alert] = [a for a in log_events(gw, "alert", kind="required-tls-deferred")
+               if a["domain"] == "enforce-nomatch.test"]
+    assert alert["host"] == GOOD_MX, alert["line"]
+    assert alert["detail"].startswith(f"deferred: MTA-STS enforce could not be met at {GOOD_MX}["), alert
 
 
 def test_testing_and_none_deliver_by_the_base(world):

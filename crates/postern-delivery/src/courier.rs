@@ -224,6 +224,19 @@ impl Courier {
             let requirement =
                 Self::message_requirement(&base, target, policy.as_ref(), dane, learned, message);
             if let Some(refusal) = &requirement.refusal {
+                // Recorded as one failed session, so that TLS-RPT reports
+                // it and the deferral alerts (an MX outside an enforced
+                // MTA-STS policy says something about the policy).
+                if let Some(addr) = target.socket_addrs().next() {
+                    let first = attempts.len();
+                    attempts.push(AttemptRecord::refused(
+                        &target.host,
+                        addr,
+                        &requirement,
+                        refusal,
+                    ));
+                    annotate(&mut attempts[first..], &requirement, sts.as_ref());
+                }
                 let host = HostRef::new(target.host.clone(), None);
                 let failure = Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
                     .under(requirement.label());

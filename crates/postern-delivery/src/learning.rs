@@ -44,6 +44,9 @@ pub fn delivering_attempt(report: &DomainReport) -> Option<&AttemptRecord> {
 /// Whether a session reached the point where TLS was decided (the server
 /// answered EHLO): only then can a TLS requirement be judged on it.
 pub fn reached_tls_decision(record: &AttemptRecord, delivered: bool) -> bool {
+    if record.refused_unconnected {
+        return false;
+    }
     delivered
         || record.starttls_offered
         || record.is_tls()
@@ -84,10 +87,10 @@ pub fn learned_requirement(level: LearnedLevel) -> OutboundMode {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     use super::*;
-    use crate::policy::Source;
+    use crate::policy::{ResultType, Source, TlsPolicyFailure};
 
     fn record(tls: bool, verified: Option<bool>, offered: bool) -> AttemptRecord {
         AttemptRecord {
@@ -113,6 +116,7 @@ mod tests {
             mta_sts: None,
             would_fail: Vec::new(),
             requirement_met: None,
+            refused_unconnected: false,
             policy: crate::policy::Requirement::at(
                 OutboundMode::Opportunistic,
                 Source::Global,
@@ -132,6 +136,21 @@ mod tests {
             session_level(&record(true, Some(true), true)),
             Some(LearnedLevel::Verified)
         );
+    }
+
+    #[test]
+    fn a_host_refused_unconnected_reached_no_tls_decision() {
+        let requirement =
+            crate::policy::Requirement::at(OutboundMode::Verify, Source::MtaSts, "mx.partner.test");
+        let failure = TlsPolicyFailure::MxNotInPolicy {
+            host: "mx.partner.test".into(),
+        };
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 25);
+        let refused = AttemptRecord::refused("mx.partner.test", addr, &requirement, &failure);
+        assert_eq!(refused.result_type, Some(ResultType::ValidationFailure));
+        assert_eq!(refused.requirement_met, Some(false));
+        assert!(!reached_tls_decision(&refused, false));
+        assert!(reached_tls_decision(&record(true, Some(true), true), false));
     }
 
     #[test]

@@ -198,6 +198,11 @@ pub struct AttemptRecord {
     /// on as it allows, `Some(false)` for a TLS policy failure, `None` when
     /// the connection failed before it could be applied.
     pub requirement_met: Option<bool>,
+    /// The requirement refused the host before any connection (an MX
+    /// outside the enforced MTA-STS policy, a failed TLSA lookup): the
+    /// record exists for TLS-RPT and alerts, not for what a server said.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refused_unconnected: bool,
     /// The whole requirement (MTA-STS policy, TLSA records, report-only
     /// requirements), for the tracking event.
     #[serde(skip)]
@@ -253,8 +258,26 @@ impl AttemptRecord {
             mta_sts: None,
             would_fail: Vec::new(),
             requirement_met: None,
+            refused_unconnected: false,
             policy: requirement.clone(),
         }
+    }
+
+    /// The record of a host the requirement refused without connecting:
+    /// a failed session under that requirement, with `failure` as its
+    /// reason.
+    pub fn refused(
+        host: &str,
+        addr: SocketAddr,
+        requirement: &Requirement,
+        failure: &TlsPolicyFailure,
+    ) -> Self {
+        let mut record = Self::new(host, addr, requirement);
+        record.result_type = Some(failure.result_type());
+        record.tls_error = Some(failure.to_string());
+        record.requirement_met = Some(false);
+        record.refused_unconnected = true;
+        record
     }
 
     /// Whether the session that carries mail is encrypted.

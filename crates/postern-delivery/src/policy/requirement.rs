@@ -128,6 +128,11 @@ pub struct Requirement {
     /// (`monitor` domains, MTA-STS `testing`, learned `monitor`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub report_only: Vec<Requirement>,
+    /// DNSSEC-authenticated TLSA records of which none is usable (RFC 7672
+    /// §2.2: encrypt without authentication): not used to authenticate,
+    /// kept so that TLS-RPT names the policy the host published.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tlsa_unusable: Vec<Tlsa>,
 }
 
 impl Requirement {
@@ -143,6 +148,7 @@ impl Requirement {
             mta_sts: None,
             refusal: None,
             report_only: Vec::new(),
+            tlsa_unusable: Vec::new(),
         }
     }
 
@@ -262,6 +268,7 @@ fn apply_dane(req: &mut Requirement, dane: &DaneInput, host: &str) -> bool {
                     req.level = OutboundMode::Require;
                     req.auth = CertAuth::None;
                     req.source = Source::Dane;
+                    req.tlsa_unusable = records.clone();
                 }
                 return false;
             }

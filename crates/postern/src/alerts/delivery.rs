@@ -190,6 +190,7 @@ mod tests {
             mta_sts: None,
             would_fail: Vec::new(),
             requirement_met: None,
+            refused_unconnected: false,
             policy: postern_delivery::Requirement::at(
                 OutboundMode::Opportunistic,
                 Source::Global,

@@ -26,7 +26,9 @@ pub fn attempt(record: &AttemptRecord) -> Attempt {
         }),
         tlsa: match &policy.auth {
             CertAuth::Dane { records, .. } => records.iter().map(tlsa_text).collect(),
-            CertAuth::None | CertAuth::Pkix { .. } => Vec::new(),
+            CertAuth::None | CertAuth::Pkix { .. } => {
+                policy.tlsa_unusable.iter().map(tlsa_text).collect()
+            }
         },
         recorded_verdict: Some(verdict(record.requirement_met)),
         result_type: record.result_type.map(result_type),
@@ -178,6 +180,7 @@ mod tests {
             mta_sts: None,
             would_fail: Vec::new(),
             requirement_met: Some(true),
+            refused_unconnected: false,
             policy,
         }
     }
@@ -289,6 +292,20 @@ mod tests {
             }],
         };
         assert_eq!(attempt(&record(req)).tlsa, ["3 1 1 ab01"]);
+    }
+
+    #[test]
+    fn unusable_tlsa_records_are_recorded_though_not_used() {
+        // RFC 7672 §2.2: encrypt without authentication, but TLS-RPT
+        // still names the records the host published.
+        let mut req = Requirement::at(OutboundMode::Require, Source::Dane, HOST);
+        req.tlsa_unusable = vec![Tlsa {
+            usage: 0,
+            selector: 0,
+            matching: 1,
+            data: vec![0xcd],
+        }];
+        assert_eq!(attempt(&record(req)).tlsa, ["0 0 1 cd"]);
     }
 
     #[test]

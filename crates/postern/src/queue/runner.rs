@@ -674,7 +674,10 @@ impl QueueRunner {
         domain: &str,
         attempts: &[AttemptRecord],
     ) {
-        for _ in attempts.iter().filter(|r| r.tls_error.is_some()) {
+        for _ in attempts
+            .iter()
+            .filter(|r| r.tls_error.is_some() && !r.refused_unconnected)
+        {
             self.metrics.outbound_handshake_failed();
         }
         let events: Vec<TrackingEvent> = attempts
