@@ -227,15 +227,13 @@ impl Courier {
                 // Recorded as one failed session, so that TLS-RPT reports
                 // it and the deferral alerts (an MX outside an enforced
                 // MTA-STS policy says something about the policy).
+                // Only the MTA-STS lookup is attached: report-only
+                // requirements need a session to judge, and there was none.
                 if let Some(addr) = target.socket_addrs().next() {
-                    let first = attempts.len();
-                    attempts.push(AttemptRecord::refused(
-                        &target.host,
-                        addr,
-                        &requirement,
-                        refusal,
-                    ));
-                    annotate(&mut attempts[first..], &requirement, sts.as_ref());
+                    let mut record =
+                        AttemptRecord::refused(&target.host, addr, &requirement, refusal);
+                    record.mta_sts = sts.clone();
+                    attempts.push(record);
                 }
                 let host = HostRef::new(target.host.clone(), None);
                 let failure = Failure::new(Some(host), FailureKind::TlsPolicy(refusal.clone()))
