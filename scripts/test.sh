@@ -123,6 +123,10 @@ step "postern system user" create_postern_user
 step "Rust components (rustfmt, clippy)" install_rust_components
 step "browser driver (npm ci)" install_browser_driver
 step "Python venv" install_python_venv
+# Exim 4 and OpenSMTPD unpacked (not installed: they conflict with Postfix)
+# for tests/test_bench_peers.py, which checks the bench's configurations
+# with the real daemons.
+step "bench peers (Exim, OpenSMTPD unpacked)" scripts/bench-peers-setup.sh
 step "preflight: every peer can do what the tests ask" env VENV="$venv" scripts/preflight.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 # Release profile: clippy reuses the build scripts' output (aws-lc, SQLite)
