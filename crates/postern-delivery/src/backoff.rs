@@ -12,8 +12,15 @@ use std::time::Duration;
 /// that just failed): `min`, `2·min`, `4·min`, … capped at `max`.
 ///
 /// `attempts` of 0 is treated like 1. A `max` below `min` caps at `max`.
+///
+/// `now` is the clock in whole seconds, rounded down: the true time can be
+/// up to a second later, so the result is one second more than `now +
+/// delay`; otherwise a failure at x.999 s with a 1 s backoff was retried
+/// 1 ms later. The delay is never shorter than the backoff, at most a
+/// second longer.
 pub fn next_attempt(attempts: u32, min: Duration, max: Duration, now: i64) -> i64 {
     now.saturating_add(secs(backoff_delay(attempts, min, max)))
+        .saturating_add(1)
 }
 
 /// The delay alone (see [`next_attempt`]).
@@ -60,7 +67,7 @@ mod tests {
         for (attempts, delay) in rows {
             assert_eq!(
                 next_attempt(attempts, MIN, MAX, now),
-                now + delay,
+                now + delay + 1,
                 "attempts={attempts}"
             );
         }

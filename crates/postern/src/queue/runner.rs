@@ -213,9 +213,9 @@ impl QueueRunner {
                     drop(permit);
                 });
             }
-            let sleep = next_due.next.map_or(Duration::from_secs(60), |t| {
-                Duration::from_secs(u64::try_from(t - now).unwrap_or(0).clamp(0, 60))
-            });
+            let sleep = next_due
+                .next
+                .map_or(Duration::from_secs(60), |t| until_unix(t).min(Duration::from_secs(60)));
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.wake.notified() => {}
@@ -789,6 +789,14 @@ fn earliest_due(states: &[RecipientState]) -> Option<i64> {
         .filter(|s| !s.state.is_final())
         .map(|s| s.next_attempt.unwrap_or(0))
         .min()
+}
+
+/// How long until the wall clock reaches unix second `t` (zero if past):
+/// the runner wakes at the second a retry is due, not up to a second late.
+fn until_unix(t: i64) -> Duration {
+    let due = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    due.duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 fn domain_of(address: &str) -> String {
