@@ -791,7 +791,7 @@ def main() -> int:
     mtas = []
     results: dict[str, dict[str, list]] = {}
     idle_results: dict[str, dict] = {}
-    skipped: dict[str, str] = {}   # MTA -> why some cases did not run against it
+    skipped: dict[str, list[str]] = {}   # MTA -> why some cases did not run against it
     ok = True
     try:
         postern = Postern(postern_bin, work / "postern", sink, cert, key, ecdsa=ecdsa)
@@ -828,7 +828,7 @@ def main() -> int:
         for m in mtas:
             for c in (("warm-plain", "plain", "plain", "4k", 2, 10, []),
                       ("warm-tls", "starttls", "tls", "4k", 2, 10, [])):
-                if bench_peers.unsupported(m, c[1]):
+                if bench_peers.unsupported(m, c):
                     continue
                 r = load(bench_bin, m, sink, c, f"w{m.name}{c[1]}", args.delivery_timeout)
                 if not r.get("delivery", {}).get("exactly_once"):
@@ -843,9 +843,11 @@ def main() -> int:
                 k = rnd % len(mtas)
                 order = mtas[k:] + mtas[:k]
                 for m in order:
-                    why = bench_peers.unsupported(m, case[1])
+                    why = bench_peers.unsupported(m, case)
                     if why:
-                        skipped[m.name] = f"cases with TLS inbound not run (—): {why}"
+                        skipped.setdefault(m.name, [])
+                        if why not in skipped[m.name]:
+                            skipped[m.name].append(why)
                         continue
                     seq += 1
                     run_id = f"{name.replace('-', '')}r{rnd}{m.name}{seq}"

@@ -131,3 +131,26 @@ def test_opensmtpd_itself_parses_it(tmp_path):
                                                  cert=cert, key=key))
     r = subprocess.run([str(smtpd), "-n", "-f", str(conf)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "configuration OK" in (r.stdout + r.stderr), r.stdout + r.stderr
+
+
+def test_cases_an_mta_cannot_take_are_named_with_the_reason():
+    """OpenSMTPD is left out of TLS-inbound cases and of cases with more clients
+    connecting at once than its compiled-in listen backlog lets in; the reason is
+    what the report prints under its "—" cells. Postfix and Exim take every case."""
+    smtpd = bench_peers.OpenSMTPD.__new__(bench_peers.OpenSMTPD)
+    exim = bench_peers.Exim.__new__(bench_peers.Exim)
+    plain_c10 = ("plain-4k-c10", "plain", "plain", "4k", 10, 40, [])
+    plain_c50 = ("plain-4k-c50", "plain", "plain", "4k", 50, 12, [])
+    tls_c10 = ("tls-4k-c10", "starttls", "tls", "4k", 10, 40, [])
+    assert bench_peers.unsupported(smtpd, plain_c10) is None
+    why = bench_peers.unsupported(smtpd, plain_c50)
+    assert why and "more than 10 connections" in why and "backlog of 5" in why, why
+    why = bench_peers.unsupported(smtpd, tls_c10)
+    assert why and "TLS inbound" in why and "OpenSSL 3" in why, why
+    for case in (plain_c10, plain_c50, tls_c10):
+        assert bench_peers.unsupported(exim, case) is None
+    report = bench_peers.report_side_by_side(
+        {"plain-4k-c10": {}}, [plain_c10], ["postern", "opensmtpd"],
+        {"opensmtpd": [bench_peers.unsupported(smtpd, plain_c50), bench_peers.unsupported(smtpd, tls_c10)]})
+    notes = [ln for ln in report.splitlines() if ln.startswith("- OpenSMTPD: ")]
+    assert len(notes) == 2, report
