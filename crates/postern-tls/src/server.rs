@@ -156,6 +156,11 @@ impl ServerTls {
         if params.session_tickets {
             config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
                 .map_err(|e| TlsError::Config(format!("session ticket key: {e}")))?;
+            // One per handshake, not rustls' two (made for browsers opening
+            // parallel connections): an SMTP client resumes one session per
+            // destination, and each ticket costs a key derivation, an
+            // encryption and ~200 bytes on every new connection.
+            config.send_tls13_tickets = 1;
         } else {
             // No NewSessionTicket at all (rustls would otherwise send
             // stateful TLS 1.3 tickets from the cache below).

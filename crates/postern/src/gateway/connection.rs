@@ -208,7 +208,7 @@ async fn drive<S>(
     greet: Greet,
 ) -> End
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     // Replies wait here until the session needs input; the greeting goes
     // out with the first flush, before anything is read.
@@ -267,6 +267,14 @@ where
                 // The session is over: free its slot before the client
                 // reads the final reply and reconnects.
                 slot.release();
+                if stream.queue_final(&mut out) {
+                    // The last replies and close_notify go out in one write.
+                    return match timeout(idle, stream.shutdown()).await {
+                        Err(_) => End::Timeout,
+                        Ok(Err(e)) => End::Error(e.to_string()),
+                        Ok(Ok(())) => End::Closed,
+                    };
+                }
                 let result = flush(stream, &mut out, idle).await;
                 let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
                 return result.err().unwrap_or(End::Closed);
@@ -313,6 +321,46 @@ where
                 }
             }
         }
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+trait SessionStream: AsyncRead + AsyncWrite + Unpin {
+    /// Queue the session's last replies (`out`, emptied) to go out with
+    /// whatever closing the stream sends, so that a `shutdown` writes them
+    /// together; false (and `out` untouched) when the stream sends nothing
+    /// of its own on closing, or cannot take them.
+    fn queue_final(&mut self, out: &mut Vec<u8>) -> bool;
+}
+
+impl SessionStream for TcpStream {
+    fn queue_final(&mut self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
+}
+
+impl SessionStream for TlsStream<TcpStream> {
+    /// The 221 and TLS close_notify as one write (one syscall and one
+    /// loopback segment fewer per connection than writing each).
+    fn queue_final(&mut self, out: &mut Vec<u8>) -> bool {
+        use std::io::Write as _;
+        let (_, connection) = self.get_mut();
+        // rustls buffers plaintext up to its limit: a short write would
+        // lose the rest, so only all of it, else the ordinary way.
+        match connection.writer().write(out) {
+            Ok(n) if n == out.len() => {}
+            Ok(0) => return false,
+            // Part of `out` is now inside rustls: send the remainder
+            // after it the ordinary way.
+            Ok(n) => {
+                out.drain(..n);
+                return false;
+            }
+            Err(_) => return false,
+        }
+        out.clear();
+        connection.send_close_notify();
+        true
     }
 }
 
