@@ -213,9 +213,9 @@ impl QueueRunner {
                     drop(permit);
                 });
             }
-            let sleep = next_due
-                .next
-                .map_or(Duration::from_secs(60), |t| until_unix(t).min(Duration::from_secs(60)));
+            let sleep = next_due.next.map_or(Duration::from_secs(60), |t| {
+                until_unix(t).min(Duration::from_secs(60))
+            });
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.wake.notified() => {}
