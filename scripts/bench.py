@@ -845,9 +845,9 @@ def main() -> int:
                 for m in order:
                     why = bench_peers.unsupported(m, case)
                     if why:
-                        skipped.setdefault(m.name, [])
-                        if why not in skipped[m.name]:
-                            skipped[m.name].append(why)
+                        reasons = skipped.setdefault(m.name, [])
+                        if why not in reasons:
+                            reasons.append(why)
                         continue
                     seq += 1
                     run_id = f"{name.replace('-', '')}r{rnd}{m.name}{seq}"

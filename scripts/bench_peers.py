@@ -489,7 +489,7 @@ def unsupported(mta, case) -> str | None:
 def report_side_by_side(summary: dict, cases, names: list[str], reasons: dict | None = None) -> str:
     """One row per case, every MTA of the run side by side; ratios are Postern/each.
 
-    `reasons` maps (case, mta) or mta to why a cell is empty ("—")."""
+    `reasons` maps (case, mta) or mta to the reasons (a list) why its cells are empty ("—")."""
     reasons = reasons or {}
     others = [n for n in names if n != "postern"]
     cols = ["postern"] + others
@@ -563,7 +563,7 @@ def report_side_by_side(summary: dict, cases, names: list[str], reasons: dict | 
                      f"| {' / '.join(cell(name, n, 'outbound_tls_resumed') for n in cols)} "
                      f"| {' / '.join(cell(name, n, 'setup_p50_ms', 1) for n in cols)} |")
     notes = [f"- {LABELS.get(k, k) if isinstance(k, str) else k[0] + '/' + LABELS.get(k[1], k[1])}: {why}"
-             for k, v in reasons.items() for why in ([v] if isinstance(v, str) else v)]
+             for k, whys in reasons.items() for why in whys]
     if notes:
         lines += [""] + notes
     return "\n".join(lines)

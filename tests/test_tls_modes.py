@@ -246,17 +246,11 @@ def test_quit_over_tls_ends_with_221_then_close_notify(gw):
     """After STARTTLS, QUIT (pipelined behind NOOP) gets both replies and then
     a TLS close_notify before the TCP close: Python's ssl with
     suppress_ragged_eofs=False raises SSLEOFError on a close without one."""
-    import socket
-    sock = socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=5)
-    try:
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        sock.sendall(b"EHLO client.postern.test\r\n")
-        while not f.readline().startswith(b"250 "):
-            pass
-        sock.sendall(b"STARTTLS\r\n")
-        assert f.readline().startswith(b"220 ")
-        tls = insecure_context().wrap_socket(sock, server_hostname=HOSTNAME, suppress_ragged_eofs=False)
+    with gw.connect() as c:
+        assert c.ehlo().code == 250
+        assert c.cmd("STARTTLS").code == 220
+        tls = insecure_context().wrap_socket(c.sock, server_hostname=HOSTNAME, suppress_ragged_eofs=False)
+        c.sock = tls
         tls.sendall(b"EHLO client.postern.test\r\nNOOP\r\nQUIT\r\n")
         data = b""
         deadline = time.monotonic() + 5
@@ -266,9 +260,7 @@ def test_quit_over_tls_ends_with_221_then_close_notify(gw):
             if not chunk:
                 break
             data += chunk
-        lines = data.split(b"\r\n")
-        assert lines[-1] == b"", data
-        finals = [ln[:4] for ln in lines if len(ln) >= 4 and ln[3:4] == b" "]
-        assert finals == [b"250 ", b"250 ", b"221 "], data
-    finally:
-        sock.close()
+    lines = data.split(b"\r\n")
+    assert lines[-1] == b"", data
+    finals = [ln[:4] for ln in lines if len(ln) >= 4 and ln[3:4] == b" "]
+    assert finals == [b"250 ", b"250 ", b"221 "], data

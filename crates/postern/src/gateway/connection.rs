@@ -326,10 +326,10 @@ where
 
 /// A connection's byte stream: plain TCP, or TLS over it.
 trait SessionStream: AsyncRead + AsyncWrite + Unpin {
-    /// Queue the session's last replies (`out`, emptied) to go out with
-    /// whatever closing the stream sends, so that a `shutdown` writes them
-    /// together; false (and `out` untouched) when the stream sends nothing
-    /// of its own on closing, or cannot take them.
+    /// Hand the session's last replies (`out`) to the stream, to go out
+    /// with what closing it sends, in the one write a `shutdown` makes.
+    /// True when all of `out` was taken; false leaves in `out` what is
+    /// still to be written the ordinary way (all of it for plain TCP).
     fn queue_final(&mut self, out: &mut Vec<u8>) -> bool;
 }
 
@@ -345,20 +345,15 @@ impl SessionStream for TlsStream<TcpStream> {
     fn queue_final(&mut self, out: &mut Vec<u8>) -> bool {
         use std::io::Write as _;
         let (_, connection) = self.get_mut();
-        // rustls buffers plaintext up to its limit: a short write would
-        // lose the rest, so only all of it, else the ordinary way.
-        match connection.writer().write(out) {
-            Ok(n) if n == out.len() => {}
-            Ok(0) => return false,
-            // Part of `out` is now inside rustls: send the remainder
-            // after it the ordinary way.
-            Ok(n) => {
-                out.drain(..n);
-                return false;
-            }
-            Err(_) => return false,
+        // rustls takes plaintext up to its buffer limit; what it took is
+        // sent first either way.
+        let Ok(taken) = connection.writer().write(out) else {
+            return false;
+        };
+        out.drain(..taken);
+        if !out.is_empty() {
+            return false;
         }
-        out.clear();
         connection.send_close_notify();
         true
     }
