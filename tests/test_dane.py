@@ -191,6 +191,7 @@ def test_dane_with_trust_ad(peers, dns_server, make_gateway):
     [detail] = servfail["failure-details"]
     assert (detail["result-type"], detail["receiving-mx-hostname"]) == (
         "dnssec-invalid", "mx.servfail.test"), detail
+    assert "receiving-ip" not in detail and "sending-mta-ip" not in detail, detail
 
     # trust-ad asks for AD in every DNSSEC status query.
     tlsa_queries = [f for f in dns_server.flags if f[1] == "TLSA"]

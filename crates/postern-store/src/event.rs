@@ -204,6 +204,11 @@ pub struct Attempt {
     /// The server's last reply, as one line.
     #[serde(default)]
     pub reply: String,
+    /// The requirement refused the host before any connection (an MX
+    /// outside an enforced MTA-STS policy, a failed TLSA lookup): `ip` is
+    /// the address that would have been tried, not one that was contacted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_unconnected: bool,
 }
 
 /// The MTA-STS lookup behind an attempt (SPEC §10 item 3).
@@ -662,6 +667,7 @@ mod tests {
             tls_error: None,
             tls_fallback_plaintext: false,
             reply: "220 go ahead".into(),
+            refused_unconnected: false,
             mta_sts_lookup: None,
             would_fail: vec![WouldFail {
                 requirement: "learned verified".into(),

@@ -101,8 +101,14 @@ pub struct FailureDetail {
         skip_serializing_if = "Option::is_none"
     )]
     pub receiving_mx_hostname: Option<String>,
-    #[serde(rename = "receiving-ip")]
-    pub receiving_ip: IpAddr,
+    /// Absent when nothing was contacted (the host was refused before
+    /// connecting): RFC 8460 requires only the result type and count.
+    #[serde(
+        rename = "receiving-ip",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub receiving_ip: Option<IpAddr>,
     #[serde(rename = "failed-session-count")]
     pub failed_session_count: u64,
     #[serde(
@@ -248,7 +254,7 @@ type FailureKey = (
     String,
     Option<IpAddr>,
     Option<String>,
-    IpAddr,
+    Option<IpAddr>,
     Option<String>,
 );
 
@@ -295,7 +301,7 @@ pub fn build(meta: &ReportMeta, domain: &str, attempts: &[DeliveryAttempt]) -> R
                         result_type.as_str().to_string(),
                         a.local_ip,
                         host,
-                        a.ip,
+                        Some(a.ip).filter(|_| !a.refused_unconnected),
                         reason,
                     ))
                     .or_default() += 1;
@@ -673,6 +679,49 @@ mod tests {
             domains(&attempts).into_iter().collect::<Vec<_>>(),
             ["r.test"]
         );
+    }
+
+    #[test]
+    fn a_host_refused_before_connecting_names_no_address() {
+        // An MX outside an enforced MTA-STS policy: nothing was contacted,
+        // so neither end's address belongs in the report.
+        let mut refused = failed(
+            attempt("mx.elsewhere.test", "127.0.0.9"),
+            ResultType::ValidationFailure,
+            "mx.elsewhere.test is not in the MTA-STS policy",
+        );
+        refused.local_ip = None;
+        refused.refused_unconnected = true;
+        let contacted = failed(
+            attempt("mx.r.test", "127.0.0.2"),
+            ResultType::CertificateNotTrusted,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        let report = build(
+            &meta(),
+            "r.test",
+            &[d("r.test", refused), d("r.test", contacted)],
+        );
+        let details: Vec<serde_json::Value> = report
+            .policies
+            .iter()
+            .flat_map(|p| &p.failure_details)
+            .map(|f| serde_json::to_value(f).unwrap())
+            .collect();
+        let by_host = |h: &str| {
+            details
+                .iter()
+                .find(|f| f["receiving-mx-hostname"] == h)
+                .cloned()
+                .unwrap()
+        };
+        let refused = by_host("mx.elsewhere.test");
+        assert!(refused.get("receiving-ip").is_none(), "{refused}");
+        assert!(refused.get("sending-mta-ip").is_none(), "{refused}");
+        assert_eq!(refused["result-type"], "validation-failure");
+        let contacted = by_host("mx.r.test");
+        assert_eq!(contacted["receiving-ip"], "127.0.0.2", "{contacted}");
+        assert_eq!(contacted["sending-mta-ip"], "192.0.2.100", "{contacted}");
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub fn attempt(record: &AttemptRecord) -> Attempt {
         tls_error: record.tls_error.clone(),
         tls_fallback_plaintext: record.tls_fallback_plaintext,
         reply: record.reply.clone(),
+        refused_unconnected: record.refused_unconnected,
     }
 }
 
