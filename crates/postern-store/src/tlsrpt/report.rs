@@ -7,7 +7,9 @@
 //! * **failed** when the requirement failed (with its result type), when
 //!   a report-only requirement (MTA-STS `testing`) would have failed, or
 //!   when the session went on in plaintext because the server offered no
-//!   STARTTLS (`starttls-not-supported`) or its handshake failed;
+//!   STARTTLS (`starttls-not-supported`) or its handshake failed, or when
+//!   the requirement refused the host before connecting (then without
+//!   either address: nothing was contacted);
 //! * **not counted** when no TLS negotiation was reached (connection
 //!   refused, no greeting) or the administrator asked for no TLS at all
 //!   (`none`): neither says anything about the receiving site's TLS.
